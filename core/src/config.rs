@@ -1,0 +1,191 @@
+//! The configuration every adapter reads (the plugin's `configuration` JSON,
+//! the Worker's binding): credentials by hash, the limit, the backend.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::credential::CredentialRecord;
+use crate::limiter::MAX_REQUESTS;
+use crate::stub::DEFAULT_SESSIONS_PER_SITE;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitConfig {
+    #[serde(default = "default_requests")]
+    pub requests: u32,
+    #[serde(default = "default_window")]
+    pub window_seconds: u32,
+}
+
+fn default_requests() -> u32 {
+    20
+}
+fn default_window() -> u32 {
+    60
+}
+
+impl Default for LimitConfig {
+    fn default() -> Self {
+        LimitConfig {
+            requests: default_requests(),
+            window_seconds: default_window(),
+        }
+    }
+}
+
+/// Where admitted requests go.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// The gate answers from deterministic synthetic sessions.
+    #[default]
+    Stub,
+    /// The request continues to the real sessions service. In Envoy the route
+    /// picks the cluster; a host that proxies itself uses the URL.
+    Upstream(Option<String>),
+}
+
+impl Backend {
+    pub fn parse(s: &str) -> Result<Backend, String> {
+        match s {
+            "stub" => Ok(Backend::Stub),
+            "upstream" => Ok(Backend::Upstream(None)),
+            url if url.starts_with("http://") || url.starts_with("https://") => Ok(
+                Backend::Upstream(Some(url.trim_end_matches('/').to_owned())),
+            ),
+            other => Err(format!(
+                "backend must be \"stub\", \"upstream\" or an http(s):// URL, not {other:?}"
+            )),
+        }
+    }
+}
+
+impl Serialize for Backend {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Backend::Stub => s.serialize_str("stub"),
+            Backend::Upstream(None) => s.serialize_str("upstream"),
+            Backend::Upstream(Some(url)) => s.serialize_str(url),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Backend {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Backend::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The gate's whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GateConfig {
+    #[serde(default)]
+    pub credentials: Vec<CredentialRecord>,
+    #[serde(default)]
+    pub limit: LimitConfig,
+    #[serde(default)]
+    pub backend: Backend,
+    /// Admit when the limiter's shared state fails. Off: fail closed (`503`).
+    #[serde(default)]
+    pub fail_open: bool,
+    #[serde(default = "default_stub_sessions")]
+    pub stub_sessions_per_site: u32,
+}
+
+fn default_stub_sessions() -> u32 {
+    DEFAULT_SESSIONS_PER_SITE
+}
+
+impl Default for GateConfig {
+    fn default() -> Self {
+        GateConfig {
+            credentials: Vec::new(),
+            limit: LimitConfig::default(),
+            backend: Backend::Stub,
+            fail_open: false,
+            stub_sessions_per_site: DEFAULT_SESSIONS_PER_SITE,
+        }
+    }
+}
+
+impl GateConfig {
+    /// Parses the JSON form; the error names what is wrong and where.
+    pub fn from_json(bytes: &[u8]) -> Result<GateConfig, String> {
+        let config: GateConfig =
+            serde_json::from_slice(bytes).map_err(|e| format!("configuration: {e}"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Semantic checks serde cannot express (credentials are checked when indexed).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.limit.requests == 0 || self.limit.requests > MAX_REQUESTS {
+            return Err(format!(
+                "limit.requests: must be from 1 to {MAX_REQUESTS}, not {}",
+                self.limit.requests
+            ));
+        }
+        if self.limit.window_seconds == 0 || self.limit.window_seconds > 86_400 {
+            return Err(format!(
+                "limit.window_seconds: must be from 1 to 86400, not {}",
+                self.limit.window_seconds
+            ));
+        }
+        if self.stub_sessions_per_site > 1_000_000 {
+            return Err("stub_sessions_per_site: at most 1000000".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_object_is_the_defaults() {
+        let c = GateConfig::from_json(b"{}").unwrap();
+        assert_eq!(c, GateConfig::default());
+        assert_eq!(c.limit.requests, 20);
+        assert_eq!(c.limit.window_seconds, 60);
+        assert_eq!(c.backend, Backend::Stub);
+        assert!(!c.fail_open);
+    }
+
+    #[test]
+    fn backends() {
+        let c = GateConfig::from_json(br#"{"backend":"http://127.0.0.1:9/"}"#).unwrap();
+        assert_eq!(
+            c.backend,
+            Backend::Upstream(Some("http://127.0.0.1:9".into()))
+        );
+        let c = GateConfig::from_json(br#"{"backend":"upstream"}"#).unwrap();
+        assert_eq!(c.backend, Backend::Upstream(None));
+        let e = GateConfig::from_json(br#"{"backend":"ftp://x"}"#).unwrap_err();
+        assert!(e.contains("backend"), "{e}");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = GateConfig::from_json(br#"{"limits":{}}"#).unwrap_err();
+        assert!(e.contains("limits"), "{e}");
+        let e = GateConfig::from_json(br#"{"limit":{"requests":0}}"#).unwrap_err();
+        assert!(e.contains("limit.requests"), "{e}");
+        let e = GateConfig::from_json(br#"{"limit":{"window_seconds":0}}"#).unwrap_err();
+        assert!(e.contains("limit.window_seconds"), "{e}");
+        let e = GateConfig::from_json(br#"{"fail_open":"yes"}"#).unwrap_err();
+        assert!(e.contains("configuration"), "{e}");
+        assert!(GateConfig::from_json(b"not json").is_err());
+    }
+
+    #[test]
+    fn roundtrip() {
+        let c = GateConfig {
+            backend: Backend::Upstream(Some("http://x".into())),
+            fail_open: true,
+            ..Default::default()
+        };
+        let json = serde_json::to_vec(&c).unwrap();
+        assert_eq!(GateConfig::from_json(&json).unwrap(), c);
+    }
+}

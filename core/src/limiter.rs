@@ -1,0 +1,431 @@
+//! The global limiter (contract section 4): at most N admissions in any rolling
+//! window of W, exactly, across every caller that shares one compare-and-swap store.
+//!
+//! The state is the sorted list of admission times still inside the window (a
+//! sliding log). Exactness needs it: the moment the next slot frees is the
+//! expiry of the N-th most recent admission, which no counter can know.
+//! Admission times never go backwards (`max(now, newest)`), so callers whose
+//! clocks disagree by a little still keep every window at or under N.
+
+/// Bounded retries on CAS mismatch before the engine gives up (`503`).
+pub const MAX_CAS_ATTEMPTS: usize = 64;
+/// Upper bound on `requests` so the shared state stays small (8 bytes each).
+pub const MAX_REQUESTS: u32 = 100_000;
+
+const MAGIC: &[u8; 4] = b"SGL1";
+
+/// A store that offers compare-and-swap on one value. Envoy's shared data, a
+/// Durable Object, Redis (`WATCH`/`MULTI`) and wasi keyvalue atomics all fit.
+pub trait SharedStore {
+    /// The current value and its version. An absent value is `(None, 0)`.
+    fn get(&mut self) -> Result<(Option<Vec<u8>>, u32), StoreError>;
+    /// Writes `value` if the version is still `version`.
+    fn set(&mut self, value: &[u8], version: u32) -> Result<CasOutcome, StoreError>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CasOutcome {
+    Written,
+    Mismatch,
+}
+
+/// The store could not be read or written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreError(pub String);
+
+/// Why the limiter could not decide.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimiterError {
+    Store(StoreError),
+    /// The stored bytes are not a limiter state.
+    Corrupt,
+    /// Every CAS attempt lost to another writer.
+    Contended,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    pub requests: u32,
+    pub window_ms: u64,
+}
+
+impl Limit {
+    pub fn new(requests: u32, window_seconds: u32) -> Self {
+        Limit {
+            requests,
+            window_ms: u64::from(window_seconds) * 1000,
+        }
+    }
+
+    pub fn window_seconds(&self) -> u64 {
+        self.window_ms / 1000
+    }
+}
+
+/// What the limiter says about one request, with what the headers need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    pub admitted: bool,
+    /// Slots left in the window after this decision.
+    pub remaining: u32,
+    /// Whole seconds until the next slot frees (0 when nothing is in the window).
+    pub reset_seconds: u64,
+}
+
+/// Decodes a state; an absent value is the empty state.
+pub fn decode(bytes: Option<&[u8]>) -> Result<Vec<u64>, LimiterError> {
+    let Some(bytes) = bytes else {
+        return Ok(Vec::new());
+    };
+    if bytes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let body = bytes.strip_prefix(MAGIC).ok_or(LimiterError::Corrupt)?;
+    if body.len() % 8 != 0 {
+        return Err(LimiterError::Corrupt);
+    }
+    let times: Vec<u64> = body
+        .chunks_exact(8)
+        .map(|c| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(c);
+            u64::from_le_bytes(b)
+        })
+        .collect();
+    if times.windows(2).any(|w| matches!(w, [a, b] if a > b)) {
+        return Err(LimiterError::Corrupt);
+    }
+    Ok(times)
+}
+
+pub fn encode(times: &[u64]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(MAGIC.len() + times.len() * 8);
+    out.extend_from_slice(MAGIC);
+    for t in times {
+        out.extend_from_slice(&t.to_le_bytes());
+    }
+    out
+}
+
+fn ceil_seconds(ms: u64) -> u64 {
+    ms.div_ceil(1000)
+}
+
+/// Times still inside the window that ends at `now`: `t > now - W`.
+fn live(times: &[u64], now: u64, limit: Limit) -> &[u64] {
+    let first = times.partition_point(|&t| t.saturating_add(limit.window_ms) <= now);
+    times.get(first..).unwrap_or_default()
+}
+
+fn verdict(live: &[u64], now: u64, limit: Limit, admitted: bool) -> Verdict {
+    let count = live.len();
+    let requests = limit.requests as usize;
+    let remaining = requests.saturating_sub(count) as u32;
+    // The slot that frees next for this caller: if over the limit, the entry
+    // whose expiry brings the count back under it; else the oldest one.
+    let pivot = if count >= requests {
+        count - requests
+    } else {
+        0
+    };
+    let reset_seconds = live.get(pivot).map_or(0, |&t| {
+        ceil_seconds((t + limit.window_ms).saturating_sub(now))
+    });
+    Verdict {
+        admitted,
+        remaining,
+        reset_seconds,
+    }
+}
+
+/// One limiter step: admit and record `now`, or deny; retried on CAS mismatch.
+pub fn acquire(
+    store: &mut dyn SharedStore,
+    now: u64,
+    limit: Limit,
+) -> Result<Verdict, LimiterError> {
+    for _ in 0..MAX_CAS_ATTEMPTS {
+        let (bytes, version) = store.get().map_err(LimiterError::Store)?;
+        let times = decode(bytes.as_deref())?;
+        // Never record a time before the newest one: keeps the log sorted and
+        // every window exact when callers' clocks disagree slightly.
+        let at = times.last().map_or(now, |&newest| now.max(newest));
+        let window = live(&times, at, limit);
+        if window.len() >= limit.requests as usize {
+            return Ok(verdict(window, at, limit, false));
+        }
+        let mut next = Vec::with_capacity(window.len() + 1);
+        next.extend_from_slice(window);
+        next.push(at);
+        match store
+            .set(&encode(&next), version)
+            .map_err(LimiterError::Store)?
+        {
+            CasOutcome::Written => return Ok(verdict(&next, at, limit, true)),
+            CasOutcome::Mismatch => continue,
+        }
+    }
+    Err(LimiterError::Contended)
+}
+
+/// Reads the state without spending anything: the headers of a response that
+/// never reached the limiter.
+pub fn peek(store: &mut dyn SharedStore, now: u64, limit: Limit) -> Result<Verdict, LimiterError> {
+    let (bytes, _) = store.get().map_err(LimiterError::Store)?;
+    let times = decode(bytes.as_deref())?;
+    let at = times.last().map_or(now, |&newest| now.max(newest));
+    Ok(verdict(live(&times, at, limit), at, limit, false))
+}
+
+/// `RateLimit-Policy: 20;w=60`
+pub fn policy_header(limit: Limit) -> String {
+    format!("{};w={}", limit.requests, limit.window_seconds())
+}
+
+/// `RateLimit: limit=20, remaining=N, reset=S`
+pub fn ratelimit_header(limit: Limit, v: &Verdict) -> String {
+    format!(
+        "limit={}, remaining={}, reset={}",
+        limit.requests, v.remaining, v.reset_seconds
+    )
+}
+
+/// An in-memory CAS store: for tests, benchmarks and single-process hosts.
+#[derive(Debug, Default, Clone)]
+pub struct MemoryStore {
+    pub value: Option<Vec<u8>>,
+    pub version: u32,
+}
+
+impl SharedStore for MemoryStore {
+    fn get(&mut self) -> Result<(Option<Vec<u8>>, u32), StoreError> {
+        Ok((self.value.clone(), self.version))
+    }
+
+    fn set(&mut self, value: &[u8], version: u32) -> Result<CasOutcome, StoreError> {
+        if version != self.version {
+            return Ok(CasOutcome::Mismatch);
+        }
+        self.value = Some(value.to_vec());
+        self.version = self.version.wrapping_add(1).max(1);
+        Ok(CasOutcome::Written)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const L: Limit = Limit {
+        requests: 3,
+        window_ms: 10_000,
+    };
+
+    #[test]
+    fn admits_n_then_denies_until_the_oldest_expires() {
+        let mut s = MemoryStore::default();
+        for (i, t) in [1_000u64, 2_000, 3_000].iter().enumerate() {
+            let v = acquire(&mut s, *t, L).unwrap();
+            assert!(v.admitted);
+            assert_eq!(v.remaining, 2 - i as u32);
+        }
+        let v = acquire(&mut s, 4_000, L).unwrap();
+        assert!(!v.admitted);
+        assert_eq!(v.remaining, 0);
+        assert_eq!(v.reset_seconds, 7); // the 1_000 entry frees at 11_000
+        // At exactly 11_000 the first admission is out of (1_000, 11_000].
+        assert!(!acquire(&mut s, 10_999, L).unwrap().admitted);
+        assert!(acquire(&mut s, 11_000, L).unwrap().admitted);
+        assert!(!acquire(&mut s, 11_500, L).unwrap().admitted);
+    }
+
+    #[test]
+    fn rolling_not_fixed_window() {
+        // A fixed window would admit 3 at the end of one and 3 at the start of the next.
+        let mut s = MemoryStore::default();
+        for t in [9_000, 9_100, 9_200] {
+            assert!(acquire(&mut s, t, L).unwrap().admitted);
+        }
+        assert!(!acquire(&mut s, 10_100, L).unwrap().admitted);
+        assert!(!acquire(&mut s, 18_999, L).unwrap().admitted);
+        assert!(acquire(&mut s, 19_000, L).unwrap().admitted);
+    }
+
+    #[test]
+    fn retry_after_is_whole_seconds_rounded_up() {
+        let mut s = MemoryStore::default();
+        for t in [0, 1, 2] {
+            acquire(&mut s, t, L).unwrap();
+        }
+        let v = acquire(&mut s, 1, L).unwrap();
+        assert_eq!(v.reset_seconds, 10); // 9_999 ms → 10 s
+        let v = acquire(&mut s, 9_500, L).unwrap();
+        assert_eq!(v.reset_seconds, 1); // 500 ms → 1 s
+    }
+
+    #[test]
+    fn peek_spends_nothing() {
+        let mut s = MemoryStore::default();
+        acquire(&mut s, 0, L).unwrap();
+        let before = s.clone();
+        let v = peek(&mut s, 100, L).unwrap();
+        assert_eq!(v.remaining, 2);
+        assert_eq!(s.value, before.value);
+        assert_eq!(
+            peek(&mut MemoryStore::default(), 0, L)
+                .unwrap()
+                .reset_seconds,
+            0
+        );
+    }
+
+    #[test]
+    fn headers() {
+        let l = Limit::new(20, 60);
+        assert_eq!(policy_header(l), "20;w=60");
+        let v = Verdict {
+            admitted: true,
+            remaining: 19,
+            reset_seconds: 60,
+        };
+        assert_eq!(ratelimit_header(l, &v), "limit=20, remaining=19, reset=60");
+    }
+
+    #[test]
+    fn corrupt_state_fails_closed() {
+        let mut s = MemoryStore {
+            value: Some(b"garbage".to_vec()),
+            version: 1,
+        };
+        assert_eq!(acquire(&mut s, 0, L), Err(LimiterError::Corrupt));
+        let mut unsorted = encode(&[5, 4]);
+        s.value = Some(std::mem::take(&mut unsorted));
+        assert_eq!(acquire(&mut s, 0, L), Err(LimiterError::Corrupt));
+    }
+
+    struct Failing;
+    impl SharedStore for Failing {
+        fn get(&mut self) -> Result<(Option<Vec<u8>>, u32), StoreError> {
+            Err(StoreError("down".into()))
+        }
+        fn set(&mut self, _: &[u8], _: u32) -> Result<CasOutcome, StoreError> {
+            Err(StoreError("down".into()))
+        }
+    }
+
+    /// Loses every CAS, as if another writer always got there first.
+    struct AlwaysMismatch(MemoryStore);
+    impl SharedStore for AlwaysMismatch {
+        fn get(&mut self) -> Result<(Option<Vec<u8>>, u32), StoreError> {
+            self.0.get()
+        }
+        fn set(&mut self, _: &[u8], _: u32) -> Result<CasOutcome, StoreError> {
+            Ok(CasOutcome::Mismatch)
+        }
+    }
+
+    #[test]
+    fn store_failures_and_endless_contention_are_errors() {
+        assert!(matches!(
+            acquire(&mut Failing, 0, L),
+            Err(LimiterError::Store(_))
+        ));
+        assert_eq!(
+            acquire(&mut AlwaysMismatch(MemoryStore::default()), 0, L),
+            Err(LimiterError::Contended)
+        );
+    }
+
+    /// A shared store whose writes may be lost to interleaved callers: each
+    /// caller reads, then (per the strategy) another caller's write lands
+    /// before its own `set`, which then mismatches and retries.
+    struct Interleaved<'a> {
+        shared: &'a mut MemoryStore,
+        /// Interfering admissions to land between this caller's get and set.
+        interference: Vec<u64>,
+        log: &'a mut Vec<u64>,
+    }
+
+    impl SharedStore for Interleaved<'_> {
+        fn get(&mut self) -> Result<(Option<Vec<u8>>, u32), StoreError> {
+            self.shared.get()
+        }
+        fn set(&mut self, value: &[u8], version: u32) -> Result<CasOutcome, StoreError> {
+            if let Some(t) = self.interference.pop() {
+                // Another caller completes a whole admission first.
+                if let Ok(v) = acquire(self.shared, t, L) {
+                    if v.admitted {
+                        let times = decode(self.shared.value.as_deref()).unwrap_or_default();
+                        self.log.push(times.last().copied().unwrap_or(t));
+                    }
+                }
+            }
+            self.shared.set(value, version)
+        }
+    }
+
+    fn max_in_any_window(times: &[u64], window_ms: u64) -> usize {
+        let mut sorted = times.to_vec();
+        sorted.sort_unstable();
+        (0..sorted.len())
+            .map(|i| {
+                let end = sorted[i] + window_ms;
+                sorted[i..].iter().take_while(|&&t| t < end).count()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Never more than N admissions in any window of W, whatever the
+        /// arrival times, clock jitter between callers and CAS conflicts.
+        #[test]
+        fn never_more_than_n_in_any_window(
+            steps in proptest::collection::vec((0u64..2_000, 0u64..300, proptest::collection::vec(0u64..300, 0..3)), 1..200)
+        ) {
+            let mut shared = MemoryStore::default();
+            let mut admitted = Vec::new();
+            let mut clock = 0u64;
+            for (advance, jitter, interference) in steps {
+                clock += advance;
+                // Callers see the clock up to 300 ms late, as VMs on other threads may.
+                let now = clock.saturating_sub(jitter);
+                let interference = interference.into_iter().map(|j| clock.saturating_sub(j)).collect();
+                let mut log = Vec::new();
+                let mut store = Interleaved { shared: &mut shared, interference, log: &mut log };
+                let result = acquire(&mut store, now, L);
+                admitted.append(&mut log);
+                if let Ok(v) = result {
+                    if v.admitted {
+                        let times = decode(shared.value.as_deref()).unwrap();
+                        admitted.push(*times.last().unwrap());
+                    }
+                    prop_assert!(v.remaining <= L.requests);
+                }
+            }
+            prop_assert!(max_in_any_window(&admitted, L.window_ms) <= L.requests as usize);
+        }
+
+        /// With steady demand the limit is reached: no starvation.
+        #[test]
+        fn steady_demand_reaches_the_limit(gap in 1u64..500) {
+            let mut s = MemoryStore::default();
+            let mut admitted = 0;
+            let mut t = 0;
+            while t < L.window_ms {
+                if acquire(&mut s, t, L).unwrap().admitted { admitted += 1; }
+                t += gap;
+            }
+            prop_assert_eq!(admitted, L.requests as usize);
+        }
+
+        #[test]
+        fn encode_decode_roundtrip(mut times in proptest::collection::vec(any::<u64>(), 0..50)) {
+            times.sort_unstable();
+            prop_assert_eq!(decode(Some(&encode(&times))).unwrap(), times);
+        }
+    }
+}

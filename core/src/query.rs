@@ -1,0 +1,218 @@
+//! Strict query validation (contract section 1).
+
+use crate::error::{ErrorCode, GateError};
+
+/// Largest value a query integer may take: JavaScript's `Number.MAX_SAFE_INTEGER`.
+pub const MAX_SAFE_INTEGER: u64 = 9_007_199_254_740_991;
+
+/// The three optional parameters of the sessions endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionQuery {
+    /// Sessions that start at or after this time (Unix ms).
+    pub start_time: Option<u64>,
+    /// Sessions that end at or before this time (Unix ms).
+    pub end_time: Option<u64>,
+    /// The pagination cursor: sessions that start strictly after this time.
+    pub start_after: Option<u64>,
+}
+
+const PARAMS: [&str; 3] = ["startTime", "endTime", "startAfter"];
+
+fn invalid(message: String) -> GateError {
+    GateError::new(ErrorCode::InvalidRequest, message)
+}
+
+/// Decodes `%XX` escapes and `+` (form encoding). `None` when an escape is malformed.
+fn percent_decode(raw: &str) -> Option<Vec<u8>> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'%' => {
+                let hi = bytes.get(i + 1).and_then(|h| (*h as char).to_digit(16))?;
+                let lo = bytes.get(i + 2).and_then(|h| (*h as char).to_digit(16))?;
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    Some(out)
+}
+
+/// A parameter name fit to quote back in a message: printable ASCII, bounded length.
+fn quotable(name: &[u8]) -> String {
+    let shown: String = name
+        .iter()
+        .take(64)
+        .map(|&b| if b.is_ascii_graphic() { b as char } else { '?' })
+        .collect();
+    if name.len() > 64 {
+        format!("{shown}…")
+    } else {
+        shown
+    }
+}
+
+fn parse_integer(name: &str, value: Option<&[u8]>) -> Result<u64, GateError> {
+    let bad = || {
+        invalid(format!(
+            "Query parameter `{name}` must be a decimal integer from 0 to {MAX_SAFE_INTEGER}."
+        ))
+    };
+    let digits = value.ok_or_else(bad)?;
+    if digits.is_empty() || digits.len() > 16 || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(bad());
+    }
+    let n = digits
+        .iter()
+        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+    if n > MAX_SAFE_INTEGER {
+        return Err(bad());
+    }
+    Ok(n)
+}
+
+/// Parses the raw query (the part after `?`, if any). Every failure is
+/// `400 invalid_request` with a message that names the parameter.
+pub fn parse_query(raw: Option<&str>) -> Result<SessionQuery, GateError> {
+    let mut values: [Option<u64>; 3] = [None; 3];
+    for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (raw_name, raw_value) = match pair.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (pair, None),
+        };
+        let name = percent_decode(raw_name).ok_or_else(|| {
+            invalid(format!(
+                "Query parameter name `{}` is not valid percent-encoding.",
+                quotable(raw_name.as_bytes())
+            ))
+        })?;
+        let Some(index) = PARAMS.iter().position(|p| p.as_bytes() == name.as_slice()) else {
+            return Err(invalid(format!(
+                "Unknown query parameter `{}`: only startTime, endTime and startAfter are accepted.",
+                quotable(&name)
+            )));
+        };
+        let param = PARAMS.get(index).copied().unwrap_or_default();
+        let value = match raw_value {
+            Some(v) => Some(percent_decode(v).ok_or_else(|| {
+                invalid(format!(
+                    "Query parameter `{param}` is not valid percent-encoding."
+                ))
+            })?),
+            None => None,
+        };
+        let slot = values
+            .get_mut(index)
+            .ok_or_else(|| invalid(String::new()))?;
+        if slot.is_some() {
+            return Err(invalid(format!(
+                "Query parameter `{param}` may be given at most once."
+            )));
+        }
+        *slot = Some(parse_integer(param, value.as_deref())?);
+    }
+    let [start_time, end_time, start_after] = values;
+    if let (Some(s), Some(e)) = (start_time, end_time)
+        && s > e
+    {
+        return Err(invalid(
+            "Query parameter `startTime` must not be after `endTime`.".to_owned(),
+        ));
+    }
+    Ok(SessionQuery {
+        start_time,
+        end_time,
+        start_after,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(raw: &str) -> GateError {
+        parse_query(Some(raw)).expect_err(raw)
+    }
+
+    #[test]
+    fn empty_and_absent_queries() {
+        assert_eq!(parse_query(None), Ok(SessionQuery::default()));
+        assert_eq!(parse_query(Some("")), Ok(SessionQuery::default()));
+        assert_eq!(parse_query(Some("&&")), Ok(SessionQuery::default()));
+    }
+
+    #[test]
+    fn all_three_parameters() {
+        let q = parse_query(Some("startTime=1&endTime=9007199254740991&startAfter=0")).unwrap();
+        assert_eq!(q.start_time, Some(1));
+        assert_eq!(q.end_time, Some(MAX_SAFE_INTEGER));
+        assert_eq!(q.start_after, Some(0));
+    }
+
+    #[test]
+    fn percent_encoded_digits_are_decoded() {
+        let q = parse_query(Some("start%54ime=%31%32")).unwrap();
+        assert_eq!(q.start_time, Some(12));
+    }
+
+    #[test]
+    fn bad_values_name_the_parameter() {
+        for raw in [
+            "startTime=",
+            "startTime",
+            "startTime=abc",
+            "startTime=-1",
+            "startTime=+1",
+            "startTime=1.5",
+            "startTime=1e3",
+            "startTime= 1",
+            "startTime=9007199254740992",
+            "startTime=99999999999999999999",
+            "startTime=0x10",
+        ] {
+            let e = err(raw);
+            assert_eq!(e.code, ErrorCode::InvalidRequest, "{raw}");
+            assert!(e.message.contains("`startTime`"), "{raw}: {}", e.message);
+        }
+        assert!(err("endTime=x").message.contains("`endTime`"));
+        assert!(err("startAfter=x").message.contains("`startAfter`"));
+    }
+
+    #[test]
+    fn repeated_parameters_are_rejected() {
+        let e = err("startAfter=1&startAfter=1");
+        assert!(e.message.contains("`startAfter`") && e.message.contains("once"));
+    }
+
+    #[test]
+    fn unknown_parameters_are_rejected_by_name() {
+        let e = err("limit=10");
+        assert_eq!(e.code, ErrorCode::InvalidRequest);
+        assert!(e.message.contains("`limit`"));
+        assert!(err("starttime=1").message.contains("`starttime`"));
+        assert!(err(&format!("{}=1", "x".repeat(500))).message.len() < 200);
+    }
+
+    #[test]
+    fn start_after_end_is_rejected() {
+        let e = err("startTime=10&endTime=9");
+        assert!(e.message.contains("`startTime`") && e.message.contains("`endTime`"));
+        assert!(parse_query(Some("startTime=10&endTime=10")).is_ok());
+    }
+
+    #[test]
+    fn malformed_escapes_are_rejected() {
+        assert_eq!(err("startTime=%4").code, ErrorCode::InvalidRequest);
+        assert_eq!(err("%zz=1").code, ErrorCode::InvalidRequest);
+    }
+}

@@ -1,0 +1,554 @@
+//! The contract (`shared/CONTRACT.md`), rule by rule, against `Gate::decide`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use base64::Engine as _;
+use serde_json::Value;
+use sessiongate_core::credential::hash_secret;
+use sessiongate_core::gate::{CREDENTIAL_HEADER, CUSTOMER_HEADER};
+use sessiongate_core::limiter::{self, CasOutcome, StoreError};
+use sessiongate_core::{
+    Action, Backend, CredentialRecord, Decision, ErrorCode, Gate, GateConfig, Kind, Level,
+    LimitConfig, MemoryStore, Outcome, Request, SharedStore, Sites,
+};
+
+const TOKEN: &str = "fus_AAAAAAAAAAbbbbbbbbbb0000000000cccccccc12";
+const SITE_TOKEN: &str = "fus_ZZZZZZZZZZyyyyyyyyyy9999999999xxxxxxxx34";
+const KEY_STD: &str = "StandardKeyBodyStandardKeyBody0001/STD0001";
+const KEY_ARCH: &str = "ArchitectKeyBodyArchitectKeyBody002/ARC0002";
+const KEY_ADMIN: &str = "AdminKeyBodyAdminKeyBodyAdminKeyBody/ADM0003";
+const NOW: u64 = 1_800_000_000_000;
+
+fn rec(secret: &str, kind: Kind, name: &str, sites: Sites, level: Level) -> CredentialRecord {
+    CredentialRecord::for_secret(
+        secret,
+        kind,
+        name.into(),
+        None,
+        "acme".into(),
+        sites,
+        level,
+        1,
+    )
+}
+
+fn config(backend: Backend, requests: u32) -> GateConfig {
+    GateConfig {
+        credentials: vec![
+            rec(TOKEN, Kind::Token, "all-sites", Sites::All, Level::Standard),
+            rec(
+                SITE_TOKEN,
+                Kind::Token,
+                "site-a-only",
+                Sites::List(vec!["site-a".into()]),
+                Level::Standard,
+            ),
+            rec(KEY_STD, Kind::Key, "key-std", Sites::All, Level::Standard),
+            rec(
+                KEY_ARCH,
+                Kind::Key,
+                "key-arch",
+                Sites::All,
+                Level::Architect,
+            ),
+            rec(KEY_ADMIN, Kind::Key, "key-admin", Sites::All, Level::Admin),
+        ],
+        limit: LimitConfig {
+            requests,
+            window_seconds: 60,
+        },
+        backend,
+        ..Default::default()
+    }
+}
+
+fn gate() -> Gate {
+    Gate::new(config(Backend::Stub, 20)).unwrap()
+}
+
+fn bearer(t: &str) -> String {
+    format!("Bearer {t}")
+}
+
+struct Call<'a> {
+    method: &'a str,
+    target: &'a str,
+    auth: Vec<String>,
+}
+
+fn get(target: &str, auth: &[String]) -> Call<'static> {
+    Call {
+        method: "GET",
+        target: Box::leak(target.to_owned().into_boxed_str()),
+        auth: auth.to_vec(),
+    }
+}
+
+fn run(g: &Gate, call: &Call<'_>, store: &mut dyn SharedStore) -> Decision {
+    let values: Vec<&[u8]> = call.auth.iter().map(|s| s.as_bytes()).collect();
+    g.decide(
+        &Request {
+            method: call.method,
+            target: call.target,
+            authorization: &values,
+        },
+        NOW,
+        store,
+    )
+}
+
+fn reply(d: &Decision) -> (u16, Vec<(&'static str, String)>, Value) {
+    match &d.action {
+        Action::Reply(r) => (
+            r.status,
+            r.headers.clone(),
+            serde_json::from_str(&r.body).unwrap(),
+        ),
+        Action::Forward(_) => panic!("expected a reply, got a forward"),
+    }
+}
+
+fn header<'h>(h: &'h [(&'static str, String)], name: &str) -> Option<&'h str> {
+    h.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+}
+
+fn expect_error(d: &Decision, code: ErrorCode) -> Vec<(&'static str, String)> {
+    let (status, headers, body) = reply(d);
+    assert_eq!(status, code.status(), "{body}");
+    assert_eq!(body["error"]["code"], code.as_str());
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty())
+    );
+    assert_eq!(header(&headers, "content-type"), Some("application/json"));
+    assert_eq!(d.outcome, Outcome::Denied(code));
+    headers
+}
+
+const SESSIONS: &str = "/v1/external/sessions/acme/site-a";
+
+fn ok_auth() -> Vec<String> {
+    vec![bearer(TOKEN)]
+}
+
+// ---- 1. The one endpoint -------------------------------------------------
+
+#[test]
+fn lists_sessions_with_a_valid_token() {
+    let mut s = MemoryStore::default();
+    let d = run(&gate(), &get(SESSIONS, &ok_auth()), &mut s);
+    let (status, headers, body) = reply(&d);
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "content-type"), Some("application/json"));
+    assert_eq!(body["data"]["sessions"].as_array().unwrap().len(), 1000);
+    assert!(body["data"]["startAfter"].is_u64());
+    assert_eq!(d.outcome, Outcome::Allowed);
+    assert_eq!(d.credential.as_deref(), Some("all-sites"));
+}
+
+#[test]
+fn unknown_routes_are_404_before_anything_else() {
+    let mut s = MemoryStore::default();
+    for target in [
+        "/",
+        "/v1/external/sessions/acme/site-a/",
+        "/v1/external/sessions/acme/site%2Fa",
+        "/v1/external/sessions/acme/site-a/extra",
+        "/v1/external/sessions/acme",
+        "/v1/external/sessions/../site-a",
+    ] {
+        // Even with no credential and a bad method, the route is checked first.
+        let d = run(
+            &gate(),
+            &Call {
+                method: "POST",
+                target,
+                auth: vec![],
+            },
+            &mut s,
+        );
+        expect_error(&d, ErrorCode::NotFound);
+    }
+    assert_eq!(s.version, 0, "a 404 spends nothing");
+}
+
+#[test]
+fn other_methods_are_405_with_allow_get() {
+    let mut s = MemoryStore::default();
+    for method in ["POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS", "get"] {
+        let d = run(
+            &gate(),
+            &Call {
+                method,
+                target: SESSIONS,
+                auth: ok_auth(),
+            },
+            &mut s,
+        );
+        let h = expect_error(&d, ErrorCode::MethodNotAllowed);
+        assert_eq!(header(&h, "allow"), Some("GET"));
+    }
+    let d = run(
+        &gate(),
+        &Call {
+            method: "POST",
+            target: "/me",
+            auth: ok_auth(),
+        },
+        &mut s,
+    );
+    expect_error(&d, ErrorCode::MethodNotAllowed);
+}
+
+#[test]
+fn bad_queries_are_400_naming_the_parameter_before_credentials() {
+    let mut s = MemoryStore::default();
+    for (query, name) in [
+        ("startTime=abc", "startTime"),
+        ("endTime=-1", "endTime"),
+        ("startAfter=9007199254740992", "startAfter"),
+        ("startTime=1&startTime=2", "startTime"),
+        ("startTime=5&endTime=4", "endTime"),
+        ("pageSize=10", "pageSize"),
+    ] {
+        // No credential at all: the query is checked first.
+        let d = run(&gate(), &get(&format!("{SESSIONS}?{query}"), &[]), &mut s);
+        let (_, _, body) = reply(&d);
+        expect_error(&d, ErrorCode::InvalidRequest);
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(name),
+            "{query}: {body}"
+        );
+    }
+}
+
+#[test]
+fn query_filters_reach_the_stub() {
+    let mut s = MemoryStore::default();
+    let d = run(
+        &gate(),
+        &get(&format!("{SESSIONS}?startTime=0&endTime=0"), &ok_auth()),
+        &mut s,
+    );
+    let (status, _, body) = reply(&d);
+    assert_eq!(status, 200);
+    assert_eq!(body, serde_json::json!({"data": {"sessions": []}}));
+}
+
+#[test]
+fn paging_a_whole_site_through_the_gate() {
+    let g = Gate::new(config(Backend::Stub, 100)).unwrap();
+    let mut s = MemoryStore::default();
+    let mut cursor: Option<u64> = None;
+    let mut seen = Vec::new();
+    loop {
+        let target = match cursor {
+            Some(c) => format!("{SESSIONS}?startAfter={c}"),
+            None => SESSIONS.to_owned(),
+        };
+        let (status, _, body) = reply(&run(&g, &get(&target, &ok_auth()), &mut s));
+        assert_eq!(status, 200);
+        let page = body["data"]["sessions"].as_array().unwrap();
+        assert!(page.len() <= 1000);
+        seen.extend(page.iter().map(|x| x["timestamp"].as_u64().unwrap()));
+        match body["data"]["startAfter"].as_u64() {
+            Some(c) => {
+                assert_eq!(Some(c), page.last().and_then(|x| x["timestamp"].as_u64()));
+                cursor = Some(c);
+            }
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 2600);
+    assert!(seen.windows(2).all(|w| w[0] < w[1]));
+}
+
+// ---- 2. Credentials ------------------------------------------------------
+
+#[test]
+fn missing_credential_is_401_unauthorized_with_challenge() {
+    let mut s = MemoryStore::default();
+    let h = expect_error(
+        &run(&gate(), &get(SESSIONS, &[]), &mut s),
+        ErrorCode::Unauthorized,
+    );
+    assert_eq!(
+        header(&h, "www-authenticate"),
+        Some("Bearer realm=\"sessions\", Basic realm=\"sessions\"")
+    );
+}
+
+#[test]
+fn malformed_unknown_and_revoked_share_one_body() {
+    let mut s = MemoryStore::default();
+    let unknown = "fus_QQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQ";
+    let cases = [
+        "Bearer".to_owned(),
+        "Bearer fus_short".to_owned(),
+        bearer(&format!("{TOKEN}x")),
+        bearer(unknown),
+        "Token abc".to_owned(),
+        "Basic not-a-key".to_owned(),
+        format!("Basic {TOKEN}"),
+        "   ".to_owned(),
+    ];
+    let bodies: Vec<String> = cases
+        .iter()
+        .map(|c| {
+            let d = run(&gate(), &get(SESSIONS, std::slice::from_ref(c)), &mut s);
+            expect_error(&d, ErrorCode::InvalidCredentials);
+            match d.action {
+                Action::Reply(r) => r.body,
+                Action::Forward(_) => unreachable!(),
+            }
+        })
+        .collect();
+    assert!(bodies.windows(2).all(|w| w[0] == w[1]));
+    // Revoked = no longer in the set: a gate built without the record.
+    let mut cfg = config(Backend::Stub, 20);
+    cfg.credentials.retain(|r| r.name != "all-sites");
+    let revoked = Gate::new(cfg).unwrap();
+    let d = run(&revoked, &get(SESSIONS, &ok_auth()), &mut s);
+    expect_error(&d, ErrorCode::InvalidCredentials);
+    assert_eq!(s.version, 0, "no failed credential spends the budget");
+}
+
+#[test]
+fn two_authorization_headers_are_400() {
+    let mut s = MemoryStore::default();
+    let d = run(
+        &gate(),
+        &get(SESSIONS, &[bearer(TOKEN), bearer(TOKEN)]),
+        &mut s,
+    );
+    expect_error(&d, ErrorCode::InvalidRequest);
+}
+
+#[test]
+fn basic_raw_key_and_rfc7617() {
+    let mut s = MemoryStore::default();
+    let b64 = |x: &str| base64::engine::general_purpose::STANDARD.encode(x);
+    for auth in [
+        format!("Basic {KEY_STD}"),
+        format!("BASIC   {KEY_STD}"),
+        format!("Basic {}", b64(&format!("me:{KEY_STD}"))),
+        format!("Basic {}", b64(&format!("{KEY_STD}:"))),
+    ] {
+        let d = run(&gate(), &get(SESSIONS, &[auth.clone()]), &mut s);
+        assert_eq!(reply(&d).0, 200, "{auth}");
+        assert_eq!(d.credential.as_deref(), Some("key-std"));
+    }
+}
+
+#[test]
+fn scope_customer_and_site() {
+    let mut s = MemoryStore::default();
+    let d = run(
+        &gate(),
+        &get("/v1/external/sessions/other/site-a", &ok_auth()),
+        &mut s,
+    );
+    expect_error(&d, ErrorCode::Forbidden);
+    let d = run(
+        &gate(),
+        &get("/v1/external/sessions/acme/site-b", &[bearer(SITE_TOKEN)]),
+        &mut s,
+    );
+    expect_error(&d, ErrorCode::Forbidden);
+    let d = run(&gate(), &get(SESSIONS, &[bearer(SITE_TOKEN)]), &mut s);
+    assert_eq!(reply(&d).0, 200);
+    let d = run(
+        &gate(),
+        &get("/v1/external/sessions/acme/any-site", &ok_auth()),
+        &mut s,
+    );
+    assert_eq!(reply(&d).0, 200, "`all` means every site of the customer");
+    // Only the two admitted requests spent the budget.
+    assert_eq!(limiter::decode(s.value.as_deref()).unwrap().len(), 2);
+}
+
+#[test]
+fn every_level_may_list_sessions() {
+    let mut s = MemoryStore::default();
+    for key in [KEY_STD, KEY_ARCH, KEY_ADMIN] {
+        let d = run(&gate(), &get(SESSIONS, &[format!("Basic {key}")]), &mut s);
+        assert_eq!(reply(&d).0, 200);
+    }
+}
+
+#[test]
+fn me_reports_role_name_and_hint_and_spends_nothing() {
+    let mut s = MemoryStore::default();
+    for (auth, role, name, hint) in [
+        (bearer(TOKEN), "USER", "all-sites", "fus_****c12"),
+        (format!("Basic {KEY_STD}"), "USER", "key-std", "STD0001"),
+        (
+            format!("Basic {KEY_ARCH}"),
+            "ARCHITECT",
+            "key-arch",
+            "ARC0002",
+        ),
+        (
+            format!("Basic {KEY_ADMIN}"),
+            "ADMIN",
+            "key-admin",
+            "ADM0003",
+        ),
+    ] {
+        let d = run(&gate(), &get("/me", &[auth]), &mut s);
+        let (status, headers, body) = reply(&d);
+        assert_eq!(status, 200);
+        assert_eq!(
+            body,
+            serde_json::json!({"role": role, "name": name, "hint": hint})
+        );
+        assert_eq!(
+            header(&headers, "ratelimit"),
+            None,
+            "/me is outside the limited API"
+        );
+    }
+    expect_error(
+        &run(&gate(), &get("/me", &[]), &mut s),
+        ErrorCode::Unauthorized,
+    );
+    expect_error(
+        &run(&gate(), &get("/me?x=1", &ok_auth()), &mut s),
+        ErrorCode::InvalidRequest,
+    );
+    assert_eq!(s.version, 0);
+}
+
+// ---- 4. The global limit -------------------------------------------------
+
+#[test]
+fn twenty_then_429_with_headers() {
+    let mut s = MemoryStore::default();
+    let g = gate();
+    for i in 0..20u32 {
+        let (status, h, _) = reply(&run(&g, &get(SESSIONS, &ok_auth()), &mut s));
+        assert_eq!(status, 200);
+        assert_eq!(header(&h, "ratelimit-policy"), Some("20;w=60"));
+        assert_eq!(
+            header(&h, "ratelimit"),
+            Some(format!("limit=20, remaining={}, reset=60", 19 - i).as_str())
+        );
+    }
+    // Shared across credentials: a different credential is limited too.
+    let d = run(&g, &get(SESSIONS, &[format!("Basic {KEY_STD}")]), &mut s);
+    let h = expect_error(&d, ErrorCode::RateLimited);
+    assert_eq!(header(&h, "retry-after"), Some("60"));
+    assert_eq!(header(&h, "ratelimit-policy"), Some("20;w=60"));
+    assert_eq!(
+        header(&h, "ratelimit"),
+        Some("limit=20, remaining=0, reset=60")
+    );
+    // Errors under /v1/external carry the headers too, read without spending.
+    let h = expect_error(
+        &run(&g, &get(SESSIONS, &[]), &mut s),
+        ErrorCode::Unauthorized,
+    );
+    assert_eq!(
+        header(&h, "ratelimit"),
+        Some("limit=20, remaining=0, reset=60")
+    );
+}
+
+#[test]
+fn only_requests_that_pass_every_check_spend_the_budget() {
+    let mut s = MemoryStore::default();
+    let g = Gate::new(config(Backend::Stub, 1)).unwrap();
+    run(
+        &g,
+        &get(
+            SESSIONS,
+            &[bearer("fus_QQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQ")],
+        ),
+        &mut s,
+    );
+    run(
+        &g,
+        &get("/v1/external/sessions/other/x", &ok_auth()),
+        &mut s,
+    );
+    run(&g, &get(&format!("{SESSIONS}?bad=1"), &ok_auth()), &mut s);
+    assert_eq!(reply(&run(&g, &get(SESSIONS, &ok_auth()), &mut s)).0, 200);
+    expect_error(
+        &run(&g, &get(SESSIONS, &ok_auth()), &mut s),
+        ErrorCode::RateLimited,
+    );
+}
+
+struct BrokenStore;
+impl SharedStore for BrokenStore {
+    fn get(&mut self) -> Result<(Option<Vec<u8>>, u32), StoreError> {
+        Err(StoreError("unreachable".into()))
+    }
+    fn set(&mut self, _: &[u8], _: u32) -> Result<CasOutcome, StoreError> {
+        Err(StoreError("unreachable".into()))
+    }
+}
+
+#[test]
+fn limiter_failure_is_503_unless_fail_open() {
+    let d = run(&gate(), &get(SESSIONS, &ok_auth()), &mut BrokenStore);
+    let h = expect_error(&d, ErrorCode::LimiterUnavailable);
+    assert_eq!(header(&h, "ratelimit-policy"), Some("20;w=60"));
+    let mut cfg = config(Backend::Stub, 20);
+    cfg.fail_open = true;
+    let d = run(
+        &Gate::new(cfg).unwrap(),
+        &get(SESSIONS, &ok_auth()),
+        &mut BrokenStore,
+    );
+    assert_eq!(reply(&d).0, 200);
+    assert_eq!(d.outcome, Outcome::AllowedFailOpen);
+}
+
+// ---- 5. Behind the gate --------------------------------------------------
+
+#[test]
+fn upstream_backend_forwards_rewritten() {
+    let g = Gate::new(config(Backend::Upstream(None), 20)).unwrap();
+    let d = run(&g, &get(SESSIONS, &ok_auth()), &mut MemoryStore::default());
+    let Action::Forward(f) = d.action else {
+        panic!("expected forward")
+    };
+    assert_eq!(f.remove_request_headers, ["authorization"]);
+    assert_eq!(
+        f.add_request_headers,
+        vec![
+            (CREDENTIAL_HEADER, "all-sites".to_owned()),
+            (CUSTOMER_HEADER, "acme".to_owned())
+        ]
+    );
+    assert!(f.response_headers.iter().any(|(n, _)| *n == "ratelimit"));
+    let r = g.upstream_unavailable();
+    assert_eq!(r.status, 502);
+    assert!(r.body.contains("upstream_unavailable"));
+}
+
+#[test]
+fn secrets_never_appear_in_any_decision() {
+    let g = Gate::new(config(Backend::Upstream(None), 20)).unwrap();
+    let mut s = MemoryStore::default();
+    for secret in [TOKEN, KEY_STD] {
+        for target in [SESSIONS, "/me", "/v1/external/sessions/other/x"] {
+            let auth = if secret.starts_with("fus_") {
+                bearer(secret)
+            } else {
+                format!("Basic {secret}")
+            };
+            let d = run(&g, &get(target, &[auth]), &mut s);
+            let dump = format!("{d:?}");
+            assert!(!dump.contains(secret), "{dump}");
+            let hash = sessiongate_core::credential::hash_hex(&hash_secret(secret.as_bytes()));
+            assert!(!dump.contains(&hash));
+        }
+    }
+}
