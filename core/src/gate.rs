@@ -127,12 +127,13 @@ impl Gate {
                 action: Action::Reply(Reply {
                     status: 200,
                     headers: json_headers(),
-                    body: serde_json::json!({
-                        "role": record.level.role(),
-                        "name": record.name,
-                        "hint": record.hint,
-                    })
-                    .to_string(),
+                    // In the contract's field order; serde_json escapes the strings.
+                    body: format!(
+                        "{{\"role\":\"{}\",\"name\":{},\"hint\":{}}}",
+                        record.level.role(),
+                        serde_json::Value::from(record.name.as_str()),
+                        serde_json::Value::from(record.hint.as_str()),
+                    ),
                 }),
                 outcome: Outcome::Allowed,
                 credential: Some(record.name.clone()),

@@ -1,1 +1,10 @@
+//! sessiongate as a proxy-wasm filter (ABI 0.2.1): a thin adapter over
+//! `sessiongate-core`. [`filter`] is the host-agnostic adapter; `wasm` binds
+//! it to the proxy-wasm SDK when built for `wasm32-wasip1`.
 
+pub mod filter;
+
+#[cfg(target_arch = "wasm32")]
+mod raw;
+#[cfg(target_arch = "wasm32")]
+mod wasm;

@@ -1,1 +1,224 @@
-fn main() {}
+//! `sessiongate`: credential management, and a local proxy-wasm host that runs
+//! the very plugin `.wasm` Envoy loads.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use sessiongate_core::credential::{Kind, Level};
+use sessiongate_core::{Backend, GateConfig, LimitConfig};
+
+mod host;
+mod manage;
+mod secret;
+mod serve;
+mod store;
+
+#[derive(Parser)]
+#[command(
+    name = "sessiongate",
+    version,
+    about = "A gate in front of the external sessions API."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Site-scoped API tokens (`Bearer fus_…`, always standard level).
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+    /// API keys with a permission level (`Basic {API_KEY}`).
+    Key {
+        #[command(subcommand)]
+        action: KeyAction,
+    },
+    /// Print the plugin configuration JSON (hashes only) for envoy.yaml.
+    EnvoyConfig(ConfigArgs),
+    /// Serve HTTP, running the proxy-wasm filter under wasmtime.
+    Serve(serve::ServeArgs),
+}
+
+#[derive(Args)]
+struct StoreArg {
+    /// The token store (JSON). A missing file is an empty store.
+    #[arg(long, value_name = "FILE")]
+    store: PathBuf,
+}
+
+#[derive(Args)]
+struct CreateArgs {
+    #[command(flatten)]
+    store: StoreArg,
+    /// Unique name of the credential.
+    #[arg(long)]
+    name: String,
+    /// The account id the credential belongs to.
+    #[arg(long, value_name = "ID")]
+    customer: String,
+    /// Grant every site of the customer.
+    #[arg(long, conflicts_with = "site")]
+    all_sites: bool,
+    /// Grant one site; repeat for more.
+    #[arg(long = "site", value_name = "ID")]
+    site: Vec<String>,
+    #[arg(long)]
+    description: Option<String>,
+}
+
+#[derive(Args)]
+struct ListArgs {
+    #[command(flatten)]
+    store: StoreArg,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct DeleteArgs {
+    #[command(flatten)]
+    store: StoreArg,
+    name: String,
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Mint a token: the secret is printed once on stdout, only its hash is kept.
+    Create(CreateArgs),
+    List(ListArgs),
+    /// Revoke at once.
+    Delete(DeleteArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LevelArg {
+    Standard,
+    Architect,
+    Admin,
+}
+
+impl From<LevelArg> for Level {
+    fn from(l: LevelArg) -> Level {
+        match l {
+            LevelArg::Standard => Level::Standard,
+            LevelArg::Architect => Level::Architect,
+            LevelArg::Admin => Level::Admin,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum KeyAction {
+    /// Mint a key: the secret is printed once on stdout, only its hash is kept.
+    Create {
+        #[command(flatten)]
+        create: CreateArgs,
+        #[arg(long, value_enum)]
+        level: LevelArg,
+    },
+    List(ListArgs),
+    /// Rename a key or change its level; its value stays the same.
+    Update {
+        #[command(flatten)]
+        store: StoreArg,
+        name: String,
+        #[arg(long, value_name = "NEW")]
+        rename: Option<String>,
+        #[arg(long, value_enum)]
+        level: Option<LevelArg>,
+    },
+    Delete(DeleteArgs),
+}
+
+#[derive(Args)]
+struct ConfigArgs {
+    #[command(flatten)]
+    store: StoreArg,
+    /// `stub` (answer from synthetic sessions) or `upstream` (continue to the route's cluster).
+    #[arg(long, default_value = "upstream")]
+    backend: String,
+    #[arg(long, default_value_t = 20)]
+    requests: u32,
+    #[arg(long, default_value_t = 60)]
+    window_seconds: u32,
+    /// Admit requests when the limiter's shared state fails (default: fail closed).
+    #[arg(long)]
+    fail_open: bool,
+}
+
+fn create(kind: Kind, args: CreateArgs, level: Level) -> Result<()> {
+    let sites = manage::sites_from_args(args.all_sites, args.site)?;
+    let secret = manage::create(
+        &args.store.store,
+        kind,
+        manage::NewCredential {
+            name: args.name.clone(),
+            description: args.description,
+            customer: args.customer,
+            sites,
+            level,
+        },
+    )?;
+    println!("{secret}");
+    eprintln!(
+        "Created {} {:?}. This is the only time its secret is shown: store it now.",
+        if kind == Kind::Token { "token" } else { "key" },
+        args.name
+    );
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match cli.command {
+        Command::Token { action } => match action {
+            TokenAction::Create(a) => create(Kind::Token, a, Level::Standard),
+            TokenAction::List(a) => manage::list(&a.store.store, Kind::Token, a.json, &mut stdout),
+            TokenAction::Delete(a) => manage::delete(&a.store.store, Kind::Token, &a.name),
+        },
+        Command::Key { action } => match action {
+            KeyAction::Create { create: a, level } => create(Kind::Key, a, level.into()),
+            KeyAction::List(a) => manage::list(&a.store.store, Kind::Key, a.json, &mut stdout),
+            KeyAction::Update {
+                store,
+                name,
+                rename,
+                level,
+            } => manage::update_key(&store.store, &name, rename, level.map(Into::into)),
+            KeyAction::Delete(a) => manage::delete(&a.store.store, Kind::Key, &a.name),
+        },
+        Command::EnvoyConfig(a) => {
+            let config = GateConfig {
+                credentials: store::load(&a.store.store)?,
+                limit: LimitConfig {
+                    requests: a.requests,
+                    window_seconds: a.window_seconds,
+                },
+                backend: Backend::parse(&a.backend).map_err(anyhow::Error::msg)?,
+                fail_open: a.fail_open,
+                ..Default::default()
+            };
+            config.validate().map_err(anyhow::Error::msg)?;
+            use std::io::Write as _;
+            writeln!(stdout, "{}", serde_json::to_string_pretty(&config)?)?;
+            Ok(())
+        }
+        Command::Serve(a) => serve::run(a),
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sessiongate: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

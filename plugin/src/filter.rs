@@ -1,0 +1,337 @@
+//! The filter, independent of the proxy-wasm SDK: host calls sit behind
+//! [`Host`], so the adapter is tested natively against a mock. It holds no
+//! contract rule: it reads, asks `core`, and carries the decision out.
+
+use sessiongate_core::limiter::{CasOutcome, SharedStore, StoreError};
+use sessiongate_core::{Action, ErrorCode, Gate, Outcome, Request};
+
+/// The shared-data key of the global limiter's state.
+pub const LIMITER_KEY: &str = "sessiongate.limiter.v1";
+
+/// Metric names: one counter per outcome and per error code.
+pub const METRIC_ALLOWED: &str = "sessiongate_allowed";
+pub const METRIC_ALLOWED_FAIL_OPEN: &str = "sessiongate_allowed_fail_open";
+pub fn denied_metric(code: ErrorCode) -> String {
+    format!("sessiongate_denied_{}", code.as_str())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// What the filter needs from its host.
+pub trait Host {
+    /// Every request header, raw value bytes (names are lowercase).
+    fn request_headers(&self) -> Vec<(String, Vec<u8>)>;
+    fn set_request_header(&mut self, name: &str, value: Option<&str>);
+    fn set_response_header(&mut self, name: &str, value: &str);
+    fn send_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]);
+    /// `(value, cas)`: cas 0 when absent.
+    fn shared_get(&self, key: &str) -> Result<(Option<Vec<u8>>, u32), String>;
+    /// Ok(false) on CAS mismatch.
+    fn shared_set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<bool, String>;
+    fn now_ms(&self) -> u64;
+    fn log(&self, level: LogLevel, message: &str);
+    fn increment(&mut self, metric: &str);
+    /// Records the authenticated credential's name for the access log
+    /// (Envoy: filter state `wasm.sessiongate_credential`).
+    fn set_credential(&mut self, name: &str);
+}
+
+/// Envoy's shared data as the limiter's CAS store.
+struct SharedData<'h, H: Host>(&'h mut H);
+
+impl<H: Host> SharedStore for SharedData<'_, H> {
+    fn get(&mut self) -> Result<(Option<Vec<u8>>, u32), StoreError> {
+        self.0.shared_get(LIMITER_KEY).map_err(StoreError)
+    }
+    fn set(&mut self, value: &[u8], version: u32) -> Result<CasOutcome, StoreError> {
+        // Envoy treats cas 0 as "unconditional": the key is created at
+        // configure time so a request never writes with 0 and loses an update.
+        match self
+            .0
+            .shared_set(LIMITER_KEY, value, version)
+            .map_err(StoreError)?
+        {
+            true => Ok(CasOutcome::Written),
+            false => Ok(CasOutcome::Mismatch),
+        }
+    }
+}
+
+/// Creates the limiter's key if it is absent, so every later write is a real CAS.
+pub fn init_shared_state<H: Host>(host: &mut H) {
+    if let Ok((None, _)) = host.shared_get(LIMITER_KEY) {
+        let empty = sessiongate_core::limiter::encode(&[]);
+        if let Err(e) = host.shared_set(LIMITER_KEY, &empty, 0) {
+            host.log(
+                LogLevel::Error,
+                &format!("cannot create the limiter state: {e}"),
+            );
+        }
+    }
+}
+
+/// What the filter does next with the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// A reply was sent: stop the request.
+    Stop,
+    /// Continue upstream; add these headers to the response.
+    Continue(Vec<(&'static str, String)>),
+}
+
+/// The request-headers phase.
+pub fn on_request_headers<H: Host>(gate: &Gate, host: &mut H) -> Next {
+    let headers = host.request_headers();
+    let pseudo = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    let method = pseudo(":method");
+    let target = pseudo(":path");
+    let authorization: Vec<&[u8]> = headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("authorization"))
+        .map(|(_, v)| v.as_slice())
+        .collect();
+    let now = host.now_ms();
+    let decision = gate.decide(
+        &Request {
+            method: &method,
+            target: &target,
+            authorization: &authorization,
+        },
+        now,
+        &mut SharedData(host),
+    );
+    if let Some(name) = &decision.credential {
+        host.set_credential(name);
+    }
+    match decision.outcome {
+        Outcome::Allowed => host.increment(METRIC_ALLOWED),
+        Outcome::AllowedFailOpen => {
+            host.increment(METRIC_ALLOWED_FAIL_OPEN);
+            host.log(
+                LogLevel::Warn,
+                "limiter unavailable: admitted because fail_open is set",
+            );
+        }
+        Outcome::Denied(code) => {
+            host.increment(&denied_metric(code));
+            if code == ErrorCode::LimiterUnavailable {
+                host.log(
+                    LogLevel::Error,
+                    "limiter unavailable: request refused (fail closed)",
+                );
+            }
+        }
+    }
+    match decision.action {
+        Action::Reply(reply) => {
+            let headers: Vec<(&str, &str)> = reply
+                .headers
+                .iter()
+                .map(|(n, v)| (*n, v.as_str()))
+                .collect();
+            host.send_reply(reply.status, &headers, reply.body.as_bytes());
+            Next::Stop
+        }
+        Action::Forward(forward) => {
+            for name in forward.remove_request_headers {
+                host.set_request_header(name, None);
+            }
+            // Replace, never append: a client cannot smuggle its own identity headers.
+            for (name, value) in &forward.add_request_headers {
+                host.set_request_header(name, Some(value));
+            }
+            Next::Continue(forward.response_headers)
+        }
+    }
+}
+
+/// The response-headers phase of a forwarded request.
+pub fn on_response_headers<H: Host>(host: &mut H, headers: &[(&'static str, String)]) {
+    for (name, value) in headers {
+        host.set_response_header(name, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sessiongate_core::{Backend, CredentialRecord, GateConfig, Kind, Level, Sites};
+    use std::collections::HashMap;
+
+    const TOKEN: &str = "fus_0123456789012345678901234567890123456789";
+
+    #[derive(Default)]
+    struct Mock {
+        request: Vec<(String, Vec<u8>)>,
+        response: Vec<(String, String)>,
+        reply: Option<(u16, Vec<(String, String)>, Vec<u8>)>,
+        shared: HashMap<String, (Vec<u8>, u32)>,
+        metrics: HashMap<String, u64>,
+        logs: Vec<String>,
+        fail_shared: bool,
+    }
+
+    impl Host for Mock {
+        fn request_headers(&self) -> Vec<(String, Vec<u8>)> {
+            self.request.clone()
+        }
+        fn set_request_header(&mut self, name: &str, value: Option<&str>) {
+            self.request.retain(|(n, _)| n != name);
+            if let Some(v) = value {
+                self.request.push((name.into(), v.as_bytes().to_vec()));
+            }
+        }
+        fn set_response_header(&mut self, name: &str, value: &str) {
+            self.response.push((name.into(), value.into()));
+        }
+        fn send_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
+            let h = headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect();
+            self.reply = Some((status, h, body.to_vec()));
+        }
+        fn shared_get(&self, key: &str) -> Result<(Option<Vec<u8>>, u32), String> {
+            if self.fail_shared {
+                return Err("down".into());
+            }
+            Ok(self
+                .shared
+                .get(key)
+                .map_or((None, 0), |(v, c)| (Some(v.clone()), *c)))
+        }
+        fn shared_set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<bool, String> {
+            if self.fail_shared {
+                return Err("down".into());
+            }
+            let current = self.shared.get(key).map_or(0, |(_, c)| *c);
+            if cas != 0 && cas != current {
+                return Ok(false);
+            }
+            self.shared
+                .insert(key.into(), (value.to_vec(), current + 1));
+            Ok(true)
+        }
+        fn now_ms(&self) -> u64 {
+            1_800_000_000_000
+        }
+        fn log(&self, _: LogLevel, _: &str) {}
+        fn increment(&mut self, metric: &str) {
+            *self.metrics.entry(metric.into()).or_default() += 1;
+        }
+        fn set_credential(&mut self, name: &str) {
+            self.logs.push(format!("credential={name}"));
+        }
+    }
+
+    fn gate(backend: Backend) -> Gate {
+        Gate::new(GateConfig {
+            credentials: vec![CredentialRecord::for_secret(
+                TOKEN,
+                Kind::Token,
+                "t".into(),
+                None,
+                "acme".into(),
+                Sites::All,
+                Level::Standard,
+                0,
+            )],
+            backend,
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    fn request(auth: &[&str]) -> Mock {
+        let mut m = Mock::default();
+        m.request.push((":method".into(), b"GET".to_vec()));
+        m.request
+            .push((":path".into(), b"/v1/external/sessions/acme/s".to_vec()));
+        m.request
+            .push(("x-sessiongate-credential".into(), b"spoofed".to_vec()));
+        for a in auth {
+            m.request
+                .push(("authorization".into(), a.as_bytes().to_vec()));
+        }
+        init_shared_state(&mut m);
+        m
+    }
+
+    #[test]
+    fn stub_reply_and_metrics() {
+        let mut m = request(&[&format!("Bearer {TOKEN}")]);
+        assert_eq!(on_request_headers(&gate(Backend::Stub), &mut m), Next::Stop);
+        let (status, _, body) = m.reply.clone().unwrap();
+        assert_eq!(status, 200);
+        assert!(body.starts_with(b"{\"data\""));
+        assert_eq!(m.metrics.get(METRIC_ALLOWED), Some(&1));
+        assert_eq!(m.logs, ["credential=t"]);
+    }
+
+    #[test]
+    fn forward_strips_the_secret_and_replaces_identity_headers() {
+        let mut m = request(&[&format!("Bearer {TOKEN}")]);
+        let next = on_request_headers(&gate(Backend::Upstream(None)), &mut m);
+        let Next::Continue(response_headers) = next else {
+            panic!("{next:?}")
+        };
+        assert!(m.reply.is_none());
+        assert!(!m.request.iter().any(|(n, _)| n == "authorization"));
+        let cred: Vec<_> = m
+            .request
+            .iter()
+            .filter(|(n, _)| n == "x-sessiongate-credential")
+            .collect();
+        assert_eq!(cred.len(), 1);
+        assert_eq!(cred[0].1, b"t");
+        on_response_headers(&mut m, &response_headers);
+        assert!(
+            m.response
+                .iter()
+                .any(|(n, v)| n == "ratelimit" && v.contains("remaining=19"))
+        );
+    }
+
+    #[test]
+    fn denials_count_by_code() {
+        let mut m = request(&[]);
+        on_request_headers(&gate(Backend::Stub), &mut m);
+        assert_eq!(m.reply.as_ref().map(|r| r.0), Some(401));
+        assert_eq!(m.metrics.get("sessiongate_denied_unauthorized"), Some(&1));
+    }
+
+    #[test]
+    fn shared_data_failure_is_503() {
+        let mut m = request(&[&format!("Bearer {TOKEN}")]);
+        m.fail_shared = true;
+        on_request_headers(&gate(Backend::Stub), &mut m);
+        assert_eq!(m.reply.as_ref().map(|r| r.0), Some(503));
+        assert_eq!(
+            m.metrics.get("sessiongate_denied_limiter_unavailable"),
+            Some(&1)
+        );
+    }
+
+    #[test]
+    fn non_utf8_headers_do_not_panic() {
+        let mut m = request(&[]);
+        m.request
+            .push(("authorization".into(), vec![0xff, 0xfe, b' ', 0x80]));
+        m.request[1].1 = vec![b'/', 0xff];
+        on_request_headers(&gate(Backend::Stub), &mut m);
+        assert_eq!(m.reply.as_ref().map(|r| r.0), Some(404));
+    }
+}

@@ -1,0 +1,71 @@
+//! Direct bindings for the host calls whose failure must not panic.
+//!
+//! The SDK's wrappers `panic!` on any status they do not expect, and a panic
+//! kills the worker's VM. Shared data can fail for real (the host's store is
+//! down, or a remote one is): here every status becomes a `Result`.
+
+use std::ptr::null_mut;
+
+const OK: u32 = 0;
+const NOT_FOUND: u32 = 1;
+const CAS_MISMATCH: u32 = 8;
+
+#[link(wasm_import_module = "env")]
+unsafe extern "C" {
+    fn proxy_get_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+        return_cas: *mut u32,
+    ) -> u32;
+    fn proxy_set_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+        cas: u32,
+    ) -> u32;
+    fn proxy_set_property(
+        path_data: *const u8,
+        path_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
+}
+
+/// `(value, cas)`; an absent key is `(None, 0)`.
+pub fn get_shared_data(key: &str) -> Result<(Option<Vec<u8>>, u32), String> {
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    let mut cas: u32 = 0;
+    // SAFETY: the pointers are to live locals; the host writes a buffer it
+    // allocated with our `proxy_on_memory_allocate`, which we then own.
+    let status =
+        unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) };
+    match status {
+        OK if data.is_null() => Ok((None, cas)),
+        // SAFETY: allocated by `proxy_on_memory_allocate` as a boxed slice of `size`.
+        OK => Ok((Some(unsafe { Vec::from_raw_parts(data, size, size) }), cas)),
+        NOT_FOUND => Ok((None, 0)),
+        other => Err(format!("proxy_get_shared_data returned status {other}")),
+    }
+}
+
+/// `Ok(false)` on a CAS mismatch.
+pub fn set_shared_data(key: &str, value: &[u8], cas: u32) -> Result<bool, String> {
+    // SAFETY: the slices outlive the call; the host only reads them.
+    let status =
+        unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas) };
+    match status {
+        OK => Ok(true),
+        CAS_MISMATCH => Ok(false),
+        other => Err(format!("proxy_set_shared_data returned status {other}")),
+    }
+}
+
+/// Best effort: a host without this property simply has no access-log field.
+pub fn set_property(name: &str, value: &[u8]) {
+    // SAFETY: as above; a one-part path needs no separator.
+    let _ = unsafe { proxy_set_property(name.as_ptr(), name.len(), value.as_ptr(), value.len()) };
+}

@@ -1,0 +1,202 @@
+//! The proxy-wasm SDK binding: root context (configuration, metrics, shared
+//! state) and one HTTP context per request.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::UNIX_EPOCH;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel as PwLogLevel, MetricType};
+use sessiongate_core::{ErrorCode, Gate};
+
+use crate::filter::{self, Host, LogLevel, Next};
+use crate::raw;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(PwLogLevel::Info);
+    proxy_wasm::set_root_context(|_| Box::new(Root::default()));
+}}
+
+type Metrics = Rc<RefCell<HashMap<String, u32>>>;
+
+#[derive(Default)]
+struct Root {
+    gate: Option<Rc<Gate>>,
+    metrics: Metrics,
+}
+
+fn log(level: LogLevel, message: &str) {
+    let level = match level {
+        LogLevel::Debug => PwLogLevel::Debug,
+        LogLevel::Info => PwLogLevel::Info,
+        LogLevel::Warn => PwLogLevel::Warn,
+        LogLevel::Error => PwLogLevel::Error,
+    };
+    let _ = hostcalls::log(level, &format!("sessiongate: {message}"));
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = match hostcalls::get_buffer(
+            proxy_wasm::types::BufferType::PluginConfiguration,
+            0,
+            usize::MAX,
+        ) {
+            Ok(Some(b)) => b,
+            Ok(None) => {
+                log(
+                    LogLevel::Error,
+                    "no plugin configuration: refusing to start",
+                );
+                return false;
+            }
+            Err(e) => {
+                log(
+                    LogLevel::Error,
+                    &format!("cannot read the plugin configuration ({e:?}): refusing to start"),
+                );
+                return false;
+            }
+        };
+        match Gate::from_json(&bytes) {
+            Ok(gate) => {
+                log(
+                    LogLevel::Info,
+                    &format!(
+                        "configured: {} credentials, limit {}/{}s",
+                        gate.credentials().len(),
+                        gate.limit().requests,
+                        gate.limit().window_seconds()
+                    ),
+                );
+                self.gate = Some(Rc::new(gate));
+            }
+            Err(e) => {
+                // Fail closed: Envoy will not start the filter with a bad configuration.
+                log(
+                    LogLevel::Error,
+                    &format!("invalid configuration, refusing to start: {e}"),
+                );
+                return false;
+            }
+        }
+        let mut metrics = self.metrics.borrow_mut();
+        let names = [
+            filter::METRIC_ALLOWED.to_owned(),
+            filter::METRIC_ALLOWED_FAIL_OPEN.to_owned(),
+        ]
+        .into_iter()
+        .chain(ErrorCode::ALL.iter().map(|c| filter::denied_metric(*c)));
+        for name in names {
+            if !metrics.contains_key(&name) {
+                if let Ok(id) = hostcalls::define_metric(MetricType::Counter, &name) {
+                    metrics.insert(name, id);
+                }
+            }
+        }
+        drop(metrics);
+        filter::init_shared_state(&mut Wasm {
+            metrics: self.metrics.clone(),
+        });
+        true
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let gate = self.gate.clone()?;
+        Some(Box::new(Request {
+            gate,
+            metrics: self.metrics.clone(),
+            response_headers: Vec::new(),
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Request {
+    gate: Rc<Gate>,
+    metrics: Metrics,
+    response_headers: Vec<(&'static str, String)>,
+}
+
+/// The host calls of the SDK behind the filter's [`Host`] trait.
+struct Wasm {
+    metrics: Metrics,
+}
+
+impl Host for Wasm {
+    fn request_headers(&self) -> Vec<(String, Vec<u8>)> {
+        hostcalls::get_map_bytes(proxy_wasm::types::MapType::HttpRequestHeaders).unwrap_or_default()
+    }
+    fn set_request_header(&mut self, name: &str, value: Option<&str>) {
+        let _ =
+            hostcalls::set_map_value(proxy_wasm::types::MapType::HttpRequestHeaders, name, value);
+    }
+    fn set_response_header(&mut self, name: &str, value: &str) {
+        let _ = hostcalls::set_map_value(
+            proxy_wasm::types::MapType::HttpResponseHeaders,
+            name,
+            Some(value),
+        );
+    }
+    fn send_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
+        let _ = hostcalls::send_http_response(u32::from(status), headers.to_vec(), Some(body));
+    }
+    fn shared_get(&self, key: &str) -> Result<(Option<Vec<u8>>, u32), String> {
+        raw::get_shared_data(key)
+    }
+    fn shared_set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<bool, String> {
+        raw::set_shared_data(key, value, cas)
+    }
+    fn set_credential(&mut self, name: &str) {
+        raw::set_property("sessiongate_credential", name.as_bytes());
+    }
+    fn now_ms(&self) -> u64 {
+        hostcalls::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+    fn log(&self, level: LogLevel, message: &str) {
+        log(level, message);
+    }
+    fn increment(&mut self, metric: &str) {
+        if let Some(id) = self.metrics.borrow().get(metric) {
+            let _ = hostcalls::increment_metric(*id, 1);
+        }
+    }
+}
+
+impl Context for Request {}
+
+impl HttpContext for Request {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let mut host = Wasm {
+            metrics: self.metrics.clone(),
+        };
+        match filter::on_request_headers(&self.gate, &mut host) {
+            Next::Stop => Action::Pause,
+            Next::Continue(headers) => {
+                self.response_headers = headers;
+                Action::Continue
+            }
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let headers = std::mem::take(&mut self.response_headers);
+        filter::on_response_headers(
+            &mut Wasm {
+                metrics: self.metrics.clone(),
+            },
+            &headers,
+        );
+        Action::Continue
+    }
+}

@@ -1,0 +1,403 @@
+//! A proxy-wasm host on wasmtime, shaped like Envoy's: one compiled module,
+//! several VMs (one per worker), one shared-data store and one set of metrics
+//! for all of them, and the stream lifecycle Envoy drives
+//! (`context_create → request_headers → response_headers → done → log → delete`).
+
+mod abi;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use wasmtime::{Config, Engine, Instance, Linker, Module, Store, TypedFunc};
+use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi::p1::WasiP1Ctx;
+
+
+/// The root context id, as Envoy numbers it.
+const ROOT_CONTEXT: u32 = 1;
+/// `Action::Continue` of the ABI.
+const ACTION_CONTINUE: u32 = 0;
+
+pub type HeaderList = Vec<(String, Vec<u8>)>;
+
+/// Proxy-wasm shared data: one store for every VM, with Envoy's CAS rules
+/// (cas 0 writes unconditionally; every write bumps the version, never to 0).
+#[derive(Clone, Default)]
+pub struct SharedData {
+    inner: Arc<Mutex<HashMap<String, (Vec<u8>, u32)>>>,
+    /// Fault injection for tests: every call fails while set.
+    failing: Arc<AtomicBool>,
+}
+
+impl SharedData {
+    pub fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, ()> {
+        if self.failing.load(Ordering::Relaxed) {
+            return Err(());
+        }
+        let map = self.inner.lock().map_err(|_| ())?;
+        Ok(map.get(key).cloned())
+    }
+
+    pub fn set(&self, key: &str, value: Vec<u8>, cas: u32) -> Result<bool, ()> {
+        if self.failing.load(Ordering::Relaxed) {
+            return Err(());
+        }
+        let mut map = self.inner.lock().map_err(|_| ())?;
+        let current = map.get(key).map_or(0, |(_, c)| *c);
+        if cas != 0 && cas != current {
+            return Ok(false);
+        }
+        let next = current.wrapping_add(1).max(1);
+        map.insert(key.to_owned(), (value, next));
+        Ok(true)
+    }
+}
+
+/// Metrics shared by every VM, by name (as Envoy's stats are).
+#[derive(Default)]
+pub struct Metrics {
+    names: Mutex<Vec<String>>,
+    values: Mutex<Vec<Arc<AtomicI64>>>,
+}
+
+impl Metrics {
+    fn define(&self, _kind: u32, name: &str) -> u32 {
+        let (Ok(mut names), Ok(mut values)) = (self.names.lock(), self.values.lock()) else {
+            return 0;
+        };
+        if let Some(i) = names.iter().position(|n| n == name) {
+            return i as u32;
+        }
+        names.push(name.to_owned());
+        values.push(Arc::new(AtomicI64::new(0)));
+        (names.len() - 1) as u32
+    }
+
+    fn increment(&self, id: u32, by: i64) -> bool {
+        let Ok(values) = self.values.lock() else {
+            return false;
+        };
+        match values.get(id as usize) {
+            Some(v) => {
+                v.fetch_add(by, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn snapshot(&self) -> Vec<(String, i64)> {
+        let (Ok(names), Ok(values)) = (self.names.lock(), self.values.lock()) else {
+            return Vec::new();
+        };
+        names
+            .iter()
+            .zip(values.iter())
+            .map(|(n, v)| (n.clone(), v.load(Ordering::Relaxed)))
+            .collect()
+    }
+}
+
+/// A response the filter sent itself.
+#[derive(Debug, Clone)]
+pub struct LocalReply {
+    pub status: u16,
+    pub headers: HeaderList,
+    pub body: Vec<u8>,
+}
+
+/// The host's view of one HTTP stream.
+#[derive(Default)]
+pub struct Stream {
+    pub request_headers: HeaderList,
+    pub response_headers: HeaderList,
+    pub local_reply: Option<LocalReply>,
+    pub source_address: Option<String>,
+    /// What the filter set with `proxy_set_property` (path parts joined by `.`).
+    pub properties: HashMap<String, Vec<u8>>,
+}
+
+pub type LogSink = Arc<dyn Fn(u32, &str) + Send + Sync>;
+
+pub struct VmState {
+    wasi: WasiP1Ctx,
+    vm_id: usize,
+    effective: u32,
+    plugin_config: Arc<Vec<u8>>,
+    streams: HashMap<u32, Stream>,
+    shared: SharedData,
+    metrics: Arc<Metrics>,
+    log: LogSink,
+}
+
+/// The compiled filter and what every VM shares.
+#[derive(Clone)]
+pub struct Plugin {
+    engine: Engine,
+    module: Module,
+    linker: Arc<Linker<VmState>>,
+    pub shared: SharedData,
+    pub metrics: Arc<Metrics>,
+    log: LogSink,
+}
+
+impl Plugin {
+    /// Compiles a filter module and checks it speaks ABI 0.2.1.
+    pub fn compile(wasm: &[u8], log: LogSink) -> Result<Plugin> {
+        let mut config = Config::new();
+        config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        let engine = Engine::new(&config).map_err(|e| anyhow!("wasmtime: {e:?}"))?;
+        let module =
+            Module::new(&engine, wasm).map_err(|e| anyhow!("cannot compile the plugin: {e:?}"))?;
+        if module.get_export("proxy_abi_version_0_2_1").is_none() {
+            bail!(
+                "the plugin does not export proxy_abi_version_0_2_1: not a proxy-wasm 0.2.1 filter"
+            );
+        }
+        let mut linker: Linker<VmState> = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut VmState| &mut s.wasi)
+            .map_err(|e| anyhow!("{e:?}"))?;
+        abi::add_to_linker(&mut linker).map_err(|e| anyhow!("{e:?}"))?;
+        // Imports the filter links but never calls (gRPC, queues, HTTP calls):
+        // calling one traps, and the host then replaces the VM.
+        linker
+            .define_unknown_imports_as_traps(&module)
+            .map_err(|e| anyhow!("{e:?}"))?;
+        Ok(Plugin {
+            engine,
+            module,
+            linker: Arc::new(linker),
+            shared: SharedData::default(),
+            metrics: Arc::new(Metrics::default()),
+            log,
+        })
+    }
+
+    /// Starts one VM and configures it. A refused configuration is an error.
+    pub fn start_vm(&self, vm_id: usize, config: Arc<Vec<u8>>) -> Result<Vm> {
+        let state = VmState {
+            wasi: WasiCtxBuilder::new().inherit_stderr().build_p1(),
+            vm_id,
+            effective: ROOT_CONTEXT,
+            plugin_config: config,
+            streams: HashMap::new(),
+            shared: self.shared.clone(),
+            metrics: self.metrics.clone(),
+            log: self.log.clone(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        let instance = self
+            .linker
+            .instantiate(&mut store, &self.module)
+            .map_err(|e| anyhow!("cannot instantiate the plugin: {e:?}"))?;
+        let exports = Exports::new(&mut store, &instance)?;
+        if let Ok(init) = instance.get_typed_func::<(), ()>(&mut store, "_initialize") {
+            init.call(&mut store, ())
+                .map_err(|e| anyhow!("_initialize trapped: {e:?}"))?;
+        }
+        let mut vm = Vm {
+            store,
+            exports,
+            next_context: ROOT_CONTEXT + 1,
+        };
+        vm.call(|vm| {
+            vm.exports
+                .on_context_create
+                .call(&mut vm.store, (ROOT_CONTEXT, 0))
+        })?;
+        let started = vm.call(|vm| {
+            vm.exports
+                .on_vm_start
+                .call(&mut vm.store, (ROOT_CONTEXT, 0))
+        })?;
+        if started == 0 {
+            bail!("the plugin refused to start (proxy_on_vm_start returned false)");
+        }
+        vm.configure(vm.store.data().plugin_config.clone())?;
+        Ok(vm)
+    }
+}
+
+struct Exports {
+    on_context_create: TypedFunc<(u32, u32), ()>,
+    on_vm_start: TypedFunc<(u32, u32), u32>,
+    on_configure: TypedFunc<(u32, u32), u32>,
+    on_request_headers: TypedFunc<(u32, u32, u32), u32>,
+    on_response_headers: TypedFunc<(u32, u32, u32), u32>,
+    on_done: TypedFunc<u32, u32>,
+    on_log: TypedFunc<u32, ()>,
+    on_delete: TypedFunc<u32, ()>,
+}
+
+impl Exports {
+    fn new(store: &mut Store<VmState>, instance: &Instance) -> Result<Exports> {
+        macro_rules! get {
+            ($name:literal) => {
+                instance
+                    .get_typed_func(&mut *store, $name)
+                    .map_err(|e| anyhow!("the plugin's {} is missing or mistyped: {e:?}", $name))?
+            };
+        }
+        Ok(Exports {
+            on_context_create: get!("proxy_on_context_create"),
+            on_vm_start: get!("proxy_on_vm_start"),
+            on_configure: get!("proxy_on_configure"),
+            on_request_headers: get!("proxy_on_request_headers"),
+            on_response_headers: get!("proxy_on_response_headers"),
+            on_done: get!("proxy_on_done"),
+            on_log: get!("proxy_on_log"),
+            on_delete: get!("proxy_on_delete"),
+        })
+    }
+}
+
+/// One VM: a store and an instance of the filter. Not shared between threads
+/// at once (the caller holds it behind a lock, as Envoy pins a VM to a worker).
+pub struct Vm {
+    store: Store<VmState>,
+    exports: Exports,
+    next_context: u32,
+}
+
+/// What the request phase decided.
+pub enum RequestPhase {
+    /// The filter answered; the stream is finished.
+    Reply(LocalReply, HashMap<String, Vec<u8>>),
+    /// Forward upstream with these (rewritten) headers; finish with `respond`.
+    Continue { context: u32, headers: HeaderList },
+}
+
+impl Vm {
+    fn call<T>(&mut self, f: impl FnOnce(&mut Vm) -> wasmtime::Result<T>) -> Result<T> {
+        f(self).map_err(|e| anyhow!("the plugin trapped: {e:?}"))
+    }
+
+    /// Gives the root context a new configuration (`proxy_on_configure`). On
+    /// refusal the filter keeps its last good configuration.
+    pub fn configure(&mut self, config: Arc<Vec<u8>>) -> Result<()> {
+        let size = config.len() as u32;
+        self.store.data_mut().plugin_config = config;
+        self.store.data_mut().effective = ROOT_CONTEXT;
+        let ok = self.call(|vm| {
+            vm.exports
+                .on_configure
+                .call(&mut vm.store, (ROOT_CONTEXT, size))
+        })?;
+        if ok == 0 {
+            bail!("the plugin refused its configuration (see its log above)");
+        }
+        Ok(())
+    }
+
+    /// Runs `proxy_on_request_headers` for a new stream.
+    pub fn on_request(
+        &mut self,
+        headers: HeaderList,
+        source: Option<String>,
+    ) -> Result<RequestPhase> {
+        let context = self.next_context;
+        self.next_context = self.next_context.wrapping_add(1).max(ROOT_CONTEXT + 1);
+        let count = headers.len() as u32;
+        self.store.data_mut().streams.insert(
+            context,
+            Stream {
+                request_headers: headers,
+                source_address: source,
+                ..Stream::default()
+            },
+        );
+        self.store.data_mut().effective = context;
+        let result = self
+            .call(|vm| {
+                vm.exports
+                    .on_context_create
+                    .call(&mut vm.store, (context, ROOT_CONTEXT))
+            })
+            .and_then(|()| {
+                self.call(|vm| {
+                    vm.exports
+                        .on_request_headers
+                        .call(&mut vm.store, (context, count, 1))
+                })
+            });
+        let action = match result {
+            Ok(a) => a,
+            Err(e) => {
+                self.store.data_mut().streams.remove(&context);
+                return Err(e);
+            }
+        };
+        let reply = self
+            .store
+            .data_mut()
+            .streams
+            .get_mut(&context)
+            .and_then(|s| s.local_reply.take());
+        if let Some(reply) = reply {
+            let props = self.finish(context)?;
+            return Ok(RequestPhase::Reply(reply, props));
+        }
+        if action != ACTION_CONTINUE {
+            self.finish(context)?;
+            bail!("the filter paused the request without answering it");
+        }
+        let headers = self
+            .store
+            .data()
+            .streams
+            .get(&context)
+            .map(|s| s.request_headers.clone())
+            .unwrap_or_default();
+        Ok(RequestPhase::Continue { context, headers })
+    }
+
+    /// Runs `proxy_on_response_headers` on the upstream's (or the host's own)
+    /// response, then ends the stream. Returns the headers as the filter left them.
+    pub fn on_response(
+        &mut self,
+        context: u32,
+        headers: HeaderList,
+    ) -> Result<(HeaderList, HashMap<String, Vec<u8>>)> {
+        let count = headers.len() as u32;
+        match self.store.data_mut().streams.get_mut(&context) {
+            Some(s) => s.response_headers = headers,
+            None => bail!("no stream {context}"),
+        }
+        self.store.data_mut().effective = context;
+        let result = self.call(|vm| {
+            vm.exports
+                .on_response_headers
+                .call(&mut vm.store, (context, count, 0))
+        });
+        let headers = self
+            .store
+            .data_mut()
+            .streams
+            .get_mut(&context)
+            .map(|s| std::mem::take(&mut s.response_headers))
+            .unwrap_or_default();
+        let props = self.finish(context)?;
+        result?;
+        Ok((headers, props))
+    }
+
+    /// Ends a stream as Envoy does: done, log, delete.
+    fn finish(&mut self, context: u32) -> Result<HashMap<String, Vec<u8>>> {
+        self.store.data_mut().effective = context;
+        let result = self
+            .call(|vm| vm.exports.on_done.call(&mut vm.store, context))
+            .and_then(|_| self.call(|vm| vm.exports.on_log.call(&mut vm.store, context)))
+            .and_then(|()| self.call(|vm| vm.exports.on_delete.call(&mut vm.store, context)));
+        let props = self
+            .store
+            .data_mut()
+            .streams
+            .remove(&context)
+            .map(|s| s.properties)
+            .unwrap_or_default();
+        result.context("ending the stream")?;
+        Ok(props)
+    }
+}

@@ -1,0 +1,530 @@
+//! `sessiongate serve`: HTTP/1.1 on tokio + hyper, every request through the
+//! proxy-wasm filter under wasmtime, as Envoy would run it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use bytes::Bytes;
+use clap::Args;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde::Deserialize;
+use sessiongate_core::{Backend, GateConfig, LimitConfig};
+use tokio::net::TcpListener;
+
+use crate::host::{HeaderList, LocalReply, Plugin, RequestPhase, Vm};
+use crate::store;
+
+/// The filter built by `build.rs` for wasm32-wasip1.
+static EMBEDDED_PLUGIN: &[u8] = include_bytes!(env!("SESSIONGATE_PLUGIN_WASM"));
+const DEFAULT_CONFIG: &str = include_str!("default-config.toml");
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// TOML configuration (default: the embedded one, shown in the README).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on (overrides `listen`).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Load this filter instead of the embedded one.
+    #[arg(long, value_name = "FILE")]
+    plugin: Option<PathBuf>,
+    /// Token store (overrides `store`).
+    #[arg(long, value_name = "FILE")]
+    store: Option<PathBuf>,
+    /// Number of VMs, like Envoy's worker threads (default: the number of cores).
+    #[arg(long)]
+    workers: Option<usize>,
+}
+
+/// The TOML configuration of `serve`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServeConfig {
+    listen: Option<String>,
+    store: Option<PathBuf>,
+    backend: Option<String>,
+    limit: Option<LimitConfig>,
+    fail_open: Option<bool>,
+    workers: Option<usize>,
+    upstream_timeout_ms: Option<u64>,
+    stub_sessions_per_site: Option<u32>,
+}
+
+/// Everything `serve` runs with, after defaults and flags.
+struct Settings {
+    listen: String,
+    store: PathBuf,
+    gate: GateConfig,
+    workers: usize,
+    upstream_timeout: Duration,
+}
+
+fn settings(args: &ServeArgs) -> Result<Settings> {
+    let text = match &args.config {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?,
+        None => DEFAULT_CONFIG.to_owned(),
+    };
+    let name = args
+        .config
+        .as_ref()
+        .map_or("the embedded default config".to_owned(), |p| {
+            p.display().to_string()
+        });
+    let file: ServeConfig = toml::from_str(&text).map_err(|e| anyhow!("{name}: {e}"))?;
+    let backend = Backend::parse(file.backend.as_deref().unwrap_or("stub"))
+        .map_err(|e| anyhow!("{name}: {e}"))?;
+    if backend == Backend::Upstream(None) {
+        bail!("{name}: backend must be \"stub\" or an http:// URL for `serve`");
+    }
+    let gate = GateConfig {
+        credentials: Vec::new(),
+        limit: file.limit.unwrap_or_default(),
+        backend,
+        fail_open: file.fail_open.unwrap_or(false),
+        stub_sessions_per_site: file
+            .stub_sessions_per_site
+            .unwrap_or(sessiongate_core::stub::DEFAULT_SESSIONS_PER_SITE),
+    };
+    gate.validate().map_err(|e| anyhow!("{name}: {e}"))?;
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    Ok(Settings {
+        listen: args
+            .listen
+            .clone()
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:8080".to_owned()),
+        store: args
+            .store
+            .clone()
+            .or(file.store)
+            .unwrap_or_else(|| "sessiongate-tokens.json".into()),
+        gate,
+        workers: args.workers.or(file.workers).unwrap_or(cores).max(1),
+        upstream_timeout: Duration::from_millis(file.upstream_timeout_ms.unwrap_or(10_000)),
+    })
+}
+
+fn log_line(level: u32, msg: &str) {
+    let tag = match level {
+        0 => "trace",
+        1 => "debug",
+        2 => "info",
+        3 => "warn",
+        4 => "error",
+        _ => "critical",
+    };
+    if level >= 2 {
+        eprintln!("sessiongate {tag}: {msg}");
+    }
+}
+
+/// The VMs, one per worker, and the configuration they run.
+struct Pool {
+    plugin: Plugin,
+    vms: Vec<Mutex<Vm>>,
+    next: AtomicUsize,
+    config: RwLock<Arc<Vec<u8>>>,
+}
+
+impl Pool {
+    fn pick(&self) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed) % self.vms.len()
+    }
+
+    /// Runs `f` on VM `i`. A trap kills a VM, as in Envoy; here it is replaced
+    /// by a fresh one so the next request is served normally.
+    fn with_vm<T>(&self, i: usize, f: impl FnOnce(&mut Vm) -> Result<T>) -> Result<T> {
+        let slot = self.vms.get(i).ok_or_else(|| anyhow!("no VM {i}"))?;
+        let mut vm = slot.lock().map_err(|_| anyhow!("VM {i} lock poisoned"))?;
+        let result = f(&mut vm);
+        if let Err(e) = &result {
+            eprintln!("sessiongate error: VM {i} failed: {e:#}; starting a fresh one");
+            let config = self.current_config();
+            match self.plugin.start_vm(i, config) {
+                Ok(fresh) => *vm = fresh,
+                Err(e) => eprintln!("sessiongate error: cannot restart VM {i}: {e:#}"),
+            }
+        }
+        result
+    }
+
+    fn current_config(&self) -> Arc<Vec<u8>> {
+        self.config
+            .read()
+            .map(|c| c.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Hands every VM a new configuration; on refusal the VMs keep the old one.
+    fn reconfigure(&self, config: Vec<u8>) -> Result<()> {
+        let config = Arc::new(config);
+        for (i, slot) in self.vms.iter().enumerate() {
+            let mut vm = slot.lock().map_err(|_| anyhow!("VM {i} lock poisoned"))?;
+            vm.configure(config.clone())?;
+        }
+        if let Ok(mut c) = self.config.write() {
+            *c = config;
+        }
+        Ok(())
+    }
+}
+
+struct App {
+    pool: Pool,
+    backend: Backend,
+    client: Client<HttpConnector, Full<Bytes>>,
+    upstream_timeout: Duration,
+}
+
+fn gate_config_json(base: &GateConfig, store: &Path) -> Result<Vec<u8>> {
+    let config = GateConfig {
+        credentials: store::load(store)?,
+        ..base.clone()
+    };
+    Ok(serde_json::to_vec(&config)?)
+}
+
+pub fn run(args: ServeArgs) -> Result<()> {
+    let settings = settings(&args)?;
+    let wasm = match &args.plugin {
+        Some(path) => {
+            std::fs::read(path).with_context(|| format!("cannot read plugin {}", path.display()))?
+        }
+        None => EMBEDDED_PLUGIN.to_vec(),
+    };
+    let started = Instant::now();
+    let plugin = Plugin::compile(&wasm, Arc::new(log_line))?;
+    let records = store::load(&settings.store)?;
+    if records.is_empty() {
+        eprintln!(
+            "sessiongate: the token store {} has no credentials yet. Mint one (in another shell):\n  \
+             TOKEN=$(sessiongate token create --store {} --name demo --customer acme --all-sites)",
+            settings.store.display(),
+            settings.store.display()
+        );
+    }
+    let config = gate_config_json(&settings.gate, &settings.store)?;
+    let config = Arc::new(config);
+    let vms = (0..settings.workers)
+        .map(|i| plugin.start_vm(i, config.clone()).map(Mutex::new))
+        .collect::<Result<Vec<_>>>()?;
+    let app = Arc::new(App {
+        pool: Pool {
+            plugin,
+            vms,
+            next: AtomicUsize::new(0),
+            config: RwLock::new(config),
+        },
+        backend: settings.gate.backend.clone(),
+        client: Client::builder(TokioExecutor::new()).build_http(),
+        upstream_timeout: settings.upstream_timeout,
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(settings.workers)
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve(app, settings, started))
+}
+
+async fn serve(app: Arc<App>, settings: Settings, started: Instant) -> Result<()> {
+    let listener = TcpListener::bind(&settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let local = listener.local_addr()?;
+    eprintln!(
+        "sessiongate: listening on http://{local} ({} VMs, backend {}, limit {}/{}s, store {}, ready in {} ms)",
+        settings.workers,
+        match &app.backend {
+            Backend::Stub => "stub".to_owned(),
+            Backend::Upstream(u) => u.clone().unwrap_or_default(),
+        },
+        settings.gate.limit.requests,
+        settings.gate.limit.window_seconds,
+        settings.store.display(),
+        started.elapsed().as_millis()
+    );
+    tokio::spawn(watch_store(
+        app.clone(),
+        settings.gate.clone(),
+        settings.store.clone(),
+    ));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        eprintln!("sessiongate warn: accept failed: {e}");
+                        continue;
+                    }
+                };
+                let app = app.clone();
+                let service = service_fn(move |req| {
+                    let app = app.clone();
+                    async move { Ok::<_, std::convert::Infallible>(handle(app, req, peer).await) }
+                });
+                let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    eprintln!("sessiongate: shutting down, finishing requests in flight");
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        eprintln!("sessiongate warn: some connections did not finish within 10 s");
+    }
+    for (name, value) in app.pool.plugin.metrics.snapshot() {
+        eprintln!("sessiongate metric: {name} {value}");
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Polls the token store; a change reaches every VM within the poll period.
+/// An unreadable or corrupt store is logged loudly and the last good
+/// credentials stay in force: never everything, never nothing by accident.
+async fn watch_store(app: Arc<App>, base: GateConfig, path: PathBuf) {
+    let stamp = |p: &Path| {
+        std::fs::metadata(p).ok().map(|m| {
+            #[cfg(unix)]
+            let ino = std::os::unix::fs::MetadataExt::ino(&m);
+            #[cfg(not(unix))]
+            let ino = 0u64;
+            (m.modified().ok(), m.len(), ino)
+        })
+    };
+    let mut last = stamp(&path);
+    let mut interval = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        interval.tick().await;
+        let now = stamp(&path);
+        if now == last {
+            continue;
+        }
+        last = now;
+        let reloaded =
+            gate_config_json(&base, &path).and_then(|config| app.pool.reconfigure(config));
+        match reloaded {
+            Ok(()) => eprintln!("sessiongate: token store {} reloaded", path.display()),
+            Err(e) => eprintln!(
+                "sessiongate ERROR: token store {} could not be loaded: {e:#}. \
+                 Keeping the last good credentials.",
+                path.display()
+            ),
+        }
+    }
+}
+
+fn request_headers<B>(req: &Request<B>) -> HeaderList {
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/".to_owned(), |p| p.as_str().to_owned());
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().as_bytes().to_vec())
+        .or_else(|| req.headers().get("host").map(|h| h.as_bytes().to_vec()))
+        .unwrap_or_default();
+    let mut headers = vec![
+        (
+            ":method".to_owned(),
+            req.method().as_str().as_bytes().to_vec(),
+        ),
+        (":path".to_owned(), path.into_bytes()),
+        (":authority".to_owned(), authority),
+        (":scheme".to_owned(), b"http".to_vec()),
+    ];
+    for (name, value) in req.headers() {
+        headers.push((name.as_str().to_owned(), value.as_bytes().to_vec()));
+    }
+    headers
+}
+
+fn build_response(status: u16, headers: &HeaderList, body: Bytes) -> Response<Full<Bytes>> {
+    let mut builder = Response::builder().status(status);
+    for (name, value) in headers {
+        if name.starts_with(':') || is_hop_by_hop(name) || name == "content-length" {
+            continue;
+        }
+        builder = builder.header(name.as_str(), value.as_slice());
+    }
+    builder
+        .body(Full::new(body))
+        .unwrap_or_else(|_| internal_error())
+}
+
+fn internal_error() -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(
+        br#"{"error":{"code":"internal_error","message":"The gate failed to process the request."}}"#,
+    )));
+    *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "upgrade"
+            | "te"
+            | "trailer"
+    )
+}
+
+async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let headers = request_headers(&req);
+    let vm = app.pool.pick();
+    let phase = app
+        .pool
+        .with_vm(vm, |v| v.on_request(headers, Some(peer.to_string())));
+    let (response, credential) = match phase {
+        Ok(RequestPhase::Reply(reply, props)) => (
+            build_response(reply.status, &reply.headers, Bytes::from(reply.body)),
+            props.get("sessiongate_credential").cloned(),
+        ),
+        Ok(RequestPhase::Continue { context, headers }) => {
+            let upstream = forward(&app, &method, &headers).await;
+            let (status, response_headers, body) = match upstream {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("sessiongate warn: upstream unavailable: {e:#}");
+                    let error = sessiongate_core::error::upstream_unavailable();
+                    let reply = LocalReply {
+                        status: error.code.status(),
+                        headers: vec![("content-type".into(), b"application/json".to_vec())],
+                        body: error.body().into_bytes(),
+                    };
+                    (reply.status, reply.headers, Bytes::from(reply.body))
+                }
+            };
+            let mut with_status = vec![(":status".to_owned(), status.to_string().into_bytes())];
+            with_status.extend(response_headers);
+            match app
+                .pool
+                .with_vm(vm, |v| v.on_response(context, with_status))
+            {
+                Ok((headers, props)) => (
+                    build_response(status, &headers, body),
+                    props.get("sessiongate_credential").cloned(),
+                ),
+                Err(_) => (internal_error(), None),
+            }
+        }
+        Err(_) => (internal_error(), None),
+    };
+    eprintln!(
+        "access method={} path={} status={} credential={} latency_us={}",
+        method,
+        sanitize(&path),
+        response.status().as_u16(),
+        credential
+            .as_deref()
+            .map_or("-".to_owned(), |c| sanitize(&String::from_utf8_lossy(c))),
+        started.elapsed().as_micros()
+    );
+    response
+}
+
+/// Log fields stay on one line and printable.
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .take(256)
+        .map(|c| if c.is_control() || c == ' ' { '_' } else { c })
+        .collect()
+}
+
+/// Sends the rewritten request to the upstream and reads its whole response.
+async fn forward(
+    app: &App,
+    method: &hyper::Method,
+    headers: &HeaderList,
+) -> Result<(u16, HeaderList, Bytes)> {
+    let Backend::Upstream(Some(base)) = &app.backend else {
+        bail!("the filter forwarded but no upstream URL is configured");
+    };
+    let path = headers
+        .iter()
+        .find(|(n, _)| n == ":path")
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_else(|| "/".into());
+    let uri: hyper::Uri = format!("{base}{path}").parse()?;
+    let mut builder = Request::builder().method(method.clone()).uri(uri);
+    for (name, value) in headers {
+        if name.starts_with(':')
+            || name == "host"
+            || is_hop_by_hop(name)
+            || name == "content-length"
+        {
+            continue;
+        }
+        builder = builder.header(name.as_str(), value.as_slice());
+    }
+    let request = builder.body(Full::new(Bytes::new()))?;
+    let exchange = async {
+        let response = app.client.request(request).await?;
+        let status = response.status().as_u16();
+        let headers: HeaderList = response
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+            .collect();
+        let body = response.into_body().collect().await?.to_bytes();
+        anyhow::Ok((status, headers, body))
+    };
+    tokio::time::timeout(app.upstream_timeout, exchange)
+        .await
+        .map_err(|_| anyhow!("timed out after {:?}", app.upstream_timeout))?
+}
