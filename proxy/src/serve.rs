@@ -26,7 +26,7 @@ use crate::host::{HeaderList, LocalReply, Plugin, RequestPhase, Vm};
 use crate::store;
 
 /// The filter built by `build.rs` for wasm32-wasip1.
-static EMBEDDED_PLUGIN: &[u8] = include_bytes!(env!("SESSIONGATE_PLUGIN_WASM"));
+pub(crate) static EMBEDDED_PLUGIN: &[u8] = include_bytes!(env!("SESSIONGATE_PLUGIN_WASM"));
 const DEFAULT_CONFIG: &str = include_str!("default-config.toml");
 
 #[derive(Args)]

@@ -14,7 +14,6 @@ use wasmtime::{Config, Engine, Instance, Linker, Module, Store, TypedFunc};
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p1::WasiP1Ctx;
 
-
 /// The root context id, as Envoy numbers it.
 const ROOT_CONTEXT: u32 = 1;
 /// `Action::Continue` of the ABI.
@@ -399,5 +398,91 @@ impl Vm {
             .unwrap_or_default();
         result.context("ending the stream")?;
         Ok(props)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sessiongate_core::{CredentialRecord, GateConfig, Kind, Level, LimitConfig, Sites};
+
+    const TOKEN: &str = "fus_abcdefghijklmnopqrstuvwxyzABCDEFGHIJ0123";
+
+    fn config(requests: u32) -> Arc<Vec<u8>> {
+        let config = GateConfig {
+            credentials: vec![CredentialRecord::for_secret(
+                TOKEN,
+                Kind::Token,
+                "t".into(),
+                None,
+                "acme".into(),
+                Sites::All,
+                Level::Standard,
+                0,
+            )],
+            limit: LimitConfig {
+                requests,
+                window_seconds: 3600,
+            },
+            ..Default::default()
+        };
+        Arc::new(serde_json::to_vec(&config).unwrap())
+    }
+
+    fn request() -> HeaderList {
+        vec![
+            (":method".into(), b"GET".to_vec()),
+            (
+                ":path".into(),
+                b"/v1/external/sessions/acme/s?startTime=9007199254740991".to_vec(),
+            ),
+            (
+                "authorization".into(),
+                format!("Bearer {TOKEN}").into_bytes(),
+            ),
+        ]
+    }
+
+    #[test]
+    fn shared_data_follows_envoy_cas_rules() {
+        let s = SharedData::default();
+        assert_eq!(s.get("k"), Ok(None));
+        assert_eq!(s.set("k", b"a".to_vec(), 0), Ok(true));
+        let (_, v1) = s.get("k").unwrap().unwrap();
+        assert_eq!(s.set("k", b"b".to_vec(), v1), Ok(true));
+        assert_eq!(s.set("k", b"c".to_vec(), v1), Ok(false), "stale cas");
+        assert_eq!(s.get("k").unwrap().unwrap().0, b"b");
+    }
+
+    /// VMs on four threads racing on one shared-data key, no HTTP in
+    /// between: the global limit still admits exactly N.
+    #[test]
+    fn vms_on_many_threads_admit_exactly_the_limit() {
+        let plugin = Plugin::compile(crate::serve::EMBEDDED_PLUGIN, Arc::new(|_, _| {})).unwrap();
+        let config = config(150);
+        let admitted: usize = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|i| {
+                    let mut vm = plugin.start_vm(i, config.clone()).unwrap();
+                    s.spawn(move || {
+                        (0..400)
+                            .filter(|_| match vm.on_request(request(), None).unwrap() {
+                                RequestPhase::Reply(reply, _) => reply.status == 200,
+                                RequestPhase::Continue { .. } => panic!("stub backend forwarded"),
+                            })
+                            .count()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(admitted, 150);
+        let denied = plugin
+            .metrics
+            .snapshot()
+            .into_iter()
+            .find(|(n, _)| n == "sessiongate_denied_rate_limited")
+            .map(|(_, v)| v);
+        assert_eq!(denied, Some(1600 - 150));
     }
 }

@@ -1,0 +1,468 @@
+//! End to end: the real `sessiongate` binary, the real plugin `.wasm` under
+//! wasmtime, credentials minted with the real CLI, HTTP over loopback.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sessiongate_conformance::http::{get, request};
+use sessiongate_conformance::{self as suite, Credentials, Harness};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sessiongate");
+
+fn cli(args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("run sessiongate");
+    assert!(
+        out.status.success(),
+        "sessiongate {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn mint_token(store: &Path, name: &str, sites: &[&str]) -> String {
+    let mut args = vec![
+        "token",
+        "create",
+        "--store",
+        store.to_str().unwrap(),
+        "--name",
+        name,
+        "--customer",
+        suite::CUSTOMER,
+    ];
+    if sites.is_empty() {
+        args.push("--all-sites");
+    }
+    for s in sites {
+        args.extend(["--site", s]);
+    }
+    cli(&args)
+}
+
+fn mint_key(store: &Path, name: &str, level: &str) -> String {
+    cli(&[
+        "key",
+        "create",
+        "--store",
+        store.to_str().unwrap(),
+        "--name",
+        name,
+        "--customer",
+        suite::CUSTOMER,
+        "--level",
+        level,
+        "--all-sites",
+    ])
+}
+
+/// A running `sessiongate serve` and everything it printed.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    fn start(dir: &Path, store: &Path, config: &str, workers: usize) -> Server {
+        let config_path = dir.join(format!("config-{}.toml", rand_suffix()));
+        std::fs::write(&config_path, config).unwrap();
+        let mut child = Command::new(BIN)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--workers",
+                &workers.to_string(),
+            ])
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--store")
+            .arg(store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start sessiongate serve");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let addr = rest
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned();
+                    let _ = tx.send(addr);
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("server did not start: {:?}", log.lock().unwrap()));
+        Server {
+            child,
+            addr: addr.parse().unwrap(),
+            log,
+        }
+    }
+
+    fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "no exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rand_suffix() -> String {
+    format!("{:?}", Instant::now())
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect()
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    dir: PathBuf,
+    store: PathBuf,
+    creds: Credentials,
+    /// Every secret minted, for the leak checks.
+    secrets: Vec<String>,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    let store = path.join("tokens.json");
+    let creds = Credentials {
+        token_all: mint_token(&store, "all-sites", &[]),
+        token_site_a: mint_token(&store, "site-a-only", &[suite::SITE_A]),
+        key_standard: mint_key(&store, "key-standard", "standard"),
+        key_architect: mint_key(&store, "key-architect", "architect"),
+        key_admin: mint_key(&store, "key-admin", "admin"),
+    };
+    let secrets = vec![
+        creds.token_all.clone(),
+        creds.token_site_a.clone(),
+        creds.key_standard.clone(),
+        creds.key_architect.clone(),
+        creds.key_admin.clone(),
+    ];
+    Fixture {
+        _dir: dir,
+        dir: path,
+        store,
+        creds,
+        secrets,
+    }
+}
+
+struct Local<'a> {
+    server: &'a Server,
+    fixture: &'a mut Fixture,
+}
+
+impl Harness for Local<'_> {
+    fn addr(&self) -> SocketAddr {
+        self.server.addr
+    }
+    fn credentials(&self) -> &Credentials {
+        &self.fixture.creds
+    }
+    fn mint(&mut self, name: &str) -> Result<String, String> {
+        let secret = mint_token(&self.fixture.store, name, &[]);
+        self.fixture.secrets.push(secret.clone());
+        Ok(secret)
+    }
+    fn revoke(&mut self, name: &str) -> Result<(), String> {
+        cli(&[
+            "token",
+            "delete",
+            "--store",
+            self.fixture.store.to_str().unwrap(),
+            name,
+        ]);
+        Ok(())
+    }
+}
+
+/// No minted secret, nor its 40-character body, anywhere in `haystack`.
+fn assert_no_secret(what: &str, haystack: &str, secrets: &[String]) {
+    for s in secrets {
+        let body = s.trim_start_matches("fus_");
+        let key_body = s.split('/').next().unwrap_or(s);
+        assert!(
+            !haystack.contains(s.as_str())
+                && !haystack.contains(body)
+                && !haystack.contains(key_body),
+            "{what} contains a secret"
+        );
+    }
+}
+
+#[test]
+fn conformance_suite_against_sessiongate_serve() {
+    let mut fx = fixture();
+    let config = "backend = \"stub\"\n[limit]\nrequests = 100000\nwindow_seconds = 60\n";
+    let server = Server::start(&fx.dir.clone(), &fx.store.clone(), config, 4);
+    let failures = suite::run(
+        &mut Local {
+            server: &server,
+            fixture: &mut fx,
+        },
+        suite::FUNCTIONAL,
+    );
+    assert!(
+        failures.is_empty(),
+        "conformance failures:\n{}",
+        failures.join("\n")
+    );
+    // Nothing the suite minted shows in the server's log or the store.
+    let log = server.log_text();
+    assert!(log.contains("access method=GET"), "no access log");
+    assert_no_secret("the server log", &log, &fx.secrets);
+    assert_no_secret(
+        "the token store",
+        &std::fs::read_to_string(&fx.store).unwrap(),
+        &fx.secrets,
+    );
+}
+
+#[test]
+fn exactly_n_admitted_out_of_many_concurrent_across_four_vms() {
+    let mut fx = fixture();
+    let config = "[limit]\nrequests = 10\nwindow_seconds = 60\n";
+    let server = Server::start(&fx.dir.clone(), &fx.store.clone(), config, 4);
+    let mut h = Local {
+        server: &server,
+        fixture: &mut fx,
+    };
+    suite::exact_global_limit(&mut h, 10, 60, 64).unwrap();
+    let log = server.log_text();
+    for vm in 0..4 {
+        assert!(
+            log.contains(&format!("[vm {vm}] sessiongate: configured")),
+            "VM {vm} did not start"
+        );
+    }
+}
+
+/// A one-request-at-a-time upstream that records what it received.
+fn upstream() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = vec![0u8; 65536];
+            let mut head = Vec::new();
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            sink.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&head).into_owned());
+            let body = r#"{"data":{"sessions":[]}}"#;
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-upstream: yes\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (addr, seen)
+}
+
+#[test]
+fn forwards_rewritten_requests_and_maps_upstream_failure_to_502() {
+    let fx = fixture();
+    let (up, seen) = upstream();
+    let config =
+        format!("backend = \"http://{up}\"\n[limit]\nrequests = 1000\nwindow_seconds = 60\n");
+    let server = Server::start(&fx.dir, &fx.store, &config, 2);
+    let r = request(
+        server.addr,
+        "GET",
+        "/v1/external/sessions/acme/site-a?startTime=5",
+        &[
+            ("Authorization", &format!("Bearer {}", fx.creds.token_all)),
+            ("X-Sessiongate-Credential", "spoofed"),
+            ("X-Sessiongate-Customer", "globex"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-upstream"), Some("yes"));
+    assert_eq!(r.text(), r#"{"data":{"sessions":[]}}"#);
+    assert!(
+        r.header("ratelimit")
+            .is_some_and(|v| v.contains("remaining=999"))
+    );
+    let received = seen.lock().unwrap().join("\n");
+    let lower = received.to_ascii_lowercase();
+    assert!(
+        received.starts_with("GET /v1/external/sessions/acme/site-a?startTime=5 HTTP/1.1"),
+        "{received}"
+    );
+    assert!(!lower.contains("authorization"), "{received}");
+    assert!(
+        lower.contains("x-sessiongate-credential: all-sites"),
+        "{received}"
+    );
+    assert!(lower.contains("x-sessiongate-customer: acme"), "{received}");
+    assert!(
+        !lower.contains("spoofed") && !lower.contains("globex"),
+        "{received}"
+    );
+    assert_no_secret("the forwarded request", &received, &fx.secrets);
+    // A denied request never reaches the upstream.
+    let before = seen.lock().unwrap().len();
+    let r = get(server.addr, "/v1/external/sessions/acme/site-a", None).unwrap();
+    assert_eq!(r.status, 401);
+    assert_eq!(seen.lock().unwrap().len(), before);
+
+    // Nothing listens on a just-closed port: 502 JSON with the limit's headers.
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let config = format!("backend = \"http://{dead}\"\nupstream_timeout_ms = 2000\n");
+    let server = Server::start(&fx.dir, &fx.store, &config, 2);
+    let r = get(
+        server.addr,
+        "/v1/external/sessions/acme/site-a",
+        Some(&format!("Bearer {}", fx.creds.token_all)),
+    )
+    .unwrap();
+    suite::expect_error(&r, 502, "upstream_unavailable").unwrap();
+    assert_eq!(r.header("ratelimit-policy"), Some("20;w=60"));
+    assert!(r.header("ratelimit").is_some());
+}
+
+#[test]
+fn sigterm_shuts_down_gracefully() {
+    let fx = fixture();
+    let mut server = Server::start(&fx.dir, &fx.store, "", 1);
+    let r = get(
+        server.addr,
+        "/me",
+        Some(&format!("Bearer {}", fx.creds.token_all)),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let status = server.terminate();
+    assert!(status.success(), "exit status {status}");
+    assert!(server.log_text().contains("shutting down"));
+}
+
+#[test]
+fn a_corrupt_store_keeps_the_last_good_credentials() {
+    let fx = fixture();
+    let server = Server::start(&fx.dir, &fx.store, "", 2);
+    let auth = format!("Bearer {}", fx.creds.token_all);
+    assert_eq!(get(server.addr, "/me", Some(&auth)).unwrap().status, 200);
+    std::fs::write(&fx.store, b"{ this is not a store").unwrap();
+    let start = Instant::now();
+    while !server.log_text().contains("could not be loaded") {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "corruption not reported"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(get(server.addr, "/me", Some(&auth)).unwrap().status, 200);
+    let r = get(
+        server.addr,
+        "/me",
+        Some("Bearer fus_0000000000000000000000000000000000000000"),
+    )
+    .unwrap();
+    assert_eq!(r.status, 401, "a corrupt store must not let anyone in");
+}
+
+#[test]
+fn startup_errors_are_clear() {
+    let fx = fixture();
+    let bad = fx.dir.join("bad.toml");
+    std::fs::write(&bad, "listen = 5\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.toml"));
+    let corrupt = fx.dir.join("corrupt.json");
+    std::fs::write(&corrupt, "[]").unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--store"])
+        .arg(&corrupt)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("corrupt.json") && err.contains("corrupt"),
+        "{err}"
+    );
+}
+
+#[test]
+fn envoy_config_holds_hashes_only() {
+    let fx = fixture();
+    let json = cli(&[
+        "envoy-config",
+        "--store",
+        fx.store.to_str().unwrap(),
+        "--requests",
+        "7",
+    ]);
+    assert_no_secret("envoy-config output", &json, &fx.secrets);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["credentials"].as_array().unwrap().len(), 5);
+    assert_eq!(v["limit"]["requests"], 7);
+    assert_eq!(v["backend"], "upstream");
+    assert_eq!(v["credentials"][0]["hash"].as_str().unwrap().len(), 64);
+}
