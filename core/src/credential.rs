@@ -36,7 +36,7 @@ pub fn parse_hash_hex(hex: &str) -> Option<SecretHash> {
         return None;
     }
     let mut out = [0u8; 32];
-    for (slot, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+    for (slot, pair) in out.iter_mut().zip(bytes.as_chunks::<2>().0) {
         let text = std::str::from_utf8(pair).ok()?;
         if !text.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;

@@ -85,12 +85,10 @@ pub fn decode(bytes: Option<&[u8]>) -> Result<Vec<u64>, LimiterError> {
         return Err(LimiterError::Corrupt);
     }
     let times: Vec<u64> = body
-        .chunks_exact(8)
-        .map(|c| {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(c);
-            u64::from_le_bytes(b)
-        })
+        .as_chunks::<8>()
+        .0
+        .iter()
+        .map(|c| u64::from_le_bytes(*c))
         .collect();
     if times.windows(2).any(|w| matches!(w, [a, b] if a > b)) {
         return Err(LimiterError::Corrupt);
@@ -123,11 +121,7 @@ fn verdict(live: &[u64], now: u64, limit: Limit, admitted: bool) -> Verdict {
     let remaining = requests.saturating_sub(count) as u32;
     // The slot that frees next for this caller: if over the limit, the entry
     // whose expiry brings the count back under it; else the oldest one.
-    let pivot = if count >= requests {
-        count - requests
-    } else {
-        0
-    };
+    let pivot = count.saturating_sub(requests);
     let reset_seconds = live.get(pivot).map_or(0, |&t| {
         ceil_seconds((t + limit.window_ms).saturating_sub(now))
     });
@@ -354,11 +348,11 @@ mod tests {
         fn set(&mut self, value: &[u8], version: u32) -> Result<CasOutcome, StoreError> {
             if let Some(t) = self.interference.pop() {
                 // Another caller completes a whole admission first.
-                if let Ok(v) = acquire(self.shared, t, L) {
-                    if v.admitted {
-                        let times = decode(self.shared.value.as_deref()).unwrap_or_default();
-                        self.log.push(times.last().copied().unwrap_or(t));
-                    }
+                if let Ok(v) = acquire(self.shared, t, L)
+                    && v.admitted
+                {
+                    let times = decode(self.shared.value.as_deref()).unwrap_or_default();
+                    self.log.push(times.last().copied().unwrap_or(t));
                 }
             }
             self.shared.set(value, version)

@@ -339,7 +339,7 @@ fn basic_raw_key_and_rfc7617() {
         format!("Basic {}", b64(&format!("me:{KEY_STD}"))),
         format!("Basic {}", b64(&format!("{KEY_STD}:"))),
     ] {
-        let d = run(&gate(), &get(SESSIONS, &[auth.clone()]), &mut s);
+        let d = run(&gate(), &get(SESSIONS, std::slice::from_ref(&auth)), &mut s);
         assert_eq!(reply(&d).0, 200, "{auth}");
         assert_eq!(d.credential.as_deref(), Some("key-std"));
     }

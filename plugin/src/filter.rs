@@ -173,11 +173,13 @@ mod tests {
 
     const TOKEN: &str = "fus_0123456789012345678901234567890123456789";
 
+    type SentReply = (u16, Vec<(String, String)>, Vec<u8>);
+
     #[derive(Default)]
     struct Mock {
         request: Vec<(String, Vec<u8>)>,
         response: Vec<(String, String)>,
-        reply: Option<(u16, Vec<(String, String)>, Vec<u8>)>,
+        reply: Option<SentReply>,
         shared: HashMap<String, (Vec<u8>, u32)>,
         metrics: HashMap<String, u64>,
         logs: Vec<String>,

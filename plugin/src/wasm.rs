@@ -92,10 +92,10 @@ impl RootContext for Root {
         .into_iter()
         .chain(ErrorCode::ALL.iter().map(|c| filter::denied_metric(*c)));
         for name in names {
-            if !metrics.contains_key(&name) {
-                if let Ok(id) = hostcalls::define_metric(MetricType::Counter, &name) {
-                    metrics.insert(name, id);
-                }
+            if let std::collections::hash_map::Entry::Vacant(slot) = metrics.entry(name)
+                && let Ok(id) = hostcalls::define_metric(MetricType::Counter, slot.key())
+            {
+                slot.insert(id);
             }
         }
         drop(metrics);

@@ -150,6 +150,9 @@ struct ConfigArgs {
     /// Admit requests when the limiter's shared state fails (default: fail closed).
     #[arg(long)]
     fail_open: bool,
+    /// Print the whole plugin/envoy.yaml with this configuration inlined.
+    #[arg(long)]
+    envoy_yaml: bool,
 }
 
 fn create(kind: Kind, args: CreateArgs, level: Level) -> Result<()> {
@@ -172,6 +175,29 @@ fn create(kind: Kind, args: CreateArgs, level: Level) -> Result<()> {
         args.name
     );
     Ok(())
+}
+
+/// `plugin/envoy.yaml`, with the block between its markers replaced.
+const ENVOY_YAML: &str = include_str!("../../plugin/envoy.yaml");
+
+fn envoy_yaml(config_json: &str) -> Result<String> {
+    const BEGIN: &str = "# BEGIN sessiongate configuration";
+    const END: &str = "# END sessiongate configuration";
+    let (Some(begin), Some(end)) = (ENVOY_YAML.find(BEGIN), ENVOY_YAML.find(END)) else {
+        anyhow::bail!("plugin/envoy.yaml lost its configuration markers");
+    };
+    let line_start = ENVOY_YAML[..begin].rfind('\n').map_or(0, |i| i + 1);
+    let indent = &ENVOY_YAML[line_start..begin];
+    let mut block = format!("{BEGIN}\n{indent}value: |\n");
+    for line in config_json.lines() {
+        block.push_str(&format!("{indent}  {line}\n"));
+    }
+    block.push_str(indent);
+    Ok(format!(
+        "{}{block}{}",
+        &ENVOY_YAML[..begin],
+        &ENVOY_YAML[end..]
+    ))
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -205,8 +231,14 @@ fn run(cli: Cli) -> Result<()> {
                 ..Default::default()
             };
             config.validate().map_err(anyhow::Error::msg)?;
+            let json = serde_json::to_string_pretty(&config)?;
+            let text = if a.envoy_yaml {
+                envoy_yaml(&json)?
+            } else {
+                json
+            };
             use std::io::Write as _;
-            writeln!(stdout, "{}", serde_json::to_string_pretty(&config)?)?;
+            writeln!(stdout, "{}", text.trim_end())?;
             Ok(())
         }
         Command::Serve(a) => serve::run(a),

@@ -18,10 +18,11 @@ fn random_string(alphabet: &[u8], len: usize) -> Result<String> {
     while out.len() < len {
         getrandom::fill(&mut buf).map_err(|e| anyhow!("the system CSPRNG failed: {e}"))?;
         for &b in &buf {
-            if (b as usize) < limit && out.len() < len {
-                if let Some(&c) = alphabet.get(b as usize % n) {
-                    out.push(c as char);
-                }
+            if (b as usize) < limit
+                && out.len() < len
+                && let Some(&c) = alphabet.get(b as usize % n)
+            {
+                out.push(c as char);
             }
         }
     }

@@ -465,4 +465,14 @@ fn envoy_config_holds_hashes_only() {
     assert_eq!(v["limit"]["requests"], 7);
     assert_eq!(v["backend"], "upstream");
     assert_eq!(v["credentials"][0]["hash"].as_str().unwrap().len(), 64);
+    let yaml = cli(&[
+        "envoy-config",
+        "--store",
+        fx.store.to_str().unwrap(),
+        "--envoy-yaml",
+    ]);
+    assert_no_secret("envoy.yaml", &yaml, &fx.secrets);
+    assert!(yaml.contains(v["credentials"][0]["hash"].as_str().unwrap()));
+    assert!(yaml.contains("envoy.filters.http.wasm") && yaml.contains("sessions_backend"));
+    assert_eq!(yaml.matches("# BEGIN sessiongate configuration").count(), 1);
 }

@@ -97,8 +97,8 @@ pub fn deserialize_map(bytes: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
         return Some(Vec::new());
     }
     let u32_at = |at: usize| -> Option<usize> {
-        let b = bytes.get(at..at + 4)?;
-        Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        let b: [u8; 4] = bytes.get(at..at + 4)?.try_into().ok()?;
+        Some(u32::from_le_bytes(b) as usize)
     };
     let count = u32_at(0)?;
     let mut data = 4usize.checked_add(count.checked_mul(8)?)?;

@@ -23,9 +23,12 @@ pub type HeaderList = Vec<(String, Vec<u8>)>;
 
 /// Proxy-wasm shared data: one store for every VM, with Envoy's CAS rules
 /// (cas 0 writes unconditionally; every write bumps the version, never to 0).
+/// A shared-data value and its CAS version.
+type Versioned = (Vec<u8>, u32);
+
 #[derive(Clone, Default)]
 pub struct SharedData {
-    inner: Arc<Mutex<HashMap<String, (Vec<u8>, u32)>>>,
+    inner: Arc<Mutex<HashMap<String, Versioned>>>,
     /// Fault injection for tests: every call fails while set.
     failing: Arc<AtomicBool>,
 }
