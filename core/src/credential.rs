@@ -346,6 +346,15 @@ pub fn parse_authorization(value: &[u8]) -> Result<Presented, Malformed> {
     }
 }
 
+/// Splits an `Authorization` value that a Fetch `Headers` object joined.
+///
+/// Fetch joins repeated fields with `, `; no token, key or base64 text holds a
+/// comma, so each comma marks another header. Used by the Worker, whose
+/// runtime only offers the joined value.
+pub fn split_joined(value: &[u8]) -> Vec<&[u8]> {
+    value.split(|&b| b == b',').collect()
+}
+
 /// The credential set, indexed by hash. Built once per configuration.
 #[derive(Debug, Default)]
 pub struct CredentialSet {
@@ -545,6 +554,12 @@ mod tests {
         assert_eq!(set.find(&as_basic), None);
         let as_bearer = parse_authorization(format!("Bearer {TOKEN}").as_bytes()).unwrap();
         assert_eq!(set.find(&as_bearer).map(|r| r.name.as_str()), Some("t"));
+    }
+
+    #[test]
+    fn joined_values_split_at_commas() {
+        assert_eq!(split_joined(b"Bearer a"), vec![&b"Bearer a"[..]]);
+        assert_eq!(split_joined(b"Bearer a, Bearer a").len(), 2);
     }
 
     #[test]

@@ -115,44 +115,118 @@ impl Gate {
     }
 
     /// Decides one request. `now_ms` is Unix time in ms; `store` holds the
-    /// global limiter's state.
+    /// global limiter's state. The synchronous path: [`Gate::prepare`], the
+    /// limiter on `store`, [`Gate::complete`].
     pub fn decide(&self, req: &Request<'_>, now_ms: u64, store: &mut dyn SharedStore) -> Decision {
+        match self.prepare(req, |_| false) {
+            Prepared::Reply {
+                mut decision,
+                wants_limit_state,
+            } => {
+                if wants_limit_state {
+                    let state = limiter::peek(store, now_ms, self.limit).ok();
+                    self.add_limit_state(&mut decision, state.as_ref());
+                }
+                decision
+            }
+            Prepared::Admit(admission) => {
+                let verdict = limiter::acquire(store, now_ms, self.limit);
+                self.complete(admission, verdict)
+            }
+        }
+    }
+
+    /// The authenticated credential of a request, if its one `Authorization`
+    /// value names a known one. Adapters whose revocation list lives
+    /// elsewhere (a Durable Object) look it up with this, then `prepare`.
+    pub fn identify(&self, authorization: &[&[u8]]) -> Option<&CredentialRecord> {
+        match authorization {
+            [one] => parse_authorization(one)
+                .ok()
+                .and_then(|p| self.credentials.find(&p)),
+            _ => None,
+        }
+    }
+
+    /// Every check before the limiter, in the contract's order. `revoked`
+    /// lets an adapter withdraw a credential the configuration still holds.
+    pub fn prepare<'g>(
+        &'g self,
+        req: &Request<'_>,
+        revoked: impl Fn(&CredentialRecord) -> bool,
+    ) -> Prepared<'g> {
         let (path, query) = split_target(req.target);
         let limited = is_limited_api(path);
-        match self.check(req, path, query) {
-            Err((error, credential)) => {
-                self.deny(error, credential, limited.then_some((now_ms, store)))
-            }
-            Ok(Checked::Me(record)) => Decision {
-                action: Action::Reply(Reply {
-                    status: 200,
-                    headers: json_headers(),
-                    // In the contract's field order; serde_json escapes the strings.
-                    body: format!(
-                        "{{\"role\":\"{}\",\"name\":{},\"hint\":{}}}",
-                        record.level.role(),
-                        serde_json::Value::from(record.name.as_str()),
-                        serde_json::Value::from(record.hint.as_str()),
-                    ),
-                }),
-                outcome: Outcome::Allowed,
-                credential: Some(record.name.clone()),
+        match self.check(req, path, query, &revoked) {
+            Err((error, credential)) => Prepared::Reply {
+                decision: self.deny(error, credential, limited),
+                wants_limit_state: limited,
+            },
+            Ok(Checked::Me(record)) => Prepared::Reply {
+                decision: Decision {
+                    action: Action::Reply(Reply {
+                        status: 200,
+                        headers: json_headers(),
+                        // In the contract's field order; serde_json escapes the strings.
+                        body: format!(
+                            "{{\"role\":\"{}\",\"name\":{},\"hint\":{}}}",
+                            record.level.role(),
+                            serde_json::Value::from(record.name.as_str()),
+                            serde_json::Value::from(record.hint.as_str()),
+                        ),
+                    }),
+                    outcome: Outcome::Allowed,
+                    credential: Some(record.name.clone()),
+                },
+                wants_limit_state: false,
             },
             Ok(Checked::Sessions {
                 record,
                 customer,
                 site,
                 query,
-            }) => self.admit(record, customer, site, &query, now_ms, store),
+            }) => Prepared::Admit(Admission {
+                record,
+                customer: customer.to_owned(),
+                site: site.to_owned(),
+                query,
+            }),
         }
     }
 
-    fn check<'r>(
-        &'r self,
+    /// `503 limiter_unavailable`: the limiter's shared state failed and the
+    /// gate fails closed.
+    pub fn limiter_unavailable(&self, credential: Option<String>) -> Decision {
+        self.deny(
+            GateError::new(
+                ErrorCode::LimiterUnavailable,
+                "The rate limiter is unavailable; the request was not admitted.",
+            ),
+            credential,
+            true,
+        )
+    }
+
+    pub fn fail_open(&self) -> bool {
+        self.fail_open
+    }
+
+    /// Adds the `RateLimit` header to a reply that never reached the limiter.
+    pub fn add_limit_state(&self, decision: &mut Decision, state: Option<&Verdict>) {
+        if let (Action::Reply(reply), Some(v)) = (&mut decision.action, state) {
+            reply
+                .headers
+                .push(("ratelimit", limiter::ratelimit_header(self.limit, v)));
+        }
+    }
+
+    fn check<'g, 'p>(
+        &'g self,
         req: &Request<'_>,
-        path: &'r str,
+        path: &'p str,
         query: Option<&str>,
-    ) -> Result<Checked<'r>, (GateError, Option<String>)> {
+        revoked: &dyn Fn(&CredentialRecord) -> bool,
+    ) -> Result<Checked<'g, 'p>, (GateError, Option<String>)> {
         let plain = |e: GateError| (e, None);
         let route = route(path);
         if route == Route::NotFound {
@@ -179,7 +253,9 @@ impl Gate {
             }
             _ => Some(parse_query(query).map_err(plain)?),
         };
-        let record = self.authenticate(req.authorization).map_err(plain)?;
+        let record = self
+            .authenticate(req.authorization, revoked)
+            .map_err(plain)?;
         let with_name = |e: GateError| (e, Some(record.name.clone()));
         match (route, parsed) {
             (Route::Sessions { customer, site }, Some(query)) => {
@@ -212,7 +288,11 @@ impl Gate {
         }
     }
 
-    fn authenticate(&self, values: &[&[u8]]) -> Result<&CredentialRecord, GateError> {
+    fn authenticate(
+        &self,
+        values: &[&[u8]],
+        revoked: &dyn Fn(&CredentialRecord) -> bool,
+    ) -> Result<&CredentialRecord, GateError> {
         let value = match values {
             [] => {
                 return Err(GateError::new(
@@ -235,20 +315,27 @@ impl Gate {
             )
         };
         let presented = parse_authorization(value).map_err(|_| invalid())?;
-        self.credentials.find(&presented).ok_or_else(invalid)
+        self.credentials
+            .find(&presented)
+            .filter(|r| !revoked(r))
+            .ok_or_else(invalid)
     }
 
-    fn admit(
+    /// Finishes an admitted request with the limiter's verdict (or failure).
+    pub fn complete(
         &self,
-        record: &CredentialRecord,
-        customer: &str,
-        site: &str,
-        query: &SessionQuery,
-        now_ms: u64,
-        store: &mut dyn SharedStore,
+        admission: Admission<'_>,
+        verdict: Result<Verdict, LimiterError>,
     ) -> Decision {
+        let Admission {
+            record,
+            customer,
+            site,
+            query,
+        } = admission;
+        let (customer, site, query) = (customer.as_str(), site.as_str(), &query);
         let name = Some(record.name.clone());
-        let (verdict, outcome) = match limiter::acquire(store, now_ms, self.limit) {
+        let (verdict, outcome) = match verdict {
             Ok(v) if v.admitted => (Some(v), Outcome::Allowed),
             Ok(v) => {
                 let mut d = self.deny(
@@ -257,7 +344,7 @@ impl Gate {
                         "The global limit of this API is reached; retry after the time in Retry-After.",
                     ),
                     name,
-                    None,
+                    false,
                 );
                 if let Action::Reply(reply) = &mut d.action {
                     reply
@@ -271,20 +358,7 @@ impl Gate {
                 let _ = e;
                 (None, Outcome::AllowedFailOpen)
             }
-            Err(_) => {
-                let mut d = self.deny(
-                    GateError::new(
-                        ErrorCode::LimiterUnavailable,
-                        "The rate limiter is unavailable; the request was not admitted.",
-                    ),
-                    name,
-                    None,
-                );
-                if let Action::Reply(reply) = &mut d.action {
-                    reply.headers.extend(self.rate_headers(None));
-                }
-                return d;
-            }
+            Err(_) => return self.limiter_unavailable(name),
         };
         let rate_headers = self.rate_headers(verdict.as_ref());
         let action = match &self.backend {
@@ -323,14 +397,9 @@ impl Gate {
         h
     }
 
-    /// An error reply. Under `/v1/external/` it carries the limit's headers,
-    /// read without spending anything.
-    fn deny(
-        &self,
-        error: GateError,
-        credential: Option<String>,
-        peek: Option<(u64, &mut dyn SharedStore)>,
-    ) -> Decision {
+    /// An error reply. Under `/v1/external/` it carries the limit's policy;
+    /// its current state is added by the caller ([`Gate::add_limit_state`]).
+    fn deny(&self, error: GateError, credential: Option<String>, limited: bool) -> Decision {
         let mut headers = json_headers();
         match error.code {
             ErrorCode::Unauthorized | ErrorCode::InvalidCredentials => {
@@ -339,9 +408,8 @@ impl Gate {
             ErrorCode::MethodNotAllowed => headers.push(("allow", "GET".to_owned())),
             _ => {}
         }
-        if let Some((now, store)) = peek {
-            let state = limiter::peek(store, now, self.limit).ok();
-            headers.extend(self.rate_headers(state.as_ref()));
+        if limited {
+            headers.extend(self.rate_headers(None));
         }
         Decision {
             action: Action::Reply(Reply {
@@ -365,13 +433,43 @@ impl Gate {
     }
 }
 
+/// What [`Gate::prepare`] found.
+#[derive(Debug)]
+pub enum Prepared<'g> {
+    /// Answered without the limiter. When `wants_limit_state`, the reply is
+    /// under the limited API and its `RateLimit` header needs the limiter's
+    /// current state ([`Gate::add_limit_state`]): read it without spending.
+    Reply {
+        decision: Decision,
+        wants_limit_state: bool,
+    },
+    /// Passed every check: run the limiter, then [`Gate::complete`].
+    Admit(Admission<'g>),
+}
+
+/// A request that passed every check and waits for the limiter.
+#[derive(Debug)]
+pub struct Admission<'g> {
+    record: &'g CredentialRecord,
+    customer: String,
+    site: String,
+    query: SessionQuery,
+}
+
+impl Admission<'_> {
+    /// The credential being admitted (its hash, for a revocation check).
+    pub fn credential(&self) -> &CredentialRecord {
+        self.record
+    }
+}
+
 /// What passed every check before the limiter.
-enum Checked<'r> {
-    Me(&'r CredentialRecord),
+enum Checked<'g, 'p> {
+    Me(&'g CredentialRecord),
     Sessions {
-        record: &'r CredentialRecord,
-        customer: &'r str,
-        site: &'r str,
+        record: &'g CredentialRecord,
+        customer: &'p str,
+        site: &'p str,
         query: SessionQuery,
     },
 }

@@ -17,5 +17,5 @@ pub mod stub;
 pub use config::{Backend, GateConfig, LimitConfig};
 pub use credential::{CredentialRecord, Kind, Level, Sites};
 pub use error::{ErrorCode, GateError};
-pub use gate::{Action, Decision, Forward, Gate, Outcome, Reply, Request};
-pub use limiter::{CasOutcome, Limit, MemoryStore, SharedStore, StoreError};
+pub use gate::{Action, Admission, Decision, Forward, Gate, Outcome, Prepared, Reply, Request};
+pub use limiter::{CasOutcome, Limit, LimiterError, MemoryStore, SharedStore, StoreError, Verdict};

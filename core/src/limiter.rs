@@ -63,7 +63,7 @@ impl Limit {
 }
 
 /// What the limiter says about one request, with what the headers need.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Verdict {
     pub admitted: bool,
     /// Slots left in the window after this decision.

@@ -552,3 +552,33 @@ fn secrets_never_appear_in_any_decision() {
         }
     }
 }
+
+#[test]
+fn revoked_credentials_are_unknown_credentials() {
+    let g = gate();
+    let call = get(SESSIONS, &ok_auth());
+    let values: Vec<&[u8]> = call.auth.iter().map(|s| s.as_bytes()).collect();
+    let req = Request {
+        method: "GET",
+        target: SESSIONS,
+        authorization: &values,
+    };
+    assert_eq!(
+        g.identify(&values).map(|r| r.name.as_str()),
+        Some("all-sites")
+    );
+    match g.prepare(&req, |r| r.name == "all-sites") {
+        sessiongate_core::Prepared::Reply {
+            decision,
+            wants_limit_state,
+        } => {
+            expect_error(&decision, ErrorCode::InvalidCredentials);
+            assert!(wants_limit_state);
+        }
+        sessiongate_core::Prepared::Admit(_) => panic!("a revoked credential was admitted"),
+    }
+    assert!(matches!(
+        g.prepare(&req, |_| false),
+        sessiongate_core::Prepared::Admit(_)
+    ));
+}

@@ -40,6 +40,9 @@ enum Command {
     },
     /// Print the plugin configuration JSON (hashes only) for envoy.yaml.
     EnvoyConfig(ConfigArgs),
+    /// Print the Worker configuration JSON (hashes only) for the
+    /// SESSIONGATE_CONFIG binding. The same JSON as envoy-config; backend stub or a URL.
+    WorkerConfig(ConfigArgs),
     /// Serve HTTP, running the proxy-wasm filter under wasmtime.
     Serve(serve::ServeArgs),
 }
@@ -140,9 +143,10 @@ enum KeyAction {
 struct ConfigArgs {
     #[command(flatten)]
     store: StoreArg,
-    /// `stub` (answer from synthetic sessions) or `upstream` (continue to the route's cluster).
-    #[arg(long, default_value = "upstream")]
-    backend: String,
+    /// `stub` (synthetic sessions), `upstream` (Envoy: continue to the route's
+    /// cluster) or an origin URL (Worker). Default: upstream for Envoy, stub for the Worker.
+    #[arg(long)]
+    backend: Option<String>,
     #[arg(long, default_value_t = 20)]
     requests: u32,
     #[arg(long, default_value_t = 60)]
@@ -219,30 +223,38 @@ fn run(cli: Cli) -> Result<()> {
             } => manage::update_key(&store.store, &name, rename, level.map(Into::into)),
             KeyAction::Delete(a) => manage::delete(&a.store.store, Kind::Key, &a.name),
         },
-        Command::EnvoyConfig(a) => {
-            let config = GateConfig {
-                credentials: store::load(&a.store.store)?,
-                limit: LimitConfig {
-                    requests: a.requests,
-                    window_seconds: a.window_seconds,
-                },
-                backend: Backend::parse(&a.backend).map_err(anyhow::Error::msg)?,
-                fail_open: a.fail_open,
-                ..Default::default()
-            };
-            config.validate().map_err(anyhow::Error::msg)?;
-            let json = serde_json::to_string_pretty(&config)?;
-            let text = if a.envoy_yaml {
-                envoy_yaml(&json)?
-            } else {
-                json
-            };
-            use std::io::Write as _;
-            writeln!(stdout, "{}", text.trim_end())?;
-            Ok(())
+        Command::EnvoyConfig(a) => print_config(a, "upstream", &mut stdout),
+        Command::WorkerConfig(a) => {
+            if a.envoy_yaml {
+                anyhow::bail!("--envoy-yaml is for envoy-config");
+            }
+            print_config(a, "stub", &mut stdout)
         }
         Command::Serve(a) => serve::run(a),
     }
+}
+
+fn print_config(a: ConfigArgs, default_backend: &str, out: &mut dyn std::io::Write) -> Result<()> {
+    let config = GateConfig {
+        credentials: store::load(&a.store.store)?,
+        limit: LimitConfig {
+            requests: a.requests,
+            window_seconds: a.window_seconds,
+        },
+        backend: Backend::parse(a.backend.as_deref().unwrap_or(default_backend))
+            .map_err(anyhow::Error::msg)?,
+        fail_open: a.fail_open,
+        ..Default::default()
+    };
+    config.validate().map_err(anyhow::Error::msg)?;
+    let json = serde_json::to_string_pretty(&config)?;
+    let text = if a.envoy_yaml {
+        envoy_yaml(&json)?
+    } else {
+        json
+    };
+    writeln!(out, "{}", text.trim_end())?;
+    Ok(())
 }
 
 fn main() -> ExitCode {

@@ -9,64 +9,16 @@
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{BIN, Fixture, assert_no_secret, cli, fixture, mint_token};
 use sessiongate_conformance::http::{get, request};
 use sessiongate_conformance::{self as suite, Credentials, Harness};
-
-const BIN: &str = env!("CARGO_BIN_EXE_sessiongate");
-
-fn cli(args: &[&str]) -> String {
-    let out = Command::new(BIN)
-        .args(args)
-        .output()
-        .expect("run sessiongate");
-    assert!(
-        out.status.success(),
-        "sessiongate {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
-fn mint_token(store: &Path, name: &str, sites: &[&str]) -> String {
-    let mut args = vec![
-        "token",
-        "create",
-        "--store",
-        store.to_str().unwrap(),
-        "--name",
-        name,
-        "--customer",
-        suite::CUSTOMER,
-    ];
-    if sites.is_empty() {
-        args.push("--all-sites");
-    }
-    for s in sites {
-        args.extend(["--site", s]);
-    }
-    cli(&args)
-}
-
-fn mint_key(store: &Path, name: &str, level: &str) -> String {
-    cli(&[
-        "key",
-        "create",
-        "--store",
-        store.to_str().unwrap(),
-        "--name",
-        name,
-        "--customer",
-        suite::CUSTOMER,
-        "--level",
-        level,
-        "--all-sites",
-    ])
-}
 
 /// A running `sessiongate serve` and everything it printed.
 struct Server {
@@ -158,42 +110,6 @@ fn rand_suffix() -> String {
         .collect()
 }
 
-struct Fixture {
-    _dir: tempfile::TempDir,
-    dir: PathBuf,
-    store: PathBuf,
-    creds: Credentials,
-    /// Every secret minted, for the leak checks.
-    secrets: Vec<String>,
-}
-
-fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().to_path_buf();
-    let store = path.join("tokens.json");
-    let creds = Credentials {
-        token_all: mint_token(&store, "all-sites", &[]),
-        token_site_a: mint_token(&store, "site-a-only", &[suite::SITE_A]),
-        key_standard: mint_key(&store, "key-standard", "standard"),
-        key_architect: mint_key(&store, "key-architect", "architect"),
-        key_admin: mint_key(&store, "key-admin", "admin"),
-    };
-    let secrets = vec![
-        creds.token_all.clone(),
-        creds.token_site_a.clone(),
-        creds.key_standard.clone(),
-        creds.key_architect.clone(),
-        creds.key_admin.clone(),
-    ];
-    Fixture {
-        _dir: dir,
-        dir: path,
-        store,
-        creds,
-        secrets,
-    }
-}
-
 struct Local<'a> {
     server: &'a Server,
     fixture: &'a mut Fixture,
@@ -220,20 +136,6 @@ impl Harness for Local<'_> {
             name,
         ]);
         Ok(())
-    }
-}
-
-/// No minted secret, nor its 40-character body, anywhere in `haystack`.
-fn assert_no_secret(what: &str, haystack: &str, secrets: &[String]) {
-    for s in secrets {
-        let body = s.trim_start_matches("fus_");
-        let key_body = s.split('/').next().unwrap_or(s);
-        assert!(
-            !haystack.contains(s.as_str())
-                && !haystack.contains(body)
-                && !haystack.contains(key_body),
-            "{what} contains a secret"
-        );
     }
 }
 

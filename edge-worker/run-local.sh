@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Runs the sessiongate Worker locally on workerd (Cloudflare's open-source
+# runtime), in the foreground, with the credentials of a token store.
+#
+#   edge-worker/run-local.sh --store FILE --port PORT [--requests N] [--window-seconds S]
+#                            [--backend stub|URL] [--admin-hash HEX] [--state-dir DIR]
+#
+# Builds the Worker first if it is not built or its sources changed. Needs only
+# crates.io and npm: worker-build and wasm-bindgen-cli are installed into
+# $SESSIONGATE_TOOLS (default ~/.cache/sessiongate/tools) once; workerd and
+# esbuild come from edge-worker/package-lock.json.
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(dirname "$here")"
+
+store="" port="" requests=20 window=60 backend=stub state="" admin_hash="${SESSIONGATE_ADMIN_HASH:-}"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --store) store="$2"; shift 2 ;;
+    --port) port="$2"; shift 2 ;;
+    --requests) requests="$2"; shift 2 ;;
+    --window-seconds) window="$2"; shift 2 ;;
+    --backend) backend="$2"; shift 2 ;;
+    --admin-hash) admin_hash="$2"; shift 2 ;;
+    --state-dir) state="$2"; shift 2 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    *) echo "run-local.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+[ -n "$store" ] && [ -n "$port" ] || { echo "run-local.sh: --store FILE and --port PORT are required" >&2; exit 2; }
+store="$(cd "$(dirname "$store")" && pwd)/$(basename "$store")"
+
+log() { echo "run-local.sh: $*" >&2; }
+
+tools="${SESSIONGATE_TOOLS:-$HOME/.cache/sessiongate/tools}"
+export PATH="$tools/bin:$PATH"
+bindgen_version="$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/[^0-9.]/, ""); print; exit }' "$root/Cargo.lock")"
+
+ensure_tool() { # binary crate version
+  if ! "$1" --version 2>/dev/null | grep -q "$3"; then
+    log "installing $2 $3 into $tools (once; takes minutes)"
+    cargo install --quiet "$2" --version "$3" --root "$tools" >&2
+  fi
+}
+ensure_tool worker-build worker-build 0.8.7
+ensure_tool wasm-bindgen wasm-bindgen-cli "$bindgen_version"
+
+if [ ! -x "$here/node_modules/.bin/workerd" ]; then
+  log "installing workerd and esbuild from npm"
+  (cd "$here" && npm ci --no-audit --no-fund --loglevel=error >&2)
+fi
+esbuild="$here/node_modules/@esbuild/linux-x64/bin/esbuild"
+[ -x "$esbuild" ] || esbuild="$here/node_modules/.bin/esbuild"
+workerd="$here/node_modules/.bin/workerd"
+
+# Build when the bundle is missing or older than any source it is made of.
+stamp="$here/build/.sessiongate-stamp"
+# The Worker's own target directory: `cargo test` may hold the lock of the
+# outer one while its tests run this script.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}/sessiongate-edge-worker"
+if [ ! -f "$stamp" ] || [ -n "$(find "$root/core/src" "$root/core/Cargo.toml" "$here/src" "$here/Cargo.toml" "$root/Cargo.lock" -newer "$stamp" -print -quit)" ]; then
+  log "building the Worker (worker-build --release)"
+  (cd "$here" && WASM_BINDGEN_BIN="$(command -v wasm-bindgen)" ESBUILD_BIN="$esbuild" worker-build --release >&2)
+  touch "$stamp"
+fi
+
+sessiongate="${SESSIONGATE_BIN:-}"
+if [ -z "$sessiongate" ]; then
+  log "building the sessiongate CLI"
+  (cd "$root" && cargo build --quiet --release -p sessiongate >&2)
+  sessiongate="$CARGO_TARGET_DIR/release/sessiongate"
+fi
+
+state="${state:-$(mktemp -d)}"
+mkdir -p "$state/do"
+cp "$here/build/index.js" "$here/build/index_bg.wasm" "$state/"
+"$sessiongate" worker-config --store "$store" --requests "$requests" --window-seconds "$window" --backend "$backend" > "$state/config.json"
+printf '%s' "$admin_hash" > "$state/admin-hash"
+
+cat > "$state/config.capnp" <<CAPNP
+using Workerd = import "/workerd/workerd.capnp";
+
+const config :Workerd.Config = (
+  services = [
+    (name = "main", worker = .gate),
+    (name = "do-storage", disk = (path = "$state/do", writable = true)),
+    (name = "internet", network = (allow = ["public", "private", "local"])),
+  ],
+  sockets = [ (name = "http", address = "127.0.0.1:$port", http = (), service = "main") ],
+);
+
+const gate :Workerd.Worker = (
+  modules = [
+    (name = "index.js", esModule = embed "index.js"),
+    (name = "index_bg.wasm", wasm = embed "index_bg.wasm"),
+  ],
+  compatibilityDate = "2025-09-01",
+  bindings = [
+    (name = "SESSIONGATE_CONFIG", text = embed "config.json"),
+    (name = "SESSIONGATE_ADMIN_HASH", text = embed "admin-hash"),
+    (name = "LIMITER", durableObjectNamespace = "GlobalLimiter"),
+  ],
+  durableObjectNamespaces = [
+    (className = "GlobalLimiter", uniqueKey = "sessiongate-global-limiter", enableSql = true),
+  ],
+  durableObjectStorage = (localDisk = "do-storage"),
+  globalOutbound = "internet",
+);
+CAPNP
+
+log "serving on http://127.0.0.1:$port (limit $requests/${window}s, state in $state)"
+exec "$workerd" serve "$state/config.capnp" --experimental
