@@ -48,7 +48,10 @@ ensure_tool wasm-bindgen wasm-bindgen-cli "$bindgen_version"
 
 if [ ! -x "$here/node_modules/.bin/workerd" ]; then
   log "installing workerd and esbuild from npm"
-  (cd "$here" && npm ci --no-audit --no-fund --loglevel=error >&2)
+  # `npm install`, not `npm ci`: npm records only this platform's optional
+  # workerd binary in the lock file, which `npm ci` then calls out of sync.
+  # The versions are pinned exactly in package.json either way.
+  (cd "$here" && npm install --no-audit --no-fund --loglevel=error >&2)
 fi
 esbuild="$here/node_modules/@esbuild/linux-x64/bin/esbuild"
 [ -x "$esbuild" ] || esbuild="$here/node_modules/.bin/esbuild"
