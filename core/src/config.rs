@@ -4,6 +4,7 @@
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::credential::CredentialRecord;
+use crate::guard::GuardConfig;
 use crate::limiter::MAX_REQUESTS;
 use crate::stub::DEFAULT_SESSIONS_PER_SITE;
 
@@ -90,6 +91,9 @@ pub struct GateConfig {
     pub fail_open: bool,
     #[serde(default = "default_stub_sessions")]
     pub stub_sessions_per_site: u32,
+    /// The failed-credential guard (per client address).
+    #[serde(default)]
+    pub guard: GuardConfig,
 }
 
 fn default_stub_sessions() -> u32 {
@@ -104,6 +108,7 @@ impl Default for GateConfig {
             backend: Backend::Stub,
             fail_open: false,
             stub_sessions_per_site: DEFAULT_SESSIONS_PER_SITE,
+            guard: GuardConfig::default(),
         }
     }
 }
@@ -130,6 +135,9 @@ impl GateConfig {
                 "limit.window_seconds: must be from 1 to 86400, not {}",
                 self.limit.window_seconds
             ));
+        }
+        if self.guard.enabled() && self.guard.window_seconds == 0 {
+            return Err("guard.window_seconds: must be at least 1".into());
         }
         if self.stub_sessions_per_site > 1_000_000 {
             return Err("stub_sessions_per_site: at most 1000000".into());

@@ -4,6 +4,7 @@
 use crate::config::{Backend, GateConfig};
 use crate::credential::{CredentialRecord, CredentialSet, Level, parse_authorization};
 use crate::error::{ErrorCode, GateError};
+use crate::guard::{self, GuardConfig};
 use crate::limiter::{self, Limit, LimiterError, SharedStore, Verdict};
 use crate::query::{SessionQuery, parse_query};
 use crate::route::{Route, is_limited_api, route, split_target};
@@ -26,6 +27,9 @@ pub struct Request<'a> {
     pub target: &'a str,
     /// Every `Authorization` value, in order.
     pub authorization: &'a [&'a [u8]],
+    /// The client's address (`ip:port` or `ip`), for the failed-credential
+    /// guard; `None` where the host cannot tell.
+    pub client: Option<&'a str>,
 }
 
 pub type Headers = Vec<(&'static str, String)>;
@@ -78,6 +82,7 @@ pub struct Gate {
     backend: Backend,
     fail_open: bool,
     stub_sessions_per_site: u32,
+    guard: GuardConfig,
 }
 
 const JSON: &str = "application/json";
@@ -95,6 +100,7 @@ impl Gate {
             backend: config.backend,
             fail_open: config.fail_open,
             stub_sessions_per_site: config.stub_sessions_per_site,
+            guard: config.guard,
         })
     }
 
@@ -118,11 +124,26 @@ impl Gate {
     /// global limiter's state. The synchronous path: [`Gate::prepare`], the
     /// limiter on `store`, [`Gate::complete`].
     pub fn decide(&self, req: &Request<'_>, now_ms: u64, store: &mut dyn SharedStore) -> Decision {
-        match self.prepare(req, |_| false) {
+        let client = req
+            .client
+            .map(guard::client_of)
+            .filter(|_| self.guard.enabled());
+        let blocked = match client {
+            Some(c) if !req.authorization.is_empty() => {
+                guard::blocked(store, c, now_ms, &self.guard)
+            }
+            _ => None,
+        };
+        match self.prepare(req, |_| false, blocked) {
             Prepared::Reply {
                 mut decision,
                 wants_limit_state,
             } => {
+                if let (Some(c), Outcome::Denied(ErrorCode::InvalidCredentials)) =
+                    (client, decision.outcome)
+                {
+                    guard::record_failure(store, c, now_ms, &self.guard);
+                }
                 if wants_limit_state {
                     let state = limiter::peek(store, now_ms, self.limit).ok();
                     self.add_limit_state(&mut decision, state.as_ref());
@@ -149,19 +170,30 @@ impl Gate {
     }
 
     /// Every check before the limiter, in the contract's order. `revoked`
-    /// lets an adapter withdraw a credential the configuration still holds.
+    /// lets an adapter withdraw a credential the configuration still holds;
+    /// `guard_blocked` (seconds) answers a client that presents a credential
+    /// while the failed-credential guard holds it, before any lookup.
     pub fn prepare<'g>(
         &'g self,
         req: &Request<'_>,
         revoked: impl Fn(&CredentialRecord) -> bool,
+        guard_blocked: Option<u64>,
     ) -> Prepared<'g> {
         let (path, query) = split_target(req.target);
         let limited = is_limited_api(path);
-        match self.check(req, path, query, &revoked) {
-            Err((error, credential)) => Prepared::Reply {
-                decision: self.deny(error, credential, limited),
-                wants_limit_state: limited,
-            },
+        match self.check(req, path, query, &revoked, guard_blocked) {
+            Err((error, credential)) => {
+                let mut decision = self.deny(error, credential, limited);
+                if let (Some(seconds), Action::Reply(reply)) = (guard_blocked, &mut decision.action)
+                    && decision.outcome == Outcome::Denied(ErrorCode::RateLimited)
+                {
+                    reply.headers.push(("retry-after", seconds.to_string()));
+                }
+                Prepared::Reply {
+                    decision,
+                    wants_limit_state: limited,
+                }
+            }
             Ok(Checked::Me(record)) => Prepared::Reply {
                 decision: Decision {
                     action: Action::Reply(Reply {
@@ -226,6 +258,7 @@ impl Gate {
         path: &'p str,
         query: Option<&str>,
         revoked: &dyn Fn(&CredentialRecord) -> bool,
+        guard_blocked: Option<u64>,
     ) -> Result<Checked<'g, 'p>, (GateError, Option<String>)> {
         let plain = |e: GateError| (e, None);
         let route = route(path);
@@ -253,6 +286,12 @@ impl Gate {
             }
             _ => Some(parse_query(query).map_err(plain)?),
         };
+        if guard_blocked.is_some() && !req.authorization.is_empty() {
+            return Err(plain(GateError::new(
+                ErrorCode::RateLimited,
+                "Too many invalid credentials from this address; retry after the time in Retry-After.",
+            )));
+        }
         let record = self
             .authenticate(req.authorization, revoked)
             .map_err(plain)?;

@@ -9,6 +9,7 @@ pub mod config;
 pub mod credential;
 pub mod error;
 pub mod gate;
+pub mod guard;
 pub mod limiter;
 pub mod query;
 pub mod route;

@@ -14,13 +14,17 @@ pub const MAX_REQUESTS: u32 = 100_000;
 
 const MAGIC: &[u8; 4] = b"SGL1";
 
-/// A store that offers compare-and-swap on one value. Envoy's shared data, a
-/// Durable Object, Redis (`WATCH`/`MULTI`) and wasi keyvalue atomics all fit.
+/// The key of the global limiter's state in the shared store.
+pub const LIMITER_KEY: &str = "sessiongate.limiter.v1";
+
+/// A key-value store that offers compare-and-swap per key. Envoy's shared
+/// data, a Durable Object, Redis (`WATCH`/`MULTI`) and wasi keyvalue atomics
+/// all fit.
 pub trait SharedStore {
-    /// The current value and its version. An absent value is `(None, 0)`.
-    fn get(&mut self) -> Result<(Option<Vec<u8>>, u32), StoreError>;
-    /// Writes `value` if the version is still `version`.
-    fn set(&mut self, value: &[u8], version: u32) -> Result<CasOutcome, StoreError>;
+    /// The current value of `key` and its version. Absent is `(None, 0)`.
+    fn get(&mut self, key: &str) -> Result<(Option<Vec<u8>>, u32), StoreError>;
+    /// Writes `value` if `key`'s version is still `version`.
+    fn set(&mut self, key: &str, value: &[u8], version: u32) -> Result<CasOutcome, StoreError>;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,7 +143,7 @@ pub fn acquire(
     limit: Limit,
 ) -> Result<Verdict, LimiterError> {
     for _ in 0..MAX_CAS_ATTEMPTS {
-        let (bytes, version) = store.get().map_err(LimiterError::Store)?;
+        let (bytes, version) = store.get(LIMITER_KEY).map_err(LimiterError::Store)?;
         let times = decode(bytes.as_deref())?;
         // Never record a time before the newest one: keeps the log sorted and
         // every window exact when callers' clocks disagree slightly.
@@ -152,7 +156,7 @@ pub fn acquire(
         next.extend_from_slice(window);
         next.push(at);
         match store
-            .set(&encode(&next), version)
+            .set(LIMITER_KEY, &encode(&next), version)
             .map_err(LimiterError::Store)?
         {
             CasOutcome::Written => return Ok(verdict(&next, at, limit, true)),
@@ -165,7 +169,7 @@ pub fn acquire(
 /// Reads the state without spending anything: the headers of a response that
 /// never reached the limiter.
 pub fn peek(store: &mut dyn SharedStore, now: u64, limit: Limit) -> Result<Verdict, LimiterError> {
-    let (bytes, _) = store.get().map_err(LimiterError::Store)?;
+    let (bytes, _) = store.get(LIMITER_KEY).map_err(LimiterError::Store)?;
     let times = decode(bytes.as_deref())?;
     let at = times.last().map_or(now, |&newest| now.max(newest));
     Ok(verdict(live(&times, at, limit), at, limit, false))
@@ -184,24 +188,44 @@ pub fn ratelimit_header(limit: Limit, v: &Verdict) -> String {
     )
 }
 
-/// An in-memory CAS store: for tests, benchmarks and single-process hosts.
+/// An in-memory CAS store: for tests, benchmarks, single-process hosts and
+/// the Durable Object (which is single-threaded).
 #[derive(Debug, Default, Clone)]
 pub struct MemoryStore {
-    pub value: Option<Vec<u8>>,
-    pub version: u32,
+    entries: std::collections::HashMap<String, (Vec<u8>, u32)>,
+}
+
+impl MemoryStore {
+    pub fn value(&self, key: &str) -> Option<&[u8]> {
+        self.entries.get(key).map(|(v, _)| v.as_slice())
+    }
+
+    /// 0 for a key never written.
+    pub fn version(&self, key: &str) -> u32 {
+        self.entries.get(key).map_or(0, |(_, v)| *v)
+    }
+
+    /// Restores a persisted value (version 1).
+    pub fn load(&mut self, key: &str, value: Vec<u8>) {
+        self.entries.insert(key.to_owned(), (value, 1));
+    }
 }
 
 impl SharedStore for MemoryStore {
-    fn get(&mut self) -> Result<(Option<Vec<u8>>, u32), StoreError> {
-        Ok((self.value.clone(), self.version))
+    fn get(&mut self, key: &str) -> Result<(Option<Vec<u8>>, u32), StoreError> {
+        Ok(self
+            .entries
+            .get(key)
+            .map_or((None, 0), |(v, n)| (Some(v.clone()), *n)))
     }
 
-    fn set(&mut self, value: &[u8], version: u32) -> Result<CasOutcome, StoreError> {
-        if version != self.version {
+    fn set(&mut self, key: &str, value: &[u8], version: u32) -> Result<CasOutcome, StoreError> {
+        let current = self.version(key);
+        if version != current {
             return Ok(CasOutcome::Mismatch);
         }
-        self.value = Some(value.to_vec());
-        self.version = self.version.wrapping_add(1).max(1);
+        let next = current.wrapping_add(1).max(1);
+        self.entries.insert(key.to_owned(), (value.to_vec(), next));
         Ok(CasOutcome::Written)
     }
 }
@@ -262,10 +286,10 @@ mod tests {
     fn peek_spends_nothing() {
         let mut s = MemoryStore::default();
         acquire(&mut s, 0, L).unwrap();
-        let before = s.clone();
+        let before = s.version(LIMITER_KEY);
         let v = peek(&mut s, 100, L).unwrap();
         assert_eq!(v.remaining, 2);
-        assert_eq!(s.value, before.value);
+        assert_eq!(s.version(LIMITER_KEY), before);
         assert_eq!(
             peek(&mut MemoryStore::default(), 0, L)
                 .unwrap()
@@ -288,22 +312,19 @@ mod tests {
 
     #[test]
     fn corrupt_state_fails_closed() {
-        let mut s = MemoryStore {
-            value: Some(b"garbage".to_vec()),
-            version: 1,
-        };
+        let mut s = MemoryStore::default();
+        s.load(LIMITER_KEY, b"garbage".to_vec());
         assert_eq!(acquire(&mut s, 0, L), Err(LimiterError::Corrupt));
-        let mut unsorted = encode(&[5, 4]);
-        s.value = Some(std::mem::take(&mut unsorted));
+        s.load(LIMITER_KEY, encode(&[5, 4]));
         assert_eq!(acquire(&mut s, 0, L), Err(LimiterError::Corrupt));
     }
 
     struct Failing;
     impl SharedStore for Failing {
-        fn get(&mut self) -> Result<(Option<Vec<u8>>, u32), StoreError> {
+        fn get(&mut self, _: &str) -> Result<(Option<Vec<u8>>, u32), StoreError> {
             Err(StoreError("down".into()))
         }
-        fn set(&mut self, _: &[u8], _: u32) -> Result<CasOutcome, StoreError> {
+        fn set(&mut self, _: &str, _: &[u8], _: u32) -> Result<CasOutcome, StoreError> {
             Err(StoreError("down".into()))
         }
     }
@@ -311,10 +332,10 @@ mod tests {
     /// Loses every CAS, as if another writer always got there first.
     struct AlwaysMismatch(MemoryStore);
     impl SharedStore for AlwaysMismatch {
-        fn get(&mut self) -> Result<(Option<Vec<u8>>, u32), StoreError> {
-            self.0.get()
+        fn get(&mut self, key: &str) -> Result<(Option<Vec<u8>>, u32), StoreError> {
+            self.0.get(key)
         }
-        fn set(&mut self, _: &[u8], _: u32) -> Result<CasOutcome, StoreError> {
+        fn set(&mut self, _: &str, _: &[u8], _: u32) -> Result<CasOutcome, StoreError> {
             Ok(CasOutcome::Mismatch)
         }
     }
@@ -342,20 +363,20 @@ mod tests {
     }
 
     impl SharedStore for Interleaved<'_> {
-        fn get(&mut self) -> Result<(Option<Vec<u8>>, u32), StoreError> {
-            self.shared.get()
+        fn get(&mut self, key: &str) -> Result<(Option<Vec<u8>>, u32), StoreError> {
+            self.shared.get(key)
         }
-        fn set(&mut self, value: &[u8], version: u32) -> Result<CasOutcome, StoreError> {
+        fn set(&mut self, key: &str, value: &[u8], version: u32) -> Result<CasOutcome, StoreError> {
             if let Some(t) = self.interference.pop() {
                 // Another caller completes a whole admission first.
                 if let Ok(v) = acquire(self.shared, t, L)
                     && v.admitted
                 {
-                    let times = decode(self.shared.value.as_deref()).unwrap_or_default();
+                    let times = decode(self.shared.value(LIMITER_KEY)).unwrap_or_default();
                     self.log.push(times.last().copied().unwrap_or(t));
                 }
             }
-            self.shared.set(value, version)
+            self.shared.set(key, value, version)
         }
     }
 
@@ -394,7 +415,7 @@ mod tests {
                 admitted.append(&mut log);
                 if let Ok(v) = result {
                     if v.admitted {
-                        let times = decode(shared.value.as_deref()).unwrap();
+                        let times = decode(shared.value(LIMITER_KEY)).unwrap();
                         admitted.push(*times.last().unwrap());
                     }
                     prop_assert!(v.remaining <= L.requests);

@@ -95,6 +95,7 @@ fn run(g: &Gate, call: &Call<'_>, store: &mut dyn SharedStore) -> Decision {
             method: call.method,
             target: call.target,
             authorization: &values,
+            client: None,
         },
         NOW,
         store,
@@ -174,7 +175,7 @@ fn unknown_routes_are_404_before_anything_else() {
         );
         expect_error(&d, ErrorCode::NotFound);
     }
-    assert_eq!(s.version, 0, "a 404 spends nothing");
+    assert_eq!(s.version(limiter::LIMITER_KEY), 0, "a 404 spends nothing");
 }
 
 #[test]
@@ -315,7 +316,11 @@ fn malformed_unknown_and_revoked_share_one_body() {
     let revoked = Gate::new(cfg).unwrap();
     let d = run(&revoked, &get(SESSIONS, &ok_auth()), &mut s);
     expect_error(&d, ErrorCode::InvalidCredentials);
-    assert_eq!(s.version, 0, "no failed credential spends the budget");
+    assert_eq!(
+        s.version(limiter::LIMITER_KEY),
+        0,
+        "no failed credential spends the budget"
+    );
 }
 
 #[test]
@@ -369,7 +374,12 @@ fn scope_customer_and_site() {
     );
     assert_eq!(reply(&d).0, 200, "`all` means every site of the customer");
     // Only the two admitted requests spent the budget.
-    assert_eq!(limiter::decode(s.value.as_deref()).unwrap().len(), 2);
+    assert_eq!(
+        limiter::decode(s.value(limiter::LIMITER_KEY))
+            .unwrap()
+            .len(),
+        2
+    );
 }
 
 #[test]
@@ -421,7 +431,7 @@ fn me_reports_role_name_and_hint_and_spends_nothing() {
         &run(&gate(), &get("/me?x=1", &ok_auth()), &mut s),
         ErrorCode::InvalidRequest,
     );
-    assert_eq!(s.version, 0);
+    assert_eq!(s.version(limiter::LIMITER_KEY), 0);
 }
 
 // ---- 4. The global limit -------------------------------------------------
@@ -486,10 +496,10 @@ fn only_requests_that_pass_every_check_spend_the_budget() {
 
 struct BrokenStore;
 impl SharedStore for BrokenStore {
-    fn get(&mut self) -> Result<(Option<Vec<u8>>, u32), StoreError> {
+    fn get(&mut self, _: &str) -> Result<(Option<Vec<u8>>, u32), StoreError> {
         Err(StoreError("unreachable".into()))
     }
-    fn set(&mut self, _: &[u8], _: u32) -> Result<CasOutcome, StoreError> {
+    fn set(&mut self, _: &str, _: &[u8], _: u32) -> Result<CasOutcome, StoreError> {
         Err(StoreError("unreachable".into()))
     }
 }
@@ -562,12 +572,13 @@ fn revoked_credentials_are_unknown_credentials() {
         method: "GET",
         target: SESSIONS,
         authorization: &values,
+        client: None,
     };
     assert_eq!(
         g.identify(&values).map(|r| r.name.as_str()),
         Some("all-sites")
     );
-    match g.prepare(&req, |r| r.name == "all-sites") {
+    match g.prepare(&req, |r| r.name == "all-sites", None) {
         sessiongate_core::Prepared::Reply {
             decision,
             wants_limit_state,
@@ -578,7 +589,7 @@ fn revoked_credentials_are_unknown_credentials() {
         sessiongate_core::Prepared::Admit(_) => panic!("a revoked credential was admitted"),
     }
     assert!(matches!(
-        g.prepare(&req, |_| false),
+        g.prepare(&req, |_| false, None),
         sessiongate_core::Prepared::Admit(_)
     ));
 }

@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use sessiongate_core::credential::{hash_secret, parse_hash_hex, split_joined};
-use sessiongate_core::limiter::{LimiterError, StoreError};
+use sessiongate_core::limiter::{LIMITER_KEY, LimiterError, StoreError};
 use sessiongate_core::{
     Action, Backend, Decision, Forward, Gate, Prepared, Request as GateRequest,
 };
@@ -99,7 +99,7 @@ async fn call_limiter(env: &Env, call: &Call) -> std::result::Result<Answer, Str
 
 /// The reply for a credential the limiter object says is revoked.
 fn revoked(gate: &Gate, request: &GateRequest<'_>, answer: &Answer) -> Decision {
-    match gate.prepare(request, |_| true) {
+    match gate.prepare(request, |_| true, None) {
         Prepared::Reply {
             mut decision,
             wants_limit_state,
@@ -116,7 +116,7 @@ fn revoked(gate: &Gate, request: &GateRequest<'_>, answer: &Answer) -> Decision 
 async fn decide(env: &Env, gate: &Gate, request: &GateRequest<'_>) -> Decision {
     let limit = gate.limit();
     let authenticated = gate.identify(request.authorization).map(|r| r.hash.clone());
-    match gate.prepare(request, |_| false) {
+    match gate.prepare(request, |_| false, None) {
         Prepared::Admit(admission) => {
             let call = Call::Acquire {
                 hash: admission.credential().hash.clone(),
@@ -254,6 +254,8 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
         method: &method,
         target: &target,
         authorization: &authorization,
+        // The failed-credential guard is not in the Worker yet (README).
+        client: None,
     };
     let decision = decide(&env, &gate, &request).await;
     match decision.action {
@@ -288,8 +290,9 @@ impl DurableObject for GlobalLimiter {
             let value: Option<Vec<u8>> = storage.get("limiter").await?;
             let revoked: Option<Vec<String>> = storage.get("revoked").await?;
             let mut object = LimiterObject::default();
-            object.limiter.version = u32::from(value.is_some());
-            object.limiter.value = value;
+            if let Some(value) = value {
+                object.limiter.load(LIMITER_KEY, value);
+            }
             object.revoked = revoked.unwrap_or_default().into_iter().collect();
             *self.inner.borrow_mut() = Some(object);
         }

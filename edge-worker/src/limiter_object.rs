@@ -73,10 +73,10 @@ impl LimiterObject {
                         Dirty::Nothing,
                     ));
                 }
-                let before = self.limiter.version;
+                let before = self.limiter.version(limiter::LIMITER_KEY);
                 let verdict =
                     limiter::acquire(&mut self.limiter, now_ms, limit).map_err(|e| e.describe())?;
-                let dirty = if self.limiter.version != before {
+                let dirty = if self.limiter.version(limiter::LIMITER_KEY) != before {
                     Dirty::Limiter
                 } else {
                     Dirty::Nothing

@@ -5,8 +5,7 @@
 use sessiongate_core::limiter::{CasOutcome, SharedStore, StoreError};
 use sessiongate_core::{Action, ErrorCode, Gate, Outcome, Request};
 
-/// The shared-data key of the global limiter's state.
-pub const LIMITER_KEY: &str = "sessiongate.limiter.v1";
+pub use sessiongate_core::limiter::LIMITER_KEY;
 
 /// Metric names: one counter per outcome and per error code.
 pub const METRIC_ALLOWED: &str = "sessiongate_allowed";
@@ -37,6 +36,8 @@ pub trait Host {
     fn now_ms(&self) -> u64;
     fn log(&self, level: LogLevel, message: &str);
     fn increment(&mut self, metric: &str);
+    /// The downstream address (`source.address`), if the host knows it.
+    fn source_address(&self) -> Option<String>;
     /// Records the authenticated credential's name for the access log
     /// (Envoy: filter state `wasm.sessiongate_credential`).
     fn set_credential(&mut self, name: &str);
@@ -46,17 +47,13 @@ pub trait Host {
 struct SharedData<'h, H: Host>(&'h mut H);
 
 impl<H: Host> SharedStore for SharedData<'_, H> {
-    fn get(&mut self) -> Result<(Option<Vec<u8>>, u32), StoreError> {
-        self.0.shared_get(LIMITER_KEY).map_err(StoreError)
+    fn get(&mut self, key: &str) -> Result<(Option<Vec<u8>>, u32), StoreError> {
+        self.0.shared_get(key).map_err(StoreError)
     }
-    fn set(&mut self, value: &[u8], version: u32) -> Result<CasOutcome, StoreError> {
+    fn set(&mut self, key: &str, value: &[u8], version: u32) -> Result<CasOutcome, StoreError> {
         // Envoy treats cas 0 as "unconditional": the key is created at
         // configure time so a request never writes with 0 and loses an update.
-        match self
-            .0
-            .shared_set(LIMITER_KEY, value, version)
-            .map_err(StoreError)?
-        {
+        match self.0.shared_set(key, value, version).map_err(StoreError)? {
             true => Ok(CasOutcome::Written),
             false => Ok(CasOutcome::Mismatch),
         }
@@ -104,11 +101,13 @@ pub fn on_request_headers<H: Host>(gate: &Gate, host: &mut H) -> Next {
         .map(|(_, v)| v.as_slice())
         .collect();
     let now = host.now_ms();
+    let client = host.source_address();
     let decision = gate.decide(
         &Request {
             method: &method,
             target: &target,
             authorization: &authorization,
+            client: client.as_deref(),
         },
         now,
         &mut SharedData(host),
@@ -237,6 +236,9 @@ mod tests {
         fn set_credential(&mut self, name: &str) {
             self.logs.push(format!("credential={name}"));
         }
+        fn source_address(&self) -> Option<String> {
+            Some("10.0.0.9:4000".into())
+        }
     }
 
     fn gate(backend: Backend) -> Gate {
@@ -324,6 +326,37 @@ mod tests {
         assert_eq!(
             m.metrics.get("sessiongate_denied_limiter_unavailable"),
             Some(&1)
+        );
+    }
+
+    #[test]
+    fn repeated_invalid_credentials_from_one_address_are_slowed() {
+        let g = gate(Backend::Stub);
+        let mut m = request(&["Bearer fus_0000000000000000000000000000000000000000"]);
+        for _ in 0..10 {
+            on_request_headers(&g, &mut m);
+            assert_eq!(m.reply.as_ref().map(|r| r.0), Some(401));
+        }
+        on_request_headers(&g, &mut m);
+        let (status, headers, _) = m.reply.clone().unwrap();
+        assert_eq!(status, 429);
+        assert!(headers.iter().any(|(n, _)| n == "retry-after"));
+        // Even a valid credential waits: the guard answers before any lookup.
+        let mut valid = request(&[&format!("Bearer {TOKEN}")]);
+        valid.shared = m.shared.clone();
+        on_request_headers(&g, &mut valid);
+        assert_eq!(valid.reply.as_ref().map(|r| r.0), Some(429));
+        // And none of it spent the global budget.
+        let state = valid
+            .shared
+            .get(LIMITER_KEY)
+            .map(|(v, _)| v.clone())
+            .unwrap_or_default();
+        assert_eq!(
+            sessiongate_core::limiter::decode(Some(&state))
+                .unwrap()
+                .len(),
+            0
         );
     }
 

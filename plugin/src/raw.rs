@@ -26,6 +26,12 @@ unsafe extern "C" {
         value_size: usize,
         cas: u32,
     ) -> u32;
+    fn proxy_get_property(
+        path_data: *const u8,
+        path_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> u32;
     fn proxy_set_property(
         path_data: *const u8,
         path_size: usize,
@@ -68,4 +74,24 @@ pub fn set_shared_data(key: &str, value: &[u8], cas: u32) -> Result<bool, String
 pub fn set_property(name: &str, value: &[u8]) {
     // SAFETY: as above; a one-part path needs no separator.
     let _ = unsafe { proxy_set_property(name.as_ptr(), name.len(), value.as_ptr(), value.len()) };
+}
+
+/// A property as UTF-8 text; `.` in `path` separates its parts. `None` when
+/// the host has no such property or answers anything but `Ok`.
+pub fn get_property(path: &str) -> Option<String> {
+    let encoded: Vec<u8> = path
+        .bytes()
+        .map(|b| if b == b'.' { 0 } else { b })
+        .collect();
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    // SAFETY: as for `get_shared_data`.
+    let status =
+        unsafe { proxy_get_property(encoded.as_ptr(), encoded.len(), &mut data, &mut size) };
+    if status != OK || data.is_null() {
+        return None;
+    }
+    // SAFETY: allocated by `proxy_on_memory_allocate` as a boxed slice of `size`.
+    let bytes = unsafe { Vec::from_raw_parts(data, size, size) };
+    String::from_utf8(bytes).ok()
 }

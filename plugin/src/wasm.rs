@@ -154,6 +154,9 @@ impl Host for Wasm {
     fn shared_set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<bool, String> {
         raw::set_shared_data(key, value, cas)
     }
+    fn source_address(&self) -> Option<String> {
+        raw::get_property("source.address")
+    }
     fn set_credential(&mut self, name: &str) {
         raw::set_property("sessiongate_credential", name.as_bytes());
     }

@@ -11,6 +11,7 @@ use sessiongate_core::{Backend, GateConfig, LimitConfig};
 
 mod host;
 mod manage;
+mod parse_errors;
 mod secret;
 mod serve;
 mod store;

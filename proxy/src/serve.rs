@@ -23,6 +23,7 @@ use sessiongate_core::{Backend, GateConfig, LimitConfig};
 use tokio::net::TcpListener;
 
 use crate::host::{HeaderList, LocalReply, Plugin, RequestPhase, Vm};
+use crate::parse_errors::JsonParseErrors;
 use crate::store;
 
 /// The filter built by `build.rs` for wasm32-wasip1.
@@ -60,6 +61,17 @@ struct ServeConfig {
     workers: Option<usize>,
     upstream_timeout_ms: Option<u64>,
     stub_sessions_per_site: Option<u32>,
+    guard: Option<sessiongate_core::guard::GuardConfig>,
+    testing: Option<Testing>,
+}
+
+/// Fault injection, for chaos tests of a deployment: never set in production.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Testing {
+    /// Every shared-data call fails, as a lost limiter store would.
+    #[serde(default)]
+    fail_limiter_store: bool,
 }
 
 /// Everything `serve` runs with, after defaults and flags.
@@ -69,6 +81,7 @@ struct Settings {
     gate: GateConfig,
     workers: usize,
     upstream_timeout: Duration,
+    fail_limiter_store: bool,
 }
 
 fn settings(args: &ServeArgs) -> Result<Settings> {
@@ -97,6 +110,7 @@ fn settings(args: &ServeArgs) -> Result<Settings> {
         stub_sessions_per_site: file
             .stub_sessions_per_site
             .unwrap_or(sessiongate_core::stub::DEFAULT_SESSIONS_PER_SITE),
+        guard: file.guard.unwrap_or_default(),
     };
     gate.validate().map_err(|e| anyhow!("{name}: {e}"))?;
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -114,6 +128,7 @@ fn settings(args: &ServeArgs) -> Result<Settings> {
         gate,
         workers: args.workers.or(file.workers).unwrap_or(cores).max(1),
         upstream_timeout: Duration::from_millis(file.upstream_timeout_ms.unwrap_or(10_000)),
+        fail_limiter_store: file.testing.is_some_and(|t| t.fail_limiter_store),
     })
 }
 
@@ -207,6 +222,12 @@ pub fn run(args: ServeArgs) -> Result<()> {
     };
     let started = Instant::now();
     let plugin = Plugin::compile(&wasm, Arc::new(log_line))?;
+    if settings.fail_limiter_store {
+        eprintln!(
+            "sessiongate WARNING: [testing] fail_limiter_store is set: every shared-data call fails"
+        );
+        plugin.shared.set_failing(true);
+    }
     let records = store::load(&settings.store)?;
     if records.is_empty() {
         eprintln!(
@@ -278,7 +299,11 @@ async fn serve(app: Arc<App>, settings: Settings, started: Instant) -> Result<()
                     let app = app.clone();
                     async move { Ok::<_, std::convert::Infallible>(handle(app, req, peer).await) }
                 });
-                let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                // Room for hostile header counts: the gate, not the parser,
+                // answers many Authorization headers (400 invalid_request).
+                let conn = http1::Builder::new()
+                    .max_headers(1024)
+                    .serve_connection(TokioIo::new(JsonParseErrors::new(stream)), service);
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     let _ = conn.await;

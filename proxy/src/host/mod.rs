@@ -55,6 +55,11 @@ impl SharedData {
         map.insert(key.to_owned(), (value, next));
         Ok(true)
     }
+
+    /// Fault injection: while set, every call fails as a lost store would.
+    pub fn set_failing(&self, failing: bool) {
+        self.failing.store(failing, Ordering::Relaxed);
+    }
 }
 
 /// Metrics shared by every VM, by name (as Envoy's stats are).

@@ -1,0 +1,221 @@
+//! The failed-credential guard: a client address that keeps presenting
+//! invalid credentials is slowed (`429` with `Retry-After`) before its
+//! credentials are even looked at, without touching the customers' global
+//! budget.
+//!
+//! State lives in the same shared store as the limiter, spread over a fixed
+//! number of buckets (keys) so memory stays bounded whatever the number of
+//! addresses: each bucket holds at most [`ADDRESSES_PER_BUCKET`] addresses and
+//! forgets the quietest when full.
+
+use serde::{Deserialize, Serialize};
+
+use crate::limiter::{CasOutcome, MAX_CAS_ATTEMPTS, SharedStore};
+
+/// Buckets (shared-store keys) the addresses are spread over.
+pub const BUCKETS: u64 = 1024;
+/// Addresses one bucket remembers.
+pub const ADDRESSES_PER_BUCKET: usize = 8;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardConfig {
+    /// Failed credentials an address may present per window; 0 turns the guard off.
+    #[serde(default = "default_failures")]
+    pub failures: u32,
+    #[serde(default = "default_window")]
+    pub window_seconds: u32,
+}
+
+fn default_failures() -> u32 {
+    10
+}
+fn default_window() -> u32 {
+    60
+}
+
+impl Default for GuardConfig {
+    fn default() -> Self {
+        GuardConfig {
+            failures: default_failures(),
+            window_seconds: default_window(),
+        }
+    }
+}
+
+impl GuardConfig {
+    pub fn enabled(&self) -> bool {
+        self.failures > 0
+    }
+
+    fn window_ms(&self) -> u64 {
+        u64::from(self.window_seconds) * 1000
+    }
+}
+
+/// One bucket: address → the times of its recent failures, oldest first.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Bucket(Vec<(String, Vec<u64>)>);
+
+fn bucket_key(address: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in address.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("sessiongate.guard.v1.{}", h % BUCKETS)
+}
+
+/// The client part of `ip:port` (Envoy's `source.address`), so every
+/// connection of one client counts together.
+pub fn client_of(source: &str) -> &str {
+    if let Some(rest) = source.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(source);
+    }
+    match source.rsplit_once(':') {
+        Some((ip, port)) if !ip.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => ip,
+        _ => source,
+    }
+}
+
+fn read(store: &mut dyn SharedStore, key: &str) -> Option<(Bucket, u32)> {
+    let (bytes, version) = store.get(key).ok()?;
+    let bucket = match bytes {
+        Some(b) if !b.is_empty() => serde_json::from_slice(&b).ok()?,
+        _ => Bucket::default(),
+    };
+    Some((bucket, version))
+}
+
+/// Whole seconds until `address` may present credentials again, if it is
+/// blocked now. A store failure blocks nobody: the guard is a brake, the
+/// limiter is the lock.
+pub fn blocked(
+    store: &mut dyn SharedStore,
+    address: &str,
+    now: u64,
+    cfg: &GuardConfig,
+) -> Option<u64> {
+    if !cfg.enabled() {
+        return None;
+    }
+    let (bucket, _) = read(store, &bucket_key(address))?;
+    let (_, times) = bucket.0.iter().find(|(a, _)| a == address)?;
+    let live: Vec<u64> = times
+        .iter()
+        .copied()
+        .filter(|t| t.saturating_add(cfg.window_ms()) > now)
+        .collect();
+    let over = live.len().checked_sub(cfg.failures as usize)?;
+    let frees = live.get(over)?.saturating_add(cfg.window_ms());
+    Some(frees.saturating_sub(now).div_ceil(1000).max(1))
+}
+
+/// Records one failed credential from `address`.
+pub fn record_failure(store: &mut dyn SharedStore, address: &str, now: u64, cfg: &GuardConfig) {
+    if !cfg.enabled() {
+        return;
+    }
+    let key = bucket_key(address);
+    for _ in 0..MAX_CAS_ATTEMPTS {
+        let Some((mut bucket, version)) = read(store, &key) else {
+            return;
+        };
+        for (_, times) in bucket.0.iter_mut() {
+            times.retain(|t| t.saturating_add(cfg.window_ms()) > now);
+        }
+        bucket.0.retain(|(_, times)| !times.is_empty());
+        match bucket.0.iter_mut().find(|(a, _)| a == address) {
+            Some((_, times)) => times.push(now),
+            None => {
+                if bucket.0.len() >= ADDRESSES_PER_BUCKET {
+                    // Forget the address whose latest failure is oldest.
+                    if let Some(quietest) = (0..bucket.0.len())
+                        .min_by_key(|&i| bucket.0.get(i).and_then(|(_, t)| t.last().copied()))
+                    {
+                        bucket.0.remove(quietest);
+                    }
+                }
+                bucket.0.push((address.to_owned(), vec![now]));
+            }
+        }
+        // Keep only what can still block: the last `failures + 1` times.
+        let keep = cfg.failures as usize + 1;
+        for (_, times) in bucket.0.iter_mut() {
+            let excess = times.len().saturating_sub(keep);
+            times.drain(..excess);
+        }
+        let Ok(bytes) = serde_json::to_vec(&bucket) else {
+            return;
+        };
+        match store.set(&key, &bytes, version) {
+            Ok(CasOutcome::Written) | Err(_) => return,
+            Ok(CasOutcome::Mismatch) => continue,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limiter::MemoryStore;
+
+    const CFG: GuardConfig = GuardConfig {
+        failures: 3,
+        window_seconds: 10,
+    };
+
+    #[test]
+    fn blocks_after_n_failures_until_the_oldest_expires() {
+        let mut s = MemoryStore::default();
+        for t in [0, 1_000, 2_000] {
+            assert_eq!(blocked(&mut s, "10.0.0.1", t, &CFG), None);
+            record_failure(&mut s, "10.0.0.1", t, &CFG);
+        }
+        assert_eq!(blocked(&mut s, "10.0.0.1", 2_500, &CFG), Some(8));
+        assert_eq!(
+            blocked(&mut s, "10.0.0.2", 2_500, &CFG),
+            None,
+            "per address"
+        );
+        assert_eq!(blocked(&mut s, "10.0.0.1", 10_000, &CFG), None);
+    }
+
+    #[test]
+    fn buckets_stay_bounded() {
+        let mut s = MemoryStore::default();
+        for i in 0..10_000u64 {
+            record_failure(
+                &mut s,
+                &format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255),
+                i,
+                &CFG,
+            );
+        }
+        for b in 0..BUCKETS {
+            let key = format!("sessiongate.guard.v1.{b}");
+            if let Some(v) = s.value(&key) {
+                let bucket: Bucket = serde_json::from_slice(v).unwrap();
+                assert!(bucket.0.len() <= ADDRESSES_PER_BUCKET);
+            }
+        }
+    }
+
+    #[test]
+    fn disabled_guard_does_nothing() {
+        let off = GuardConfig { failures: 0, ..CFG };
+        let mut s = MemoryStore::default();
+        for t in 0..100 {
+            record_failure(&mut s, "a", t, &off);
+        }
+        assert_eq!(blocked(&mut s, "a", 100, &off), None);
+    }
+
+    #[test]
+    fn client_addresses() {
+        assert_eq!(client_of("10.1.2.3:5555"), "10.1.2.3");
+        assert_eq!(client_of("[::1]:80"), "::1");
+        assert_eq!(client_of("::1"), "::1");
+        assert_eq!(client_of("host"), "host");
+    }
+}

@@ -1,0 +1,116 @@
+//! Requests that are not valid HTTP never reach the filter: hyper answers
+//! them itself, with an empty `400`/`431`. The contract wants every error the
+//! gate produces as JSON, so this wrapper around the connection swaps those
+//! bodiless error responses for the contract's `400 invalid_request`.
+//!
+//! It can tell them apart safely: every response the gate writes has a JSON
+//! body, so a `400` or `431` head with `content-length: 0` can only be hyper's.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+pub struct JsonParseErrors<T> {
+    inner: T,
+    /// A replacement being written: its bytes, how far, and the length of the
+    /// buffer it stands for (what the caller is told was written).
+    pending: Option<(Vec<u8>, usize, usize)>,
+}
+
+impl<T> JsonParseErrors<T> {
+    pub fn new(inner: T) -> Self {
+        JsonParseErrors {
+            inner,
+            pending: None,
+        }
+    }
+}
+
+fn hypers_own_error(buf: &[u8]) -> bool {
+    let head_end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(buf.len());
+    let head = buf.get(..head_end).unwrap_or_default().to_ascii_lowercase();
+    let bodiless = head
+        .split(|&b| b == b'\n')
+        .any(|line| line.strip_suffix(b"\r").unwrap_or(line) == b"content-length: 0");
+    (head.starts_with(b"http/1.1 400 ") || head.starts_with(b"http/1.1 431 ")) && bodiless
+}
+
+fn replacement() -> Vec<u8> {
+    let body = sessiongate_core::error::error_body(
+        sessiongate_core::ErrorCode::InvalidRequest,
+        "The request is not valid HTTP/1.1 (malformed or oversized request line or headers).",
+    );
+    format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for JsonParseErrors<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for JsonParseErrors<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.pending.is_none() && hypers_own_error(buf) {
+            self.pending = Some((replacement(), 0, buf.len()));
+        }
+        let this = &mut *self;
+        if let Some((data, written, stands_for)) = this.pending.as_mut() {
+            while *written < data.len() {
+                let rest = data.get(*written..).unwrap_or_default();
+                match Pin::new(&mut this.inner).poll_write(cx, rest) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => *written += n,
+                    other => return other,
+                }
+            }
+            let n = *stands_for;
+            this.pending = None;
+            return Poll::Ready(Ok(n));
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_only_bodiless_400_and_431() {
+        assert!(hypers_own_error(b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\ndate: x\r\n\r\n"));
+        assert!(hypers_own_error(b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"));
+        assert!(!hypers_own_error(b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 90\r\n\r\n{}"));
+        assert!(!hypers_own_error(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+        ));
+        assert!(!hypers_own_error(
+            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 05\r\n\r\n"
+        ));
+    }
+}
