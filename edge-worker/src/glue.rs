@@ -312,9 +312,12 @@ impl DurableObject for GlobalLimiter {
         match dirty {
             Dirty::Nothing => {}
             Dirty::Limiter => {
-                storage
-                    .put("limiter", snapshot.limiter.value.unwrap_or_default())
-                    .await?
+                let value = snapshot
+                    .limiter
+                    .value(LIMITER_KEY)
+                    .unwrap_or_default()
+                    .to_vec();
+                storage.put("limiter", value).await?;
             }
             Dirty::Revoked => {
                 let list: Vec<String> = snapshot.revoked.into_iter().collect();
