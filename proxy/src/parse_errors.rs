@@ -1,10 +1,11 @@
 //! Requests that are not valid HTTP never reach the filter: hyper answers
-//! them itself, with an empty `400`/`431`. The contract wants every error the
+//! them itself, with an empty `400`, `414` or `431`. The contract wants every error the
 //! gate produces as JSON, so this wrapper around the connection swaps those
 //! bodiless error responses for the contract's `400 invalid_request`.
 //!
 //! It can tell them apart safely: every response the gate writes has a JSON
-//! body, so a `400` or `431` head with `content-length: 0` can only be hyper's.
+//! body, so a `400`, `414` or `431` head with `content-length: 0` can only be
+//! hyper's.
 
 use std::io;
 use std::pin::Pin;
@@ -37,7 +38,10 @@ fn hypers_own_error(buf: &[u8]) -> bool {
     let bodiless = head
         .split(|&b| b == b'\n')
         .any(|line| line.strip_suffix(b"\r").unwrap_or(line) == b"content-length: 0");
-    (head.starts_with(b"http/1.1 400 ") || head.starts_with(b"http/1.1 431 ")) && bodiless
+    [b"http/1.1 400 ", b"http/1.1 414 ", b"http/1.1 431 "]
+        .iter()
+        .any(|status| head.starts_with(*status))
+        && bodiless
 }
 
 fn replacement() -> Vec<u8> {

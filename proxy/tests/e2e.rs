@@ -7,108 +7,15 @@
     clippy::indexing_slicing
 )]
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{BIN, Fixture, assert_no_secret, cli, fixture, mint_token};
+use common::{BIN, Fixture, Server, assert_no_secret, cli, fixture, mint_token, upstream};
 use sessiongate_conformance::http::{get, request};
 use sessiongate_conformance::{self as suite, Credentials, Harness};
-
-/// A running `sessiongate serve` and everything it printed.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Server {
-    fn start(dir: &Path, store: &Path, config: &str, workers: usize) -> Server {
-        let config_path = dir.join(format!("config-{}.toml", rand_suffix()));
-        std::fs::write(&config_path, config).unwrap();
-        let mut child = Command::new(BIN)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--workers",
-                &workers.to_string(),
-            ])
-            .arg("--config")
-            .arg(&config_path)
-            .arg("--store")
-            .arg(store)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start sessiongate serve");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let addr = rest
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned();
-                    let _ = tx.send(addr);
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("server did not start: {:?}", log.lock().unwrap()));
-        Server {
-            child,
-            addr: addr.parse().unwrap(),
-            log,
-        }
-    }
-
-    fn log_text(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(15),
-                "no exit after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn rand_suffix() -> String {
-    format!("{:?}", Instant::now())
-        .chars()
-        .filter(char::is_ascii_digit)
-        .collect()
-}
 
 struct Local<'a> {
     server: &'a Server,
@@ -145,6 +52,7 @@ fn conformance_suite_against_sessiongate_serve() {
     // The suite sends many invalid credentials on purpose: the guard is tested apart.
     let config = "backend = \"stub\"\n[limit]\nrequests = 100000\nwindow_seconds = 60\n[guard]\nfailures = 0\n";
     let server = Server::start(&fx.dir.clone(), &fx.store.clone(), config, 4);
+    sessiongate_conformance::http::start_transcript();
     let failures = suite::run(
         &mut Local {
             server: &server,
@@ -166,6 +74,16 @@ fn conformance_suite_against_sessiongate_serve() {
         &std::fs::read_to_string(&fx.store).unwrap(),
         &fx.secrets,
     );
+    let transcript = sessiongate_conformance::http::take_transcript();
+    assert!(
+        transcript.len() > 100_000,
+        "the transcript recorded the run"
+    );
+    assert_no_secret(
+        "every response",
+        &String::from_utf8_lossy(&transcript),
+        &fx.secrets,
+    );
 }
 
 #[test]
@@ -185,37 +103,6 @@ fn exactly_n_admitted_out_of_many_concurrent_across_four_vms() {
             "VM {vm} did not start"
         );
     }
-}
-
-/// A one-request-at-a-time upstream that records what it received.
-fn upstream() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let sink = seen.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut buf = vec![0u8; 65536];
-            let mut head = Vec::new();
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                match stream.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => head.extend_from_slice(&buf[..n]),
-                }
-            }
-            sink.lock()
-                .unwrap()
-                .push(String::from_utf8_lossy(&head).into_owned());
-            let body = r#"{"data":{"sessions":[]}}"#;
-            let _ = write!(
-                stream,
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-upstream: yes\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    (addr, seen)
 }
 
 #[test]

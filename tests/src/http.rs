@@ -4,7 +4,27 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Mutex;
 use std::time::Duration;
+
+/// Every raw response read while recording, for leak checks over a whole run.
+static TRANSCRIPT: Mutex<Option<Vec<u8>>> = Mutex::new(None);
+
+/// Starts (or restarts) recording every response's raw bytes.
+pub fn start_transcript() {
+    if let Ok(mut t) = TRANSCRIPT.lock() {
+        *t = Some(Vec::new());
+    }
+}
+
+/// Stops recording; returns what was recorded.
+pub fn take_transcript() -> Vec<u8> {
+    TRANSCRIPT
+        .lock()
+        .ok()
+        .and_then(|mut t| t.take())
+        .unwrap_or_default()
+}
 
 #[derive(Debug, Clone)]
 pub struct Response {
@@ -51,6 +71,11 @@ pub fn send_raw(addr: SocketAddr, request: &[u8]) -> Result<Response, String> {
     stream
         .read_to_end(&mut raw)
         .map_err(|e| format!("read: {e}"))?;
+    if let Ok(mut t) = TRANSCRIPT.lock()
+        && let Some(t) = t.as_mut()
+    {
+        t.extend_from_slice(&raw);
+    }
     parse(&raw)
 }
 
