@@ -8,11 +8,14 @@
 pub mod config;
 pub mod credential;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gate;
 pub mod guard;
 pub mod limiter;
 pub mod query;
 pub mod route;
+pub mod store_format;
 pub mod stub;
 
 pub use config::{Backend, GateConfig, LimitConfig};

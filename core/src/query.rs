@@ -48,17 +48,21 @@ fn percent_decode(raw: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// A parameter name fit to quote back in a message: printable ASCII, bounded length.
+/// Longest unknown parameter name quoted back in a message.
+const QUOTABLE_LEN: usize = 32;
+
+/// A parameter name fit to quote back in a message: a short identifier. Any
+/// other name is described, not echoed, so a client that puts a secret in a
+/// query (a 44-character token, a key with its `/`) never sees it reflected in
+/// a body that proxies and logs may keep.
 fn quotable(name: &[u8]) -> String {
-    let shown: String = name
-        .iter()
-        .take(64)
-        .map(|&b| if b.is_ascii_graphic() { b as char } else { '?' })
-        .collect();
-    if name.len() > 64 {
-        format!("{shown}…")
-    } else {
-        shown
+    let identifier = name.len() <= QUOTABLE_LEN
+        && name
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    match std::str::from_utf8(name) {
+        Ok(text) if identifier => text.to_owned(),
+        _ => format!("(a {}-byte name)", name.len()),
     }
 }
 
@@ -201,6 +205,11 @@ mod tests {
         assert!(e.message.contains("`limit`"));
         assert!(err("starttime=1").message.contains("`starttime`"));
         assert!(err(&format!("{}=1", "x".repeat(500))).message.len() < 200);
+        // Nothing shaped like a secret is echoed back.
+        let token = "fus_0123456789012345678901234567890123456789";
+        assert!(!err(&format!("{token}=1")).message.contains(token));
+        let key = "abcdefghijabcdefghijabcdefghij12/ABCDEFG";
+        assert!(!err(&format!("{key}=1")).message.contains("ABCDEFG"));
     }
 
     #[test]

@@ -9,29 +9,11 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
-use serde::{Deserialize, Serialize};
 use sessiongate_core::CredentialRecord;
 
-const FORMAT_VERSION: u32 = 1;
-
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StoreFile {
-    version: u32,
-    credentials: Vec<CredentialRecord>,
-}
-
-/// Parses a store's bytes; every record is checked as the gate will check it.
+/// Parses a store's bytes (the format lives in core).
 pub fn parse(bytes: &[u8]) -> Result<Vec<CredentialRecord>, String> {
-    let file: StoreFile = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    if file.version != FORMAT_VERSION {
-        return Err(format!(
-            "version {} is not supported (expected {FORMAT_VERSION})",
-            file.version
-        ));
-    }
-    sessiongate_core::credential::CredentialSet::new(file.credentials.clone())?;
-    Ok(file.credentials)
+    sessiongate_core::store_format::parse(bytes)
 }
 
 /// Reads the store. A missing file is an empty store; anything unreadable is
@@ -57,12 +39,7 @@ fn lock_path(path: &Path) -> PathBuf {
 }
 
 fn write_atomically(path: &Path, records: &[CredentialRecord]) -> Result<()> {
-    let file = StoreFile {
-        version: FORMAT_VERSION,
-        credentials: records.to_vec(),
-    };
-    let mut json = serde_json::to_vec_pretty(&file)?;
-    json.push(b'\n');
+    let json = sessiongate_core::store_format::serialize(records);
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

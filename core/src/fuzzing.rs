@@ -1,0 +1,123 @@
+//! Entry points shared by the fuzz targets (`fuzz/`) and the regression tests
+//! that replay their corpus (`core/tests/fuzz_regressions.rs`). Each one
+//! feeds arbitrary bytes to a parser or to the whole decision and checks what
+//! must hold for any input; a violation panics, which is what a fuzzer finds.
+#![allow(clippy::panic)] // a broken invariant must stop the fuzzer
+
+use std::sync::OnceLock;
+
+use crate::credential::{CredentialRecord, Kind, Level, Sites};
+use crate::gate::{Action, Gate, Outcome, Request};
+use crate::limiter::MemoryStore;
+use crate::{ErrorCode, GateConfig};
+
+const TOKEN: &str = "fus_FuzzFuzzFuzzFuzzFuzzFuzzFuzzFuzzFuzzFuzz";
+const KEY: &str = "FuzzKeyFuzzKeyFuzzKeyFuzzKeyFuzzKey01/FUZZ001";
+
+fn gate() -> &'static Gate {
+    static GATE: OnceLock<Gate> = OnceLock::new();
+    GATE.get_or_init(|| {
+        let rec = |secret: &str, kind, name: &str, sites, level| {
+            CredentialRecord::for_secret(
+                secret,
+                kind,
+                name.into(),
+                None,
+                "acme".into(),
+                sites,
+                level,
+                0,
+            )
+        };
+        let config = GateConfig {
+            credentials: vec![
+                rec(
+                    TOKEN,
+                    Kind::Token,
+                    "t",
+                    Sites::List(vec!["s".into()]),
+                    Level::Standard,
+                ),
+                rec(KEY, Kind::Key, "k", Sites::All, Level::Admin),
+            ],
+            // Small pages: the fuzzer's time goes to parsing, not to JSON output.
+            stub_sessions_per_site: 3,
+            ..Default::default()
+        };
+        match Gate::new(config) {
+            Ok(g) => g,
+            Err(e) => panic!("fuzz gate: {e}"),
+        }
+    })
+}
+
+/// Splits `data` at 0xFF bytes into method, target, then Authorization values.
+/// An input that begins with a digit gets a valid credential first (token for
+/// 0–4, key for 5–9), so the fuzzer reaches scope, the limiter and the stub.
+pub fn decision(data: &[u8]) {
+    let rest = match data.first() {
+        Some(b'0'..=b'9') => data.get(1..).unwrap_or_default(),
+        _ => data,
+    };
+    let mut parts = rest.split(|&b| b == 0xff);
+    let method = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+    let target = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+    let mut auth: Vec<Vec<u8>> = parts.map(<[u8]>::to_vec).collect();
+    match data.first() {
+        Some(b'0'..=b'4') => auth.insert(0, format!("Bearer {TOKEN}").into_bytes()),
+        Some(b'5'..=b'9') => auth.insert(0, format!("Basic {KEY}").into_bytes()),
+        _ => {}
+    }
+    let authorization: Vec<&[u8]> = auth.iter().map(Vec::as_slice).collect();
+    let mut store = MemoryStore::default();
+    let request = Request {
+        method: &method,
+        target: &target,
+        authorization: &authorization,
+        client: Some("192.0.2.1:9"),
+    };
+    // Twice at the same instant: the second sees the state the first wrote.
+    for _ in 0..2 {
+        let d = gate().decide(&request, 1_800_000_000_000, &mut store);
+        let Action::Reply(reply) = d.action else {
+            panic!("the stub backend never forwards");
+        };
+        let body: serde_json::Value = match serde_json::from_str(&reply.body) {
+            Ok(v) => v,
+            Err(e) => panic!("a reply body is not JSON ({e}): {}", reply.body),
+        };
+        match d.outcome {
+            Outcome::Denied(code) => {
+                assert_eq!(reply.status, code.status());
+                assert_eq!(body["error"]["code"], code.as_str());
+                assert_ne!(code, ErrorCode::UpstreamUnavailable);
+            }
+            Outcome::Allowed => assert_eq!(reply.status, 200),
+            Outcome::AllowedFailOpen => panic!("fail-open is off"),
+        }
+        assert!(
+            reply
+                .headers
+                .iter()
+                .any(|(n, v)| *n == "content-type" && v == "application/json")
+        );
+        for secret in [TOKEN, KEY] {
+            assert!(!reply.body.contains(secret), "a reply leaks a secret");
+        }
+    }
+}
+
+/// Any bytes as the gate's configuration: an error or a gate, never a panic.
+pub fn config(data: &[u8]) {
+    if let Ok(gate) = Gate::from_json(data) {
+        assert!(gate.limit().requests >= 1);
+    }
+}
+
+/// Any bytes as a token store: an error or records the gate accepts.
+pub fn store(data: &[u8]) {
+    if let Ok(records) = crate::store_format::parse(data) {
+        let again = crate::store_format::serialize(&records);
+        assert_eq!(crate::store_format::parse(&again).ok(), Some(records));
+    }
+}
