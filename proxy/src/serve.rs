@@ -369,8 +369,13 @@ async fn watch_store(app: Arc<App>, base: GateConfig, path: PathBuf) {
             continue;
         }
         last = now;
-        let reloaded =
-            gate_config_json(&base, &path).and_then(|config| app.pool.reconfigure(config));
+        // Missing is an empty store only at start-up: a store that vanishes
+        // while serving is an accident, not a revocation of everyone.
+        let reloaded = if now.is_none() {
+            Err(anyhow!("the file is gone"))
+        } else {
+            gate_config_json(&base, &path).and_then(|config| app.pool.reconfigure(config))
+        };
         match reloaded {
             Ok(()) => eprintln!("sessiongate: token store {} reloaded", path.display()),
             Err(e) => eprintln!(

@@ -345,8 +345,15 @@ fn an_unreadable_store_keeps_the_last_good_credentials() {
     let server = Server::start(&fx.dir, &fx.store, "", 2);
     let auth = format!("Bearer {}", fx.creds.token_all);
     assert_eq!(get(server.addr, "/me", Some(&auth)).unwrap().status, 200);
-    // A directory where the file was: every read fails.
+    // Gone, then a directory where the file was: every read fails. Neither
+    // may revoke everyone (nor let anyone new in).
     std::fs::remove_file(&fx.store).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        get(server.addr, "/me", Some(&auth)).unwrap().status,
+        200,
+        "a vanished store revoked everyone"
+    );
     std::fs::create_dir(&fx.store).unwrap();
     let start = Instant::now();
     while !server.log_text().contains("could not be loaded") {
