@@ -23,7 +23,7 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<CredentialRecord>, String> {
             file.version
         ));
     }
-    CredentialSet::new(file.credentials.clone())?;
+    CredentialSet::check(&file.credentials)?;
     Ok(file.credentials)
 }
 

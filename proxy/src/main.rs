@@ -9,12 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use sessiongate_core::credential::{Kind, Level};
 use sessiongate_core::{Backend, GateConfig, LimitConfig};
 
-mod host;
-mod manage;
-mod parse_errors;
-mod secret;
-mod serve;
-mod store;
+use sessiongate::{manage, serve, store};
 
 #[derive(Parser)]
 #[command(

@@ -27,7 +27,7 @@ use crate::parse_errors::JsonParseErrors;
 use crate::store;
 
 /// The filter built by `build.rs` for wasm32-wasip1.
-pub(crate) static EMBEDDED_PLUGIN: &[u8] = include_bytes!(env!("SESSIONGATE_PLUGIN_WASM"));
+pub static EMBEDDED_PLUGIN: &[u8] = include_bytes!(env!("SESSIONGATE_PLUGIN_WASM"));
 const DEFAULT_CONFIG: &str = include_str!("default-config.toml");
 
 #[derive(Args)]
@@ -132,6 +132,14 @@ fn settings(args: &ServeArgs) -> Result<Settings> {
     })
 }
 
+/// Where compiled plugins are kept between runs (`$XDG_CACHE_HOME` or `~/.cache`).
+fn module_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("sessiongate").join("modules"))
+}
+
 fn log_line(level: u32, msg: &str) {
     let tag = match level {
         0 => "trace",
@@ -221,7 +229,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         None => EMBEDDED_PLUGIN.to_vec(),
     };
     let started = Instant::now();
-    let plugin = Plugin::compile(&wasm, Arc::new(log_line))?;
+    let plugin = Plugin::compile_cached(&wasm, Arc::new(log_line), module_cache_dir().as_deref())?;
     if settings.fail_limiter_store {
         eprintln!(
             "sessiongate WARNING: [testing] fail_limiter_store is set: every shared-data call fails"

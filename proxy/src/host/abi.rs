@@ -3,8 +3,6 @@
 //! wasmtime's `Memory::read`/`write`; a bad one is `BadArgument`, never a
 //! host crash. Imports the filter never calls are left to trap (see `mod.rs`).
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use wasmtime::{Caller, Extern, Linker, Memory};
 
 use super::{LocalReply, VmState};
@@ -154,9 +152,7 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_current_time_nanoseconds",
         |mut c: Ctx<'_>, ret: u32| -> u32 {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64);
+            let now = (c.data().clock)();
             or_bad(write(&mut c, ret, &now.to_le_bytes()))
         },
     )?;
@@ -336,7 +332,7 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
                 return status(Status::BadArgument);
             };
             match c.data().shared.get(&key) {
-                Err(()) => status(Status::InternalFailure),
+                Err(_) => status(Status::InternalFailure),
                 Ok(None) => status(Status::NotFound),
                 Ok(Some((value, cas))) => or_bad(
                     return_bytes(&mut c, &value, ret_ptr, ret_len)
@@ -354,7 +350,7 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
                 return status(Status::BadArgument);
             };
             match c.data().shared.set(&key, value, cas) {
-                Err(()) => status(Status::InternalFailure),
+                Err(_) => status(Status::InternalFailure),
                 Ok(true) => status(Status::Ok),
                 Ok(false) => status(Status::CasMismatch),
             }

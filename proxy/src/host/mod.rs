@@ -33,20 +33,24 @@ pub struct SharedData {
     failing: Arc<AtomicBool>,
 }
 
+/// The shared-data store failed (injected, or a poisoned lock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreDown;
+
 impl SharedData {
-    pub fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, ()> {
+    pub fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreDown> {
         if self.failing.load(Ordering::Relaxed) {
-            return Err(());
+            return Err(StoreDown);
         }
-        let map = self.inner.lock().map_err(|_| ())?;
+        let map = self.inner.lock().map_err(|_| StoreDown)?;
         Ok(map.get(key).cloned())
     }
 
-    pub fn set(&self, key: &str, value: Vec<u8>, cas: u32) -> Result<bool, ()> {
+    pub fn set(&self, key: &str, value: Vec<u8>, cas: u32) -> Result<bool, StoreDown> {
         if self.failing.load(Ordering::Relaxed) {
-            return Err(());
+            return Err(StoreDown);
         }
-        let mut map = self.inner.lock().map_err(|_| ())?;
+        let mut map = self.inner.lock().map_err(|_| StoreDown)?;
         let current = map.get(key).map_or(0, |(_, c)| *c);
         if cas != 0 && cas != current {
             return Ok(false);
@@ -127,6 +131,16 @@ pub struct Stream {
 }
 
 pub type LogSink = Arc<dyn Fn(u32, &str) + Send + Sync>;
+/// The host clock, in Unix nanoseconds: the system clock, or a fake one for benches.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+fn system_clock() -> Clock {
+    Arc::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    })
+}
 
 pub struct VmState {
     wasi: WasiP1Ctx,
@@ -137,6 +151,7 @@ pub struct VmState {
     shared: SharedData,
     metrics: Arc<Metrics>,
     log: LogSink,
+    clock: Clock,
 }
 
 /// The compiled filter and what every VM shares.
@@ -148,16 +163,28 @@ pub struct Plugin {
     pub shared: SharedData,
     pub metrics: Arc<Metrics>,
     log: LogSink,
+    /// What `proxy_get_current_time_nanoseconds` answers in new VMs.
+    pub clock: Clock,
 }
 
 impl Plugin {
     /// Compiles a filter module and checks it speaks ABI 0.2.1.
     pub fn compile(wasm: &[u8], log: LogSink) -> Result<Plugin> {
+        Plugin::compile_cached(wasm, log, None)
+    }
+
+    /// As [`Plugin::compile`], keeping the compiled module in `cache_dir`
+    /// (keyed by the module's SHA-256 and wasmtime's compatibility hash), so
+    /// a restart skips Cranelift.
+    pub fn compile_cached(
+        wasm: &[u8],
+        log: LogSink,
+        cache_dir: Option<&std::path::Path>,
+    ) -> Result<Plugin> {
         let mut config = Config::new();
         config.cranelift_opt_level(wasmtime::OptLevel::Speed);
         let engine = Engine::new(&config).map_err(|e| anyhow!("wasmtime: {e:?}"))?;
-        let module =
-            Module::new(&engine, wasm).map_err(|e| anyhow!("cannot compile the plugin: {e:?}"))?;
+        let module = load_or_compile(&engine, wasm, cache_dir)?;
         if module.get_export("proxy_abi_version_0_2_1").is_none() {
             bail!(
                 "the plugin does not export proxy_abi_version_0_2_1: not a proxy-wasm 0.2.1 filter"
@@ -179,6 +206,7 @@ impl Plugin {
             shared: SharedData::default(),
             metrics: Arc::new(Metrics::default()),
             log,
+            clock: system_clock(),
         })
     }
 
@@ -193,6 +221,7 @@ impl Plugin {
             shared: self.shared.clone(),
             metrics: self.metrics.clone(),
             log: self.log.clone(),
+            clock: self.clock.clone(),
         };
         let mut store = Store::new(&self.engine, state);
         let instance = self
@@ -225,6 +254,53 @@ impl Plugin {
         vm.configure(vm.store.data().plugin_config.clone())?;
         Ok(vm)
     }
+}
+
+fn load_or_compile(
+    engine: &Engine,
+    wasm: &[u8],
+    cache_dir: Option<&std::path::Path>,
+) -> Result<Module> {
+    use std::hash::{Hash as _, Hasher as _};
+    let compile =
+        || Module::new(engine, wasm).map_err(|e| anyhow!("cannot compile the plugin: {e:?}"));
+    let Some(dir) = cache_dir else {
+        return compile();
+    };
+    let mut compat = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut compat);
+    let digest =
+        sessiongate_core::credential::hash_hex(&sessiongate_core::credential::hash_secret(wasm));
+    let path = dir.join(format!("{digest}-{:016x}.cwasm", compat.finish()));
+    if path.exists() {
+        // SAFETY: the file is one this host wrote with `Module::serialize` for
+        // this exact module and engine configuration (both are in its name).
+        match unsafe { Module::deserialize_file(engine, &path) } {
+            Ok(module) => return Ok(module),
+            Err(e) => eprintln!(
+                "sessiongate warn: ignoring the module cache {}: {e:?}",
+                path.display()
+            ),
+        }
+    }
+    let module = compile()?;
+    let written = module
+        .serialize()
+        .map_err(|e| anyhow!("{e:?}"))
+        .and_then(|bytes| {
+            std::fs::create_dir_all(dir)?;
+            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            std::fs::write(&tmp, bytes)?;
+            std::fs::rename(&tmp, &path)?;
+            Ok(())
+        });
+    if let Err(e) = written {
+        eprintln!(
+            "sessiongate warn: cannot write the module cache {}: {e:#}",
+            path.display()
+        );
+    }
+    Ok(module)
 }
 
 struct Exports {

@@ -1,0 +1,10 @@
+//! The `sessiongate` binary's parts, as a library so benches and tests can
+//! drive them: the proxy-wasm host on wasmtime, the HTTP server, the token
+//! store and credential management.
+
+pub mod host;
+pub mod manage;
+pub mod parse_errors;
+pub mod secret;
+pub mod serve;
+pub mod store;
