@@ -85,9 +85,14 @@ impl GateError {
     }
 }
 
-/// The JSON body of section 6. Built by serde_json so any message is escaped correctly.
+/// The JSON body of section 6. The message is escaped by serde_json; the rest
+/// is fixed text (a `json!` map here cost a third of a 429 decision).
 pub fn error_body(code: ErrorCode, message: &str) -> String {
-    serde_json::json!({"error": {"code": code.as_str(), "message": message}}).to_string()
+    let message = serde_json::to_string(message).unwrap_or_else(|_| "\"\"".to_owned());
+    format!(
+        "{{\"error\":{{\"code\":\"{}\",\"message\":{message}}}}}",
+        code.as_str()
+    )
 }
 
 /// The fixed message of the errors whose text never varies.
