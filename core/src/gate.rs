@@ -243,6 +243,10 @@ impl Gate {
         self.fail_open
     }
 
+    pub fn guard(&self) -> &GuardConfig {
+        &self.guard
+    }
+
     /// Adds the `RateLimit` header to a reply that never reached the limiter.
     pub fn add_limit_state(&self, decision: &mut Decision, state: Option<&Verdict>) {
         if let (Action::Reply(reply), Some(v)) = (&mut decision.action, state) {

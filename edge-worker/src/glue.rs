@@ -113,10 +113,49 @@ fn revoked(gate: &Gate, request: &GateRequest<'_>, answer: &Answer) -> Decision 
     }
 }
 
+/// The failed-credential guard's hold on this client, from the object. A
+/// failed call holds nobody: the guard is a brake, the limiter is the lock.
+async fn guard_blocked(env: &Env, gate: &Gate, request: &GateRequest<'_>) -> Option<u64> {
+    let client = request.client?;
+    if !gate.guard().enabled() || request.authorization.is_empty() {
+        return None;
+    }
+    let call = Call::GuardCheck {
+        client: sessiongate_core::guard::client_of(client).to_owned(),
+        guard: *gate.guard(),
+    };
+    call_limiter(env, &call).await.ok()?.blocked
+}
+
 async fn decide(env: &Env, gate: &Gate, request: &GateRequest<'_>) -> Decision {
+    let blocked = guard_blocked(env, gate, request).await;
+    let decision = decide_unguarded(env, gate, request, blocked).await;
+    if let (
+        Some(client),
+        sessiongate_core::Outcome::Denied(sessiongate_core::ErrorCode::InvalidCredentials),
+    ) = (request.client, decision.outcome)
+        && gate.guard().enabled()
+    {
+        let call = Call::GuardFail {
+            client: sessiongate_core::guard::client_of(client).to_owned(),
+            guard: *gate.guard(),
+        };
+        if let Err(e) = call_limiter(env, &call).await {
+            console_error!("sessiongate: guard not updated: {e}");
+        }
+    }
+    decision
+}
+
+async fn decide_unguarded(
+    env: &Env,
+    gate: &Gate,
+    request: &GateRequest<'_>,
+    blocked: Option<u64>,
+) -> Decision {
     let limit = gate.limit();
     let authenticated = gate.identify(request.authorization).map(|r| r.hash.clone());
-    match gate.prepare(request, |_| false, None) {
+    match gate.prepare(request, |_| false, blocked) {
         Prepared::Admit(admission) => {
             let call = Call::Acquire {
                 hash: admission.credential().hash.clone(),
@@ -250,12 +289,13 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
         .map(|v| split_joined(v.as_bytes()))
         .unwrap_or_default();
     let method = req.method().to_string();
+    // Cloudflare sets CF-Connecting-IP on every request (a client cannot).
+    let client = req.headers().get("cf-connecting-ip")?;
     let request = GateRequest {
         method: &method,
         target: &target,
         authorization: &authorization,
-        // The failed-credential guard is not in the Worker yet (README).
-        client: None,
+        client: client.as_deref(),
     };
     let decision = decide(&env, &gate, &request).await;
     match decision.action {

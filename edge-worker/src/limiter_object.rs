@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
+use sessiongate_core::guard::{self, GuardConfig};
 use sessiongate_core::limiter::{self, Limit, MemoryStore, Verdict};
 
 /// What the Worker asks the object.
@@ -24,6 +25,10 @@ pub enum Call {
     },
     /// Revoke a credential at once, everywhere.
     Revoke { hash: String },
+    /// Is this client address held by the failed-credential guard?
+    GuardCheck { client: String, guard: GuardConfig },
+    /// Count one invalid credential from this client address.
+    GuardFail { client: String, guard: GuardConfig },
 }
 
 /// What the object answers.
@@ -31,6 +36,9 @@ pub enum Call {
 pub struct Answer {
     pub revoked: bool,
     pub verdict: Option<Verdict>,
+    /// Seconds the guard still holds the client, if it does.
+    #[serde(default)]
+    pub blocked: Option<u64>,
 }
 
 /// The object's whole state.
@@ -40,7 +48,8 @@ pub struct LimiterObject {
     pub revoked: BTreeSet<String>,
 }
 
-/// Whether a call changed what must be persisted.
+/// Whether a call changed what must be persisted. (The guard's counts are
+/// not: they are a brake, and an evicted object may forget them.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dirty {
     Nothing,
@@ -69,6 +78,7 @@ impl LimiterObject {
                         Answer {
                             revoked: true,
                             verdict: Some(state),
+                            blocked: None,
                         },
                         Dirty::Nothing,
                     ));
@@ -85,6 +95,7 @@ impl LimiterObject {
                     Answer {
                         revoked: false,
                         verdict: Some(verdict),
+                        blocked: None,
                     },
                     dirty,
                 ))
@@ -105,21 +116,41 @@ impl LimiterObject {
                     ),
                     None => None,
                 };
-                Ok((Answer { revoked, verdict }, Dirty::Nothing))
+                Ok((
+                    Answer {
+                        revoked,
+                        verdict,
+                        blocked: None,
+                    },
+                    Dirty::Nothing,
+                ))
             }
             Call::Revoke { hash } => {
                 let added = self.revoked.insert(hash.clone());
+                let answer = Answer {
+                    revoked: true,
+                    ..Answer::default()
+                };
                 Ok((
-                    Answer {
-                        revoked: true,
-                        verdict: None,
-                    },
+                    answer,
                     if added {
                         Dirty::Revoked
                     } else {
                         Dirty::Nothing
                     },
                 ))
+            }
+            Call::GuardCheck { client, guard: cfg } => {
+                let blocked = guard::blocked(&mut self.limiter, client, now_ms, cfg);
+                let answer = Answer {
+                    blocked,
+                    ..Answer::default()
+                };
+                Ok((answer, Dirty::Nothing))
+            }
+            Call::GuardFail { client, guard: cfg } => {
+                guard::record_failure(&mut self.limiter, client, now_ms, cfg);
+                Ok((Answer::default(), Dirty::Nothing))
             }
         }
     }
@@ -173,6 +204,39 @@ mod tests {
             .0;
         assert!(check.revoked);
         assert!(acquire(&mut o, "b", 0).verdict.unwrap().admitted);
+    }
+
+    #[test]
+    fn the_guard_holds_a_client_after_its_failures() {
+        let mut o = LimiterObject::default();
+        let cfg = GuardConfig {
+            failures: 2,
+            window_seconds: 60,
+        };
+        let check = |o: &mut LimiterObject| {
+            o.apply(
+                &Call::GuardCheck {
+                    client: "203.0.113.7".into(),
+                    guard: cfg,
+                },
+                10,
+            )
+            .unwrap()
+            .0
+            .blocked
+        };
+        assert_eq!(check(&mut o), None);
+        for _ in 0..2 {
+            o.apply(
+                &Call::GuardFail {
+                    client: "203.0.113.7".into(),
+                    guard: cfg,
+                },
+                0,
+            )
+            .unwrap();
+        }
+        assert_eq!(check(&mut o), Some(60));
     }
 
     #[test]

@@ -212,6 +212,32 @@ fn conformance_suite_against_the_worker_on_workerd() {
     .unwrap();
     suite::expect_error(&r, 404, "not_found").unwrap();
     assert_no_secret("the workerd log", &workerd.log_text(), &fx.secrets);
+
+    // The failed-credential guard, keyed by the address Cloudflare reports
+    // (default: 10 failures a minute). Its state lives in the Durable Object.
+    let from = |ip: &'static str, auth: String| {
+        request(
+            workerd.addr(),
+            "GET",
+            "/v1/external/sessions/acme/site-a",
+            &[("Authorization", &auth), ("CF-Connecting-IP", ip)],
+        )
+        .unwrap()
+    };
+    let wrong = || "Bearer fus_0000000000000000000000000000000000000000".to_owned();
+    for _ in 0..10 {
+        suite::expect_error(&from("203.0.113.7", wrong()), 401, "invalid_credentials").unwrap();
+    }
+    let r = from("203.0.113.7", wrong());
+    suite::expect_error(&r, 429, "rate_limited").unwrap();
+    assert!(r.header("retry-after").is_some());
+    let valid = format!("Bearer {}", fx.creds.token_all);
+    suite::expect_error(&from("203.0.113.7", valid.clone()), 429, "rate_limited").unwrap();
+    assert_eq!(
+        from("203.0.113.8", valid).status,
+        200,
+        "other addresses are not held"
+    );
     drop(workerd);
 
     // A fresh Durable Object with a small limit: exactly N of many concurrent.
