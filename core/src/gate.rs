@@ -87,6 +87,12 @@ pub struct Gate {
 
 const JSON: &str = "application/json";
 
+/// A JSON string literal (serde_json's escaping, without its `Value`, whose
+/// number formatting would otherwise be linked into the filter).
+fn json_string(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned())
+}
+
 fn json_headers() -> Headers {
     vec![("content-type", JSON.to_owned())]
 }
@@ -203,8 +209,8 @@ impl Gate {
                         body: format!(
                             "{{\"role\":\"{}\",\"name\":{},\"hint\":{}}}",
                             record.level.role(),
-                            serde_json::Value::from(record.name.as_str()),
-                            serde_json::Value::from(record.hint.as_str()),
+                            json_string(&record.name),
+                            json_string(&record.hint),
                         ),
                     }),
                     outcome: Outcome::Allowed,

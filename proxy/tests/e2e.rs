@@ -86,6 +86,40 @@ fn conformance_suite_against_sessiongate_serve() {
     );
 }
 
+/// The filter as shipped to Envoy (`scripts/build-plugin.sh`: built, then
+/// `wasm-opt -Oz`) passes the same suite, loaded with `--plugin`.
+#[test]
+fn conformance_suite_against_the_shipped_plugin() {
+    let mut fx = fixture();
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-plugin.sh");
+    let out = fx.dir.join("sessiongate_plugin.wasm");
+    let status = Command::new("bash").arg(script).arg(&out).status().unwrap();
+    assert!(status.success(), "scripts/build-plugin.sh failed");
+    let size = std::fs::metadata(&out).unwrap().len();
+    assert!(size <= 250_000, "the shipped filter is {size} bytes");
+    let config = "[limit]\nrequests = 100000\nwindow_seconds = 60\n[guard]\nfailures = 0\n";
+    let server = Server::start_with(
+        &fx.dir.clone(),
+        &fx.store.clone(),
+        config,
+        2,
+        &["--plugin", out.to_str().unwrap()],
+    );
+    let failures = suite::run(
+        &mut Local {
+            server: &server,
+            fixture: &mut fx,
+        },
+        suite::FUNCTIONAL,
+    );
+    assert!(
+        failures.is_empty(),
+        "conformance failures:\n{}",
+        failures.join("\n")
+    );
+}
+
 #[test]
 fn exactly_n_admitted_out_of_many_concurrent_across_four_vms() {
     let mut fx = fixture();

@@ -121,6 +121,17 @@ pub struct Server {
 
 impl Server {
     pub fn start(dir: &Path, store: &Path, config: &str, workers: usize) -> Server {
+        Server::start_with(dir, store, config, workers, &[])
+    }
+
+    /// As `start`, with more `serve` arguments (`--plugin FILE`).
+    pub fn start_with(
+        dir: &Path,
+        store: &Path,
+        config: &str,
+        workers: usize,
+        extra: &[&str],
+    ) -> Server {
         let config_path = dir.join(format!("config-{}.toml", rand_suffix()));
         std::fs::write(&config_path, config).unwrap();
         let mut child = Command::new(BIN)
@@ -135,6 +146,7 @@ impl Server {
             .arg(&config_path)
             .arg("--store")
             .arg(store)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
