@@ -95,6 +95,13 @@ pub fn error_body(code: ErrorCode, message: &str) -> String {
     )
 }
 
+/// A host's own failure (a trapped VM, an unusable configuration): not a
+/// contract error, but in the contract's shape, with status 500.
+pub fn internal_error_body(message: &str) -> String {
+    let message = serde_json::to_string(message).unwrap_or_else(|_| "\"\"".to_owned());
+    format!("{{\"error\":{{\"code\":\"internal_error\",\"message\":{message}}}}}")
+}
+
 /// The fixed message of the errors whose text never varies.
 pub fn upstream_unavailable() -> GateError {
     GateError::new(

@@ -144,6 +144,7 @@ impl Gate {
             Prepared::Reply {
                 mut decision,
                 wants_limit_state,
+                ..
             } => {
                 if let (Some(c), Outcome::Denied(ErrorCode::InvalidCredentials)) =
                     (client, decision.outcome)
@@ -188,8 +189,9 @@ impl Gate {
         let (path, query) = split_target(req.target);
         let limited = is_limited_api(path);
         match self.check(req, path, query, &revoked, guard_blocked) {
-            Err((error, credential)) => {
-                let mut decision = self.deny(error, credential, limited);
+            Err((error, authenticated)) => {
+                let name = authenticated.map(|r| r.name.clone());
+                let mut decision = self.deny(error, name, limited);
                 if let (Some(seconds), Action::Reply(reply)) = (guard_blocked, &mut decision.action)
                     && decision.outcome == Outcome::Denied(ErrorCode::RateLimited)
                 {
@@ -198,6 +200,7 @@ impl Gate {
                 Prepared::Reply {
                     decision,
                     wants_limit_state: limited,
+                    authenticated,
                 }
             }
             Ok(Checked::Me(record)) => Prepared::Reply {
@@ -217,6 +220,7 @@ impl Gate {
                     credential: Some(record.name.clone()),
                 },
                 wants_limit_state: false,
+                authenticated: Some(record),
             },
             Ok(Checked::Sessions {
                 record,
@@ -269,7 +273,7 @@ impl Gate {
         query: Option<&str>,
         revoked: &dyn Fn(&CredentialRecord) -> bool,
         guard_blocked: Option<u64>,
-    ) -> Result<Checked<'g, 'p>, (GateError, Option<String>)> {
+    ) -> Result<Checked<'g, 'p>, (GateError, Option<&'g CredentialRecord>)> {
         let plain = |e: GateError| (e, None);
         let route = route(path);
         if route == Route::NotFound {
@@ -305,7 +309,7 @@ impl Gate {
         let record = self
             .authenticate(req.authorization, revoked)
             .map_err(plain)?;
-        let with_name = |e: GateError| (e, Some(record.name.clone()));
+        let with_name = |e: GateError| (e, Some(record));
         match (route, parsed) {
             (Route::Sessions { customer, site }, Some(query)) => {
                 if record.customer != customer {
@@ -491,6 +495,10 @@ pub enum Prepared<'g> {
     Reply {
         decision: Decision,
         wants_limit_state: bool,
+        /// The credential, when it was authenticated before the answer
+        /// (`/me`, or a denial for scope): an adapter with its own revocation
+        /// list checks this record, without hashing the header again.
+        authenticated: Option<&'g CredentialRecord>,
     },
     /// Passed every check: run the limiter, then [`Gate::complete`].
     Admit(Admission<'g>),

@@ -582,6 +582,7 @@ fn revoked_credentials_are_unknown_credentials() {
         sessiongate_core::Prepared::Reply {
             decision,
             wants_limit_state,
+            ..
         } => {
             expect_error(&decision, ErrorCode::InvalidCredentials);
             assert!(wants_limit_state);

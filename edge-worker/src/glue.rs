@@ -69,7 +69,7 @@ fn internal_error(message: &str) -> Result<Response> {
     respond(
         500,
         &[("content-type", "application/json".to_owned())],
-        r#"{"error":{"code":"internal_error","message":"The gate is misconfigured."}}"#.to_owned(),
+        sessiongate_core::error::internal_error_body("The gate is misconfigured."),
     )
 }
 
@@ -103,6 +103,7 @@ fn revoked(gate: &Gate, request: &GateRequest<'_>, answer: &Answer) -> Decision 
         Prepared::Reply {
             mut decision,
             wants_limit_state,
+            ..
         } => {
             if wants_limit_state {
                 gate.add_limit_state(&mut decision, answer.verdict.as_ref());
@@ -154,7 +155,6 @@ async fn decide_unguarded(
     blocked: Option<u64>,
 ) -> Decision {
     let limit = gate.limit();
-    let authenticated = gate.identify(request.authorization).map(|r| r.hash.clone());
     match gate.prepare(request, |_| false, blocked) {
         Prepared::Admit(admission) => {
             let call = Call::Acquire {
@@ -177,7 +177,9 @@ async fn decide_unguarded(
         Prepared::Reply {
             mut decision,
             wants_limit_state,
+            authenticated,
         } => {
+            let authenticated = authenticated.map(|r| r.hash.clone());
             if authenticated.is_none() && !wants_limit_state {
                 return decision;
             }
@@ -253,8 +255,11 @@ async fn admin(req: &Request, env: &Env, gate: &Gate, path: &str) -> Option<Resu
     }
     let json = [("content-type", "application/json".to_owned())];
     let Some(record) = gate.credentials().records().iter().find(|r| r.name == name) else {
-        let body = serde_json::json!({"error": {"code": "not_found", "message": "No credential has that name."}});
-        return Some(respond(404, &json, body.to_string()));
+        let body = sessiongate_core::error::error_body(
+            sessiongate_core::ErrorCode::NotFound,
+            "No credential has that name.",
+        );
+        return Some(respond(404, &json, body));
     };
     let call = Call::Revoke {
         hash: record.hash.clone(),

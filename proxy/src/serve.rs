@@ -435,8 +435,8 @@ fn build_response(status: u16, headers: &HeaderList, body: Bytes) -> Response<Fu
 }
 
 fn internal_error() -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from_static(
-        br#"{"error":{"code":"internal_error","message":"The gate failed to process the request."}}"#,
+    let mut r = Response::new(Full::new(Bytes::from(
+        sessiongate_core::error::internal_error_body("The gate failed to process the request."),
     )));
     *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
     r.headers_mut().insert(

@@ -9,7 +9,6 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 mod common;
 
@@ -46,6 +45,15 @@ impl Harness for Local<'_> {
     }
 }
 
+fn run_functional_suite(server: &Server, fixture: &mut Fixture) {
+    let failures = suite::run(&mut Local { server, fixture }, suite::FUNCTIONAL);
+    assert!(
+        failures.is_empty(),
+        "conformance failures:\n{}",
+        failures.join("\n")
+    );
+}
+
 #[test]
 fn conformance_suite_against_sessiongate_serve() {
     let mut fx = fixture();
@@ -53,18 +61,7 @@ fn conformance_suite_against_sessiongate_serve() {
     let config = "backend = \"stub\"\n[limit]\nrequests = 100000\nwindow_seconds = 60\n[guard]\nfailures = 0\n";
     let server = Server::start(&fx.dir.clone(), &fx.store.clone(), config, 4);
     sessiongate_conformance::http::start_transcript();
-    let failures = suite::run(
-        &mut Local {
-            server: &server,
-            fixture: &mut fx,
-        },
-        suite::FUNCTIONAL,
-    );
-    assert!(
-        failures.is_empty(),
-        "conformance failures:\n{}",
-        failures.join("\n")
-    );
+    run_functional_suite(&server, &mut fx);
     // Nothing the suite minted shows in the server's log or the store.
     let log = server.log_text();
     assert!(log.contains("access method=GET"), "no access log");
@@ -106,18 +103,7 @@ fn conformance_suite_against_the_shipped_plugin() {
         2,
         &["--plugin", out.to_str().unwrap()],
     );
-    let failures = suite::run(
-        &mut Local {
-            server: &server,
-            fixture: &mut fx,
-        },
-        suite::FUNCTIONAL,
-    );
-    assert!(
-        failures.is_empty(),
-        "conformance failures:\n{}",
-        failures.join("\n")
-    );
+    run_functional_suite(&server, &mut fx);
 }
 
 #[test]
@@ -228,14 +214,7 @@ fn a_corrupt_store_keeps_the_last_good_credentials() {
     let auth = format!("Bearer {}", fx.creds.token_all);
     assert_eq!(get(server.addr, "/me", Some(&auth)).unwrap().status, 200);
     std::fs::write(&fx.store, b"{ this is not a store").unwrap();
-    let start = Instant::now();
-    while !server.log_text().contains("could not be loaded") {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "corruption not reported"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    server.wait_for_log("could not be loaded", "corruption not reported");
     assert_eq!(get(server.addr, "/me", Some(&auth)).unwrap().status, 200);
     let r = get(
         server.addr,

@@ -355,14 +355,7 @@ fn an_unreadable_store_keeps_the_last_good_credentials() {
         "a vanished store revoked everyone"
     );
     std::fs::create_dir(&fx.store).unwrap();
-    let start = Instant::now();
-    while !server.log_text().contains("could not be loaded") {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "the failure was not reported"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    server.wait_for_log("could not be loaded", "the failure was not reported");
     assert!(
         server
             .log_text()

@@ -14,7 +14,6 @@ pub enum Status {
     Ok = 0,
     NotFound = 1,
     BadArgument = 2,
-    ParseFailure = 4,
     CasMismatch = 8,
     InternalFailure = 10,
 }
@@ -428,7 +427,6 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "proxy_get_status",
         |_: Ctx<'_>, _a: u32, _b: u32, _c: u32| -> u32 { status(Status::NotFound) },
     )?;
-    let _ = Status::ParseFailure;
     Ok(())
 }
 

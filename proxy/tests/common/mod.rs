@@ -178,6 +178,16 @@ impl Server {
         }
     }
 
+    /// Waits until the server has logged `needle`; panics with `what` if it
+    /// has not within 5 s.
+    pub fn wait_for_log(&self, needle: &str, what: &str) {
+        let start = Instant::now();
+        while !self.log_text().contains(needle) {
+            assert!(start.elapsed() < Duration::from_secs(5), "{what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
