@@ -76,6 +76,16 @@ impl<'de> Deserialize<'de> for Backend {
     }
 }
 
+/// Where a wasi-http component reads its [`GateConfig`] (JSON) in its
+/// key-value bucket. The host writes it; the component reads it on every
+/// request, so a revoked credential is refused on the next one.
+pub const CONFIG_KEY: &str = "sessiongate.config.v1";
+
+/// The header a wasi-http host puts the client's address in (Spin's name for
+/// it; `sessiongate serve --component` sets it too, replacing any a client
+/// sent). The failed-credential guard keys on it.
+pub const CLIENT_ADDR_HEADER: &str = "spin-client-addr";
+
 /// The gate's whole configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -2,6 +2,7 @@
 //! drive them: the proxy-wasm host on wasmtime, the HTTP server, the token
 //! store and credential management.
 
+pub mod component;
 pub mod host;
 pub mod manage;
 pub mod parse_errors;

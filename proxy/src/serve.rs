@@ -22,9 +22,11 @@ use serde::Deserialize;
 use sessiongate_core::{Backend, GateConfig, LimitConfig};
 use tokio::net::TcpListener;
 
+use crate::component::{ComponentHost, KeyValue};
 use crate::host::{HeaderList, LocalReply, Plugin, RequestPhase, Vm};
 use crate::parse_errors::JsonParseErrors;
 use crate::store;
+use sessiongate_core::config::CLIENT_ADDR_HEADER;
 
 /// The filter built by `build.rs` for wasm32-wasip1.
 pub static EMBEDDED_PLUGIN: &[u8] = include_bytes!(env!("SESSIONGATE_PLUGIN_WASM"));
@@ -41,6 +43,11 @@ pub struct ServeArgs {
     /// Load this filter instead of the embedded one.
     #[arg(long, value_name = "FILE")]
     plugin: Option<PathBuf>,
+    /// Serve a wasi:http 0.3 component (the Spin build) instead of the
+    /// filter: one instance per request, its key-value store on the same
+    /// shared data.
+    #[arg(long, value_name = "FILE", conflicts_with = "plugin")]
+    component: Option<PathBuf>,
     /// Token store (overrides `store`).
     #[arg(long, value_name = "FILE")]
     store: Option<PathBuf>,
@@ -205,11 +212,38 @@ impl Pool {
     }
 }
 
+/// What runs the gate: the proxy-wasm filter's VMs, or a component.
+enum Runner {
+    Filter(Pool),
+    Component(ComponentHost),
+}
+
 struct App {
-    pool: Pool,
+    runner: Runner,
     backend: Backend,
     client: Client<HttpConnector, Full<Bytes>>,
     upstream_timeout: Duration,
+}
+
+impl App {
+    /// Hands the gate a new configuration; on refusal the old one stays.
+    fn reconfigure(&self, config: Vec<u8>) -> Result<()> {
+        match &self.runner {
+            Runner::Filter(pool) => pool.reconfigure(config),
+            Runner::Component(host) => {
+                // Checked here, as a filter VM would on configure: the
+                // component would otherwise refuse every request.
+                sessiongate_core::Gate::from_json(&config).map_err(|e| anyhow!(e))?;
+                let mut current = host
+                    .kv
+                    .config
+                    .write()
+                    .map_err(|_| anyhow!("configuration lock poisoned"))?;
+                *current = Arc::new(config);
+                Ok(())
+            }
+        }
+    }
 }
 
 fn gate_config_json(base: &GateConfig, store: &Path) -> Result<Vec<u8>> {
@@ -222,20 +256,7 @@ fn gate_config_json(base: &GateConfig, store: &Path) -> Result<Vec<u8>> {
 
 pub fn run(args: ServeArgs) -> Result<()> {
     let settings = settings(&args)?;
-    let wasm = match &args.plugin {
-        Some(path) => {
-            std::fs::read(path).with_context(|| format!("cannot read plugin {}", path.display()))?
-        }
-        None => EMBEDDED_PLUGIN.to_vec(),
-    };
     let started = Instant::now();
-    let plugin = Plugin::compile_cached(&wasm, Arc::new(log_line), module_cache_dir().as_deref())?;
-    if settings.fail_limiter_store {
-        eprintln!(
-            "sessiongate WARNING: [testing] fail_limiter_store is set: every shared-data call fails"
-        );
-        plugin.shared.set_failing(true);
-    }
     let records = store::load(&settings.store)?;
     if records.is_empty() {
         eprintln!(
@@ -245,18 +266,13 @@ pub fn run(args: ServeArgs) -> Result<()> {
             settings.store.display()
         );
     }
-    let config = gate_config_json(&settings.gate, &settings.store)?;
-    let config = Arc::new(config);
-    let vms = (0..settings.workers)
-        .map(|i| plugin.start_vm(i, config.clone()).map(Mutex::new))
-        .collect::<Result<Vec<_>>>()?;
+    let config = Arc::new(gate_config_json(&settings.gate, &settings.store)?);
+    let runner = match &args.component {
+        Some(path) => component_runner(path, config, &settings)?,
+        None => filter_runner(args.plugin.as_deref(), config, &settings)?,
+    };
     let app = Arc::new(App {
-        pool: Pool {
-            plugin,
-            vms,
-            next: AtomicUsize::new(0),
-            config: RwLock::new(config),
-        },
+        runner,
         backend: settings.gate.backend.clone(),
         client: Client::builder(TokioExecutor::new()).build_http(),
         upstream_timeout: settings.upstream_timeout,
@@ -268,14 +284,62 @@ pub fn run(args: ServeArgs) -> Result<()> {
     runtime.block_on(serve(app, settings, started))
 }
 
+fn fail_store_if_asked(shared: &crate::host::SharedData, settings: &Settings) {
+    if settings.fail_limiter_store {
+        eprintln!(
+            "sessiongate WARNING: [testing] fail_limiter_store is set: every shared-data call fails"
+        );
+        shared.set_failing(true);
+    }
+}
+
+fn filter_runner(
+    plugin: Option<&Path>,
+    config: Arc<Vec<u8>>,
+    settings: &Settings,
+) -> Result<Runner> {
+    let wasm = match plugin {
+        Some(path) => {
+            std::fs::read(path).with_context(|| format!("cannot read plugin {}", path.display()))?
+        }
+        None => EMBEDDED_PLUGIN.to_vec(),
+    };
+    let plugin = Plugin::compile_cached(&wasm, Arc::new(log_line), module_cache_dir().as_deref())?;
+    fail_store_if_asked(&plugin.shared, settings);
+    let vms = (0..settings.workers)
+        .map(|i| plugin.start_vm(i, config.clone()).map(Mutex::new))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Runner::Filter(Pool {
+        plugin,
+        vms,
+        next: AtomicUsize::new(0),
+        config: RwLock::new(config),
+    }))
+}
+
+fn component_runner(path: &Path, config: Arc<Vec<u8>>, settings: &Settings) -> Result<Runner> {
+    let engine = crate::component::engine()?;
+    let component = crate::component::load(&engine, path)?;
+    let kv = KeyValue {
+        shared: crate::host::SharedData::default(),
+        config: Arc::new(RwLock::new(config)),
+    };
+    fail_store_if_asked(&kv.shared, settings);
+    let host = ComponentHost::new(engine, &component, kv, settings.upstream_timeout)?;
+    Ok(Runner::Component(host))
+}
+
 async fn serve(app: Arc<App>, settings: Settings, started: Instant) -> Result<()> {
     let listener = TcpListener::bind(&settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let local = listener.local_addr()?;
     eprintln!(
-        "sessiongate: listening on http://{local} ({} VMs, backend {}, limit {}/{}s, store {}, ready in {} ms)",
-        settings.workers,
+        "sessiongate: listening on http://{local} ({}, backend {}, limit {}/{}s, store {}, ready in {} ms)",
+        match &app.runner {
+            Runner::Filter(_) => format!("{} VMs", settings.workers),
+            Runner::Component(_) => "component, one instance per request".to_owned(),
+        },
         match &app.backend {
             Backend::Stub => "stub".to_owned(),
             Backend::Upstream(u) => u.clone().unwrap_or_default(),
@@ -328,8 +392,10 @@ async fn serve(app: Arc<App>, settings: Settings, started: Instant) -> Result<()
     {
         eprintln!("sessiongate warn: some connections did not finish within 10 s");
     }
-    for (name, value) in app.pool.plugin.metrics.snapshot() {
-        eprintln!("sessiongate metric: {name} {value}");
+    if let Runner::Filter(pool) = &app.runner {
+        for (name, value) in pool.plugin.metrics.snapshot() {
+            eprintln!("sessiongate metric: {name} {value}");
+        }
     }
     Ok(())
 }
@@ -382,7 +448,7 @@ async fn watch_store(app: Arc<App>, base: GateConfig, path: PathBuf) {
         let reloaded = if now.is_none() {
             Err(anyhow!("the file is gone"))
         } else {
-            gate_config_json(&base, &path).and_then(|config| app.pool.reconfigure(config))
+            gate_config_json(&base, &path).and_then(|config| app.reconfigure(config))
         };
         match reloaded {
             Ok(()) => eprintln!("sessiongate: token store {} reloaded", path.display()),
@@ -463,18 +529,74 @@ async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Resp
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    let (response, credential) = match &app.runner {
+        Runner::Filter(pool) => handle_filter(&app, pool, req, peer).await,
+        Runner::Component(host) => (handle_component(host, req, peer).await, None),
+    };
+    eprintln!(
+        "access method={} path={} status={} credential={} latency_us={}",
+        method,
+        sanitize(&path),
+        response.status().as_u16(),
+        credential
+            .as_deref()
+            .map_or("-".to_owned(), |c| sanitize(&String::from_utf8_lossy(c))),
+        started.elapsed().as_micros()
+    );
+    response
+}
+
+/// One request through the component. The client's address goes in the
+/// header Spin uses, replacing any the client sent.
+async fn handle_component(
+    host: &ComponentHost,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Full<Bytes>> {
+    let headers = req.headers_mut();
+    headers.remove(CLIENT_ADDR_HEADER);
+    if let Ok(value) = hyper::header::HeaderValue::from_str(&peer.to_string()) {
+        headers.insert(CLIENT_ADDR_HEADER, value);
+    }
+    match host.handle(req).await {
+        Ok(response) => {
+            let (parts, body) = response.into_parts();
+            let mut out = Response::new(Full::new(body));
+            *out.status_mut() = parts.status;
+            for (name, value) in &parts.headers {
+                if !is_hop_by_hop(name.as_str()) && name != hyper::header::CONTENT_LENGTH {
+                    out.headers_mut().append(name, value.clone());
+                }
+            }
+            out
+        }
+        Err(e) => {
+            eprintln!("sessiongate error: {e:#}");
+            internal_error()
+        }
+    }
+}
+
+type Credential = Option<Vec<u8>>;
+
+/// One request through a filter VM, and on to the upstream if it says so.
+async fn handle_filter(
+    app: &App,
+    pool: &Pool,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> (Response<Full<Bytes>>, Credential) {
+    let method = req.method().clone();
     let headers = request_headers(&req);
-    let vm = app.pool.pick();
-    let phase = app
-        .pool
-        .with_vm(vm, |v| v.on_request(headers, Some(peer.to_string())));
-    let (response, credential) = match phase {
+    let vm = pool.pick();
+    let phase = pool.with_vm(vm, |v| v.on_request(headers, Some(peer.to_string())));
+    match phase {
         Ok(RequestPhase::Reply(reply, props)) => (
             build_response(reply.status, &reply.headers, Bytes::from(reply.body)),
             props.get("sessiongate_credential").cloned(),
         ),
         Ok(RequestPhase::Continue { context, headers }) => {
-            let upstream = forward(&app, &method, &headers).await;
+            let upstream = forward(app, &method, &headers).await;
             let (status, response_headers, body) = match upstream {
                 Ok(r) => r,
                 Err(e) => {
@@ -490,10 +612,7 @@ async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Resp
             };
             let mut with_status = vec![(":status".to_owned(), status.to_string().into_bytes())];
             with_status.extend(response_headers);
-            match app
-                .pool
-                .with_vm(vm, |v| v.on_response(context, with_status))
-            {
+            match pool.with_vm(vm, |v| v.on_response(context, with_status)) {
                 Ok((headers, props)) => (
                     build_response(status, &headers, body),
                     props.get("sessiongate_credential").cloned(),
@@ -502,18 +621,7 @@ async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Resp
             }
         }
         Err(_) => (internal_error(), None),
-    };
-    eprintln!(
-        "access method={} path={} status={} credential={} latency_us={}",
-        method,
-        sanitize(&path),
-        response.status().as_u16(),
-        credential
-            .as_deref()
-            .map_or("-".to_owned(), |c| sanitize(&String::from_utf8_lossy(c))),
-        started.elapsed().as_micros()
-    );
-    response
+    }
 }
 
 /// Log fields stay on one line and printable.

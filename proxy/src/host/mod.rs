@@ -60,6 +60,42 @@ impl SharedData {
         Ok(true)
     }
 
+    /// Strict compare-and-swap, for `wasi:keyvalue/atomics`: writes only if
+    /// the version is still `seen`, where 0 means "absent" (unlike Envoy's
+    /// cas 0, which writes unconditionally).
+    pub fn swap_if(&self, key: &str, value: Vec<u8>, seen: u32) -> Result<bool, StoreDown> {
+        if self.failing.load(Ordering::Relaxed) {
+            return Err(StoreDown);
+        }
+        let mut map = self.inner.lock().map_err(|_| StoreDown)?;
+        let current = map.get(key).map_or(0, |(_, c)| *c);
+        if seen != current {
+            return Ok(false);
+        }
+        map.insert(key.to_owned(), (value, current.wrapping_add(1).max(1)));
+        Ok(true)
+    }
+
+    pub fn delete(&self, key: &str) -> Result<(), StoreDown> {
+        if self.failing.load(Ordering::Relaxed) {
+            return Err(StoreDown);
+        }
+        let mut map = self.inner.lock().map_err(|_| StoreDown)?;
+        map.remove(key);
+        Ok(())
+    }
+
+    /// Every key, sorted.
+    pub fn keys(&self) -> Result<Vec<String>, StoreDown> {
+        if self.failing.load(Ordering::Relaxed) {
+            return Err(StoreDown);
+        }
+        let map = self.inner.lock().map_err(|_| StoreDown)?;
+        let mut keys: Vec<String> = map.keys().cloned().collect();
+        keys.sort();
+        Ok(keys)
+    }
+
     /// Fault injection: while set, every call fails as a lost store would.
     pub fn set_failing(&self, failing: bool) {
         self.failing.store(failing, Ordering::Relaxed);

@@ -1,0 +1,437 @@
+//! `serve --component`: a wasi:http 0.3 component (the Spin build) under
+//! wasmtime, as `wasmtime serve` or Spin would run it, with the imports of
+//! `wit/gate.wit`'s `host` world beyond WASI: a `wasi:keyvalue` bucket
+//! (`default`) whose CAS runs on the very [`SharedData`] the filter host uses,
+//! and the gate's configuration under [`CONFIG_KEY`].
+//!
+//! One instance per request, as Spin does: nothing survives in the guest
+//! between requests but what the key-value store holds, so the exact global
+//! limit across instances is the store's CAS and nothing else.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow};
+use bytes::Bytes;
+use http_body_util::BodyExt as _;
+use sessiongate_core::config::CONFIG_KEY;
+use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
+use wasmtime::{Config, Engine, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p3::Request as WasiRequest;
+use wasmtime_wasi_http::p3::bindings::ServicePre;
+use wasmtime_wasi_http::{
+    Error as HttpError, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks,
+    WasiHttpView,
+};
+
+use crate::host::{SharedData, StoreDown};
+
+/// Host bindings of `wit/gate.wit`'s `host` world. wasi:http and wasi:clocks
+/// are wasmtime's own; only wasi:keyvalue is ours to provide.
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "sessiongate:gate/host",
+        // wasmtime's wasi:http linker functions need `Send` store data.
+        require_store_data_send: true,
+        with: {
+            "wasi:http": wasmtime_wasi_http::p3::bindings::http,
+            "wasi:clocks": wasmtime_wasi::p3::bindings::clocks,
+            "wasi:keyvalue/store.bucket": super::BucketHandle,
+            "wasi:keyvalue/atomics.cas": super::CasHandle,
+        },
+    });
+}
+
+use bindings::wasi::keyvalue::{atomics, store};
+
+/// The one bucket there is (Spin's default store).
+const BUCKET: &str = "default";
+
+/// An open `default` bucket.
+pub struct BucketHandle;
+
+/// A CAS in progress: the key, and the value and version it saw (0: absent).
+pub struct CasHandle {
+    key: String,
+    value: Option<Vec<u8>>,
+    version: u32,
+}
+
+/// The key-value side of the host: shared data, and the configuration.
+#[derive(Clone)]
+pub struct KeyValue {
+    pub shared: SharedData,
+    pub config: Arc<RwLock<Arc<Vec<u8>>>>,
+}
+
+impl KeyValue {
+    fn config(&self) -> Arc<Vec<u8>> {
+        self.config
+            .read()
+            .map(|c| c.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    fn read(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, store::Error> {
+        if key == CONFIG_KEY {
+            return Ok(Some((self.config().to_vec(), 1)));
+        }
+        self.shared.get(key).map_err(down)
+    }
+
+    fn host_owned(key: &str) -> Result<(), store::Error> {
+        if key == CONFIG_KEY {
+            return Err(store::Error::AccessDenied);
+        }
+        Ok(())
+    }
+}
+
+fn down(_: StoreDown) -> store::Error {
+    store::Error::Other("the shared store is unavailable".to_owned())
+}
+
+pub struct ComponentState {
+    table: ResourceTable,
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    hooks: Hooks,
+    kv: KeyValue,
+}
+
+/// Outgoing requests (the upstream backend): wasmtime's client, with the
+/// configured timeout as the default for connect and first byte.
+struct Hooks {
+    upstream_timeout: Duration,
+}
+
+impl WasiHttpHooks for Hooks {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = Result<
+                    (
+                        http::Response<WasiBody>,
+                        Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+                    ),
+                    HttpError,
+                >,
+            > + Send,
+    > {
+        _ = fut;
+        let mut options = options.unwrap_or_default();
+        options.connect_timeout.get_or_insert(self.upstream_timeout);
+        options
+            .first_byte_timeout
+            .get_or_insert(self.upstream_timeout);
+        Box::new(async move {
+            let (response, io) =
+                wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+            Ok((
+                response.map(|b| b.boxed_unsync()),
+                Box::new(io) as Box<dyn Future<Output = _> + Send>,
+            ))
+        })
+    }
+}
+
+impl WasiView for ComponentState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for ComponentState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+type TableResult<T> = wasmtime::Result<T>;
+
+impl store::Host for ComponentState {
+    fn open(&mut self, identifier: String) -> Result<Resource<BucketHandle>, store::Error> {
+        if identifier != BUCKET {
+            return Err(store::Error::NoSuchStore);
+        }
+        self.table
+            .push(BucketHandle)
+            .map_err(|e| store::Error::Other(e.to_string()))
+    }
+}
+
+impl store::HostBucket for ComponentState {
+    fn get(
+        &mut self,
+        _: Resource<BucketHandle>,
+        key: String,
+    ) -> Result<Option<Vec<u8>>, store::Error> {
+        Ok(self.kv.read(&key)?.map(|(value, _)| value))
+    }
+
+    fn set(
+        &mut self,
+        _: Resource<BucketHandle>,
+        key: String,
+        value: Vec<u8>,
+    ) -> Result<(), store::Error> {
+        KeyValue::host_owned(&key)?;
+        // Envoy's cas 0: an unconditional write.
+        self.kv.shared.set(&key, value, 0).map_err(down).map(|_| ())
+    }
+
+    fn delete(&mut self, _: Resource<BucketHandle>, key: String) -> Result<(), store::Error> {
+        KeyValue::host_owned(&key)?;
+        self.kv.shared.delete(&key).map_err(down)
+    }
+
+    fn exists(&mut self, _: Resource<BucketHandle>, key: String) -> Result<bool, store::Error> {
+        Ok(self.kv.read(&key)?.is_some())
+    }
+
+    fn list_keys(
+        &mut self,
+        _: Resource<BucketHandle>,
+        cursor: Option<String>,
+    ) -> Result<store::KeyResponse, store::Error> {
+        let mut keys = self.kv.shared.keys().map_err(down)?;
+        keys.push(CONFIG_KEY.to_owned());
+        keys.sort();
+        if let Some(after) = cursor {
+            keys.retain(|k| *k > after);
+        }
+        Ok(store::KeyResponse { keys, cursor: None })
+    }
+
+    fn drop(&mut self, rep: Resource<BucketHandle>) -> TableResult<()> {
+        self.table.delete(rep)?;
+        Ok(())
+    }
+}
+
+impl ComponentState {
+    fn begin_cas(&mut self, key: String) -> Result<Resource<CasHandle>, store::Error> {
+        let (value, version) = match self.kv.read(&key)? {
+            Some((value, version)) => (Some(value), version),
+            None => (None, 0),
+        };
+        self.table
+            .push(CasHandle {
+                key,
+                value,
+                version,
+            })
+            .map_err(|e| store::Error::Other(e.to_string()))
+    }
+}
+
+impl atomics::Host for ComponentState {
+    fn increment(
+        &mut self,
+        _: Resource<BucketHandle>,
+        key: String,
+        delta: i64,
+    ) -> Result<i64, store::Error> {
+        KeyValue::host_owned(&key)?;
+        // A CAS loop over an 8-byte little-endian counter.
+        loop {
+            let (current, version) = match self.kv.shared.get(&key).map_err(down)? {
+                Some((bytes, version)) => {
+                    let bytes: [u8; 8] = bytes.as_slice().try_into().map_err(|_| {
+                        store::Error::Other(format!("{key:?} does not hold a counter"))
+                    })?;
+                    (i64::from_le_bytes(bytes), version)
+                }
+                None => (0, 0),
+            };
+            let next = current.wrapping_add(delta);
+            if self
+                .kv
+                .shared
+                .swap_if(&key, next.to_le_bytes().to_vec(), version)
+                .map_err(down)?
+            {
+                return Ok(next);
+            }
+        }
+    }
+
+    fn swap(&mut self, cas: Resource<CasHandle>, value: Vec<u8>) -> Result<(), atomics::CasError> {
+        let cas = self
+            .table
+            .delete(cas)
+            .map_err(|e| atomics::CasError::StoreError(store::Error::Other(e.to_string())))?;
+        KeyValue::host_owned(&cas.key).map_err(atomics::CasError::StoreError)?;
+        let written = self
+            .kv
+            .shared
+            .swap_if(&cas.key, value, cas.version)
+            .map_err(|e| atomics::CasError::StoreError(down(e)))?;
+        if written {
+            return Ok(());
+        }
+        // The spec asks for a handle that has seen the latest version.
+        let fresh = self
+            .begin_cas(cas.key)
+            .map_err(atomics::CasError::StoreError)?;
+        Err(atomics::CasError::CasFailed(fresh))
+    }
+}
+
+impl atomics::HostCas for ComponentState {
+    fn new(
+        &mut self,
+        _: Resource<BucketHandle>,
+        key: String,
+    ) -> Result<Resource<CasHandle>, store::Error> {
+        self.begin_cas(key)
+    }
+
+    fn current(&mut self, cas: Resource<CasHandle>) -> Result<Option<Vec<u8>>, store::Error> {
+        let cas = self
+            .table
+            .get(&cas)
+            .map_err(|e| store::Error::Other(e.to_string()))?;
+        Ok(cas.value.clone())
+    }
+
+    fn drop(&mut self, rep: Resource<CasHandle>) -> TableResult<()> {
+        self.table.delete(rep)?;
+        Ok(())
+    }
+}
+
+/// A compiled component, linked and ready to instantiate per request.
+pub struct ComponentHost {
+    engine: Engine,
+    pre: ServicePre<ComponentState>,
+    pub kv: KeyValue,
+    upstream_timeout: Duration,
+}
+
+/// Every import the component may use: WASI 0.2 (Rust's std on
+/// wasm32-wasip2), WASI 0.3 (clocks, random, cli), wasi:http 0.3, and the
+/// key-value interfaces of `wit/gate.wit`.
+fn linker(engine: &Engine) -> Result<Linker<ComponentState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| anyhow!("{e:?}"))?;
+    wasmtime_wasi::p3::add_to_linker(&mut linker).map_err(|e| anyhow!("{e:?}"))?;
+    wasmtime_wasi_http::p3::add_to_linker(&mut linker).map_err(|e| anyhow!("{e:?}"))?;
+    store::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(|e| anyhow!("{e:?}"))?;
+    atomics::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(|e| anyhow!("{e:?}"))?;
+    Ok(linker)
+}
+
+/// The engine configuration for components: wasi:http 0.3 needs the
+/// component model's async ABI.
+pub fn engine() -> Result<Engine> {
+    let mut config = Config::new();
+    config.wasm_component_model_async(true);
+    config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+    Engine::new(&config).map_err(|e| anyhow!("wasmtime: {e:?}"))
+}
+
+impl ComponentHost {
+    pub fn new(
+        engine: Engine,
+        component: &Component,
+        kv: KeyValue,
+        upstream_timeout: Duration,
+    ) -> Result<ComponentHost> {
+        let linker = linker(&engine)?;
+        let instance = linker
+            .instantiate_pre(component)
+            .map_err(|e| anyhow!("the component cannot be linked: {e:?}"))?;
+        let pre = ServicePre::new(instance)
+            .map_err(|e| anyhow!("the component does not export wasi:http/handler@0.3.0: {e:?}"))?;
+        Ok(ComponentHost {
+            engine,
+            pre,
+            kv,
+            upstream_timeout,
+        })
+    }
+
+    /// Serves one request in a fresh instance; the response body is read whole.
+    pub async fn handle<B>(&self, request: http::Request<B>) -> Result<http::Response<Bytes>>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<HttpError>,
+    {
+        let state = ComponentState {
+            table: ResourceTable::new(),
+            wasi: WasiCtxBuilder::new().inherit_stderr().build(),
+            http: WasiHttpCtx::new(),
+            hooks: Hooks {
+                upstream_timeout: self.upstream_timeout,
+            },
+            kv: self.kv.clone(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        let service = self
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| anyhow!("cannot instantiate the component: {e:?}"))?;
+        let (request, body_io) = WasiRequest::from_http(&mut store.data_mut().hooks, request);
+        store
+            .run_concurrent(async |store| {
+                let (response, ()) = tokio::try_join!(
+                    async {
+                        let response = match service.handle(store, request).await? {
+                            Ok(r) => r,
+                            Err(code) => {
+                                return Err(wasmtime::format_err!(
+                                    "the component failed the request: {code:?}"
+                                ));
+                            }
+                        };
+                        let response = store.with(|s| response.into_http(s, async { Ok(()) }))?;
+                        let (parts, body) = response.into_parts();
+                        let body = body
+                            .collect()
+                            .await
+                            .map_err(|e| wasmtime::format_err!("response body: {e:?}"))?
+                            .to_bytes();
+                        wasmtime::error::Ok(http::Response::from_parts(parts, body))
+                    },
+                    async {
+                        body_io
+                            .await
+                            .map_err(|e| wasmtime::format_err!("request body: {e:?}"))
+                    }
+                )?;
+                wasmtime::error::Ok(response)
+            })
+            .await
+            .and_then(|r| r)
+            .map_err(|e| anyhow!("{e:?}"))
+            .context("the component trapped")
+    }
+}
+
+/// Compiles a component file (no cache: components are compiled once per
+/// `serve`).
+pub fn load(engine: &Engine, path: &std::path::Path) -> Result<Component> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read component {}", path.display()))?;
+    Component::new(engine, &bytes).map_err(|e| {
+        anyhow!(
+            "{} is not a WebAssembly component wasmtime can compile: {e:?}",
+            path.display()
+        )
+    })
+}

@@ -1,0 +1,197 @@
+//! The component's glue: wasi:http in, `Gate::decide` on a CAS store over
+//! `wasi:keyvalue`, the decision out (or on to the sessions service).
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use sessiongate_core::config::{CLIENT_ADDR_HEADER, CONFIG_KEY};
+use sessiongate_core::{Action, Backend, Forward, Gate, Request as GateRequest};
+use spin_sdk::http::{EmptyBody, IntoResponse, Request};
+use spin_sdk::wasip3::http::types::{ErrorCode, Response as WasiResponse};
+
+use crate::cas::{CasBucket, CasStore};
+
+/// Bindings of the `host` world of `wit/gate.wit`: the wasi:keyvalue imports
+/// are generated from our WIT; wasi:http and wasi:clocks come from spin-sdk's
+/// own bindings, so there is one copy of each type.
+mod bindings {
+    spin_sdk::wit_bindgen::generate!({
+        path: "../wit",
+        world: "sessiongate:gate/host",
+        runtime_path: "spin_sdk::wit_bindgen::rt",
+        with: {
+            "wasi:http/types@0.3.0": spin_sdk::wasip3::http::types,
+            "wasi:http/client@0.3.0": spin_sdk::wasip3::http::client,
+            "wasi:clocks/system-clock@0.3.0": spin_sdk::wasip3::clocks::system_clock,
+            "wasi:clocks/types@0.3.0": spin_sdk::wasip3::clocks::types,
+        },
+        // Everything not mapped above (wasi:keyvalue) is generated here.
+        generate_all,
+    });
+}
+
+use bindings::wasi::keyvalue::{atomics, store};
+
+/// The bucket Spin opens for a component granted `key_value_stores = ["default"]`.
+const BUCKET: &str = "default";
+
+thread_local! {
+    /// The parsed configuration, rebuilt only when the stored bytes change
+    /// (hosts that reuse an instance, as wasi:http 0.3 hosts do, parse once).
+    static GATE: RefCell<Option<(Vec<u8>, Rc<Gate>)>> = const { RefCell::new(None) };
+}
+
+fn describe(e: store::Error) -> String {
+    match e {
+        store::Error::NoSuchStore => "no such key-value store".to_owned(),
+        store::Error::AccessDenied => "access to the key-value store denied".to_owned(),
+        store::Error::Other(message) => message,
+    }
+}
+
+struct KvBucket<'b>(&'b store::Bucket);
+
+impl CasBucket for KvBucket<'_> {
+    type Handle = atomics::Cas;
+
+    fn begin(&mut self, key: &str) -> Result<(atomics::Cas, Option<Vec<u8>>), String> {
+        let cas = atomics::Cas::new(self.0, key).map_err(describe)?;
+        let value = cas.current().map_err(describe)?;
+        Ok((cas, value))
+    }
+
+    fn swap(&mut self, handle: atomics::Cas, value: &[u8]) -> Result<bool, String> {
+        match atomics::swap(handle, value) {
+            Ok(()) => Ok(true),
+            Err(atomics::CasError::CasFailed(_)) => Ok(false),
+            Err(atomics::CasError::StoreError(e)) => Err(describe(e)),
+        }
+    }
+}
+
+fn load_gate(bucket: &store::Bucket) -> Result<Rc<Gate>, String> {
+    let bytes = bucket
+        .get(CONFIG_KEY)
+        .map_err(describe)?
+        .ok_or_else(|| format!("no configuration under {CONFIG_KEY:?} in the key-value store"))?;
+    GATE.with(|cell| {
+        if let Some((cached, gate)) = cell.borrow().as_ref()
+            && *cached == bytes
+        {
+            return Ok(gate.clone());
+        }
+        let gate = Rc::new(Gate::from_json(&bytes)?);
+        *cell.borrow_mut() = Some((bytes, gate.clone()));
+        Ok(gate)
+    })
+}
+
+fn now_ms() -> u64 {
+    let now = spin_sdk::wasip3::clocks::system_clock::now();
+    let seconds = u64::try_from(now.seconds).unwrap_or(0);
+    seconds
+        .saturating_mul(1000)
+        .saturating_add(u64::from(now.nanoseconds / 1_000_000))
+}
+
+type Answer = Result<WasiResponse, ErrorCode>;
+
+fn respond(status: u16, headers: &[(&str, String)], body: String) -> Answer {
+    let mut builder = http::Response::builder().status(status);
+    for (name, value) in headers {
+        builder = builder.header(*name, value.as_str());
+    }
+    match builder.body(body) {
+        Ok(response) => response.into_response(),
+        Err(e) => Err(ErrorCode::InternalError(Some(e.to_string()))),
+    }
+}
+
+fn internal_error(message: &str) -> Answer {
+    eprintln!("sessiongate: {message}");
+    respond(
+        500,
+        &[("content-type", "application/json".to_owned())],
+        sessiongate_core::error::internal_error_body("The gate is misconfigured."),
+    )
+}
+
+#[spin_sdk::http_service]
+async fn handle(req: Request) -> Answer {
+    let bucket = match store::open(BUCKET) {
+        Ok(b) => b,
+        Err(e) => {
+            return internal_error(&format!("cannot open the key-value store: {}", describe(e)));
+        }
+    };
+    let gate = match load_gate(&bucket) {
+        Ok(g) => g,
+        Err(e) => return internal_error(&format!("invalid configuration, refusing requests: {e}")),
+    };
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned());
+    let authorization: Vec<&[u8]> = req
+        .headers()
+        .get_all("authorization")
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+    let client = req
+        .headers()
+        .get(CLIENT_ADDR_HEADER)
+        .and_then(|v| v.to_str().ok());
+    let request = GateRequest {
+        method: req.method().as_str(),
+        target: &target,
+        authorization: &authorization,
+        client,
+    };
+    let mut kv = CasStore::new(KvBucket(&bucket));
+    let decision = gate.decide(&request, now_ms(), &mut kv);
+    match decision.action {
+        Action::Reply(reply) => respond(reply.status, &reply.headers, reply.body),
+        Action::Forward(f) => forward(&req, &gate, &target, f).await,
+    }
+}
+
+/// Sends the admitted request to the sessions service over `wasi:http/client`
+/// and relays its answer with the rate-limit headers added.
+async fn forward(req: &Request, gate: &Gate, target: &str, f: Forward) -> Answer {
+    let Backend::Upstream(Some(origin)) = gate.backend() else {
+        return internal_error("backend \"upstream\" needs an origin URL in a component");
+    };
+    let mut builder = http::Request::get(format!("{origin}{target}"));
+    for (name, value) in req.headers() {
+        let name = name.as_str();
+        if !f.remove_request_headers.contains(&name) && name != "host" && name != CLIENT_ADDR_HEADER
+        {
+            builder = builder.header(name, value);
+        }
+    }
+    for (name, value) in &f.add_request_headers {
+        builder = builder.header(*name, value.as_str());
+    }
+    let upstream = match builder.body(EmptyBody::new()) {
+        Ok(r) => r,
+        Err(e) => return internal_error(&format!("cannot build the upstream request: {e}")),
+    };
+    match spin_sdk::http::send(upstream).await {
+        Ok(mut response) => {
+            for (name, value) in &f.response_headers {
+                if let Ok(value) = http::HeaderValue::from_str(value) {
+                    response.headers_mut().insert(*name, value);
+                }
+            }
+            response.into_response()
+        }
+        Err(e) => {
+            eprintln!("sessiongate: upstream unavailable: {e:?}");
+            let reply = gate.upstream_unavailable();
+            let mut headers = reply.headers;
+            headers.extend(f.response_headers);
+            respond(reply.status, &headers, reply.body)
+        }
+    }
+}
