@@ -1,37 +1,75 @@
-//! Builds the proxy-wasm filter for `wasm32-wasip1` and embeds it, so one
-//! `cargo build -p sessiongate` (or `cargo run … serve`) yields a binary that
-//! carries the very `.wasm` Envoy loads. The nested build has its own target
-//! directory (as substrate's wasm builder does) so it never waits on the
-//! outer build's lock. `SESSIONGATE_PLUGIN_WASM=path` skips it and embeds a
-//! prebuilt filter instead.
+//! Builds the WebAssembly the binary runs: the proxy-wasm filter for
+//! `wasm32-wasip1` (embedded, so one `cargo build -p sessiongate` yields a
+//! binary that carries the very `.wasm` Envoy loads) and the wasi:http
+//! component for `wasm32-wasip2` (its path exported for the tests of
+//! `serve --component`). Each nested build has its own target directory (as
+//! substrate's wasm builder does) so it never waits on the outer build's
+//! lock. `SESSIONGATE_PLUGIN_WASM=path` / `SESSIONGATE_COMPONENT_WASM=path`
+//! skip a build and use a prebuilt file instead.
 
 #![allow(clippy::panic)] // a build script reports failure by panicking
 
 use std::env;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn main() {
-    println!("cargo:rerun-if-env-changed=SESSIONGATE_PLUGIN_WASM");
-    let out_dir = PathBuf::from(env::var_os("OUT_DIR").unwrap_or_default());
-    let wasm = if let Some(prebuilt) = env::var_os("SESSIONGATE_PLUGIN_WASM") {
-        PathBuf::from(prebuilt)
-    } else {
-        build_plugin(&out_dir)
-    };
-    println!("cargo:rustc-env=SESSIONGATE_PLUGIN_WASM={}", wasm.display());
+/// One nested build: a workspace package, for a wasm target, in a profile.
+struct WasmBuild {
+    /// The variable that names a prebuilt file, and the one the path is exported as.
+    env: &'static str,
+    package: &'static str,
+    target: &'static str,
+    profile: &'static str,
+    /// The directory beside the outer build's profile directories.
+    dir: &'static str,
+    artifact: &'static str,
+    /// What it is built from, relative to the workspace.
+    sources: &'static [&'static str],
 }
 
-fn build_plugin(out_dir: &std::path::Path) -> PathBuf {
+const BUILDS: &[WasmBuild] = &[
+    WasmBuild {
+        env: "SESSIONGATE_PLUGIN_WASM",
+        package: "sessiongate-plugin",
+        target: "wasm32-wasip1",
+        profile: "plugin",
+        dir: "sessiongate-plugin",
+        artifact: "sessiongate_plugin.wasm",
+        sources: &["plugin/src", "plugin/Cargo.toml"],
+    },
+    WasmBuild {
+        env: "SESSIONGATE_COMPONENT_WASM",
+        package: "sessiongate-spin",
+        target: "wasm32-wasip2",
+        profile: "component",
+        dir: "sessiongate-component",
+        artifact: "sessiongate_spin.wasm",
+        sources: &["spin/src", "spin/Cargo.toml", "wit"],
+    },
+];
+
+fn main() {
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").unwrap_or_default());
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
     let workspace = manifest.parent().map(PathBuf::from).unwrap_or_default();
-    for watched in [
-        "plugin/src",
-        "plugin/Cargo.toml",
-        "core/src",
-        "core/Cargo.toml",
-        "Cargo.lock",
-    ] {
+    for watched in ["core/src", "core/Cargo.toml", "Cargo.lock", "Cargo.toml"] {
+        println!(
+            "cargo:rerun-if-changed={}",
+            workspace.join(watched).display()
+        );
+    }
+    for build in BUILDS {
+        println!("cargo:rerun-if-env-changed={}", build.env);
+        let wasm = match env::var_os(build.env) {
+            Some(prebuilt) => PathBuf::from(prebuilt),
+            None => nested_build(build, &workspace, &out_dir),
+        };
+        println!("cargo:rustc-env={}={}", build.env, wasm.display());
+    }
+}
+
+fn nested_build(build: &WasmBuild, workspace: &Path, out_dir: &Path) -> PathBuf {
+    for watched in build.sources {
         println!(
             "cargo:rerun-if-changed={}",
             workspace.join(watched).display()
@@ -41,21 +79,19 @@ fn build_plugin(out_dir: &std::path::Path) -> PathBuf {
     let target_dir = out_dir
         .ancestors()
         .nth(4)
-        .map(|t| t.join("sessiongate-plugin"))
-        .unwrap_or_else(|| out_dir.join("sessiongate-plugin"));
+        .map(|t| t.join(build.dir))
+        .unwrap_or_else(|| out_dir.join(build.dir));
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
-        .current_dir(&workspace)
+        .current_dir(workspace)
         .args([
             "build",
             "--package",
-            "sessiongate-plugin",
+            build.package,
             "--target",
-            "wasm32-wasip1",
-            "--profile",
-            "plugin",
-            "--target-dir",
+            build.target,
         ])
+        .args(["--profile", build.profile, "--target-dir"])
         .arg(&target_dir)
         // The outer build's flags and wrappers (clippy, coverage) are for the host target.
         .env_remove("RUSTFLAGS")
@@ -68,12 +104,13 @@ fn build_plugin(out_dir: &std::path::Path) -> PathBuf {
     match status {
         Ok(s) if s.success() => {}
         Ok(s) => panic!(
-            "building the plugin for wasm32-wasip1 failed ({s}); is the target installed? `rustup target add wasm32-wasip1`"
+            "building {} for {} failed ({s}); is the target installed? `rustup target add {}`",
+            build.package, build.target, build.target
         ),
-        Err(e) => panic!("cannot run cargo to build the plugin: {e}"),
+        Err(e) => panic!("cannot run cargo to build {}: {e}", build.package),
     }
     target_dir
-        .join("wasm32-wasip1")
-        .join("plugin")
-        .join("sessiongate_plugin.wasm")
+        .join(build.target)
+        .join(build.profile)
+        .join(build.artifact)
 }

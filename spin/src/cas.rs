@@ -74,9 +74,12 @@ mod tests {
 
     /// An in-memory bucket with a write counter per key, shared between
     /// "instances" the way a host's store is.
+    /// Each key's value and how many writes it has seen.
+    type Entries = HashMap<String, (Vec<u8>, u64)>;
+
     #[derive(Clone, Default)]
     struct Bucket {
-        data: Rc<RefCell<HashMap<String, (Vec<u8>, u64)>>>,
+        data: Rc<RefCell<Entries>>,
         fail: bool,
     }
 
@@ -148,7 +151,7 @@ mod tests {
     }
 
     #[test]
-    fn interleaved_instances_admit_exactly_the_limit() {
+    fn several_instances_on_one_bucket_admit_exactly_the_limit() {
         let shared = Bucket::default();
         let mut instances: Vec<_> = (0..5).map(|_| CasStore::new(shared.clone())).collect();
         let limit = Limit::new(7, 60);

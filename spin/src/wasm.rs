@@ -170,13 +170,19 @@ async fn forward(req: &Request, gate: &Gate, target: &str, f: Forward) -> Answer
             builder = builder.header(name, value);
         }
     }
-    for (name, value) in &f.add_request_headers {
-        builder = builder.header(*name, value.as_str());
-    }
-    let upstream = match builder.body(EmptyBody::new()) {
+    let mut upstream = match builder.body(EmptyBody::new()) {
         Ok(r) => r,
         Err(e) => return internal_error(&format!("cannot build the upstream request: {e}")),
     };
+    // Replaces any a client sent: the upstream trusts these.
+    for (name, value) in &f.add_request_headers {
+        match http::HeaderValue::from_str(value) {
+            Ok(value) => {
+                upstream.headers_mut().insert(*name, value);
+            }
+            Err(e) => return internal_error(&format!("bad header {name}: {e}")),
+        }
+    }
     match spin_sdk::http::send(upstream).await {
         Ok(mut response) => {
             for (name, value) in &f.response_headers {

@@ -1,0 +1,274 @@
+//! End to end for the Spin build: the wasi:http 0.3 component that
+//! `proxy/build.rs` builds from `spin/` for wasm32-wasip2, served by the real
+//! binary with `serve --component`, credentials minted with the real CLI.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::collections::BTreeSet;
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+
+mod common;
+
+use common::{Fixture, Server, assert_no_secret, cli, fixture, mint_token, upstream};
+use sessiongate_conformance::http::{get, request};
+use sessiongate_conformance::{self as suite, Credentials, Harness};
+
+const COMPONENT: &str = env!("SESSIONGATE_COMPONENT_WASM");
+const SESSIONS: &str = "/v1/external/sessions/acme/site-a";
+
+fn start(fx: &Fixture, config: &str) -> Server {
+    Server::start_with(&fx.dir, &fx.store, config, 2, &["--component", COMPONENT])
+}
+
+struct Spin<'a> {
+    server: &'a Server,
+    fixture: &'a mut Fixture,
+}
+
+impl Harness for Spin<'_> {
+    fn addr(&self) -> SocketAddr {
+        self.server.addr
+    }
+    fn credentials(&self) -> &Credentials {
+        &self.fixture.creds
+    }
+    fn mint(&mut self, name: &str) -> Result<String, String> {
+        let secret = mint_token(&self.fixture.store, name, &[]);
+        self.fixture.secrets.push(secret.clone());
+        Ok(secret)
+    }
+    fn revoke(&mut self, name: &str) -> Result<(), String> {
+        let store = self.fixture.store.to_str().unwrap_or_default();
+        cli(&["token", "delete", "--store", store, name]);
+        Ok(())
+    }
+}
+
+#[test]
+fn conformance_suite_against_the_component() {
+    let mut fx = fixture();
+    // The suite sends many invalid credentials on purpose: the guard is tested apart.
+    let config = "[limit]\nrequests = 100000\nwindow_seconds = 60\n[guard]\nfailures = 0\n";
+    let server = start(&fx, config);
+    assert!(
+        server
+            .log_text()
+            .contains("component, one instance per request"),
+        "{}",
+        server.log_text()
+    );
+    sessiongate_conformance::http::start_transcript();
+    let failures = suite::run(
+        &mut Spin {
+            server: &server,
+            fixture: &mut fx,
+        },
+        suite::FUNCTIONAL,
+    );
+    assert!(
+        failures.is_empty(),
+        "conformance failures:\n{}",
+        failures.join("\n")
+    );
+    let transcript = sessiongate_conformance::http::take_transcript();
+    assert!(
+        transcript.len() > 100_000,
+        "the transcript recorded the run"
+    );
+    assert_no_secret(
+        "every response",
+        &String::from_utf8_lossy(&transcript),
+        &fx.secrets,
+    );
+    assert_no_secret("the server log", &server.log_text(), &fx.secrets);
+}
+
+/// Every request is a fresh instance: only the key-value CAS keeps the count.
+#[test]
+fn exactly_n_admitted_out_of_many_concurrent_instances() {
+    let mut fx = fixture();
+    let config = "[limit]\nrequests = 10\nwindow_seconds = 60\n[guard]\nfailures = 0\n";
+    let server = start(&fx, config);
+    let mut h = Spin {
+        server: &server,
+        fixture: &mut fx,
+    };
+    suite::exact_global_limit(&mut h, 10, 60, 64).unwrap();
+}
+
+#[test]
+fn forwards_over_wasi_http_and_maps_upstream_failure_to_502() {
+    let fx = fixture();
+    let (up, seen) = upstream();
+    let config =
+        format!("backend = \"http://{up}\"\n[limit]\nrequests = 1000\nwindow_seconds = 60\n");
+    let server = start(&fx, &config);
+    let r = request(
+        server.addr,
+        "GET",
+        "/v1/external/sessions/acme/site-a?startTime=5",
+        &[
+            ("Authorization", &format!("Bearer {}", fx.creds.token_all)),
+            ("X-Sessiongate-Credential", "spoofed"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-upstream"), Some("yes"));
+    assert_eq!(r.text(), r#"{"data":{"sessions":[]}}"#);
+    assert!(
+        r.header("ratelimit")
+            .is_some_and(|v| v.contains("remaining=999"))
+    );
+    let received = seen.lock().unwrap().join("\n");
+    let lower = received.to_ascii_lowercase();
+    assert!(
+        received.starts_with("GET /v1/external/sessions/acme/site-a?startTime=5 HTTP/1.1"),
+        "{received}"
+    );
+    assert!(!lower.contains("authorization"), "{received}");
+    assert!(!lower.contains("spoofed"), "{received}");
+    assert!(
+        lower.contains("x-sessiongate-credential: all-sites"),
+        "{received}"
+    );
+    assert!(lower.contains("x-sessiongate-customer: acme"), "{received}");
+    assert!(!lower.contains("spin-client-addr"), "{received}");
+    assert_no_secret("the forwarded request", &received, &fx.secrets);
+
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let config = format!("backend = \"http://{dead}\"\nupstream_timeout_ms = 2000\n");
+    let server = start(&fx, &config);
+    let auth = format!("Bearer {}", fx.creds.token_all);
+    let r = get(server.addr, SESSIONS, Some(&auth)).unwrap();
+    suite::expect_error(&r, 502, "upstream_unavailable").unwrap();
+    assert_eq!(r.header("ratelimit-policy"), Some("20;w=60"));
+}
+
+#[test]
+fn a_failing_key_value_store_fails_closed() {
+    let fx = fixture();
+    let server = start(&fx, "[testing]\nfail_limiter_store = true\n");
+    let auth = format!("Bearer {}", fx.creds.token_all);
+    let r = get(server.addr, SESSIONS, Some(&auth)).unwrap();
+    suite::expect_error(&r, 503, "limiter_unavailable").unwrap();
+    assert_eq!(get(server.addr, "/me", Some(&auth)).unwrap().status, 200);
+}
+
+/// The guard keys on the address the host puts in `spin-client-addr`; one a
+/// client sends is replaced, so rotating it buys no fresh guesses.
+#[test]
+fn the_guard_sees_the_real_client_whatever_header_it_sends() {
+    let fx = fixture();
+    let config =
+        "[limit]\nrequests = 20\nwindow_seconds = 60\n[guard]\nfailures = 3\nwindow_seconds = 60\n";
+    let server = start(&fx, config);
+    let wrong = "Bearer fus_0000000000000000000000000000000000000000";
+    for i in 0..3 {
+        let spoof = format!("10.0.0.{i}:1234");
+        let r = request(
+            server.addr,
+            "GET",
+            SESSIONS,
+            &[("Authorization", wrong), ("spin-client-addr", &spoof)],
+        )
+        .unwrap();
+        suite::expect_error(&r, 401, "invalid_credentials").unwrap();
+    }
+    let r = request(
+        server.addr,
+        "GET",
+        SESSIONS,
+        &[("Authorization", wrong), ("spin-client-addr", "10.9.9.9:1")],
+    )
+    .unwrap();
+    suite::expect_error(&r, 429, "rate_limited").unwrap();
+    assert_eq!(
+        r.header("ratelimit"),
+        Some("limit=20, remaining=20, reset=0")
+    );
+}
+
+/// `wit/` is what the component is built against: every import and export
+/// of the built component, apart from the WASI 0.2 runtime Rust's std links
+/// on wasm32-wasip2, is in the `sessiongate:gate/gate` world, and the world
+/// names nothing the component does not use. Editing one without the other
+/// fails here.
+#[test]
+fn the_component_and_wit_do_not_drift_apart() {
+    let wit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit");
+    let mut resolve = wit_parser::Resolve::default();
+    let (package, _) = resolve.push_dir(&wit).unwrap();
+    let world = resolve.select_world(&[package], Some("gate")).unwrap();
+    let names = |items: &wit_parser::IndexMap<wit_parser::WorldKey, wit_parser::WorldItem>| {
+        items
+            .iter()
+            .filter(|(_, item)| matches!(item, wit_parser::WorldItem::Interface { .. }))
+            .map(|(key, _)| resolve.name_world_key(key))
+            .collect::<BTreeSet<String>>()
+    };
+    let world_imports = names(&resolve.worlds[world].imports);
+    let world_exports = names(&resolve.worlds[world].exports);
+
+    let mut config = wasmtime::Config::new();
+    config.wasm_component_model_async(true);
+    let engine = wasmtime::Engine::new(&config).unwrap();
+    let component = wasmtime::component::Component::from_file(&engine, COMPONENT).unwrap();
+    let ty = component.component_type();
+    let std_runtime = |name: &str| {
+        ["cli", "io", "clocks", "filesystem", "random", "sockets"]
+            .iter()
+            .any(|p| name.starts_with(&format!("wasi:{p}/")) && name.contains("@0.2."))
+    };
+    let imports: BTreeSet<String> = ty
+        .imports(&engine)
+        .map(|(name, _)| name.to_owned())
+        .filter(|name| !std_runtime(name))
+        .collect();
+    let exports: BTreeSet<String> = ty.exports(&engine).map(|(n, _)| n.to_owned()).collect();
+
+    assert_eq!(exports, world_exports, "exports: component vs wit/gate.wit");
+    let undeclared: Vec<_> = imports.difference(&world_imports).collect();
+    assert!(
+        undeclared.is_empty(),
+        "the component imports {undeclared:?}, which wit/gate.wit does not name"
+    );
+    // And the world names nothing the component leaves unused, but for
+    // interfaces of types only (they come along with the ones that use them).
+    let with_functions: BTreeSet<String> = resolve.worlds[world]
+        .imports
+        .iter()
+        .filter_map(|(key, item)| match item {
+            wit_parser::WorldItem::Interface { id, .. }
+                if !resolve.interfaces[*id].functions.is_empty() =>
+            {
+                Some(resolve.name_world_key(key))
+            }
+            _ => None,
+        })
+        .collect();
+    let unused: Vec<_> = with_functions.difference(&imports).collect();
+    assert!(
+        unused.is_empty(),
+        "wit/gate.wit names {unused:?}, which the component does not import"
+    );
+    for direct in [
+        "wasi:keyvalue/store@0.2.0-draft2",
+        "wasi:keyvalue/atomics@0.2.0-draft2",
+        "wasi:clocks/system-clock@0.3.0",
+        "wasi:http/client@0.3.0",
+    ] {
+        assert!(
+            imports.contains(direct),
+            "the component does not import {direct}"
+        );
+    }
+}
