@@ -39,7 +39,12 @@ enum Command {
     /// Print the Worker configuration JSON (hashes only) for the
     /// SESSIONGATE_CONFIG binding. The same JSON as envoy-config; backend stub or a URL.
     WorkerConfig(ConfigArgs),
-    /// Serve HTTP, running the proxy-wasm filter under wasmtime.
+    /// Print the component configuration JSON (hashes only) for the key
+    /// `sessiongate.config.v1` of a Spin app's default key-value store
+    /// (`spin up --key-value`). The same JSON; backend stub or a URL.
+    SpinConfig(ConfigArgs),
+    /// Serve HTTP, running the proxy-wasm filter (or, with `--component`, the
+    /// wasi:http component) under wasmtime.
     Serve(serve::ServeArgs),
 }
 
@@ -220,7 +225,7 @@ fn run(cli: Cli) -> Result<()> {
             KeyAction::Delete(a) => manage::delete(&a.store.store, Kind::Key, &a.name),
         },
         Command::EnvoyConfig(a) => print_config(a, "upstream", &mut stdout),
-        Command::WorkerConfig(a) => {
+        Command::WorkerConfig(a) | Command::SpinConfig(a) => {
             if a.envoy_yaml {
                 anyhow::bail!("--envoy-yaml is for envoy-config");
             }

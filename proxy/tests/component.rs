@@ -272,3 +272,46 @@ fn the_component_and_wit_do_not_drift_apart() {
         );
     }
 }
+
+/// `spin/spin.toml` runs what the build makes, with the store the component opens.
+#[test]
+fn spin_toml_matches_the_build() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../spin");
+    let text = std::fs::read_to_string(dir.join("spin.toml")).unwrap();
+    let manifest: toml::Table = toml::from_str(&text).unwrap();
+    assert_eq!(manifest["spin_manifest_version"].as_integer(), Some(2));
+    let trigger = &manifest["trigger"]["http"].as_array().unwrap()[0];
+    assert_eq!(trigger["route"].as_str(), Some("/..."));
+    let name = trigger["component"].as_str().unwrap();
+    let component = &manifest["component"][name];
+    let source = component["source"].as_str().unwrap();
+    // The path the build command writes, relative to spin/.
+    let built = Path::new(COMPONENT);
+    assert!(
+        source.ends_with("wasm32-wasip2/component/sessiongate_spin.wasm")
+            && built.ends_with("wasm32-wasip2/component/sessiongate_spin.wasm"),
+        "{source} vs {COMPONENT}"
+    );
+    let stores: Vec<&str> = component["key_value_stores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert_eq!(stores, ["default"], "the component opens the default store");
+    let build = component["build"]["command"].as_str().unwrap();
+    for part in ["sessiongate-spin", "wasm32-wasip2", "--profile component"] {
+        assert!(build.contains(part), "{build}");
+    }
+}
+
+/// `spin-config` prints what the component accepts: a gate configuration
+/// holding hashes, never a secret.
+#[test]
+fn spin_config_holds_hashes_only() {
+    let fx = fixture();
+    let json = cli(&["spin-config", "--store", fx.store.to_str().unwrap()]);
+    sessiongate_core::GateConfig::from_json(json.as_bytes()).unwrap();
+    assert!(json.contains("\"hash\""));
+    assert_no_secret("spin-config", &json, &fx.secrets);
+}
