@@ -4,11 +4,15 @@
 //! (`default`) whose CAS runs on the very [`SharedData`] the filter host uses,
 //! and the gate's configuration under [`CONFIG_KEY`].
 //!
-//! One instance per request, as Spin does: nothing survives in the guest
-//! between requests but what the key-value store holds, so the exact global
-//! limit across instances is the store's CAS and nothing else.
+//! Instances are reused, one request at a time each, as `wasmtime serve`
+//! does for wasi:http 0.3 (Spin may instead make one per request; the
+//! component is correct either way). Concurrent requests get instances of
+//! their own, so the exact global limit across instances is the store's CAS
+//! and nothing else; what reuse buys is that the component parses its
+//! configuration once, not per request.
 
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow};
@@ -19,7 +23,7 @@ use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
 use wasmtime::{Config, Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p3::Request as WasiRequest;
-use wasmtime_wasi_http::p3::bindings::ServicePre;
+use wasmtime_wasi_http::p3::bindings::{Service, ServicePre};
 use wasmtime_wasi_http::{
     Error as HttpError, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks,
     WasiHttpView,
@@ -314,12 +318,27 @@ impl atomics::HostCas for ComponentState {
     }
 }
 
-/// A compiled component, linked and ready to instantiate per request.
+/// Idle instances kept for reuse; more concurrent requests make more.
+const MAX_IDLE: usize = 64;
+/// Requests one instance serves before it is replaced, bounding whatever a
+/// long-lived guest might accumulate.
+const MAX_USES: u32 = 10_000;
+
+/// An instance between requests.
+struct Warm {
+    store: Store<ComponentState>,
+    service: Service,
+    uses: u32,
+}
+
+/// A compiled component, linked, with a pool of instances.
 pub struct ComponentHost {
     engine: Engine,
     pre: ServicePre<ComponentState>,
     pub kv: KeyValue,
     upstream_timeout: Duration,
+    idle: Mutex<Vec<Warm>>,
+    instantiated: AtomicU64,
 }
 
 /// Every import the component may use: WASI 0.2 (Rust's std on
@@ -362,15 +381,41 @@ impl ComponentHost {
             pre,
             kv,
             upstream_timeout,
+            idle: Mutex::new(Vec::new()),
+            instantiated: AtomicU64::new(0),
         })
     }
 
-    /// Serves one request in a fresh instance; the response body is read whole.
+    /// Serves one request on an idle instance, or a new one; the response
+    /// body is read whole. An instance that failed in any way is dropped.
     pub async fn handle<B>(&self, request: http::Request<B>) -> Result<http::Response<Bytes>>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<HttpError>,
     {
+        let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        let mut warm = match idle {
+            Some(warm) => warm,
+            None => self.instantiate().await?,
+        };
+        let response = serve_on(&mut warm, request).await?;
+        warm.uses += 1;
+        if warm.uses < MAX_USES
+            && let Ok(mut idle) = self.idle.lock()
+            && idle.len() < MAX_IDLE
+        {
+            idle.push(warm);
+        }
+        Ok(response)
+    }
+
+    /// How many instances were made so far (a metric, logged at shutdown).
+    pub fn instances_created(&self) -> u64 {
+        self.instantiated.load(Ordering::Relaxed)
+    }
+
+    async fn instantiate(&self) -> Result<Warm> {
+        self.instantiated.fetch_add(1, Ordering::Relaxed);
         let state = ComponentState {
             table: ResourceTable::new(),
             wasi: WasiCtxBuilder::new().inherit_stderr().build(),
@@ -386,41 +431,54 @@ impl ComponentHost {
             .instantiate_async(&mut store)
             .await
             .map_err(|e| anyhow!("cannot instantiate the component: {e:?}"))?;
-        let (request, body_io) = WasiRequest::from_http(&mut store.data_mut().hooks, request);
-        store
-            .run_concurrent(async |store| {
-                let (response, ()) = tokio::try_join!(
-                    async {
-                        let response = match service.handle(store, request).await? {
-                            Ok(r) => r,
-                            Err(code) => {
-                                return Err(wasmtime::format_err!(
-                                    "the component failed the request: {code:?}"
-                                ));
-                            }
-                        };
-                        let response = store.with(|s| response.into_http(s, async { Ok(()) }))?;
-                        let (parts, body) = response.into_parts();
-                        let body = body
-                            .collect()
-                            .await
-                            .map_err(|e| wasmtime::format_err!("response body: {e:?}"))?
-                            .to_bytes();
-                        wasmtime::error::Ok(http::Response::from_parts(parts, body))
-                    },
-                    async {
-                        body_io
-                            .await
-                            .map_err(|e| wasmtime::format_err!("request body: {e:?}"))
-                    }
-                )?;
-                wasmtime::error::Ok(response)
-            })
-            .await
-            .and_then(|r| r)
-            .map_err(|e| anyhow!("{e:?}"))
-            .context("the component trapped")
+        Ok(Warm {
+            store,
+            service,
+            uses: 0,
+        })
     }
+}
+
+async fn serve_on<B>(warm: &mut Warm, request: http::Request<B>) -> Result<http::Response<Bytes>>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<HttpError>,
+{
+    let Warm { store, service, .. } = warm;
+    let (request, body_io) = WasiRequest::from_http(&mut store.data_mut().hooks, request);
+    store
+        .run_concurrent(async |store| {
+            let (response, ()) = tokio::try_join!(
+                async {
+                    let response = match service.handle(store, request).await? {
+                        Ok(r) => r,
+                        Err(code) => {
+                            return Err(wasmtime::format_err!(
+                                "the component failed the request: {code:?}"
+                            ));
+                        }
+                    };
+                    let response = store.with(|s| response.into_http(s, async { Ok(()) }))?;
+                    let (parts, body) = response.into_parts();
+                    let body = body
+                        .collect()
+                        .await
+                        .map_err(|e| wasmtime::format_err!("response body: {e:?}"))?
+                        .to_bytes();
+                    wasmtime::error::Ok(http::Response::from_parts(parts, body))
+                },
+                async {
+                    body_io
+                        .await
+                        .map_err(|e| wasmtime::format_err!("request body: {e:?}"))
+                }
+            )?;
+            wasmtime::error::Ok(response)
+        })
+        .await
+        .and_then(|r| r)
+        .map_err(|e| anyhow!("{e:?}"))
+        .context("the component trapped")
 }
 
 /// Compiles a component file (no cache: components are compiled once per

@@ -44,7 +44,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE")]
     plugin: Option<PathBuf>,
     /// Serve a wasi:http 0.3 component (the Spin build) instead of the
-    /// filter: one instance per request, its key-value store on the same
+    /// filter: instances reused one request at a time, its key-value store on the same
     /// shared data.
     #[arg(long, value_name = "FILE", conflicts_with = "plugin")]
     component: Option<PathBuf>,
@@ -338,7 +338,7 @@ async fn serve(app: Arc<App>, settings: Settings, started: Instant) -> Result<()
         "sessiongate: listening on http://{local} ({}, backend {}, limit {}/{}s, store {}, ready in {} ms)",
         match &app.runner {
             Runner::Filter(_) => format!("{} VMs", settings.workers),
-            Runner::Component(_) => "component, one instance per request".to_owned(),
+            Runner::Component(_) => "component, instances reused".to_owned(),
         },
         match &app.backend {
             Backend::Stub => "stub".to_owned(),
@@ -392,10 +392,16 @@ async fn serve(app: Arc<App>, settings: Settings, started: Instant) -> Result<()
     {
         eprintln!("sessiongate warn: some connections did not finish within 10 s");
     }
-    if let Runner::Filter(pool) = &app.runner {
-        for (name, value) in pool.plugin.metrics.snapshot() {
-            eprintln!("sessiongate metric: {name} {value}");
+    match &app.runner {
+        Runner::Filter(pool) => {
+            for (name, value) in pool.plugin.metrics.snapshot() {
+                eprintln!("sessiongate metric: {name} {value}");
+            }
         }
+        Runner::Component(host) => eprintln!(
+            "sessiongate metric: component_instances_created {}",
+            host.instances_created()
+        ),
     }
     Ok(())
 }

@@ -56,9 +56,7 @@ fn conformance_suite_against_the_component() {
     let config = "[limit]\nrequests = 100000\nwindow_seconds = 60\n[guard]\nfailures = 0\n";
     let server = start(&fx, config);
     assert!(
-        server
-            .log_text()
-            .contains("component, one instance per request"),
+        server.log_text().contains("component, instances reused"),
         "{}",
         server.log_text()
     );
@@ -88,7 +86,8 @@ fn conformance_suite_against_the_component() {
     assert_no_secret("the server log", &server.log_text(), &fx.secrets);
 }
 
-/// Every request is a fresh instance: only the key-value CAS keeps the count.
+/// Concurrent requests run on instances of their own: only the key-value
+/// CAS keeps the count.
 #[test]
 fn exactly_n_admitted_out_of_many_concurrent_instances() {
     let mut fx = fixture();
@@ -314,4 +313,27 @@ fn spin_config_holds_hashes_only() {
     sessiongate_core::GateConfig::from_json(json.as_bytes()).unwrap();
     assert!(json.contains("\"hash\""));
     assert_no_secret("spin-config", &json, &fx.secrets);
+}
+
+/// Sequential requests reuse one instance, so the component parses its
+/// configuration once (it keeps the parsed gate while the bytes match).
+#[test]
+fn sequential_requests_reuse_one_instance() {
+    let fx = fixture();
+    let mut server = start(&fx, "");
+    let auth = format!("Bearer {}", fx.creds.token_all);
+    for _ in 0..30 {
+        assert_eq!(get(server.addr, "/me", Some(&auth)).unwrap().status, 200);
+    }
+    assert!(server.terminate().success());
+    server.wait_for_log(
+        "component_instances_created",
+        "no instance metric at shutdown",
+    );
+    let log = server.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l == "sessiongate metric: component_instances_created 1"),
+        "{log}"
+    );
 }
