@@ -83,6 +83,8 @@ pub struct Gate {
     fail_open: bool,
     stub_sessions_per_site: u32,
     guard: GuardConfig,
+    /// `RateLimit-Policy`, the same on every answer: written once.
+    policy: String,
 }
 
 const JSON: &str = "application/json";
@@ -93,16 +95,22 @@ fn json_string(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned())
 }
 
+/// Room for what any reply adds (challenge or allow, the rate-limit headers,
+/// retry-after): one allocation, never a regrowth.
 fn json_headers() -> Headers {
-    vec![("content-type", JSON.to_owned())]
+    let mut headers = Vec::with_capacity(5);
+    headers.push(("content-type", JSON.to_owned()));
+    headers
 }
 
 impl Gate {
     pub fn new(config: GateConfig) -> Result<Gate, String> {
         config.validate()?;
+        let limit = Limit::new(config.limit.requests, config.limit.window_seconds);
         Ok(Gate {
             credentials: CredentialSet::new(config.credentials)?,
-            limit: Limit::new(config.limit.requests, config.limit.window_seconds),
+            limit,
+            policy: limiter::policy_header(limit),
             backend: config.backend,
             fail_open: config.fail_open,
             stub_sessions_per_site: config.stub_sessions_per_site,
@@ -222,14 +230,13 @@ impl Gate {
                 wants_limit_state: false,
                 authenticated: Some(record),
             },
+            // The path's customer is the record's: the scope check made sure.
             Ok(Checked::Sessions {
                 record,
-                customer,
                 site,
                 query,
             }) => Prepared::Admit(Admission {
                 record,
-                customer: customer.to_owned(),
                 site: site.to_owned(),
                 query,
             }),
@@ -332,7 +339,6 @@ impl Gate {
                 }
                 Ok(Checked::Sessions {
                     record,
-                    customer,
                     site,
                     query,
                 })
@@ -382,11 +388,10 @@ impl Gate {
     ) -> Decision {
         let Admission {
             record,
-            customer,
             site,
             query,
         } = admission;
-        let (customer, site, query) = (customer.as_str(), site.as_str(), &query);
+        let (customer, site, query) = (record.customer.as_str(), site.as_str(), &query);
         let name = Some(record.name.clone());
         let (verdict, outcome) = match verdict {
             Ok(v) if v.admitted => (Some(v), Outcome::Allowed),
@@ -443,7 +448,8 @@ impl Gate {
 
     /// `RateLimit-Policy` always; `RateLimit` when the state is known.
     pub fn rate_headers(&self, verdict: Option<&Verdict>) -> Headers {
-        let mut h = vec![("ratelimit-policy", limiter::policy_header(self.limit))];
+        let mut h = Vec::with_capacity(2);
+        h.push(("ratelimit-policy", self.policy.clone()));
         if let Some(v) = verdict {
             h.push(("ratelimit", limiter::ratelimit_header(self.limit, v)));
         }
@@ -508,7 +514,6 @@ pub enum Prepared<'g> {
 #[derive(Debug)]
 pub struct Admission<'g> {
     record: &'g CredentialRecord,
-    customer: String,
     site: String,
     query: SessionQuery,
 }
@@ -525,7 +530,6 @@ enum Checked<'g, 'p> {
     Me(&'g CredentialRecord),
     Sessions {
         record: &'g CredentialRecord,
-        customer: &'p str,
         site: &'p str,
         query: SessionQuery,
     },

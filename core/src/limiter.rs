@@ -76,28 +76,64 @@ pub struct Verdict {
     pub reset_seconds: u64,
 }
 
+/// A validated state, read in place: the stored bytes are the log, so a
+/// limiter step decodes nothing into memory of its own.
+#[derive(Clone, Copy)]
+struct Log<'a>(&'a [[u8; 8]]);
+
+impl<'a> Log<'a> {
+    /// An absent or empty value is the empty state.
+    fn parse(bytes: Option<&'a [u8]>) -> Result<Log<'a>, LimiterError> {
+        let bytes = bytes.unwrap_or_default();
+        if bytes.is_empty() {
+            return Ok(Log(&[]));
+        }
+        let body = bytes.strip_prefix(MAGIC).ok_or(LimiterError::Corrupt)?;
+        let (times, rest) = body.as_chunks::<8>();
+        if !rest.is_empty()
+            || times
+                .windows(2)
+                .any(|w| matches!(w, [a, b] if u64::from_le_bytes(*a) > u64::from_le_bytes(*b)))
+        {
+            return Err(LimiterError::Corrupt);
+        }
+        Ok(Log(times))
+    }
+
+    fn len(self) -> usize {
+        self.0.len()
+    }
+
+    fn at(self, i: usize) -> Option<u64> {
+        self.0.get(i).map(|c| u64::from_le_bytes(*c))
+    }
+
+    fn last(self) -> Option<u64> {
+        self.0.last().map(|c| u64::from_le_bytes(*c))
+    }
+
+    /// Times still inside the window that ends at `now`: `t > now - W`.
+    fn live(self, now: u64, limit: Limit) -> Log<'a> {
+        let first = self
+            .0
+            .partition_point(|c| u64::from_le_bytes(*c).saturating_add(limit.window_ms) <= now);
+        Log(self.0.get(first..).unwrap_or_default())
+    }
+
+    /// The encoded state of this log with `at` appended.
+    fn encode_with(self, at: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(MAGIC.len() + (self.len() + 1) * 8);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(self.0.as_flattened());
+        out.extend_from_slice(&at.to_le_bytes());
+        out
+    }
+}
+
 /// Decodes a state; an absent value is the empty state.
 pub fn decode(bytes: Option<&[u8]>) -> Result<Vec<u64>, LimiterError> {
-    let Some(bytes) = bytes else {
-        return Ok(Vec::new());
-    };
-    if bytes.is_empty() {
-        return Ok(Vec::new());
-    }
-    let body = bytes.strip_prefix(MAGIC).ok_or(LimiterError::Corrupt)?;
-    if body.len() % 8 != 0 {
-        return Err(LimiterError::Corrupt);
-    }
-    let times: Vec<u64> = body
-        .as_chunks::<8>()
-        .0
-        .iter()
-        .map(|c| u64::from_le_bytes(*c))
-        .collect();
-    if times.windows(2).any(|w| matches!(w, [a, b] if a > b)) {
-        return Err(LimiterError::Corrupt);
-    }
-    Ok(times)
+    let log = Log::parse(bytes)?;
+    Ok(log.0.iter().map(|c| u64::from_le_bytes(*c)).collect())
 }
 
 pub fn encode(times: &[u64]) -> Vec<u8> {
@@ -113,20 +149,18 @@ fn ceil_seconds(ms: u64) -> u64 {
     ms.div_ceil(1000)
 }
 
-/// Times still inside the window that ends at `now`: `t > now - W`.
-fn live(times: &[u64], now: u64, limit: Limit) -> &[u64] {
-    let first = times.partition_point(|&t| t.saturating_add(limit.window_ms) <= now);
-    times.get(first..).unwrap_or_default()
-}
-
-fn verdict(live: &[u64], now: u64, limit: Limit, admitted: bool) -> Verdict {
-    let count = live.len();
+/// The verdict on the live entries, followed by `admitted_at` if this step
+/// recorded one.
+fn verdict(live: Log<'_>, admitted_at: Option<u64>, now: u64, limit: Limit) -> Verdict {
+    let admitted = admitted_at.is_some();
+    let count = live.len() + usize::from(admitted);
     let requests = limit.requests as usize;
     let remaining = requests.saturating_sub(count) as u32;
     // The slot that frees next for this caller: if over the limit, the entry
     // whose expiry brings the count back under it; else the oldest one.
     let pivot = count.saturating_sub(requests);
-    let reset_seconds = live.get(pivot).map_or(0, |&t| {
+    let entry = live.at(pivot).or(admitted_at.filter(|_| pivot == live.len()));
+    let reset_seconds = entry.map_or(0, |t| {
         ceil_seconds((t + limit.window_ms).saturating_sub(now))
     });
     Verdict {
@@ -144,22 +178,19 @@ pub fn acquire(
 ) -> Result<Verdict, LimiterError> {
     for _ in 0..MAX_CAS_ATTEMPTS {
         let (bytes, version) = store.get(LIMITER_KEY).map_err(LimiterError::Store)?;
-        let times = decode(bytes.as_deref())?;
+        let log = Log::parse(bytes.as_deref())?;
         // Never record a time before the newest one: keeps the log sorted and
         // every window exact when callers' clocks disagree slightly.
-        let at = times.last().map_or(now, |&newest| now.max(newest));
-        let window = live(&times, at, limit);
+        let at = log.last().map_or(now, |newest| now.max(newest));
+        let window = log.live(at, limit);
         if window.len() >= limit.requests as usize {
-            return Ok(verdict(window, at, limit, false));
+            return Ok(verdict(window, None, at, limit));
         }
-        let mut next = Vec::with_capacity(window.len() + 1);
-        next.extend_from_slice(window);
-        next.push(at);
         match store
-            .set(LIMITER_KEY, &encode(&next), version)
+            .set(LIMITER_KEY, &window.encode_with(at), version)
             .map_err(LimiterError::Store)?
         {
-            CasOutcome::Written => return Ok(verdict(&next, at, limit, true)),
+            CasOutcome::Written => return Ok(verdict(window, Some(at), at, limit)),
             CasOutcome::Mismatch => continue,
         }
     }
@@ -170,9 +201,9 @@ pub fn acquire(
 /// never reached the limiter.
 pub fn peek(store: &mut dyn SharedStore, now: u64, limit: Limit) -> Result<Verdict, LimiterError> {
     let (bytes, _) = store.get(LIMITER_KEY).map_err(LimiterError::Store)?;
-    let times = decode(bytes.as_deref())?;
-    let at = times.last().map_or(now, |&newest| now.max(newest));
-    Ok(verdict(live(&times, at, limit), at, limit, false))
+    let log = Log::parse(bytes.as_deref())?;
+    let at = log.last().map_or(now, |newest| now.max(newest));
+    Ok(verdict(log.live(at, limit), None, at, limit))
 }
 
 /// `RateLimit-Policy: 20;w=60`
@@ -180,52 +211,101 @@ pub fn policy_header(limit: Limit) -> String {
     format!("{};w={}", limit.requests, limit.window_seconds())
 }
 
-/// `RateLimit: limit=20, remaining=N, reset=S`
+/// `RateLimit: limit=20, remaining=N, reset=S`. Written by hand: it is on
+/// every answer of the API, and `format!` was a quarter of a decision.
 pub fn ratelimit_header(limit: Limit, v: &Verdict) -> String {
-    format!(
-        "limit={}, remaining={}, reset={}",
-        limit.requests, v.remaining, v.reset_seconds
-    )
+    let mut out = String::with_capacity(48);
+    out.push_str("limit=");
+    push_decimal(&mut out, u64::from(limit.requests));
+    out.push_str(", remaining=");
+    push_decimal(&mut out, u64::from(v.remaining));
+    out.push_str(", reset=");
+    push_decimal(&mut out, v.reset_seconds);
+    out
+}
+
+/// Appends `n` in decimal, without the formatting machinery.
+pub fn push_decimal(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    for slot in digits.iter_mut().rev() {
+        *slot = b'0' + (n % 10) as u8;
+        start -= 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in digits.get(start..).unwrap_or_default() {
+        out.push(char::from(d));
+    }
 }
 
 /// An in-memory CAS store: for tests, benchmarks, single-process hosts and
 /// the Durable Object (which is single-threaded).
 #[derive(Debug, Default, Clone)]
 pub struct MemoryStore {
+    /// [`LIMITER_KEY`]'s entry, apart: it is read and written on every
+    /// admitted request, and hashing its key was a fifth of a decision.
+    limiter: Option<(Vec<u8>, u32)>,
     entries: std::collections::HashMap<String, (Vec<u8>, u32)>,
 }
 
 impl MemoryStore {
+    fn entry(&self, key: &str) -> Option<&(Vec<u8>, u32)> {
+        if key == LIMITER_KEY {
+            self.limiter.as_ref()
+        } else {
+            self.entries.get(key)
+        }
+    }
+
     pub fn value(&self, key: &str) -> Option<&[u8]> {
-        self.entries.get(key).map(|(v, _)| v.as_slice())
+        self.entry(key).map(|(v, _)| v.as_slice())
     }
 
     /// 0 for a key never written.
     pub fn version(&self, key: &str) -> u32 {
-        self.entries.get(key).map_or(0, |(_, v)| *v)
+        self.entry(key).map_or(0, |(_, v)| *v)
     }
 
     /// Restores a persisted value (version 1).
     pub fn load(&mut self, key: &str, value: Vec<u8>) {
-        self.entries.insert(key.to_owned(), (value, 1));
+        if key == LIMITER_KEY {
+            self.limiter = Some((value, 1));
+        } else {
+            self.entries.insert(key.to_owned(), (value, 1));
+        }
     }
 }
 
 impl SharedStore for MemoryStore {
     fn get(&mut self, key: &str) -> Result<(Option<Vec<u8>>, u32), StoreError> {
         Ok(self
-            .entries
-            .get(key)
+            .entry(key)
             .map_or((None, 0), |(v, n)| (Some(v.clone()), *n)))
     }
 
     fn set(&mut self, key: &str, value: &[u8], version: u32) -> Result<CasOutcome, StoreError> {
-        let current = self.version(key);
-        if version != current {
+        let slot = if key == LIMITER_KEY {
+            self.limiter.as_mut()
+        } else {
+            self.entries.get_mut(key)
+        };
+        // A key written before keeps its buffer: no allocation per step.
+        if let Some((stored, current)) = slot {
+            if version != *current {
+                return Ok(CasOutcome::Mismatch);
+            }
+            stored.clear();
+            stored.extend_from_slice(value);
+            *current = current.wrapping_add(1).max(1);
+            return Ok(CasOutcome::Written);
+        }
+        if version != 0 {
             return Ok(CasOutcome::Mismatch);
         }
-        let next = current.wrapping_add(1).max(1);
-        self.entries.insert(key.to_owned(), (value.to_vec(), next));
+        self.load(key, value.to_vec());
         Ok(CasOutcome::Written)
     }
 }
@@ -296,6 +376,15 @@ mod tests {
                 .reset_seconds,
             0
         );
+    }
+
+    proptest! {
+        #[test]
+        fn decimal_matches_display(n in any::<u64>()) {
+            let mut out = String::from("x");
+            push_decimal(&mut out, n);
+            prop_assert_eq!(out, format!("x{n}"));
+        }
     }
 
     #[test]

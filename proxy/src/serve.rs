@@ -54,6 +54,9 @@ pub struct ServeArgs {
     /// Number of VMs, like Envoy's worker threads (default: the number of cores).
     #[arg(long)]
     workers: Option<usize>,
+    /// Log one line per request (overrides `access_log`).
+    #[arg(long)]
+    access_log: bool,
 }
 
 /// The TOML configuration of `serve`.
@@ -69,6 +72,8 @@ struct ServeConfig {
     upstream_timeout_ms: Option<u64>,
     stub_sessions_per_site: Option<u32>,
     guard: Option<sessiongate_core::guard::GuardConfig>,
+    /// One line per request on stderr, written by a logging thread.
+    access_log: Option<bool>,
     testing: Option<Testing>,
 }
 
@@ -89,6 +94,7 @@ struct Settings {
     workers: usize,
     upstream_timeout: Duration,
     fail_limiter_store: bool,
+    access_log: bool,
 }
 
 fn settings(args: &ServeArgs) -> Result<Settings> {
@@ -136,6 +142,7 @@ fn settings(args: &ServeArgs) -> Result<Settings> {
         workers: args.workers.or(file.workers).unwrap_or(cores).max(1),
         upstream_timeout: Duration::from_millis(file.upstream_timeout_ms.unwrap_or(10_000)),
         fail_limiter_store: file.testing.is_some_and(|t| t.fail_limiter_store),
+        access_log: args.access_log || file.access_log.unwrap_or(false),
     })
 }
 
@@ -218,8 +225,54 @@ enum Runner {
     Component(ComponentHost),
 }
 
+/// The access log: off by default, so the hot path logs nothing. When on,
+/// request threads hand their line to a logging thread that writes through a
+/// buffer and flushes whenever it runs out of lines: no syscall on the
+/// request path, and one write per burst under load.
+struct AccessLog(Option<std::sync::mpsc::Sender<String>>);
+
+impl AccessLog {
+    fn start(enabled: bool) -> AccessLog {
+        if !enabled {
+            return AccessLog(None);
+        }
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let spawned = std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || {
+                use std::io::Write as _;
+                let mut out = std::io::BufWriter::new(std::io::stderr());
+                while let Ok(line) = rx.recv() {
+                    let _ = writeln!(out, "{line}");
+                    while let Ok(line) = rx.try_recv() {
+                        let _ = writeln!(out, "{line}");
+                    }
+                    let _ = out.flush();
+                }
+            });
+        match spawned {
+            Ok(_) => AccessLog(Some(tx)),
+            Err(e) => {
+                eprintln!("sessiongate warn: no access log: {e}");
+                AccessLog(None)
+            }
+        }
+    }
+
+    fn enabled(&self) -> bool {
+        self.0.is_some()
+    }
+
+    fn write(&self, line: String) {
+        if let Some(tx) = &self.0 {
+            let _ = tx.send(line);
+        }
+    }
+}
+
 struct App {
     runner: Runner,
+    access_log: AccessLog,
     backend: Backend,
     client: Client<HttpConnector, Full<Bytes>>,
     upstream_timeout: Duration,
@@ -273,6 +326,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     };
     let app = Arc::new(App {
         runner,
+        access_log: AccessLog::start(settings.access_log),
         backend: settings.gate.backend.clone(),
         client: Client::builder(TokioExecutor::new()).build_http(),
         upstream_timeout: settings.upstream_timeout,
@@ -532,23 +586,30 @@ fn is_hop_by_hop(name: &str) -> bool {
 }
 
 async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
-    let started = Instant::now();
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    // Nothing is kept for the log unless it is on.
+    let logged = app.access_log.enabled().then(|| {
+        (
+            Instant::now(),
+            req.method().clone(),
+            req.uri().path().to_owned(),
+        )
+    });
     let (response, credential) = match &app.runner {
         Runner::Filter(pool) => handle_filter(&app, pool, req, peer).await,
         Runner::Component(host) => (handle_component(host, req, peer).await, None),
     };
-    eprintln!(
-        "access method={} path={} status={} credential={} latency_us={}",
-        method,
-        sanitize(&path),
-        response.status().as_u16(),
-        credential
-            .as_deref()
-            .map_or("-".to_owned(), |c| sanitize(&String::from_utf8_lossy(c))),
-        started.elapsed().as_micros()
-    );
+    if let Some((started, method, path)) = logged {
+        app.access_log.write(format!(
+            "access method={} path={} status={} credential={} latency_us={}",
+            method,
+            sanitize(&path),
+            response.status().as_u16(),
+            credential
+                .as_deref()
+                .map_or("-".to_owned(), |c| sanitize(&String::from_utf8_lossy(c))),
+            started.elapsed().as_micros()
+        ));
+    }
     response
 }
 

@@ -58,7 +58,7 @@ fn run_functional_suite(server: &Server, fixture: &mut Fixture) {
 fn conformance_suite_against_sessiongate_serve() {
     let mut fx = fixture();
     // The suite sends many invalid credentials on purpose: the guard is tested apart.
-    let config = "backend = \"stub\"\n[limit]\nrequests = 100000\nwindow_seconds = 60\n[guard]\nfailures = 0\n";
+    let config = "backend = \"stub\"\naccess_log = true\n[limit]\nrequests = 100000\nwindow_seconds = 60\n[guard]\nfailures = 0\n";
     let server = Server::start(&fx.dir.clone(), &fx.store.clone(), config, 4);
     sessiongate_conformance::http::start_transcript();
     run_functional_suite(&server, &mut fx);
@@ -117,6 +117,8 @@ fn exactly_n_admitted_out_of_many_concurrent_across_four_vms() {
     };
     suite::exact_global_limit(&mut h, 10, 60, 64).unwrap();
     let log = server.log_text();
+    // The access log is opt-in: by default the request path logs nothing.
+    assert!(!log.contains("access method="), "{log}");
     for vm in 0..4 {
         assert!(
             log.contains(&format!("[vm {vm}] sessiongate: configured")),
