@@ -52,7 +52,13 @@ fn headers() -> HeaderList {
 }
 
 fn filter(c: &mut Criterion) {
-    let plugin = Plugin::compile(EMBEDDED_PLUGIN, Arc::new(|_, _| {})).unwrap();
+    // SESSIONGATE_BENCH_PLUGIN=path measures another build of the filter
+    // (a profile or wasm-opt level) without rebuilding the bench.
+    let wasm = match std::env::var_os("SESSIONGATE_BENCH_PLUGIN") {
+        Some(path) => std::fs::read(path).unwrap(),
+        None => EMBEDDED_PLUGIN.to_vec(),
+    };
+    let plugin = Plugin::compile(&wasm, Arc::new(|_, _| {})).unwrap();
     // Over the limit: the request phase answers 429 itself.
     let mut vm = plugin.start_vm(0, config(1, Backend::Stub)).unwrap();
     let _ = vm.on_request(headers(), None).unwrap();

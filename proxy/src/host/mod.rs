@@ -178,8 +178,16 @@ fn system_clock() -> Clock {
     })
 }
 
+/// Exports of the guest the host calls back into, found on first use.
+#[derive(Default)]
+pub struct GuestExports {
+    memory: Option<wasmtime::Memory>,
+    allocate: Option<wasmtime::TypedFunc<u32, u32>>,
+}
+
 pub struct VmState {
     wasi: WasiP1Ctx,
+    guest: GuestExports,
     vm_id: usize,
     effective: u32,
     plugin_config: Arc<Vec<u8>>,
@@ -250,6 +258,7 @@ impl Plugin {
     pub fn start_vm(&self, vm_id: usize, config: Arc<Vec<u8>>) -> Result<Vm> {
         let state = VmState {
             wasi: WasiCtxBuilder::new().inherit_stderr().build_p1(),
+            guest: GuestExports::default(),
             vm_id,
             effective: ROOT_CONTEXT,
             plugin_config: config,
