@@ -83,18 +83,21 @@ fn conformance_suite_against_sessiongate_serve() {
     );
 }
 
-/// The filter as shipped to Envoy (`scripts/build-plugin.sh`: built, then
-/// `wasm-opt -Oz`) passes the same suite, loaded with `--plugin`.
-#[test]
-fn conformance_suite_against_the_shipped_plugin() {
+/// Builds the filter as shipped to Envoy (`scripts/build-plugin.sh`, with
+/// `flags`) and runs the suite against it, loaded with `--plugin`; returns
+/// its size.
+fn shipped_plugin_passes_the_suite(flags: &[&str]) -> u64 {
     let mut fx = fixture();
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-plugin.sh");
     let out = fx.dir.join("sessiongate_plugin.wasm");
-    let status = Command::new("bash").arg(script).arg(&out).status().unwrap();
-    assert!(status.success(), "scripts/build-plugin.sh failed");
-    let size = std::fs::metadata(&out).unwrap().len();
-    assert!(size <= 250_000, "the shipped filter is {size} bytes");
+    let status = Command::new("bash")
+        .arg(script)
+        .args(flags)
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success(), "scripts/build-plugin.sh {flags:?} failed");
     let config = "[limit]\nrequests = 100000\nwindow_seconds = 60\n[guard]\nfailures = 0\n";
     let server = Server::start_with(
         &fx.dir.clone(),
@@ -104,6 +107,21 @@ fn conformance_suite_against_the_shipped_plugin() {
         &["--plugin", out.to_str().unwrap()],
     );
     run_functional_suite(&server, &mut fx);
+    std::fs::metadata(&out).unwrap().len()
+}
+
+/// The default shipped filter (size-optimised, `wasm-opt -Oz`).
+#[test]
+fn conformance_suite_against_the_shipped_plugin() {
+    let size = shipped_plugin_passes_the_suite(&[]);
+    assert!(size <= 250_000, "the shipped filter is {size} bytes");
+}
+
+/// The speed-optimised build (`--fast`: opt-level 3, `wasm-opt -O3`).
+#[test]
+fn conformance_suite_against_the_fast_shipped_plugin() {
+    let size = shipped_plugin_passes_the_suite(&["--fast"]);
+    assert!(size <= 300_000, "the fast filter is {size} bytes");
 }
 
 #[test]
