@@ -8,7 +8,8 @@ use crate::guard::{self, GuardConfig};
 use crate::limiter::{self, Limit, LimiterError, SharedStore, Verdict};
 use crate::query::{SessionQuery, parse_query};
 use crate::route::{Route, is_limited_api, route, split_target};
-use crate::stub::StubSite;
+use crate::stub::PageCache;
+use std::sync::Mutex;
 
 /// The header a challenge names both schemes in.
 pub const WWW_AUTHENTICATE: &str = "Bearer realm=\"sessions\", Basic realm=\"sessions\"";
@@ -74,7 +75,8 @@ pub struct Decision {
     pub credential: Option<String>,
 }
 
-/// A configured gate: immutable, cheap to share, built once per configuration.
+/// A configured gate, built once per configuration and shared by reference:
+/// immutable but for the stub's page cache (behind a lock).
 #[derive(Debug)]
 pub struct Gate {
     credentials: CredentialSet,
@@ -85,6 +87,9 @@ pub struct Gate {
     guard: GuardConfig,
     /// `RateLimit-Policy`, the same on every answer: written once.
     policy: String,
+    /// The stub's last pages (the only state a gate keeps; never shared
+    /// between gates, so a reconfiguration starts it afresh).
+    pages: Mutex<PageCache>,
 }
 
 const JSON: &str = "application/json";
@@ -111,6 +116,7 @@ impl Gate {
             credentials: CredentialSet::new(config.credentials)?,
             limit,
             policy: limiter::policy_header(limit),
+            pages: Mutex::new(PageCache::default()),
             backend: config.backend,
             fail_open: config.fail_open,
             stub_sessions_per_site: config.stub_sessions_per_site,
@@ -421,13 +427,22 @@ impl Gate {
         let rate_headers = self.rate_headers(verdict.as_ref());
         let action = match &self.backend {
             Backend::Stub => {
-                let site = StubSite::new(customer, site, self.stub_sessions_per_site);
                 let mut headers = json_headers();
                 headers.extend(rate_headers);
+                let body = match self.pages.lock() {
+                    Ok(mut pages) => {
+                        pages.page_json(customer, site, self.stub_sessions_per_site, query)
+                    }
+                    // Poisoned only if a render panicked: render without the cache.
+                    Err(_) => {
+                        crate::stub::StubSite::new(customer, site, self.stub_sessions_per_site)
+                            .page_json(query)
+                    }
+                };
                 Action::Reply(Reply {
                     status: 200,
                     headers,
-                    body: site.page_json(query),
+                    body,
                 })
             }
             Backend::Upstream(_) => Action::Forward(Forward {

@@ -159,7 +159,9 @@ fn verdict(live: Log<'_>, admitted_at: Option<u64>, now: u64, limit: Limit) -> V
     // The slot that frees next for this caller: if over the limit, the entry
     // whose expiry brings the count back under it; else the oldest one.
     let pivot = count.saturating_sub(requests);
-    let entry = live.at(pivot).or(admitted_at.filter(|_| pivot == live.len()));
+    let entry = live
+        .at(pivot)
+        .or(admitted_at.filter(|_| pivot == live.len()));
     let reset_seconds = entry.map_or(0, |t| {
         ceil_seconds((t + limit.window_ms).saturating_sub(now))
     });
