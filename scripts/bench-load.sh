@@ -49,8 +49,11 @@ token="$("$gate" token create --store "$work/tokens.json" --name bench --custome
 gate_port_limited="$(free_port)"; gate_port_open="$(free_port)"
 printf '[limit]\nrequests = 1\nwindow_seconds = 86400\n[guard]\nfailures = 0\n' > "$work/limited.toml"
 printf '[limit]\nrequests = 100000\nwindow_seconds = 1\n[guard]\nfailures = 0\n' > "$work/open.toml"
-"$gate" serve --config "$work/limited.toml" --store "$work/tokens.json" --listen "127.0.0.1:$gate_port_limited" 2>/dev/null & pids+=($!)
-"$gate" serve --config "$work/open.toml" --store "$work/tokens.json" --listen "127.0.0.1:$gate_port_open" 2>/dev/null & pids+=($!)
+# SESSIONGATE_BENCH_PLUGIN=FILE: measure another filter build (scripts/build-plugin.sh --fast).
+plugin_args=()
+if [ -n "${SESSIONGATE_BENCH_PLUGIN:-}" ]; then plugin_args=(--plugin "$SESSIONGATE_BENCH_PLUGIN"); fi
+"$gate" serve "${plugin_args[@]}" --config "$work/limited.toml" --store "$work/tokens.json" --listen "127.0.0.1:$gate_port_limited" 2>/dev/null & pids+=($!)
+"$gate" serve "${plugin_args[@]}" --config "$work/open.toml" --store "$work/tokens.json" --listen "127.0.0.1:$gate_port_open" 2>/dev/null & pids+=($!)
 wait_port "$gate_port_limited"; wait_port "$gate_port_open"
 path="/v1/external/sessions/acme/site-1"
 curl -s -H "Authorization: Bearer $token" "http://127.0.0.1:$gate_port_limited$path" -o /dev/null

@@ -505,6 +505,14 @@ impl Gate {
             body: error.body(),
         }
     }
+
+    /// `502 upstream_unavailable` for a forward that failed, with the
+    /// rate-limit headers the upstream's answer would have carried.
+    pub fn upstream_failed(&self, forward: Forward) -> Reply {
+        let mut reply = self.upstream_unavailable();
+        reply.headers.extend(forward.response_headers);
+        reply
+    }
 }
 
 /// What [`Gate::prepare`] found.

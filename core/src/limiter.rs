@@ -213,21 +213,23 @@ pub fn policy_header(limit: Limit) -> String {
     format!("{};w={}", limit.requests, limit.window_seconds())
 }
 
-/// `RateLimit: limit=20, remaining=N, reset=S`. Written by hand: it is on
-/// every answer of the API, and `format!` was a quarter of a decision.
+/// `RateLimit: limit=20, remaining=N, reset=S`. Written by hand into bytes:
+/// it is on every answer of the API, and `format!` was a quarter of a
+/// decision.
 pub fn ratelimit_header(limit: Limit, v: &Verdict) -> String {
-    let mut out = String::with_capacity(48);
-    out.push_str("limit=");
+    let mut out = Vec::with_capacity(48);
+    out.extend_from_slice(b"limit=");
     push_decimal(&mut out, u64::from(limit.requests));
-    out.push_str(", remaining=");
+    out.extend_from_slice(b", remaining=");
     push_decimal(&mut out, u64::from(v.remaining));
-    out.push_str(", reset=");
+    out.extend_from_slice(b", reset=");
     push_decimal(&mut out, v.reset_seconds);
-    out
+    // ASCII throughout.
+    String::from_utf8(out).unwrap_or_default()
 }
 
-/// Appends `n` in decimal, without the formatting machinery.
-pub fn push_decimal(out: &mut String, mut n: u64) {
+/// Appends `n` in decimal ASCII, without the formatting machinery.
+pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut start = digits.len();
     for slot in digits.iter_mut().rev() {
@@ -238,9 +240,7 @@ pub fn push_decimal(out: &mut String, mut n: u64) {
             break;
         }
     }
-    for &d in digits.get(start..).unwrap_or_default() {
-        out.push(char::from(d));
-    }
+    out.extend_from_slice(digits.get(start..).unwrap_or_default());
 }
 
 /// An in-memory CAS store: for tests, benchmarks, single-process hosts and
@@ -383,9 +383,9 @@ mod tests {
     proptest! {
         #[test]
         fn decimal_matches_display(n in any::<u64>()) {
-            let mut out = String::from("x");
+            let mut out = b"x".to_vec();
             push_decimal(&mut out, n);
-            prop_assert_eq!(out, format!("x{n}"));
+            prop_assert_eq!(out, format!("x{n}").into_bytes());
         }
     }
 

@@ -231,10 +231,8 @@ async fn forward(req: &Request, gate: &Gate, target: &str, f: Forward) -> Result
         }
         Err(e) => {
             console_error!("sessiongate: upstream unavailable: {e}");
-            let reply = gate.upstream_unavailable();
-            let mut h = reply.headers;
-            h.extend(f.response_headers);
-            respond(reply.status, &h, reply.body)
+            let reply = gate.upstream_failed(f);
+            respond(reply.status, &reply.headers, reply.body)
         }
     }
 }

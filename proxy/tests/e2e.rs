@@ -12,46 +12,15 @@ use std::process::Command;
 
 mod common;
 
-use common::{BIN, Fixture, Server, assert_no_secret, cli, fixture, mint_token, upstream};
+use common::{
+    BIN, Fixture, Local, Server, assert_forwarded, assert_functional_suite, assert_no_secret, cli,
+    fixture, mint_token, request_to_forward, upstream,
+};
 use sessiongate_conformance::http::{get, request};
 use sessiongate_conformance::{self as suite, Credentials, Harness};
 
-struct Local<'a> {
-    server: &'a Server,
-    fixture: &'a mut Fixture,
-}
-
-impl Harness for Local<'_> {
-    fn addr(&self) -> SocketAddr {
-        self.server.addr
-    }
-    fn credentials(&self) -> &Credentials {
-        &self.fixture.creds
-    }
-    fn mint(&mut self, name: &str) -> Result<String, String> {
-        let secret = mint_token(&self.fixture.store, name, &[]);
-        self.fixture.secrets.push(secret.clone());
-        Ok(secret)
-    }
-    fn revoke(&mut self, name: &str) -> Result<(), String> {
-        cli(&[
-            "token",
-            "delete",
-            "--store",
-            self.fixture.store.to_str().unwrap(),
-            name,
-        ]);
-        Ok(())
-    }
-}
-
 fn run_functional_suite(server: &Server, fixture: &mut Fixture) {
-    let failures = suite::run(&mut Local { server, fixture }, suite::FUNCTIONAL);
-    assert!(
-        failures.is_empty(),
-        "conformance failures:\n{}",
-        failures.join("\n")
-    );
+    assert_functional_suite(&mut Local { server, fixture });
 }
 
 #[test]
@@ -152,17 +121,7 @@ fn forwards_rewritten_requests_and_maps_upstream_failure_to_502() {
     let config =
         format!("backend = \"http://{up}\"\n[limit]\nrequests = 1000\nwindow_seconds = 60\n");
     let server = Server::start(&fx.dir, &fx.store, &config, 2);
-    let r = request(
-        server.addr,
-        "GET",
-        "/v1/external/sessions/acme/site-a?startTime=5",
-        &[
-            ("Authorization", &format!("Bearer {}", fx.creds.token_all)),
-            ("X-Sessiongate-Credential", "spoofed"),
-            ("X-Sessiongate-Customer", "globex"),
-        ],
-    )
-    .unwrap();
+    let r = request_to_forward(server.addr, &fx.creds.token_all);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("x-upstream"), Some("yes"));
     assert_eq!(r.text(), r#"{"data":{"sessions":[]}}"#);
@@ -170,23 +129,7 @@ fn forwards_rewritten_requests_and_maps_upstream_failure_to_502() {
         r.header("ratelimit")
             .is_some_and(|v| v.contains("remaining=999"))
     );
-    let received = seen.lock().unwrap().join("\n");
-    let lower = received.to_ascii_lowercase();
-    assert!(
-        received.starts_with("GET /v1/external/sessions/acme/site-a?startTime=5 HTTP/1.1"),
-        "{received}"
-    );
-    assert!(!lower.contains("authorization"), "{received}");
-    assert!(
-        lower.contains("x-sessiongate-credential: all-sites"),
-        "{received}"
-    );
-    assert!(lower.contains("x-sessiongate-customer: acme"), "{received}");
-    assert!(
-        !lower.contains("spoofed") && !lower.contains("globex"),
-        "{received}"
-    );
-    assert_no_secret("the forwarded request", &received, &fx.secrets);
+    assert_forwarded(&seen.lock().unwrap().join("\n"), &fx.secrets);
     // A denied request never reaches the upstream.
     let before = seen.lock().unwrap().len();
     let r = get(server.addr, "/v1/external/sessions/acme/site-a", None).unwrap();

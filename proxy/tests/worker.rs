@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{BIN, Fixture, assert_no_secret, cli, fixture, mint_token};
+use common::{BIN, Fixture, assert_functional_suite, assert_no_secret, cli, fixture, mint_token};
 use sessiongate_conformance::http::request;
 use sessiongate_conformance::{self as suite, Credentials, Harness};
 
@@ -189,18 +189,10 @@ fn conformance_suite_against_the_worker_on_workerd() {
     let mut fx = fixture();
     let state = fx.dir.join("workerd-functional");
     let mut workerd = Workerd::start(&fx.store, &state, 100_000, 60);
-    let failures = suite::run(
-        &mut Edge {
-            workerd: &mut workerd,
-            fixture: &mut fx,
-        },
-        suite::FUNCTIONAL,
-    );
-    assert!(
-        failures.is_empty(),
-        "conformance failures:\n{}",
-        failures.join("\n")
-    );
+    assert_functional_suite(&mut Edge {
+        workerd: &mut workerd,
+        fixture: &mut fx,
+    });
 
     // The admin route is invisible without the admin secret.
     let r = request(

@@ -194,10 +194,8 @@ async fn forward(req: &Request, gate: &Gate, target: &str, f: Forward) -> Answer
         }
         Err(e) => {
             eprintln!("sessiongate: upstream unavailable: {e:?}");
-            let reply = gate.upstream_unavailable();
-            let mut headers = reply.headers;
-            headers.extend(f.response_headers);
-            respond(reply.status, &headers, reply.body)
+            let reply = gate.upstream_failed(f);
+            respond(reply.status, &reply.headers, reply.body)
         }
     }
 }

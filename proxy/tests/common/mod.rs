@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sessiongate_conformance::{self as suite, Credentials};
+use sessiongate_conformance::{self as suite, Credentials, Harness};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_sessiongate");
 
@@ -253,4 +253,84 @@ pub fn upstream() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
         }
     });
     (addr, seen)
+}
+
+/// The suite's view of a `serve` (filter or component) with the CLI's store.
+pub struct Local<'a> {
+    pub server: &'a Server,
+    pub fixture: &'a mut Fixture,
+}
+
+impl Harness for Local<'_> {
+    fn addr(&self) -> SocketAddr {
+        self.server.addr
+    }
+    fn credentials(&self) -> &Credentials {
+        &self.fixture.creds
+    }
+    fn mint(&mut self, name: &str) -> Result<String, String> {
+        let secret = mint_token(&self.fixture.store, name, &[]);
+        self.fixture.secrets.push(secret.clone());
+        Ok(secret)
+    }
+    fn revoke(&mut self, name: &str) -> Result<(), String> {
+        cli(&[
+            "token",
+            "delete",
+            "--store",
+            self.fixture.store.to_str().unwrap(),
+            name,
+        ]);
+        Ok(())
+    }
+}
+
+/// Runs the functional cases of the conformance suite; fails with every failure.
+pub fn assert_functional_suite(h: &mut dyn Harness) {
+    let failures = suite::run(h, suite::FUNCTIONAL);
+    assert!(
+        failures.is_empty(),
+        "conformance failures:\n{}",
+        failures.join("\n")
+    );
+}
+
+/// The request the upstream received for
+/// `GET /v1/external/sessions/acme/site-a?startTime=5` with the all-sites
+/// token and spoofed identity headers: rewritten as the contract says.
+pub fn assert_forwarded(received: &str, secrets: &[String]) {
+    let lower = received.to_ascii_lowercase();
+    assert!(
+        received.starts_with("GET /v1/external/sessions/acme/site-a?startTime=5 HTTP/1.1"),
+        "{received}"
+    );
+    assert!(!lower.contains("authorization"), "{received}");
+    assert!(
+        lower.contains("x-sessiongate-credential: all-sites"),
+        "{received}"
+    );
+    assert!(lower.contains("x-sessiongate-customer: acme"), "{received}");
+    assert!(
+        !lower.contains("spoofed") && !lower.contains("globex"),
+        "{received}"
+    );
+    assert_no_secret("the forwarded request", received, secrets);
+}
+
+/// Sends that request, with identity headers a client must not be able to set.
+pub fn request_to_forward(
+    addr: SocketAddr,
+    token: &str,
+) -> sessiongate_conformance::http::Response {
+    sessiongate_conformance::http::request(
+        addr,
+        "GET",
+        "/v1/external/sessions/acme/site-a?startTime=5",
+        &[
+            ("Authorization", &format!("Bearer {token}")),
+            ("X-Sessiongate-Credential", "spoofed"),
+            ("X-Sessiongate-Customer", "globex"),
+        ],
+    )
+    .unwrap()
 }
