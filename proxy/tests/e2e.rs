@@ -7,17 +7,17 @@
     clippy::indexing_slicing
 )]
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::process::Command;
 
 mod common;
 
 use common::{
     BIN, Fixture, Local, Server, assert_forwarded, assert_functional_suite, assert_no_secret, cli,
-    fixture, mint_token, request_to_forward, upstream,
+    fixture, request_to_forward, upstream,
 };
-use sessiongate_conformance::http::{get, request};
-use sessiongate_conformance::{self as suite, Credentials, Harness};
+use sessiongate_conformance::http::get;
+use sessiongate_conformance::{self as suite};
 
 fn run_functional_suite(server: &Server, fixture: &mut Fixture) {
     assert_functional_suite(&mut Local { server, fixture });
