@@ -243,7 +243,11 @@ impl Gate {
                 query,
             }) => Prepared::Admit(Admission {
                 record,
-                site: site.to_owned(),
+                // Only the stub reads the site; a forward keeps it in the path.
+                site: match self.backend {
+                    Backend::Stub => site.to_owned(),
+                    Backend::Upstream(_) => String::new(),
+                },
                 query,
             }),
         }
