@@ -25,6 +25,30 @@ pub trait SharedStore {
     fn get(&mut self, key: &str) -> Result<(Option<Vec<u8>>, u32), StoreError>;
     /// Writes `value` if `key`'s version is still `version`.
     fn set(&mut self, key: &str, value: &[u8], version: u32) -> Result<CasOutcome, StoreError>;
+    /// Hands `key`'s value and version to `read` without copying them where
+    /// the store can lend its bytes (an in-memory store can; a host call
+    /// cannot, and the default copies through [`SharedStore::get`]).
+    fn read(
+        &mut self,
+        key: &str,
+        read: &mut dyn FnMut(Option<&[u8]>, u32),
+    ) -> Result<(), StoreError> {
+        let (value, version) = self.get(key)?;
+        read(value.as_deref(), version);
+        Ok(())
+    }
+}
+
+/// What one read of the limiter's state decided.
+enum Step {
+    /// Over the limit: nothing to write.
+    Full(Verdict),
+    /// Write `next` if the state is still at `version`; the verdict if it is.
+    Admit {
+        next: Vec<u8>,
+        version: u32,
+        verdict: Verdict,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,20 +203,39 @@ pub fn acquire(
     limit: Limit,
 ) -> Result<Verdict, LimiterError> {
     for _ in 0..MAX_CAS_ATTEMPTS {
-        let (bytes, version) = store.get(LIMITER_KEY).map_err(LimiterError::Store)?;
-        let log = Log::parse(bytes.as_deref())?;
-        // Never record a time before the newest one: keeps the log sorted and
-        // every window exact when callers' clocks disagree slightly.
-        let at = log.last().map_or(now, |newest| now.max(newest));
-        let window = log.live(at, limit);
-        if window.len() >= limit.requests as usize {
-            return Ok(verdict(window, None, at, limit));
-        }
+        let mut step = Err(LimiterError::Corrupt);
+        store
+            .read(LIMITER_KEY, &mut |bytes, version| {
+                step = Log::parse(bytes).map(|log| {
+                    // Never record a time before the newest one: keeps the log
+                    // sorted and every window exact when callers' clocks
+                    // disagree slightly.
+                    let at = log.last().map_or(now, |newest| now.max(newest));
+                    let window = log.live(at, limit);
+                    if window.len() >= limit.requests as usize {
+                        return Step::Full(verdict(window, None, at, limit));
+                    }
+                    Step::Admit {
+                        next: window.encode_with(at),
+                        version,
+                        verdict: verdict(window, Some(at), at, limit),
+                    }
+                });
+            })
+            .map_err(LimiterError::Store)?;
+        let (next, version, admitted) = match step? {
+            Step::Full(v) => return Ok(v),
+            Step::Admit {
+                next,
+                version,
+                verdict,
+            } => (next, version, verdict),
+        };
         match store
-            .set(LIMITER_KEY, &window.encode_with(at), version)
+            .set(LIMITER_KEY, &next, version)
             .map_err(LimiterError::Store)?
         {
-            CasOutcome::Written => return Ok(verdict(window, Some(at), at, limit)),
+            CasOutcome::Written => return Ok(admitted),
             CasOutcome::Mismatch => continue,
         }
     }
@@ -286,6 +329,18 @@ impl SharedStore for MemoryStore {
         Ok(self
             .entry(key)
             .map_or((None, 0), |(v, n)| (Some(v.clone()), *n)))
+    }
+
+    fn read(
+        &mut self,
+        key: &str,
+        read: &mut dyn FnMut(Option<&[u8]>, u32),
+    ) -> Result<(), StoreError> {
+        match self.entry(key) {
+            Some((value, version)) => read(Some(value), *version),
+            None => read(None, 0),
+        }
+        Ok(())
     }
 
     fn set(&mut self, key: &str, value: &[u8], version: u32) -> Result<CasOutcome, StoreError> {
