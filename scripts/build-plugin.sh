@@ -24,9 +24,14 @@ build="$target/sessiongate-plugin-ship-$level"
 (cd "$root" && CARGO_TARGET_DIR="$build" CARGO_PROFILE_PLUGIN_OPT_LEVEL="$level" \
   cargo build --quiet -p sessiongate-plugin --target wasm32-wasip1 --profile plugin)
 raw="$build/wasm32-wasip1/plugin/sessiongate_plugin.wasm"
-if [ ! -x "$root/plugin/node_modules/.bin/wasm-opt" ]; then
-  (cd "$root/plugin" && npm install --no-audit --no-fund --loglevel=error >&2)
-fi
+# One install at a time: two builds at once (the tests run both) would
+# otherwise race on node_modules, one seeing it half-written.
+(
+  flock 9
+  if [ ! -x "$root/plugin/node_modules/.bin/wasm-opt" ]; then
+    (cd "$root/plugin" && npm install --no-audit --no-fund --loglevel=error >&2)
+  fi
+) 9>"$root/plugin/.npm-install.lock"
 "$root/plugin/node_modules/.bin/wasm-opt" "$wasm_opt" --strip-debug --strip-producers \
   --enable-bulk-memory --enable-sign-ext --enable-mutable-globals --enable-nontrapping-float-to-int \
   "$raw" -o "$out"

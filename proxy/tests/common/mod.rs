@@ -334,3 +334,18 @@ pub fn request_to_forward(
     )
     .unwrap()
 }
+
+/// Every response since `start_transcript` (a whole suite's worth) holds no
+/// minted secret.
+pub fn assert_no_secret_in_transcript(secrets: &[String]) {
+    let transcript = sessiongate_conformance::http::take_transcript();
+    assert!(
+        transcript.len() > 100_000,
+        "the transcript recorded the run"
+    );
+    assert_no_secret(
+        "every response",
+        &String::from_utf8_lossy(&transcript),
+        secrets,
+    );
+}
