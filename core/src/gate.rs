@@ -94,10 +94,17 @@ pub struct Gate {
 
 const JSON: &str = "application/json";
 
-/// A JSON string literal (serde_json's escaping, without its `Value`, whose
-/// number formatting would otherwise be linked into the filter).
+/// A JSON string literal.
 fn json_string(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned())
+    let mut out = String::with_capacity(s.len() + 2);
+    crate::error::push_json_string(&mut out, s);
+    out
+}
+
+fn decimal(n: u64) -> String {
+    let mut digits = Vec::with_capacity(20);
+    limiter::push_decimal(&mut digits, n);
+    String::from_utf8(digits).unwrap_or_default()
 }
 
 /// Room for what any reply adds (challenge or allow, the rate-limit headers,
@@ -209,7 +216,7 @@ impl Gate {
                 if let (Some(seconds), Action::Reply(reply)) = (guard_blocked, &mut decision.action)
                     && decision.outcome == Outcome::Denied(ErrorCode::RateLimited)
                 {
-                    reply.headers.push(("retry-after", seconds.to_string()));
+                    reply.headers.push(("retry-after", decimal(seconds)));
                 }
                 Prepared::Reply {
                     decision,
@@ -417,7 +424,7 @@ impl Gate {
                 if let Action::Reply(reply) = &mut d.action {
                     reply
                         .headers
-                        .push(("retry-after", v.reset_seconds.max(1).to_string()));
+                        .push(("retry-after", decimal(v.reset_seconds.max(1))));
                     reply.headers.extend(self.rate_headers(Some(&v)));
                 }
                 return d;
