@@ -349,3 +349,15 @@ pub fn assert_no_secret_in_transcript(secrets: &[String]) {
         secrets,
     );
 }
+
+/// The upstream's answer to [`request_to_forward`], relayed with the limit's
+/// state (1,000 a window, one spent).
+pub fn assert_relayed(r: &sessiongate_conformance::http::Response) {
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-upstream"), Some("yes"));
+    assert_eq!(r.text(), r#"{"data":{"sessions":[]}}"#);
+    assert!(
+        r.header("ratelimit")
+            .is_some_and(|v| v.contains("remaining=999"))
+    );
+}
