@@ -62,9 +62,11 @@ stamp="$here/build/.sessiongate-stamp"
 # The Worker's own target directory: `cargo test` may hold the lock of the
 # outer one while its tests run this script.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}/sessiongate-edge-worker"
-if [ ! -f "$stamp" ] || [ -n "$(find "$root/core/src" "$root/core/Cargo.toml" "$here/src" "$here/Cargo.toml" "$root/Cargo.lock" -newer "$stamp" -print -quit)" ]; then
+if [ ! -f "$stamp" ] || [ -n "$(find "$root/core/src" "$root/core/Cargo.toml" "$here/src" "$here/Cargo.toml" "$root/Cargo.lock" "$0" -newer "$stamp" -print -quit)" ]; then
   log "building the Worker (worker-build --release)"
-  (cd "$here" && WASM_BINDGEN_BIN="$(command -v wasm-bindgen)" ESBUILD_BIN="$esbuild" worker-build --release >&2)
+  # Stripped, as wrangler.toml builds it: the wasm's `name` section is
+  # ~260 KB of function names nobody at the edge reads.
+  (cd "$here" && CARGO_PROFILE_RELEASE_STRIP=true WASM_BINDGEN_BIN="$(command -v wasm-bindgen)" ESBUILD_BIN="$esbuild" worker-build --release >&2)
   touch "$stamp"
 fi
 
