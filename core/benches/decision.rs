@@ -5,7 +5,9 @@
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use sessiongate_core::credential::{CredentialRecord, Kind, Level, Sites, hash_secret};
-use sessiongate_core::{Backend, Gate, GateConfig, LimitConfig, MemoryStore, Request};
+use sessiongate_core::{
+    Backend, CredentialSet, Gate, GateConfig, LimitConfig, MemoryStore, Request,
+};
 use std::hint::black_box;
 
 fn token(i: usize) -> String {
@@ -28,7 +30,7 @@ fn gate(n: usize) -> Gate {
         })
         .collect();
     Gate::new(GateConfig {
-        credentials,
+        credentials: CredentialSet::new(credentials).unwrap(),
         limit: LimitConfig {
             requests: 20,
             window_seconds: 60,

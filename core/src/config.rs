@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::credential::CredentialRecord;
+use crate::credential_set::CredentialSet;
 use crate::guard::GuardConfig;
 use crate::limiter::MAX_REQUESTS;
 use crate::stub::DEFAULT_SESSIONS_PER_SITE;
@@ -90,8 +90,9 @@ pub const CLIENT_ADDR_HEADER: &str = "spin-client-addr";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GateConfig {
+    /// Checked and indexed as it is parsed (see [`CredentialSet`]).
     #[serde(default)]
-    pub credentials: Vec<CredentialRecord>,
+    pub credentials: CredentialSet,
     #[serde(default)]
     pub limit: LimitConfig,
     #[serde(default)]
@@ -113,7 +114,7 @@ fn default_stub_sessions() -> u32 {
 impl Default for GateConfig {
     fn default() -> Self {
         GateConfig {
-            credentials: Vec::new(),
+            credentials: CredentialSet::default(),
             limit: LimitConfig::default(),
             backend: Backend::Stub,
             fail_open: false,
@@ -132,7 +133,7 @@ impl GateConfig {
         Ok(config)
     }
 
-    /// Semantic checks serde cannot express (credentials are checked when indexed).
+    /// Semantic checks serde cannot express (credentials are checked as they are parsed).
     pub fn validate(&self) -> Result<(), String> {
         if self.limit.requests == 0 || self.limit.requests > MAX_REQUESTS {
             return Err(format!(

@@ -1,7 +1,6 @@
 //! Credentials (contract section 2): the record, its hash and hint, the two
 //! `Authorization` schemes, and lookup by hash.
 
-use std::collections::HashMap;
 use std::fmt;
 
 use base64::Engine as _;
@@ -27,23 +26,51 @@ pub fn hash_secret(secret: &[u8]) -> SecretHash {
 }
 
 pub fn hash_hex(hash: &SecretHash) -> String {
-    hash.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(64);
+    let digit = |n: u8| char::from(DIGITS.get(usize::from(n)).copied().unwrap_or(b'0'));
+    for b in hash {
+        out.push(digit(b >> 4));
+        out.push(digit(b & 15));
+    }
+    out
 }
 
+/// Each byte's value as a hexadecimal digit (either case); 0xFF if none.
+// Evaluated at compile time: an index out of range fails the build.
+#[allow(clippy::indexing_slicing)]
+const HEX_VALUE: [u8; 256] = {
+    let mut table = [0xFF; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        table[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    table
+};
+
+/// 64 hexadecimal digits (either case) as a digest. (A table, no branches:
+/// a million-credential store parses a million of these.)
 pub fn parse_hash_hex(hex: &str) -> Option<SecretHash> {
     let bytes = hex.as_bytes();
     if bytes.len() != 64 {
         return None;
     }
+    let value = |b: u8| HEX_VALUE.get(usize::from(b)).copied().unwrap_or(0xFF);
     let mut out = [0u8; 32];
-    for (slot, pair) in out.iter_mut().zip(bytes.as_chunks::<2>().0) {
-        let text = std::str::from_utf8(pair).ok()?;
-        if !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
-        }
-        *slot = u8::from_str_radix(text, 16).ok()?;
+    let mut invalid = 0u8;
+    for (slot, [hi, lo]) in out.iter_mut().zip(bytes.as_chunks::<2>().0) {
+        let (hi, lo) = (value(*hi), value(*lo));
+        invalid |= hi | lo;
+        *slot = (hi << 4) | lo;
     }
-    Some(out)
+    (invalid & 0xF0 == 0).then_some(out)
 }
 
 /// Whether a string is shaped like an API token.
@@ -242,13 +269,19 @@ impl CredentialRecord {
 
     /// Checks every field; the error names the field that is wrong.
     pub fn validate(&self) -> Result<(), String> {
+        self.checked_hash().map(|_| ())
+    }
+
+    /// Checks every field, as [`CredentialRecord::validate`]; returns the
+    /// digest the record holds.
+    pub fn checked_hash(&self) -> Result<SecretHash, String> {
         if self.name.is_empty() || self.name.len() > 256 || self.name.chars().any(char::is_control)
         {
             return Err("name: must be 1 to 256 characters, without control characters".into());
         }
-        if parse_hash_hex(&self.hash).is_none() {
+        let Some(hash) = parse_hash_hex(&self.hash) else {
             return Err("hash: must be 64 hexadecimal digits (SHA-256 of the secret)".into());
-        }
+        };
         if !is_valid_id(&self.customer) {
             return Err(format!(
                 "customer: {:?} is not a valid id ([A-Za-z0-9._-], 1 to 128)",
@@ -268,7 +301,7 @@ impl CredentialRecord {
         if self.kind == Kind::Token && self.level != Level::Standard {
             return Err("level: tokens are always standard".into());
         }
-        Ok(())
+        Ok(hash)
     }
 }
 
@@ -355,129 +388,12 @@ pub fn split_joined(value: &[u8]) -> Vec<&[u8]> {
     value.split(|&b| b == b',').collect()
 }
 
-/// The credential set, indexed by hash. Built once per configuration.
-#[derive(Debug, Default)]
-pub struct CredentialSet {
-    records: Vec<CredentialRecord>,
-    by_hash: HashMap<SecretHash, usize, HashIsKey>,
-}
-
-/// Keys that are SHA-256 digests are already uniformly spread: their first
-/// eight bytes are the hash. (SipHash, here and in the bench's store, was
-/// about a tenth of a decision under callgrind.)
-#[derive(Debug, Default, Clone, Copy)]
-pub struct HashIsKey;
-
-impl std::hash::BuildHasher for HashIsKey {
-    type Hasher = FirstEightBytes;
-    fn build_hasher(&self) -> FirstEightBytes {
-        FirstEightBytes(0)
-    }
-}
-
-#[derive(Debug, Default)]
-pub struct FirstEightBytes(u64);
-
-impl std::hash::Hasher for FirstEightBytes {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        // A [u8; 32] hashes as its length, then its bytes: keep the first
-        // eight bytes of the digest.
-        if bytes.len() >= 8 {
-            let mut first = [0u8; 8];
-            first.copy_from_slice(bytes.get(..8).unwrap_or(&[0; 8]));
-            self.0 = u64::from_le_bytes(first);
-        }
-    }
-}
-
-impl CredentialSet {
-    /// Indexes the records; rejects invalid or duplicate names and hashes.
-    pub fn new(records: Vec<CredentialRecord>) -> Result<Self, String> {
-        let by_hash = Self::index(&records)?;
-        Ok(CredentialSet { records, by_hash })
-    }
-
-    /// Checks records as [`CredentialSet::new`] does, without keeping them.
-    pub fn check(records: &[CredentialRecord]) -> Result<(), String> {
-        Self::index(records).map(|_| ())
-    }
-
-    fn index(
-        records: &[CredentialRecord],
-    ) -> Result<HashMap<SecretHash, usize, HashIsKey>, String> {
-        let mut by_hash = HashMap::with_capacity_and_hasher(records.len(), HashIsKey);
-        let mut names = std::collections::HashSet::with_capacity(records.len());
-        for (i, record) in records.iter().enumerate() {
-            record
-                .validate()
-                .map_err(|e| format!("credentials[{i}].{e}"))?;
-            if !names.insert(record.name.as_str()) {
-                return Err(format!(
-                    "credentials[{i}].name: {:?} appears more than once",
-                    record.name
-                ));
-            }
-            let hash = parse_hash_hex(&record.hash).unwrap_or_default();
-            if by_hash.insert(hash, i).is_some() {
-                return Err(format!(
-                    "credentials[{i}].hash: the same secret appears more than once"
-                ));
-            }
-        }
-        Ok(by_hash)
-    }
-
-    pub fn len(&self) -> usize {
-        self.records.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
-    }
-
-    pub fn records(&self) -> &[CredentialRecord] {
-        &self.records
-    }
-
-    fn get(&self, hash: &SecretHash, kind: Kind) -> Option<&CredentialRecord> {
-        let record = self.records.get(*self.by_hash.get(hash)?)?;
-        (record.kind == kind).then_some(record)
-    }
-
-    /// Looks a presented credential up. A Bearer value must resolve to a token and
-    /// a Basic value to a key: a token sent as Basic is not a credential.
-    pub fn find(&self, presented: &Presented) -> Option<&CredentialRecord> {
-        match presented {
-            Presented::Bearer(hash) => self.get(hash, Kind::Token),
-            Presented::Basic { raw, decoded } => self
-                .get(raw, Kind::Key)
-                .or_else(|| decoded.as_ref().and_then(|h| self.get(h, Kind::Key))),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     pub const TOKEN: &str = "fus_abcdefghijABCDEFGHIJ0123456789klmnopqrst";
     pub const KEY: &str = "k3yB0dyk3yB0dyk3yB0dyk3yB0dyk3yB0dyXY/AB12CD3";
-
-    fn record(kind: Kind, secret: &str, name: &str) -> CredentialRecord {
-        CredentialRecord::for_secret(
-            secret,
-            kind,
-            name.into(),
-            None,
-            "acme".into(),
-            Sites::All,
-            Level::Standard,
-            1,
-        )
-    }
 
     #[test]
     fn shapes() {
@@ -563,43 +479,6 @@ mod tests {
     }
 
     #[test]
-    fn basic_raw_and_rfc7617() {
-        let set = CredentialSet::new(vec![record(Kind::Key, KEY, "k")]).unwrap();
-        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-        for header in [
-            format!("Basic {KEY}"),
-            format!("basic  {KEY}"),
-            format!("Basic {}", b64(&format!("anyone:{KEY}"))),
-            format!("Basic {}", b64(&format!("{KEY}:"))),
-        ] {
-            let p = parse_authorization(header.as_bytes()).unwrap();
-            assert_eq!(set.find(&p).map(|r| r.name.as_str()), Some("k"), "{header}");
-        }
-        for header in [
-            "Basic bm90IGEga2V5".to_owned(),
-            "Basic !!!notbase64".to_owned(),
-            format!("Basic {}", b64(":")),
-            format!("Basic {}", b64("no-colon-here")),
-        ] {
-            let p = parse_authorization(header.as_bytes()).unwrap();
-            assert_eq!(set.find(&p), None, "{header}");
-        }
-    }
-
-    #[test]
-    fn scheme_must_match_kind() {
-        let set = CredentialSet::new(vec![
-            record(Kind::Token, TOKEN, "t"),
-            record(Kind::Key, KEY, "k"),
-        ])
-        .unwrap();
-        let as_basic = parse_authorization(format!("Basic {TOKEN}").as_bytes()).unwrap();
-        assert_eq!(set.find(&as_basic), None);
-        let as_bearer = parse_authorization(format!("Bearer {TOKEN}").as_bytes()).unwrap();
-        assert_eq!(set.find(&as_bearer).map(|r| r.name.as_str()), Some("t"));
-    }
-
-    #[test]
     fn joined_values_split_at_commas() {
         assert_eq!(split_joined(b"Bearer a"), vec![&b"Bearer a"[..]]);
         assert_eq!(split_joined(b"Bearer a, Bearer a").len(), 2);
@@ -617,36 +496,5 @@ mod tests {
             Sites::List(vec!["a".into()])
         );
         assert!(serde_json::from_str::<Sites>("\"some\"").is_err());
-    }
-
-    #[test]
-    fn set_rejects_duplicates_and_bad_records() {
-        let a = record(Kind::Token, TOKEN, "same");
-        let mut b = record(Kind::Key, KEY, "same");
-        assert!(
-            CredentialSet::new(vec![a.clone(), b.clone()])
-                .unwrap_err()
-                .contains("name")
-        );
-        b.name = "other".into();
-        b.hash = a.hash.clone();
-        assert!(
-            CredentialSet::new(vec![a.clone(), b])
-                .unwrap_err()
-                .contains("hash")
-        );
-        let mut bad = a.clone();
-        bad.level = Level::Admin;
-        assert!(CredentialSet::new(vec![bad]).unwrap_err().contains("level"));
-        let mut bad = a.clone();
-        bad.customer = "a/b".into();
-        assert!(
-            CredentialSet::new(vec![bad])
-                .unwrap_err()
-                .contains("customer")
-        );
-        let mut bad = a;
-        bad.sites = Sites::List(vec![]);
-        assert!(CredentialSet::new(vec![bad]).unwrap_err().contains("sites"));
     }
 }

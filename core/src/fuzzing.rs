@@ -7,6 +7,7 @@
 use std::sync::OnceLock;
 
 use crate::credential::{CredentialRecord, Kind, Level, Sites};
+use crate::credential_set::CredentialSet;
 use crate::gate::{Action, Gate, Outcome, Request};
 use crate::limiter::MemoryStore;
 use crate::{ErrorCode, GateConfig};
@@ -29,17 +30,21 @@ fn gate() -> &'static Gate {
                 0,
             )
         };
+        let credentials = match CredentialSet::new(vec![
+            rec(
+                TOKEN,
+                Kind::Token,
+                "t",
+                Sites::List(vec!["s".into()]),
+                Level::Standard,
+            ),
+            rec(KEY, Kind::Key, "k", Sites::All, Level::Admin),
+        ]) {
+            Ok(c) => c,
+            Err(e) => panic!("fuzz credentials: {e}"),
+        };
         let config = GateConfig {
-            credentials: vec![
-                rec(
-                    TOKEN,
-                    Kind::Token,
-                    "t",
-                    Sites::List(vec!["s".into()]),
-                    Level::Standard,
-                ),
-                rec(KEY, Kind::Key, "k", Sites::All, Level::Admin),
-            ],
+            credentials,
             // Small pages: the fuzzer's time goes to parsing, not to JSON output.
             stub_sessions_per_site: 3,
             ..Default::default()
@@ -118,8 +123,18 @@ pub fn config(data: &[u8]) {
     }
 }
 
-/// Any bytes as a token store: an error or records the gate accepts.
+/// Any bytes as a token store: an error or records the gate accepts; and
+/// read a piece at a time (as `sessiongate` reads a large store), the same.
 pub fn store(data: &[u8]) {
+    let whole = crate::store_format::parse_set(data);
+    for piece in [1, 7, data.len() / 3 + 1] {
+        let pieces = crate::store_format::parse_pieces(data.chunks(piece));
+        assert_eq!(
+            pieces.as_ref().ok(),
+            whole.as_ref().ok(),
+            "pieces of {piece}: {pieces:?} vs {whole:?}"
+        );
+    }
     if let Ok(records) = crate::store_format::parse(data) {
         let again = crate::store_format::serialize(&records);
         assert_eq!(crate::store_format::parse(&again).ok(), Some(records));

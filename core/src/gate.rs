@@ -2,7 +2,8 @@
 //! order: route, method, query, credential, scope and level, rate limit, backend.
 
 use crate::config::{Backend, GateConfig};
-use crate::credential::{CredentialRecord, CredentialSet, Level, parse_authorization};
+use crate::credential::{Level, parse_authorization};
+use crate::credential_set::{Credential, CredentialSet};
 use crate::error::{ErrorCode, GateError};
 use crate::guard::{self, GuardConfig};
 use crate::limiter::{self, Limit, LimiterError, SharedStore, Verdict};
@@ -120,7 +121,7 @@ impl Gate {
         config.validate()?;
         let limit = Limit::new(config.limit.requests, config.limit.window_seconds);
         Ok(Gate {
-            credentials: CredentialSet::new(config.credentials)?,
+            credentials: config.credentials,
             limit,
             policy: limiter::policy_header(limit),
             pages: Mutex::new(PageCache::default()),
@@ -188,7 +189,7 @@ impl Gate {
     /// The authenticated credential of a request, if its one `Authorization`
     /// value names a known one. Adapters whose revocation list lives
     /// elsewhere (a Durable Object) look it up with this, then `prepare`.
-    pub fn identify(&self, authorization: &[&[u8]]) -> Option<&CredentialRecord> {
+    pub fn identify(&self, authorization: &[&[u8]]) -> Option<Credential<'_>> {
         match authorization {
             [one] => parse_authorization(one)
                 .ok()
@@ -204,14 +205,14 @@ impl Gate {
     pub fn prepare<'g>(
         &'g self,
         req: &Request<'_>,
-        revoked: impl Fn(&CredentialRecord) -> bool,
+        revoked: impl Fn(&Credential<'_>) -> bool,
         guard_blocked: Option<u64>,
     ) -> Prepared<'g> {
         let (path, query) = split_target(req.target);
         let limited = is_limited_api(path);
         match self.check(req, path, query, &revoked, guard_blocked) {
             Err((error, authenticated)) => {
-                let name = authenticated.map(|r| r.name.clone());
+                let name = authenticated.map(|r| r.name.to_owned());
                 let mut decision = self.deny(error, name, limited);
                 if let (Some(seconds), Action::Reply(reply)) = (guard_blocked, &mut decision.action)
                     && decision.outcome == Outcome::Denied(ErrorCode::RateLimited)
@@ -233,12 +234,12 @@ impl Gate {
                         body: format!(
                             "{{\"role\":\"{}\",\"name\":{},\"hint\":{}}}",
                             record.level.role(),
-                            json_string(&record.name),
-                            json_string(&record.hint),
+                            json_string(record.name),
+                            json_string(record.hint),
                         ),
                     }),
                     outcome: Outcome::Allowed,
-                    credential: Some(record.name.clone()),
+                    credential: Some(record.name.to_owned()),
                 },
                 wants_limit_state: false,
                 authenticated: Some(record),
@@ -290,14 +291,17 @@ impl Gate {
         }
     }
 
+    // The error carries the credential (a borrowed view, no heap) when it
+    // was authenticated before the check failed.
+    #[allow(clippy::result_large_err)]
     fn check<'g, 'p>(
         &'g self,
         req: &Request<'_>,
         path: &'p str,
         query: Option<&str>,
-        revoked: &dyn Fn(&CredentialRecord) -> bool,
+        revoked: &dyn Fn(&Credential<'_>) -> bool,
         guard_blocked: Option<u64>,
-    ) -> Result<Checked<'g, 'p>, (GateError, Option<&'g CredentialRecord>)> {
+    ) -> Result<Checked<'g, 'p>, (GateError, Option<Credential<'g>>)> {
         let plain = |e: GateError| (e, None);
         let route = route(path);
         if route == Route::NotFound {
@@ -367,8 +371,8 @@ impl Gate {
     fn authenticate(
         &self,
         values: &[&[u8]],
-        revoked: &dyn Fn(&CredentialRecord) -> bool,
-    ) -> Result<&CredentialRecord, GateError> {
+        revoked: &dyn Fn(&Credential<'_>) -> bool,
+    ) -> Result<Credential<'_>, GateError> {
         let value = match values {
             [] => {
                 return Err(GateError::new(
@@ -408,8 +412,8 @@ impl Gate {
             site,
             query,
         } = admission;
-        let (customer, site, query) = (record.customer.as_str(), site.as_str(), &query);
-        let name = Some(record.name.clone());
+        let (customer, site, query) = (record.customer, site.as_str(), &query);
+        let name = Some(record.name.to_owned());
         let (verdict, outcome) = match verdict {
             Ok(v) if v.admitted => (Some(v), Outcome::Allowed),
             Ok(v) => {
@@ -459,8 +463,8 @@ impl Gate {
             Backend::Upstream(_) => Action::Forward(Forward {
                 remove_request_headers: STRIPPED_HEADERS,
                 add_request_headers: vec![
-                    (CREDENTIAL_HEADER, record.name.clone()),
-                    (CUSTOMER_HEADER, record.customer.clone()),
+                    (CREDENTIAL_HEADER, record.name.to_owned()),
+                    (CUSTOMER_HEADER, record.customer.to_owned()),
                 ],
                 response_headers: rate_headers,
             }),
@@ -538,7 +542,7 @@ pub enum Prepared<'g> {
         /// The credential, when it was authenticated before the answer
         /// (`/me`, or a denial for scope): an adapter with its own revocation
         /// list checks this record, without hashing the header again.
-        authenticated: Option<&'g CredentialRecord>,
+        authenticated: Option<Credential<'g>>,
     },
     /// Passed every check: run the limiter, then [`Gate::complete`].
     Admit(Admission<'g>),
@@ -547,23 +551,23 @@ pub enum Prepared<'g> {
 /// A request that passed every check and waits for the limiter.
 #[derive(Debug)]
 pub struct Admission<'g> {
-    record: &'g CredentialRecord,
+    record: Credential<'g>,
     site: String,
     query: SessionQuery,
 }
 
-impl Admission<'_> {
+impl<'g> Admission<'g> {
     /// The credential being admitted (its hash, for a revocation check).
-    pub fn credential(&self) -> &CredentialRecord {
+    pub fn credential(&self) -> Credential<'g> {
         self.record
     }
 }
 
 /// What passed every check before the limiter.
 enum Checked<'g, 'p> {
-    Me(&'g CredentialRecord),
+    Me(Credential<'g>),
     Sessions {
-        record: &'g CredentialRecord,
+        record: Credential<'g>,
         site: &'p str,
         query: SessionQuery,
     },

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod credential;
+pub mod credential_set;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -20,6 +21,7 @@ pub mod stub;
 
 pub use config::{Backend, GateConfig, LimitConfig};
 pub use credential::{CredentialRecord, Kind, Level, Sites};
+pub use credential_set::{Credential, CredentialSet, CredentialSetBuilder, SiteScope};
 pub use error::{ErrorCode, GateError};
 pub use gate::{Action, Admission, Decision, Forward, Gate, Outcome, Prepared, Reply, Request};
 pub use limiter::{CasOutcome, Limit, LimiterError, MemoryStore, SharedStore, StoreError, Verdict};

@@ -12,8 +12,8 @@ use sessiongate_core::credential::hash_secret;
 use sessiongate_core::gate::{CREDENTIAL_HEADER, CUSTOMER_HEADER};
 use sessiongate_core::limiter::{self, CasOutcome, StoreError};
 use sessiongate_core::{
-    Action, Backend, CredentialRecord, Decision, ErrorCode, Gate, GateConfig, Kind, Level,
-    LimitConfig, MemoryStore, Outcome, Request, SharedStore, Sites,
+    Action, Backend, CredentialRecord, CredentialSet, Decision, ErrorCode, Gate, GateConfig, Kind,
+    Level, LimitConfig, MemoryStore, Outcome, Request, SharedStore, Sites,
 };
 
 const TOKEN: &str = "fus_AAAAAAAAAAbbbbbbbbbb0000000000cccccccc12";
@@ -38,7 +38,7 @@ fn rec(secret: &str, kind: Kind, name: &str, sites: Sites, level: Level) -> Cred
 
 fn config(backend: Backend, requests: u32) -> GateConfig {
     GateConfig {
-        credentials: vec![
+        credentials: CredentialSet::new(vec![
             rec(TOKEN, Kind::Token, "all-sites", Sites::All, Level::Standard),
             rec(
                 SITE_TOKEN,
@@ -56,7 +56,8 @@ fn config(backend: Backend, requests: u32) -> GateConfig {
                 Level::Architect,
             ),
             rec(KEY_ADMIN, Kind::Key, "key-admin", Sites::All, Level::Admin),
-        ],
+        ])
+        .unwrap(),
         limit: LimitConfig {
             requests,
             window_seconds: 60,
@@ -312,7 +313,8 @@ fn malformed_unknown_and_revoked_share_one_body() {
     assert!(bodies.windows(2).all(|w| w[0] == w[1]));
     // Revoked = no longer in the set: a gate built without the record.
     let mut cfg = config(Backend::Stub, 20);
-    cfg.credentials.retain(|r| r.name != "all-sites");
+    let kept = cfg.credentials.records().into_iter();
+    cfg.credentials = CredentialSet::new(kept.filter(|r| r.name != "all-sites").collect()).unwrap();
     let revoked = Gate::new(cfg).unwrap();
     let d = run(&revoked, &get(SESSIONS, &ok_auth()), &mut s);
     expect_error(&d, ErrorCode::InvalidCredentials);
@@ -574,10 +576,7 @@ fn revoked_credentials_are_unknown_credentials() {
         authorization: &values,
         client: None,
     };
-    assert_eq!(
-        g.identify(&values).map(|r| r.name.as_str()),
-        Some("all-sites")
-    );
+    assert_eq!(g.identify(&values).map(|r| r.name), Some("all-sites"));
     match g.prepare(&req, |r| r.name == "all-sites", None) {
         sessiongate_core::Prepared::Reply {
             decision,

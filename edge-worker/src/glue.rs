@@ -158,7 +158,7 @@ async fn decide_unguarded(
     match gate.prepare(request, |_| false, blocked) {
         Prepared::Admit(admission) => {
             let call = Call::Acquire {
-                hash: admission.credential().hash.clone(),
+                hash: admission.credential().hash_hex(),
                 requests: limit.requests,
                 window_ms: limit.window_ms,
             };
@@ -179,7 +179,7 @@ async fn decide_unguarded(
             wants_limit_state,
             authenticated,
         } => {
-            let authenticated = authenticated.map(|r| r.hash.clone());
+            let authenticated = authenticated.map(|r| r.hash_hex());
             if authenticated.is_none() && !wants_limit_state {
                 return decision;
             }
@@ -252,7 +252,7 @@ async fn admin(req: &Request, env: &Env, gate: &Gate, path: &str) -> Option<Resu
         return None;
     }
     let json = [("content-type", "application/json".to_owned())];
-    let Some(record) = gate.credentials().records().iter().find(|r| r.name == name) else {
+    let Some(record) = gate.credentials().iter().find(|r| r.name == name) else {
         let body = sessiongate_core::error::error_body(
             sessiongate_core::ErrorCode::NotFound,
             "No credential has that name.",
@@ -260,7 +260,7 @@ async fn admin(req: &Request, env: &Env, gate: &Gate, path: &str) -> Option<Resu
         return Some(respond(404, &json, body));
     };
     let call = Call::Revoke {
-        hash: record.hash.clone(),
+        hash: record.hash_hex(),
     };
     Some(match call_limiter(env, &call).await {
         Ok(_) => respond(

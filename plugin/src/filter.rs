@@ -167,7 +167,9 @@ pub fn on_response_headers<H: Host>(host: &mut H, headers: &[(&'static str, Stri
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sessiongate_core::{Backend, CredentialRecord, GateConfig, Kind, Level, Sites};
+    use sessiongate_core::{
+        Backend, CredentialRecord, CredentialSet, GateConfig, Kind, Level, Sites,
+    };
     use std::collections::HashMap;
 
     const TOKEN: &str = "fus_0123456789012345678901234567890123456789";
@@ -243,7 +245,7 @@ mod tests {
 
     fn gate(backend: Backend) -> Gate {
         Gate::new(GateConfig {
-            credentials: vec![CredentialRecord::for_secret(
+            credentials: CredentialSet::new(vec![CredentialRecord::for_secret(
                 TOKEN,
                 Kind::Token,
                 "t".into(),
@@ -252,7 +254,8 @@ mod tests {
                 Sites::All,
                 Level::Standard,
                 0,
-            )],
+            )])
+            .unwrap(),
             backend,
             ..Default::default()
         })

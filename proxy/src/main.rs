@@ -43,6 +43,9 @@ enum Command {
     /// `sessiongate.config.v1` of a Spin app's default key-value store
     /// (`spin up --key-value`). The same JSON; backend stub or a URL.
     SpinConfig(ConfigArgs),
+    /// Load a token store as `serve` does: how many credentials it holds and
+    /// how long loading took, or what is wrong with it (exit status 1).
+    Check(StoreArg),
     /// Serve HTTP, running the proxy-wasm filter (or, with `--component`, the
     /// wasi:http component) under wasmtime.
     Serve(serve::ServeArgs),
@@ -231,13 +234,30 @@ fn run(cli: Cli) -> Result<()> {
             }
             print_config(a, "stub", &mut stdout)
         }
+        Command::Check(a) => check(&a.store, &mut stdout),
         Command::Serve(a) => serve::run(a),
     }
 }
 
+fn check(path: &std::path::Path, out: &mut dyn std::io::Write) -> Result<()> {
+    let started = std::time::Instant::now();
+    let set = store::load_set(path)?;
+    let elapsed = started.elapsed();
+    let keys = set.iter().filter(|c| c.kind == Kind::Key).count();
+    writeln!(
+        out,
+        "{}: {} credentials ({} tokens, {keys} keys), all valid; loaded in {} ms",
+        path.display(),
+        set.len(),
+        set.len() - keys,
+        elapsed.as_millis()
+    )?;
+    Ok(())
+}
+
 fn print_config(a: ConfigArgs, default_backend: &str, out: &mut dyn std::io::Write) -> Result<()> {
     let config = GateConfig {
-        credentials: store::load(&a.store.store)?,
+        credentials: store::load_set(&a.store.store)?,
         limit: LimitConfig {
             requests: a.requests,
             window_seconds: a.window_seconds,

@@ -19,7 +19,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::Deserialize;
-use sessiongate_core::{Backend, GateConfig, LimitConfig};
+use sessiongate_core::{Backend, CredentialSet, GateConfig, LimitConfig};
 use tokio::net::TcpListener;
 
 use crate::component::{ComponentHost, KeyValue};
@@ -116,7 +116,7 @@ fn settings(args: &ServeArgs) -> Result<Settings> {
         bail!("{name}: backend must be \"stub\" or an http:// URL for `serve`");
     }
     let gate = GateConfig {
-        credentials: Vec::new(),
+        credentials: CredentialSet::default(),
         limit: file.limit.unwrap_or_default(),
         backend,
         fail_open: file.fail_open.unwrap_or(false),
@@ -299,9 +299,9 @@ impl App {
     }
 }
 
-fn gate_config_json(base: &GateConfig, store: &Path) -> Result<Vec<u8>> {
+fn gate_config_json(base: &GateConfig, credentials: CredentialSet) -> Result<Vec<u8>> {
     let config = GateConfig {
-        credentials: store::load(store)?,
+        credentials,
         ..base.clone()
     };
     Ok(serde_json::to_vec(&config)?)
@@ -310,8 +310,8 @@ fn gate_config_json(base: &GateConfig, store: &Path) -> Result<Vec<u8>> {
 pub fn run(args: ServeArgs) -> Result<()> {
     let settings = settings(&args)?;
     let started = Instant::now();
-    let records = store::load(&settings.store)?;
-    if records.is_empty() {
+    let credentials = store::load_set(&settings.store)?;
+    if credentials.is_empty() {
         eprintln!(
             "sessiongate: the token store {} has no credentials yet. Mint one (in another shell):\n  \
              TOKEN=$(sessiongate token create --store {} --name demo --customer acme --all-sites)",
@@ -319,7 +319,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             settings.store.display()
         );
     }
-    let config = Arc::new(gate_config_json(&settings.gate, &settings.store)?);
+    let config = Arc::new(gate_config_json(&settings.gate, credentials)?);
     let runner = match &args.component {
         Some(path) => component_runner(path, config, &settings)?,
         None => filter_runner(args.plugin.as_deref(), config, &settings)?,
@@ -508,7 +508,9 @@ async fn watch_store(app: Arc<App>, base: GateConfig, path: PathBuf) {
         let reloaded = if now.is_none() {
             Err(anyhow!("the file is gone"))
         } else {
-            gate_config_json(&base, &path).and_then(|config| app.reconfigure(config))
+            store::load_set(&path)
+                .and_then(|credentials| gate_config_json(&base, credentials))
+                .and_then(|config| app.reconfigure(config))
         };
         match reloaded {
             Ok(()) => eprintln!("sessiongate: token store {} reloaded", path.display()),

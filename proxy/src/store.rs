@@ -4,12 +4,15 @@
 //! read-modify-write, and lands with write-temp, fsync, rename: two CLI calls
 //! never lose each other's change, and a reader never sees half a file.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write as _;
+use std::io::{Read, Write as _};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 
 use anyhow::{Context as _, Result, bail};
-use sessiongate_core::CredentialRecord;
+use sessiongate_core::store_format::{Splitter, parse_record};
+use sessiongate_core::{CredentialRecord, CredentialSet, CredentialSetBuilder};
 
 /// Parses a store's bytes (the format lives in core).
 pub fn parse(bytes: &[u8]) -> Result<Vec<CredentialRecord>, String> {
@@ -27,6 +30,164 @@ pub fn load(path: &Path) -> Result<Vec<CredentialRecord>> {
         }
     };
     parse(&bytes).map_err(|e| anyhow::anyhow!("token store {} is corrupt: {e}", path.display()))
+}
+
+/// Reads the store into the set a gate uses (what `serve` and the config
+/// commands load). A missing file is an empty store. Read a piece at a time,
+/// its records parsed on every core: a million credentials load in well under
+/// a second, and the file is never in memory whole (BENCHMARKS.md, target 5).
+pub fn load_set(path: &Path) -> Result<CredentialSet> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(CredentialSet::default()),
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot read token store {}", path.display()));
+        }
+    };
+    read_set(file, parallelism())
+        .map_err(|e| anyhow::anyhow!("token store {} is corrupt: {e}", path.display()))
+}
+
+fn parallelism() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
+}
+
+/// What one read asks for, and how many bytes of records a parsing thread
+/// gets at once.
+const PIECE: usize = 1 << 20;
+const BATCH: usize = 1 << 20;
+
+/// Records cut from the store, back to back, for one parsing thread.
+#[derive(Default)]
+struct Batch {
+    /// The list position of the first record.
+    first: usize,
+    bytes: Vec<u8>,
+    /// Where each record ends in `bytes`.
+    ends: Vec<usize>,
+}
+
+impl Batch {
+    fn parse(self) -> Result<CredentialSetBuilder, String> {
+        let mut builder = CredentialSetBuilder::starting_at(self.first);
+        let mut start = 0;
+        for (n, &end) in self.ends.iter().enumerate() {
+            let record = self.bytes.get(start..end).unwrap_or_default();
+            builder.push(&parse_record(self.first + n, record)?)?;
+            start = end;
+        }
+        Ok(builder)
+    }
+}
+
+/// Joins parsed batches in list order as they come back, so that each is
+/// freed once appended.
+#[derive(Default)]
+struct Joined {
+    set: CredentialSetBuilder,
+    next: usize,
+    waiting: BTreeMap<usize, Result<CredentialSetBuilder, String>>,
+    error: Option<String>,
+}
+
+impl Joined {
+    fn take(&mut self, seq: usize, batch: Result<CredentialSetBuilder, String>) {
+        self.waiting.insert(seq, batch);
+        while let Some(batch) = self.waiting.remove(&self.next) {
+            self.next += 1;
+            match batch {
+                Ok(part) if self.error.is_none() => {
+                    if let Err(e) = self.set.append(part) {
+                        self.error = Some(e);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.error.get_or_insert(e);
+                }
+            }
+        }
+    }
+}
+
+/// The store's bytes from `input`, split on this thread and parsed on
+/// `threads` others.
+fn read_set(mut input: impl Read, threads: usize) -> Result<CredentialSet, String> {
+    std::thread::scope(|scope| {
+        let (done_tx, done_rx) = mpsc::channel();
+        let mut workers = Vec::new();
+        for _ in 0..threads.max(1) {
+            let (tx, rx) = mpsc::sync_channel::<(usize, Batch)>(2);
+            let done_tx = done_tx.clone();
+            scope.spawn(move || {
+                for (seq, batch) in rx {
+                    if done_tx.send((seq, batch.parse())).is_err() {
+                        break;
+                    }
+                }
+            });
+            workers.push(tx);
+        }
+        drop(done_tx);
+        let mut joined = Joined::default();
+        let mut sent = 0;
+        let mut send = |batch: Batch, joined: &mut Joined| -> Result<(), String> {
+            while let Ok((seq, parsed)) = done_rx.try_recv() {
+                joined.take(seq, parsed);
+            }
+            let worker = workers
+                .get(sent % workers.len())
+                .ok_or("no parsing thread")?;
+            worker
+                .send((sent, batch))
+                .map_err(|_| "a parsing thread stopped".to_owned())?;
+            sent += 1;
+            Ok(())
+        };
+        let mut splitter = Splitter::new();
+        let mut batch = Batch::default();
+        let mut piece = vec![0; PIECE];
+        loop {
+            let n = match input.read(&mut piece) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.to_string()),
+            };
+            let mut full = Vec::new();
+            splitter.feed(piece.get(..n).unwrap_or_default(), &mut |index, record| {
+                if batch.ends.is_empty() {
+                    batch.first = index;
+                    // Sized once: growing it would copy it.
+                    batch.bytes.reserve(BATCH + BATCH / 4);
+                    batch.ends.reserve(BATCH / 128);
+                }
+                batch.bytes.extend_from_slice(record);
+                batch.ends.push(batch.bytes.len());
+                if batch.bytes.len() >= BATCH {
+                    full.push(std::mem::take(&mut batch));
+                }
+                Ok(())
+            })?;
+            for b in full {
+                send(b, &mut joined)?;
+            }
+        }
+        if !batch.ends.is_empty() {
+            send(std::mem::take(&mut batch), &mut joined)?;
+        }
+        drop(send);
+        drop(workers);
+        let count = splitter.finish()?;
+        for (seq, parsed) in done_rx {
+            joined.take(seq, parsed);
+        }
+        if let Some(e) = joined.error {
+            return Err(e);
+        }
+        debug_assert_eq!(joined.set.len(), count);
+        joined.set.finish()
+    })
 }
 
 fn lock_path(path: &Path) -> PathBuf {
@@ -100,8 +261,73 @@ pub fn insert(path: &Path, record: CredentialRecord) -> Result<()> {
             );
         }
         records.push(record);
-        sessiongate_core::credential::CredentialSet::new(records.clone())
-            .map_err(|e| anyhow::anyhow!(e))?;
+        CredentialSet::new(records.clone()).map_err(|e| anyhow::anyhow!(e))?;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sessiongate_core::store_format::{parse_set, serialize};
+    use sessiongate_core::{Kind, Level, Sites};
+
+    fn records(n: usize) -> Vec<CredentialRecord> {
+        (0..n)
+            .map(|i| {
+                CredentialRecord::for_secret(
+                    &format!("secret {i}"),
+                    if i % 4 == 3 { Kind::Key } else { Kind::Token },
+                    format!("c{i}"),
+                    None,
+                    "acme".into(),
+                    Sites::All,
+                    Level::Standard,
+                    i as u64,
+                )
+            })
+            .collect()
+    }
+
+    /// Reads at most `max` bytes a call, like a pipe.
+    struct Trickle<'a>(&'a [u8], usize);
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(self.1).min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn threads_read_what_one_parse_reads() {
+        // Enough records for several batches.
+        let bytes = serialize(&records(12_000));
+        assert!(bytes.len() > 2 * BATCH);
+        let whole = parse_set(&bytes).unwrap();
+        for threads in [1, 3] {
+            for max in [PIECE, 4093] {
+                assert_eq!(read_set(Trickle(&bytes, max), threads).unwrap(), whole);
+            }
+        }
+    }
+
+    #[test]
+    fn errors_name_the_record_wherever_it_is() {
+        let mut r = records(12_000);
+        r[11_000].customer = "not/an/id".into();
+        let bytes = serialize(&r);
+        let e = read_set(&bytes[..], 2).unwrap_err();
+        assert!(e.starts_with("credentials[11000].customer"), "{e}");
+        r[11_000].customer = "acme".into();
+        r[9_000].name = r[10].name.clone();
+        let e = read_set(&serialize(&r)[..], 2).unwrap_err();
+        assert!(e.starts_with("credentials[9000].name"), "{e}");
+        let mut text = String::from_utf8(serialize(&records(3))).unwrap();
+        text = text.replacen("\"hint\"", "\"hunt\"", 2);
+        let e = read_set(text.as_bytes(), 2).unwrap_err();
+        assert!(e.starts_with("credentials[0]: unknown field `hunt`"), "{e}");
+        assert!(read_set(&text.as_bytes()[..text.len() - 3], 2).is_err());
+    }
 }

@@ -227,3 +227,29 @@ fn envoy_config_holds_hashes_only() {
     assert!(yaml.contains("envoy.filters.http.wasm") && yaml.contains("sessions_backend"));
     assert_eq!(yaml.matches("# BEGIN sessiongate configuration").count(), 1);
 }
+
+#[test]
+fn check_loads_a_store_or_names_the_wrong_record() {
+    let fx = fixture();
+    let out = cli(&["check", "--store", fx.store.to_str().unwrap()]);
+    assert!(
+        out.contains("5 credentials (2 tokens, 3 keys), all valid"),
+        "{out}"
+    );
+    let text = std::fs::read_to_string(&fx.store).unwrap();
+    let bad = fx.dir.join("bad-record.json");
+    let customer = format!("\"customer\": \"{}\"", suite::CUSTOMER);
+    assert!(text.contains(&customer));
+    std::fs::write(&bad, text.replacen(&customer, "\"customer\": \"a/b\"", 3)).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--store"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad-record.json") && err.contains("credentials[0].customer"),
+        "{err}"
+    );
+}

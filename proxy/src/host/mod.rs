@@ -533,13 +533,15 @@ impl Vm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sessiongate_core::{CredentialRecord, GateConfig, Kind, Level, LimitConfig, Sites};
+    use sessiongate_core::{
+        CredentialRecord, CredentialSet, GateConfig, Kind, Level, LimitConfig, Sites,
+    };
 
     const TOKEN: &str = "fus_abcdefghijklmnopqrstuvwxyzABCDEFGHIJ0123";
 
     fn config(requests: u32) -> Arc<Vec<u8>> {
         let config = GateConfig {
-            credentials: vec![CredentialRecord::for_secret(
+            credentials: CredentialSet::new(vec![CredentialRecord::for_secret(
                 TOKEN,
                 Kind::Token,
                 "t".into(),
@@ -548,7 +550,8 @@ mod tests {
                 Sites::All,
                 Level::Standard,
                 0,
-            )],
+            )])
+            .unwrap(),
             limit: LimitConfig {
                 requests,
                 window_seconds: 3600,
