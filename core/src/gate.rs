@@ -10,6 +10,7 @@ use crate::limiter::{self, Limit, LimiterError, SharedStore, Verdict};
 use crate::query::{SessionQuery, parse_query};
 use crate::route::{Route, is_limited_api, route, split_target};
 use crate::stub::PageCache;
+use std::borrow::Cow;
 use std::sync::Mutex;
 
 /// The header a challenge names both schemes in.
@@ -34,29 +35,31 @@ pub struct Request<'a> {
     pub client: Option<&'a str>,
 }
 
-pub type Headers = Vec<(&'static str, String)>;
+/// Header values borrow from the gate where they can (a credential's name,
+/// the policy, constants): a decision allocates only what it computes.
+pub type Headers<'g> = Vec<(&'static str, Cow<'g, str>)>;
 
 /// A response the gate sends itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reply {
+pub struct Reply<'g> {
     pub status: u16,
-    pub headers: Headers,
+    pub headers: Headers<'g>,
     pub body: String,
 }
 
 /// The request goes on to the sessions service, rewritten.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Forward {
+pub struct Forward<'g> {
     pub remove_request_headers: &'static [&'static str],
-    pub add_request_headers: Headers,
+    pub add_request_headers: Headers<'g>,
     /// Headers to add to the upstream's response (the rate-limit headers).
-    pub response_headers: Headers,
+    pub response_headers: Headers<'g>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
-    Reply(Reply),
-    Forward(Forward),
+pub enum Action<'g> {
+    Reply(Reply<'g>),
+    Forward(Forward<'g>),
 }
 
 /// How a request ended, for metrics and the access log.
@@ -68,12 +71,13 @@ pub enum Outcome {
     Denied(ErrorCode),
 }
 
+/// What to do with a request. It borrows from the gate that made it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decision {
-    pub action: Action,
+pub struct Decision<'g> {
+    pub action: Action<'g>,
     pub outcome: Outcome,
     /// The credential's name once authenticated (never its secret).
-    pub credential: Option<String>,
+    pub credential: Option<&'g str>,
 }
 
 /// A configured gate, built once per configuration and shared by reference:
@@ -103,16 +107,16 @@ fn json_string(s: &str) -> String {
 }
 
 fn decimal(n: u64) -> String {
-    let mut digits = Vec::with_capacity(20);
+    let mut digits = String::with_capacity(20);
     limiter::push_decimal(&mut digits, n);
-    String::from_utf8(digits).unwrap_or_default()
+    digits
 }
 
 /// Room for what any reply adds (challenge or allow, the rate-limit headers,
 /// retry-after): one allocation, never a regrowth.
-fn json_headers() -> Headers {
+fn json_headers() -> Headers<'static> {
     let mut headers = Vec::with_capacity(5);
-    headers.push(("content-type", JSON.to_owned()));
+    headers.push(("content-type", Cow::Borrowed(JSON)));
     headers
 }
 
@@ -151,7 +155,12 @@ impl Gate {
     /// Decides one request. `now_ms` is Unix time in ms; `store` holds the
     /// global limiter's state. The synchronous path: [`Gate::prepare`], the
     /// limiter on `store`, [`Gate::complete`].
-    pub fn decide(&self, req: &Request<'_>, now_ms: u64, store: &mut dyn SharedStore) -> Decision {
+    pub fn decide(
+        &self,
+        req: &Request<'_>,
+        now_ms: u64,
+        store: &mut dyn SharedStore,
+    ) -> Decision<'_> {
         let client = req
             .client
             .map(guard::client_of)
@@ -212,12 +221,14 @@ impl Gate {
         let limited = is_limited_api(path);
         match self.check(req, path, query, &revoked, guard_blocked) {
             Err((error, authenticated)) => {
-                let name = authenticated.map(|r| r.name.to_owned());
+                let name = authenticated.map(|r| r.name);
                 let mut decision = self.deny(error, name, limited);
                 if let (Some(seconds), Action::Reply(reply)) = (guard_blocked, &mut decision.action)
                     && decision.outcome == Outcome::Denied(ErrorCode::RateLimited)
                 {
-                    reply.headers.push(("retry-after", decimal(seconds)));
+                    reply
+                        .headers
+                        .push(("retry-after", Cow::Owned(decimal(seconds))));
                 }
                 Prepared::Reply {
                     decision,
@@ -239,7 +250,7 @@ impl Gate {
                         ),
                     }),
                     outcome: Outcome::Allowed,
-                    credential: Some(record.name.to_owned()),
+                    credential: Some(record.name),
                 },
                 wants_limit_state: false,
                 authenticated: Some(record),
@@ -263,7 +274,7 @@ impl Gate {
 
     /// `503 limiter_unavailable`: the limiter's shared state failed and the
     /// gate fails closed.
-    pub fn limiter_unavailable(&self, credential: Option<String>) -> Decision {
+    pub fn limiter_unavailable<'g>(&'g self, credential: Option<&'g str>) -> Decision<'g> {
         self.deny(
             GateError::new(
                 ErrorCode::LimiterUnavailable,
@@ -283,11 +294,12 @@ impl Gate {
     }
 
     /// Adds the `RateLimit` header to a reply that never reached the limiter.
-    pub fn add_limit_state(&self, decision: &mut Decision, state: Option<&Verdict>) {
+    pub fn add_limit_state(&self, decision: &mut Decision<'_>, state: Option<&Verdict>) {
         if let (Action::Reply(reply), Some(v)) = (&mut decision.action, state) {
-            reply
-                .headers
-                .push(("ratelimit", limiter::ratelimit_header(self.limit, v)));
+            reply.headers.push((
+                "ratelimit",
+                Cow::Owned(limiter::ratelimit_header(self.limit, v)),
+            ));
         }
     }
 
@@ -402,18 +414,18 @@ impl Gate {
     }
 
     /// Finishes an admitted request with the limiter's verdict (or failure).
-    pub fn complete(
-        &self,
-        admission: Admission<'_>,
+    pub fn complete<'g>(
+        &'g self,
+        admission: Admission<'g>,
         verdict: Result<Verdict, LimiterError>,
-    ) -> Decision {
+    ) -> Decision<'g> {
         let Admission {
             record,
             site,
             query,
         } = admission;
         let (customer, site, query) = (record.customer, site.as_str(), &query);
-        let name = Some(record.name.to_owned());
+        let name = Some(record.name);
         let (verdict, outcome) = match verdict {
             Ok(v) if v.admitted => (Some(v), Outcome::Allowed),
             Ok(v) => {
@@ -428,7 +440,7 @@ impl Gate {
                 if let Action::Reply(reply) = &mut d.action {
                     reply
                         .headers
-                        .push(("retry-after", decimal(v.reset_seconds.max(1))));
+                        .push(("retry-after", Cow::Owned(decimal(v.reset_seconds.max(1)))));
                     reply.headers.extend(self.rate_headers(Some(&v)));
                 }
                 return d;
@@ -463,8 +475,8 @@ impl Gate {
             Backend::Upstream(_) => Action::Forward(Forward {
                 remove_request_headers: STRIPPED_HEADERS,
                 add_request_headers: vec![
-                    (CREDENTIAL_HEADER, record.name.to_owned()),
-                    (CUSTOMER_HEADER, record.customer.to_owned()),
+                    (CREDENTIAL_HEADER, Cow::Borrowed(record.name)),
+                    (CUSTOMER_HEADER, Cow::Borrowed(record.customer)),
                 ],
                 response_headers: rate_headers,
             }),
@@ -477,24 +489,32 @@ impl Gate {
     }
 
     /// `RateLimit-Policy` always; `RateLimit` when the state is known.
-    pub fn rate_headers(&self, verdict: Option<&Verdict>) -> Headers {
+    pub fn rate_headers(&self, verdict: Option<&Verdict>) -> Headers<'_> {
         let mut h = Vec::with_capacity(2);
-        h.push(("ratelimit-policy", self.policy.clone()));
+        h.push(("ratelimit-policy", Cow::Borrowed(self.policy.as_str())));
         if let Some(v) = verdict {
-            h.push(("ratelimit", limiter::ratelimit_header(self.limit, v)));
+            h.push((
+                "ratelimit",
+                Cow::Owned(limiter::ratelimit_header(self.limit, v)),
+            ));
         }
         h
     }
 
     /// An error reply. Under `/v1/external/` it carries the limit's policy;
     /// its current state is added by the caller ([`Gate::add_limit_state`]).
-    fn deny(&self, error: GateError, credential: Option<String>, limited: bool) -> Decision {
+    fn deny<'g>(
+        &'g self,
+        error: GateError,
+        credential: Option<&'g str>,
+        limited: bool,
+    ) -> Decision<'g> {
         let mut headers = json_headers();
         match error.code {
             ErrorCode::Unauthorized | ErrorCode::InvalidCredentials => {
-                headers.push(("www-authenticate", WWW_AUTHENTICATE.to_owned()));
+                headers.push(("www-authenticate", Cow::Borrowed(WWW_AUTHENTICATE)));
             }
-            ErrorCode::MethodNotAllowed => headers.push(("allow", "GET".to_owned())),
+            ErrorCode::MethodNotAllowed => headers.push(("allow", Cow::Borrowed("GET"))),
             _ => {}
         }
         if limited {
@@ -512,7 +532,7 @@ impl Gate {
     }
 
     /// The reply a host sends when the forwarded request found no upstream.
-    pub fn upstream_unavailable(&self) -> Reply {
+    pub fn upstream_unavailable(&self) -> Reply<'static> {
         let error = crate::error::upstream_unavailable();
         Reply {
             status: error.code.status(),
@@ -523,7 +543,7 @@ impl Gate {
 
     /// `502 upstream_unavailable` for a forward that failed, with the
     /// rate-limit headers the upstream's answer would have carried.
-    pub fn upstream_failed(&self, forward: Forward) -> Reply {
+    pub fn upstream_failed<'g>(&self, forward: Forward<'g>) -> Reply<'g> {
         let mut reply = self.upstream_unavailable();
         reply.headers.extend(forward.response_headers);
         reply
@@ -537,7 +557,7 @@ pub enum Prepared<'g> {
     /// under the limited API and its `RateLimit` header needs the limiter's
     /// current state ([`Gate::add_limit_state`]): read it without spending.
     Reply {
-        decision: Decision,
+        decision: Decision<'g>,
         wants_limit_state: bool,
         /// The credential, when it was authenticated before the answer
         /// (`/me`, or a denial for scope): an adapter with its own revocation

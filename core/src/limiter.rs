@@ -256,23 +256,34 @@ pub fn policy_header(limit: Limit) -> String {
     format!("{};w={}", limit.requests, limit.window_seconds())
 }
 
-/// `RateLimit: limit=20, remaining=N, reset=S`. Written by hand into bytes:
+/// `RateLimit: limit=20, remaining=N, reset=S`. Written by hand:
 /// it is on every answer of the API, and `format!` was a quarter of a
 /// decision.
 pub fn ratelimit_header(limit: Limit, v: &Verdict) -> String {
-    let mut out = Vec::with_capacity(48);
-    out.extend_from_slice(b"limit=");
+    let mut out = String::with_capacity(48);
+    out.push_str("limit=");
     push_decimal(&mut out, u64::from(limit.requests));
-    out.extend_from_slice(b", remaining=");
+    out.push_str(", remaining=");
     push_decimal(&mut out, u64::from(v.remaining));
-    out.extend_from_slice(b", reset=");
+    out.push_str(", reset=");
     push_decimal(&mut out, v.reset_seconds);
-    // ASCII throughout.
-    String::from_utf8(out).unwrap_or_default()
+    out
 }
 
-/// Appends `n` in decimal ASCII, without the formatting machinery.
-pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+/// Appends `n` in decimal, without the formatting machinery (and straight
+/// into a `String`: no UTF-8 check of bytes that are digits). Numbers under
+/// 100 (a remaining count, seconds to a reset) take the short way.
+pub fn push_decimal(out: &mut String, mut n: u64) {
+    let digit = |d: u64| char::from(b'0' + (d % 10) as u8);
+    if n < 10 {
+        out.push(digit(n));
+        return;
+    }
+    if n < 100 {
+        out.push(digit(n / 10));
+        out.push(digit(n));
+        return;
+    }
     let mut digits = [0u8; 20];
     let mut start = digits.len();
     for slot in digits.iter_mut().rev() {
@@ -283,7 +294,9 @@ pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
             break;
         }
     }
-    out.extend_from_slice(digits.get(start..).unwrap_or_default());
+    for &d in digits.get(start..).unwrap_or_default() {
+        out.push(char::from(d));
+    }
 }
 
 /// An in-memory CAS store: for tests, benchmarks, single-process hosts and
@@ -438,9 +451,18 @@ mod tests {
     proptest! {
         #[test]
         fn decimal_matches_display(n in any::<u64>()) {
-            let mut out = b"x".to_vec();
+            let mut out = String::from("x");
             push_decimal(&mut out, n);
-            prop_assert_eq!(out, format!("x{n}").into_bytes());
+            prop_assert_eq!(out, format!("x{n}"));
+        }
+    }
+
+    #[test]
+    fn small_decimals_take_the_short_way_right() {
+        for n in 0..1_000u64 {
+            let mut out = String::new();
+            push_decimal(&mut out, n);
+            assert_eq!(out, n.to_string());
         }
     }
 

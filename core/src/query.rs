@@ -1,5 +1,7 @@
 //! Strict query validation (contract section 1).
 
+use std::borrow::Cow;
+
 use crate::error::{ErrorCode, GateError};
 
 /// Largest value a query integer may take: JavaScript's `Number.MAX_SAFE_INTEGER`.
@@ -22,9 +24,13 @@ fn invalid(message: String) -> GateError {
     GateError::new(ErrorCode::InvalidRequest, message)
 }
 
-/// Decodes `%XX` escapes and `+` (form encoding). `None` when an escape is malformed.
-fn percent_decode(raw: &str) -> Option<Vec<u8>> {
+/// Decodes `%XX` escapes and `+` (form encoding). `None` when an escape is
+/// malformed. Text without either is borrowed, as nearly every query is.
+fn percent_decode(raw: &str) -> Option<Cow<'_, [u8]>> {
     let bytes = raw.as_bytes();
+    if !bytes.iter().any(|&b| b == b'%' || b == b'+') {
+        return Some(Cow::Borrowed(bytes));
+    }
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
@@ -45,7 +51,7 @@ fn percent_decode(raw: &str) -> Option<Vec<u8>> {
             }
         }
     }
-    Some(out)
+    Some(Cow::Owned(out))
 }
 
 /// Longest unknown parameter name quoted back in a message.
@@ -100,7 +106,7 @@ pub fn parse_query(raw: Option<&str>) -> Result<SessionQuery, GateError> {
                 quotable(raw_name.as_bytes())
             ))
         })?;
-        let Some(index) = PARAMS.iter().position(|p| p.as_bytes() == name.as_slice()) else {
+        let Some(index) = PARAMS.iter().position(|p| p.as_bytes() == &*name) else {
             return Err(invalid(format!(
                 "Unknown query parameter `{}`: only startTime, endTime and startAfter are accepted.",
                 quotable(&name)

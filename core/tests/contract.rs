@@ -6,6 +6,8 @@
     clippy::indexing_slicing
 )]
 
+use std::borrow::Cow;
+
 use base64::Engine as _;
 use serde_json::Value;
 use sessiongate_core::credential::hash_secret;
@@ -67,8 +69,12 @@ fn config(backend: Backend, requests: u32) -> GateConfig {
     }
 }
 
-fn gate() -> Gate {
-    Gate::new(config(Backend::Stub, 20)).unwrap()
+/// One gate for the tests that need the default one (its only state is the
+/// stub's page cache; the limiter's is in each test's store). Decisions
+/// borrow from their gate, so it outlives them.
+fn gate() -> &'static Gate {
+    static GATE: std::sync::OnceLock<Gate> = std::sync::OnceLock::new();
+    GATE.get_or_init(|| Gate::new(config(Backend::Stub, 20)).unwrap())
 }
 
 fn bearer(t: &str) -> String {
@@ -89,7 +95,7 @@ fn get(target: &str, auth: &[String]) -> Call<'static> {
     }
 }
 
-fn run(g: &Gate, call: &Call<'_>, store: &mut dyn SharedStore) -> Decision {
+fn run<'g>(g: &'g Gate, call: &Call<'_>, store: &mut dyn SharedStore) -> Decision<'g> {
     let values: Vec<&[u8]> = call.auth.iter().map(|s| s.as_bytes()).collect();
     g.decide(
         &Request {
@@ -103,11 +109,11 @@ fn run(g: &Gate, call: &Call<'_>, store: &mut dyn SharedStore) -> Decision {
     )
 }
 
-fn reply(d: &Decision) -> (u16, Vec<(&'static str, String)>, Value) {
+fn reply(d: &Decision<'_>) -> (u16, Vec<(&'static str, String)>, Value) {
     match &d.action {
         Action::Reply(r) => (
             r.status,
-            r.headers.clone(),
+            r.headers.iter().map(|(n, v)| (*n, v.to_string())).collect(),
             serde_json::from_str(&r.body).unwrap(),
         ),
         Action::Forward(_) => panic!("expected a reply, got a forward"),
@@ -143,14 +149,14 @@ fn ok_auth() -> Vec<String> {
 #[test]
 fn lists_sessions_with_a_valid_token() {
     let mut s = MemoryStore::default();
-    let d = run(&gate(), &get(SESSIONS, &ok_auth()), &mut s);
+    let d = run(gate(), &get(SESSIONS, &ok_auth()), &mut s);
     let (status, headers, body) = reply(&d);
     assert_eq!(status, 200);
     assert_eq!(header(&headers, "content-type"), Some("application/json"));
     assert_eq!(body["data"]["sessions"].as_array().unwrap().len(), 1000);
     assert!(body["data"]["startAfter"].is_u64());
     assert_eq!(d.outcome, Outcome::Allowed);
-    assert_eq!(d.credential.as_deref(), Some("all-sites"));
+    assert_eq!(d.credential, Some("all-sites"));
 }
 
 #[test]
@@ -166,7 +172,7 @@ fn unknown_routes_are_404_before_anything_else() {
     ] {
         // Even with no credential and a bad method, the route is checked first.
         let d = run(
-            &gate(),
+            gate(),
             &Call {
                 method: "POST",
                 target,
@@ -184,7 +190,7 @@ fn other_methods_are_405_with_allow_get() {
     let mut s = MemoryStore::default();
     for method in ["POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS", "get"] {
         let d = run(
-            &gate(),
+            gate(),
             &Call {
                 method,
                 target: SESSIONS,
@@ -196,7 +202,7 @@ fn other_methods_are_405_with_allow_get() {
         assert_eq!(header(&h, "allow"), Some("GET"));
     }
     let d = run(
-        &gate(),
+        gate(),
         &Call {
             method: "POST",
             target: "/me",
@@ -219,7 +225,7 @@ fn bad_queries_are_400_naming_the_parameter_before_credentials() {
         ("pageSize=10", "pageSize"),
     ] {
         // No credential at all: the query is checked first.
-        let d = run(&gate(), &get(&format!("{SESSIONS}?{query}"), &[]), &mut s);
+        let d = run(gate(), &get(&format!("{SESSIONS}?{query}"), &[]), &mut s);
         let (_, _, body) = reply(&d);
         expect_error(&d, ErrorCode::InvalidRequest);
         assert!(
@@ -233,7 +239,7 @@ fn bad_queries_are_400_naming_the_parameter_before_credentials() {
 fn query_filters_reach_the_stub() {
     let mut s = MemoryStore::default();
     let d = run(
-        &gate(),
+        gate(),
         &get(&format!("{SESSIONS}?startTime=0&endTime=0"), &ok_auth()),
         &mut s,
     );
@@ -276,7 +282,7 @@ fn paging_a_whole_site_through_the_gate() {
 fn missing_credential_is_401_unauthorized_with_challenge() {
     let mut s = MemoryStore::default();
     let h = expect_error(
-        &run(&gate(), &get(SESSIONS, &[]), &mut s),
+        &run(gate(), &get(SESSIONS, &[]), &mut s),
         ErrorCode::Unauthorized,
     );
     assert_eq!(
@@ -302,7 +308,7 @@ fn malformed_unknown_and_revoked_share_one_body() {
     let bodies: Vec<String> = cases
         .iter()
         .map(|c| {
-            let d = run(&gate(), &get(SESSIONS, std::slice::from_ref(c)), &mut s);
+            let d = run(gate(), &get(SESSIONS, std::slice::from_ref(c)), &mut s);
             expect_error(&d, ErrorCode::InvalidCredentials);
             match d.action {
                 Action::Reply(r) => r.body,
@@ -329,7 +335,7 @@ fn malformed_unknown_and_revoked_share_one_body() {
 fn two_authorization_headers_are_400() {
     let mut s = MemoryStore::default();
     let d = run(
-        &gate(),
+        gate(),
         &get(SESSIONS, &[bearer(TOKEN), bearer(TOKEN)]),
         &mut s,
     );
@@ -346,9 +352,9 @@ fn basic_raw_key_and_rfc7617() {
         format!("Basic {}", b64(&format!("me:{KEY_STD}"))),
         format!("Basic {}", b64(&format!("{KEY_STD}:"))),
     ] {
-        let d = run(&gate(), &get(SESSIONS, std::slice::from_ref(&auth)), &mut s);
+        let d = run(gate(), &get(SESSIONS, std::slice::from_ref(&auth)), &mut s);
         assert_eq!(reply(&d).0, 200, "{auth}");
-        assert_eq!(d.credential.as_deref(), Some("key-std"));
+        assert_eq!(d.credential, Some("key-std"));
     }
 }
 
@@ -356,21 +362,21 @@ fn basic_raw_key_and_rfc7617() {
 fn scope_customer_and_site() {
     let mut s = MemoryStore::default();
     let d = run(
-        &gate(),
+        gate(),
         &get("/v1/external/sessions/other/site-a", &ok_auth()),
         &mut s,
     );
     expect_error(&d, ErrorCode::Forbidden);
     let d = run(
-        &gate(),
+        gate(),
         &get("/v1/external/sessions/acme/site-b", &[bearer(SITE_TOKEN)]),
         &mut s,
     );
     expect_error(&d, ErrorCode::Forbidden);
-    let d = run(&gate(), &get(SESSIONS, &[bearer(SITE_TOKEN)]), &mut s);
+    let d = run(gate(), &get(SESSIONS, &[bearer(SITE_TOKEN)]), &mut s);
     assert_eq!(reply(&d).0, 200);
     let d = run(
-        &gate(),
+        gate(),
         &get("/v1/external/sessions/acme/any-site", &ok_auth()),
         &mut s,
     );
@@ -388,7 +394,7 @@ fn scope_customer_and_site() {
 fn every_level_may_list_sessions() {
     let mut s = MemoryStore::default();
     for key in [KEY_STD, KEY_ARCH, KEY_ADMIN] {
-        let d = run(&gate(), &get(SESSIONS, &[format!("Basic {key}")]), &mut s);
+        let d = run(gate(), &get(SESSIONS, &[format!("Basic {key}")]), &mut s);
         assert_eq!(reply(&d).0, 200);
     }
 }
@@ -412,7 +418,7 @@ fn me_reports_role_name_and_hint_and_spends_nothing() {
             "ADM0003",
         ),
     ] {
-        let d = run(&gate(), &get("/me", &[auth]), &mut s);
+        let d = run(gate(), &get("/me", &[auth]), &mut s);
         let (status, headers, body) = reply(&d);
         assert_eq!(status, 200);
         assert_eq!(
@@ -426,11 +432,11 @@ fn me_reports_role_name_and_hint_and_spends_nothing() {
         );
     }
     expect_error(
-        &run(&gate(), &get("/me", &[]), &mut s),
+        &run(gate(), &get("/me", &[]), &mut s),
         ErrorCode::Unauthorized,
     );
     expect_error(
-        &run(&gate(), &get("/me?x=1", &ok_auth()), &mut s),
+        &run(gate(), &get("/me?x=1", &ok_auth()), &mut s),
         ErrorCode::InvalidRequest,
     );
     assert_eq!(s.version(limiter::LIMITER_KEY), 0);
@@ -443,7 +449,7 @@ fn twenty_then_429_with_headers() {
     let mut s = MemoryStore::default();
     let g = gate();
     for i in 0..20u32 {
-        let (status, h, _) = reply(&run(&g, &get(SESSIONS, &ok_auth()), &mut s));
+        let (status, h, _) = reply(&run(g, &get(SESSIONS, &ok_auth()), &mut s));
         assert_eq!(status, 200);
         assert_eq!(header(&h, "ratelimit-policy"), Some("20;w=60"));
         assert_eq!(
@@ -452,7 +458,7 @@ fn twenty_then_429_with_headers() {
         );
     }
     // Shared across credentials: a different credential is limited too.
-    let d = run(&g, &get(SESSIONS, &[format!("Basic {KEY_STD}")]), &mut s);
+    let d = run(g, &get(SESSIONS, &[format!("Basic {KEY_STD}")]), &mut s);
     let h = expect_error(&d, ErrorCode::RateLimited);
     assert_eq!(header(&h, "retry-after"), Some("60"));
     assert_eq!(header(&h, "ratelimit-policy"), Some("20;w=60"));
@@ -462,7 +468,7 @@ fn twenty_then_429_with_headers() {
     );
     // Errors under /v1/external carry the headers too, read without spending.
     let h = expect_error(
-        &run(&g, &get(SESSIONS, &[]), &mut s),
+        &run(g, &get(SESSIONS, &[]), &mut s),
         ErrorCode::Unauthorized,
     );
     assert_eq!(
@@ -508,16 +514,13 @@ impl SharedStore for BrokenStore {
 
 #[test]
 fn limiter_failure_is_503_unless_fail_open() {
-    let d = run(&gate(), &get(SESSIONS, &ok_auth()), &mut BrokenStore);
+    let d = run(gate(), &get(SESSIONS, &ok_auth()), &mut BrokenStore);
     let h = expect_error(&d, ErrorCode::LimiterUnavailable);
     assert_eq!(header(&h, "ratelimit-policy"), Some("20;w=60"));
     let mut cfg = config(Backend::Stub, 20);
     cfg.fail_open = true;
-    let d = run(
-        &Gate::new(cfg).unwrap(),
-        &get(SESSIONS, &ok_auth()),
-        &mut BrokenStore,
-    );
+    let open = Gate::new(cfg).unwrap();
+    let d = run(&open, &get(SESSIONS, &ok_auth()), &mut BrokenStore);
     assert_eq!(reply(&d).0, 200);
     assert_eq!(d.outcome, Outcome::AllowedFailOpen);
 }
@@ -535,8 +538,8 @@ fn upstream_backend_forwards_rewritten() {
     assert_eq!(
         f.add_request_headers,
         vec![
-            (CREDENTIAL_HEADER, "all-sites".to_owned()),
-            (CUSTOMER_HEADER, "acme".to_owned())
+            (CREDENTIAL_HEADER, Cow::Borrowed("all-sites")),
+            (CUSTOMER_HEADER, Cow::Borrowed("acme"))
         ]
     );
     assert!(f.response_headers.iter().any(|(n, _)| *n == "ratelimit"));

@@ -54,10 +54,10 @@ fn load_gate(env: &Env) -> std::result::Result<Rc<Gate>, String> {
     })
 }
 
-fn respond(status: u16, headers: &[(&str, String)], body: String) -> Result<Response> {
+fn respond(status: u16, headers: &[(&str, impl AsRef<str>)], body: String) -> Result<Response> {
     let h = Headers::new();
     for (name, value) in headers {
-        h.append(name, value)?;
+        h.append(name, value.as_ref())?;
     }
     Ok(Response::from_bytes(body.into_bytes())?
         .with_status(status)
@@ -98,7 +98,7 @@ async fn call_limiter(env: &Env, call: &Call) -> std::result::Result<Answer, Str
 }
 
 /// The reply for a credential the limiter object says is revoked.
-fn revoked(gate: &Gate, request: &GateRequest<'_>, answer: &Answer) -> Decision {
+fn revoked<'g>(gate: &'g Gate, request: &GateRequest<'_>, answer: &Answer) -> Decision<'g> {
     match gate.prepare(request, |_| true, None) {
         Prepared::Reply {
             mut decision,
@@ -128,7 +128,7 @@ async fn guard_blocked(env: &Env, gate: &Gate, request: &GateRequest<'_>) -> Opt
     call_limiter(env, &call).await.ok()?.blocked
 }
 
-async fn decide(env: &Env, gate: &Gate, request: &GateRequest<'_>) -> Decision {
+async fn decide<'g>(env: &Env, gate: &'g Gate, request: &GateRequest<'_>) -> Decision<'g> {
     let blocked = guard_blocked(env, gate, request).await;
     let decision = decide_unguarded(env, gate, request, blocked).await;
     if let (
@@ -148,12 +148,12 @@ async fn decide(env: &Env, gate: &Gate, request: &GateRequest<'_>) -> Decision {
     decision
 }
 
-async fn decide_unguarded(
+async fn decide_unguarded<'g>(
     env: &Env,
-    gate: &Gate,
+    gate: &'g Gate,
     request: &GateRequest<'_>,
     blocked: Option<u64>,
-) -> Decision {
+) -> Decision<'g> {
     let limit = gate.limit();
     match gate.prepare(request, |_| false, blocked) {
         Prepared::Admit(admission) => {
@@ -205,7 +205,7 @@ async fn decide_unguarded(
     }
 }
 
-async fn forward(req: &Request, gate: &Gate, target: &str, f: Forward) -> Result<Response> {
+async fn forward(req: &Request, gate: &Gate, target: &str, f: Forward<'_>) -> Result<Response> {
     let Backend::Upstream(Some(origin)) = gate.backend() else {
         return internal_error("backend \"upstream\" needs an origin URL in a Worker");
     };

@@ -139,7 +139,7 @@ pub fn on_request_headers<H: Host>(gate: &Gate, host: &mut H) -> Next {
             let headers: Vec<(&str, &str)> = reply
                 .headers
                 .iter()
-                .map(|(n, v)| (*n, v.as_str()))
+                .map(|(n, v)| (*n, v.as_ref()))
                 .collect();
             host.send_reply(reply.status, &headers, reply.body.as_bytes());
             Next::Stop
@@ -152,7 +152,10 @@ pub fn on_request_headers<H: Host>(gate: &Gate, host: &mut H) -> Next {
             for (name, value) in &forward.add_request_headers {
                 host.set_request_header(name, Some(value));
             }
-            Next::Continue(forward.response_headers)
+            // Kept until the response: owned, as the gate may be
+            // reconfigured in between.
+            let response = forward.response_headers.into_iter();
+            Next::Continue(response.map(|(n, v)| (n, v.into_owned())).collect())
         }
     }
 }

@@ -152,7 +152,7 @@ fn sigterm_shuts_down_gracefully() {
     assert_eq!(r.status, 200);
     let status = server.terminate();
     assert!(status.success(), "exit status {status}");
-    assert!(server.log_text().contains("shutting down"));
+    server.wait_for_log("shutting down", "no shutdown line in the log");
 }
 
 #[test]

@@ -96,10 +96,10 @@ fn now_ms() -> u64 {
 
 type Answer = Result<WasiResponse, ErrorCode>;
 
-fn respond(status: u16, headers: &[(&str, String)], body: String) -> Answer {
+fn respond(status: u16, headers: &[(&str, impl AsRef<str>)], body: String) -> Answer {
     let mut builder = http::Response::builder().status(status);
     for (name, value) in headers {
-        builder = builder.header(*name, value.as_str());
+        builder = builder.header(*name, value.as_ref());
     }
     match builder.body(body) {
         Ok(response) => response.into_response(),
@@ -158,7 +158,7 @@ async fn handle(req: Request) -> Answer {
 
 /// Sends the admitted request to the sessions service over `wasi:http/client`
 /// and relays its answer with the rate-limit headers added.
-async fn forward(req: &Request, gate: &Gate, target: &str, f: Forward) -> Answer {
+async fn forward(req: &Request, gate: &Gate, target: &str, f: Forward<'_>) -> Answer {
     let Backend::Upstream(Some(origin)) = gate.backend() else {
         return internal_error("backend \"upstream\" needs an origin URL in a component");
     };
