@@ -70,7 +70,8 @@ fn shipped_plugin_passes_the_suite(flags: &[&str]) -> u64 {
     std::fs::metadata(&out).unwrap().len()
 }
 
-/// The default shipped filter (size-optimised, `wasm-opt -Oz`).
+/// The default shipped filter (`opt-level = "s"`, `wasm-opt -Oz --converge`):
+/// BENCHMARKS.md's size target, held here.
 #[test]
 fn conformance_suite_against_the_shipped_plugin() {
     let size = shipped_plugin_passes_the_suite(&[]);
