@@ -4,7 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use sessiongate_core::credential::{CredentialRecord, Kind, Level, Sites, hash_secret};
+use sessiongate_core::credential::{Kind, Level, Sites, hash_secret};
+use sessiongate_core::fixtures;
 use sessiongate_core::{
     Backend, CredentialSet, Gate, GateConfig, LimitConfig, MemoryStore, Request,
 };
@@ -17,15 +18,12 @@ fn token(i: usize) -> String {
 fn gate(n: usize) -> Gate {
     let credentials = (0..n)
         .map(|i| {
-            CredentialRecord::for_secret(
+            fixtures::record(
                 &token(i),
                 Kind::Token,
-                format!("t{i}"),
-                None,
-                "acme".into(),
+                &format!("t{i}"),
                 Sites::All,
                 Level::Standard,
-                0,
             )
         })
         .collect();

@@ -398,16 +398,7 @@ mod tests {
     const KEY: &str = "k3yB0dyk3yB0dyk3yB0dyk3yB0dyk3yB0dyXY/AB12CD3";
 
     fn record(kind: Kind, secret: &str, name: &str) -> CredentialRecord {
-        CredentialRecord::for_secret(
-            secret,
-            kind,
-            name.into(),
-            None,
-            "acme".into(),
-            Sites::All,
-            Level::Standard,
-            1,
-        )
+        crate::fixtures::record(secret, kind, name, Sites::All, Level::Standard)
     }
 
     #[test]

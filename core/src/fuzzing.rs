@@ -6,7 +6,7 @@
 
 use std::sync::OnceLock;
 
-use crate::credential::{CredentialRecord, Kind, Level, Sites};
+use crate::credential::{Kind, Level, Sites};
 use crate::credential_set::CredentialSet;
 use crate::gate::{Action, Gate, Outcome, Request};
 use crate::limiter::MemoryStore;
@@ -18,18 +18,7 @@ const KEY: &str = "FuzzKeyFuzzKeyFuzzKeyFuzzKeyFuzzKey01/FUZZ001";
 fn gate() -> &'static Gate {
     static GATE: OnceLock<Gate> = OnceLock::new();
     GATE.get_or_init(|| {
-        let rec = |secret: &str, kind, name: &str, sites, level| {
-            CredentialRecord::for_secret(
-                secret,
-                kind,
-                name.into(),
-                None,
-                "acme".into(),
-                sites,
-                level,
-                0,
-            )
-        };
+        let rec = crate::fixtures::record;
         let credentials = match CredentialSet::new(vec![
             rec(
                 TOKEN,

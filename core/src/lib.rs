@@ -10,6 +10,8 @@ pub mod credential;
 pub mod credential_set;
 pub mod error;
 #[doc(hidden)]
+pub mod fixtures;
+#[doc(hidden)]
 pub mod fuzzing;
 pub mod gate;
 pub mod guard;

@@ -14,8 +14,8 @@ use sessiongate_core::credential::hash_secret;
 use sessiongate_core::gate::{CREDENTIAL_HEADER, CUSTOMER_HEADER};
 use sessiongate_core::limiter::{self, CasOutcome, StoreError};
 use sessiongate_core::{
-    Action, Backend, CredentialRecord, CredentialSet, Decision, ErrorCode, Gate, GateConfig, Kind,
-    Level, LimitConfig, MemoryStore, Outcome, Request, SharedStore, Sites,
+    Action, Backend, CredentialSet, Decision, ErrorCode, Gate, GateConfig, Kind, Level,
+    LimitConfig, MemoryStore, Outcome, Request, SharedStore, Sites,
 };
 
 const TOKEN: &str = "fus_AAAAAAAAAAbbbbbbbbbb0000000000cccccccc12";
@@ -25,18 +25,7 @@ const KEY_ARCH: &str = "ArchitectKeyBodyArchitectKeyBody002/ARC0002";
 const KEY_ADMIN: &str = "AdminKeyBodyAdminKeyBodyAdminKeyBody/ADM0003";
 const NOW: u64 = 1_800_000_000_000;
 
-fn rec(secret: &str, kind: Kind, name: &str, sites: Sites, level: Level) -> CredentialRecord {
-    CredentialRecord::for_secret(
-        secret,
-        kind,
-        name.into(),
-        None,
-        "acme".into(),
-        sites,
-        level,
-        1,
-    )
-}
+use sessiongate_core::fixtures::record as rec;
 
 fn config(backend: Backend, requests: u32) -> GateConfig {
     GateConfig {

@@ -170,9 +170,7 @@ pub fn on_response_headers<H: Host>(host: &mut H, headers: &[(&'static str, Stri
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sessiongate_core::{
-        Backend, CredentialRecord, CredentialSet, GateConfig, Kind, Level, Sites,
-    };
+    use sessiongate_core::{Backend, GateConfig};
     use std::collections::HashMap;
 
     const TOKEN: &str = "fus_0123456789012345678901234567890123456789";
@@ -248,17 +246,7 @@ mod tests {
 
     fn gate(backend: Backend) -> Gate {
         Gate::new(GateConfig {
-            credentials: CredentialSet::new(vec![CredentialRecord::for_secret(
-                TOKEN,
-                Kind::Token,
-                "t".into(),
-                None,
-                "acme".into(),
-                Sites::All,
-                Level::Standard,
-                0,
-            )])
-            .unwrap(),
+            credentials: sessiongate_core::fixtures::token_set(TOKEN, "t").unwrap(),
             backend,
             ..Default::default()
         })

@@ -8,25 +8,13 @@ use std::sync::Arc;
 use criterion::{Criterion, criterion_group, criterion_main};
 use sessiongate::host::{HeaderList, Plugin, RequestPhase};
 use sessiongate::serve::EMBEDDED_PLUGIN;
-use sessiongate_core::CredentialSet;
-use sessiongate_core::credential::{CredentialRecord, Kind, Level, Sites};
 use sessiongate_core::{Backend, GateConfig, LimitConfig};
 
 const TOKEN: &str = "fus_0123456789012345678901234567890123456789";
 
 fn config(requests: u32, backend: Backend) -> Arc<Vec<u8>> {
     let config = GateConfig {
-        credentials: CredentialSet::new(vec![CredentialRecord::for_secret(
-            TOKEN,
-            Kind::Token,
-            "bench".into(),
-            None,
-            "acme".into(),
-            Sites::All,
-            Level::Standard,
-            0,
-        )])
-        .unwrap(),
+        credentials: sessiongate_core::fixtures::token_set(TOKEN, "bench").unwrap(),
         limit: LimitConfig {
             requests,
             window_seconds: 60,

@@ -270,24 +270,8 @@ pub fn insert(path: &Path, record: CredentialRecord) -> Result<()> {
 mod tests {
     use super::*;
     use sessiongate_core::store_format::{parse_set, serialize};
-    use sessiongate_core::{Kind, Level, Sites};
 
-    fn records(n: usize) -> Vec<CredentialRecord> {
-        (0..n)
-            .map(|i| {
-                CredentialRecord::for_secret(
-                    &format!("secret {i}"),
-                    if i % 4 == 3 { Kind::Key } else { Kind::Token },
-                    format!("c{i}"),
-                    None,
-                    "acme".into(),
-                    Sites::All,
-                    Level::Standard,
-                    i as u64,
-                )
-            })
-            .collect()
-    }
+    use sessiongate_core::fixtures::numbered as records;
 
     /// Reads at most `max` bytes a call, like a pipe.
     struct Trickle<'a>(&'a [u8], usize);

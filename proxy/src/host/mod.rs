@@ -533,25 +533,13 @@ impl Vm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sessiongate_core::{
-        CredentialRecord, CredentialSet, GateConfig, Kind, Level, LimitConfig, Sites,
-    };
+    use sessiongate_core::{GateConfig, LimitConfig};
 
     const TOKEN: &str = "fus_abcdefghijklmnopqrstuvwxyzABCDEFGHIJ0123";
 
     fn config(requests: u32) -> Arc<Vec<u8>> {
         let config = GateConfig {
-            credentials: CredentialSet::new(vec![CredentialRecord::for_secret(
-                TOKEN,
-                Kind::Token,
-                "t".into(),
-                None,
-                "acme".into(),
-                Sites::All,
-                Level::Standard,
-                0,
-            )])
-            .unwrap(),
+            credentials: sessiongate_core::fixtures::token_set(TOKEN, "t").unwrap(),
             limit: LimitConfig {
                 requests,
                 window_seconds: 3600,
