@@ -531,6 +531,17 @@ impl Gate {
         }
     }
 
+    /// The reply a host sends when it cannot run the gate at all (no usable
+    /// configuration, a trapped VM): 500 in the contract's shape. Every
+    /// adapter sends this one, so they cannot drift apart.
+    pub fn internal_error_reply(message: &str) -> Reply<'static> {
+        Reply {
+            status: 500,
+            headers: json_headers(),
+            body: crate::error::internal_error_body(message),
+        }
+    }
+
     /// The reply a host sends when the forwarded request found no upstream.
     pub fn upstream_unavailable(&self) -> Reply<'static> {
         let error = crate::error::upstream_unavailable();

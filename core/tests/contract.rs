@@ -532,6 +532,15 @@ fn upstream_backend_forwards_rewritten() {
         ]
     );
     assert!(f.response_headers.iter().any(|(n, _)| *n == "ratelimit"));
+    let r = Gate::internal_error_reply("The gate is misconfigured.");
+    assert_eq!(r.status, 500);
+    assert_eq!(
+        r.headers,
+        vec![("content-type", Cow::Borrowed("application/json"))]
+    );
+    let body: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(body["error"]["code"], "internal_error");
+    assert_eq!(body["error"]["message"], "The gate is misconfigured.");
     let r = g.upstream_unavailable();
     assert_eq!(r.status, 502);
     assert!(r.body.contains("upstream_unavailable"));

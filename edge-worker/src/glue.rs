@@ -66,11 +66,8 @@ fn respond(status: u16, headers: &[(&str, impl AsRef<str>)], body: String) -> Re
 
 fn internal_error(message: &str) -> Result<Response> {
     console_error!("sessiongate: {message}");
-    respond(
-        500,
-        &[("content-type", "application/json".to_owned())],
-        sessiongate_core::error::internal_error_body("The gate is misconfigured."),
-    )
+    let reply = Gate::internal_error_reply("The gate is misconfigured.");
+    respond(reply.status, &reply.headers, reply.body)
 }
 
 async fn call_limiter(env: &Env, call: &Call) -> std::result::Result<Answer, String> {

@@ -563,14 +563,16 @@ fn build_response(status: u16, headers: &HeaderList, body: Bytes) -> Response<Fu
 }
 
 fn internal_error() -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(
-        sessiongate_core::error::internal_error_body("The gate failed to process the request."),
-    )));
-    *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-    r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
+    let reply =
+        sessiongate_core::Gate::internal_error_reply("The gate failed to process the request.");
+    let mut r = Response::new(Full::new(Bytes::from(reply.body)));
+    *r.status_mut() =
+        StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    for (name, value) in reply.headers {
+        if let Ok(value) = hyper::header::HeaderValue::from_str(&value) {
+            r.headers_mut().insert(name, value);
+        }
+    }
     r
 }
 

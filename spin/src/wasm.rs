@@ -109,11 +109,8 @@ fn respond(status: u16, headers: &[(&str, impl AsRef<str>)], body: String) -> An
 
 fn internal_error(message: &str) -> Answer {
     eprintln!("sessiongate: {message}");
-    respond(
-        500,
-        &[("content-type", "application/json".to_owned())],
-        sessiongate_core::error::internal_error_body("The gate is misconfigured."),
-    )
+    let reply = Gate::internal_error_reply("The gate is misconfigured.");
+    respond(reply.status, &reply.headers, reply.body)
 }
 
 #[spin_sdk::http_service]
