@@ -253,4 +253,11 @@ fn check_loads_a_store_or_names_the_wrong_record() {
         err.contains("bad-record.json") && err.contains("credentials[0].customer"),
         "{err}"
     );
+    let out = Command::new(BIN)
+        .args(["check", "--store"])
+        .arg(fx.dir.join("no-such-store.json"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no token store at"));
 }
