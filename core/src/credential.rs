@@ -37,10 +37,8 @@ const SHA256_IV: [u32; 8] = [
 /// compressed once, without the streaming hasher's buffering (which cost as
 /// much as the compression in a decision). Longer input takes the hasher.
 pub fn hash_secret(secret: &[u8]) -> SecretHash {
-    let Ok(len) = u8::try_from(secret.len()) else {
-        return Sha256::digest(secret).into();
-    };
-    if len > 55 {
+    // One block holds 55 bytes, the 0x80 marker and the 8-byte length.
+    if secret.len() > 55 {
         return Sha256::digest(secret).into();
     }
     let mut block = [0u8; 64];
@@ -51,7 +49,7 @@ pub fn hash_secret(secret: &[u8]) -> SecretHash {
         *marker = 0x80;
     }
     if let Some(bits) = block.last_chunk_mut::<8>() {
-        *bits = (u64::from(len) * 8).to_be_bytes();
+        *bits = (secret.len() as u64 * 8).to_be_bytes();
     }
     let mut state = SHA256_IV;
     sha2::block_api::compress256(&mut state, &[block]);

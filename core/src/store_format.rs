@@ -267,6 +267,33 @@ impl Splitter {
         Err(i)
     }
 
+    /// Scans a record in `bytes[from..]` (`bytes` begins where the record,
+    /// or the part of it this piece holds, begins). When it ends here, hands
+    /// it on whole and returns the bytes it took; otherwise keeps them for
+    /// the next piece.
+    fn cut_record(
+        &mut self,
+        bytes: &[u8],
+        from: usize,
+        on_record: &mut OnRecord<'_>,
+    ) -> Result<Option<usize>, String> {
+        let scanned = self.scan_record(bytes.get(from..).unwrap_or_default());
+        let Some(end) = scanned.map(|e| e + from) else {
+            self.partial.extend_from_slice(bytes);
+            return Ok(None);
+        };
+        let record = bytes.get(..end).unwrap_or_default();
+        if self.partial.is_empty() {
+            on_record(self.records, record)?;
+        } else {
+            self.partial.extend_from_slice(record);
+            let whole = std::mem::take(&mut self.partial);
+            on_record(self.records, &whole)?;
+        }
+        self.records += 1;
+        Ok(Some(end))
+    }
+
     /// Whether a `{` at the scan position opens a record: an object inside an
     /// array that is a value of the top-level object.
     fn at_record_start(&self) -> bool {
@@ -288,24 +315,10 @@ impl Splitter {
         }
         while !bytes.is_empty() {
             if self.record_depth > 0 {
-                match self.scan_record(bytes) {
-                    Some(end) => {
-                        let (record, rest) = bytes.split_at(end);
-                        if self.partial.is_empty() {
-                            on_record(self.records, record)?;
-                        } else {
-                            self.partial.extend_from_slice(record);
-                            let whole = std::mem::take(&mut self.partial);
-                            on_record(self.records, &whole)?;
-                        }
-                        self.records += 1;
-                        bytes = rest;
-                    }
-                    None => {
-                        self.partial.extend_from_slice(bytes);
-                        return Ok(());
-                    }
-                }
+                let Some(end) = self.cut_record(bytes, 0, on_record)? else {
+                    return Ok(());
+                };
+                bytes = bytes.get(end..).unwrap_or_default();
                 continue;
             }
             let Some((&c, rest)) = bytes.split_first() else {
@@ -329,18 +342,11 @@ impl Splitter {
                     self.skeleton.extend_from_slice(b"{}");
                     self.record_depth = 1;
                     self.partial.clear();
-                    match self.scan_record(rest) {
-                        Some(end) => {
-                            let (body, after) = bytes.split_at(end + 1);
-                            on_record(self.records, body)?;
-                            self.records += 1;
-                            bytes = after;
-                        }
-                        None => {
-                            self.partial.extend_from_slice(bytes);
-                            return Ok(());
-                        }
-                    }
+                    // The scan starts after the `{` just counted.
+                    let Some(end) = self.cut_record(bytes, 1, on_record)? else {
+                        return Ok(());
+                    };
+                    bytes = bytes.get(end..).unwrap_or_default();
                     continue;
                 }
                 b'{' | b'[' => {

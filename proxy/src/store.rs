@@ -14,22 +14,11 @@ use anyhow::{Context as _, Result, bail};
 use sessiongate_core::store_format::{Splitter, parse_record};
 use sessiongate_core::{CredentialRecord, CredentialSet, CredentialSetBuilder};
 
-/// Parses a store's bytes (the format lives in core).
-pub fn parse(bytes: &[u8]) -> Result<Vec<CredentialRecord>, String> {
-    sessiongate_core::store_format::parse(bytes)
-}
-
-/// Reads the store. A missing file is an empty store; anything unreadable is
-/// an error naming the file, never silently treated as empty.
+/// Reads the store's records, in order (what the CLI edits). A missing file
+/// is an empty store; anything unreadable is an error naming the file, never
+/// silently treated as empty.
 pub fn load(path: &Path) -> Result<Vec<CredentialRecord>> {
-    let bytes = match fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => {
-            return Err(e).with_context(|| format!("cannot read token store {}", path.display()));
-        }
-    };
-    parse(&bytes).map_err(|e| anyhow::anyhow!("token store {} is corrupt: {e}", path.display()))
+    load_set(path).map(|set| set.records())
 }
 
 /// Reads the store into the set a gate uses (what `serve` and the config
