@@ -6,13 +6,27 @@
 //! expiry of the N-th most recent admission, which no counter can know.
 //! Admission times never go backwards (`max(now, newest)`), so callers whose
 //! clocks disagree by a little still keep every window at or under N.
+//!
+//! The log is stored run-length: one entry per distinct millisecond with how
+//! many admissions it holds. It loses nothing (times are milliseconds already)
+//! and bounds the state by the window's milliseconds as well as by N: a
+//! window admitting 50,000 requests a second is ~1,000 entries, not 50,000,
+//! and every step reads, checks and writes the whole state.
 
 /// Bounded retries on CAS mismatch before the engine gives up (`503`).
 pub const MAX_CAS_ATTEMPTS: usize = 64;
-/// Upper bound on `requests` so the shared state stays small (8 bytes each).
+/// Upper bound on `requests` so the shared state stays bounded (at most
+/// 12 bytes an admission, less when admissions share a millisecond).
 pub const MAX_REQUESTS: u32 = 100_000;
 
-const MAGIC: &[u8; 4] = b"SGL1";
+/// The state's format: `SGL2`, then 12-byte runs (time in ms, then count,
+/// little-endian), times strictly ascending, counts at least 1.
+const MAGIC: &[u8; 4] = b"SGL2";
+/// The format before runs (one 8-byte time per admission), still read so a
+/// filter upgraded in place takes over the state its predecessor left in
+/// Envoy's shared data instead of failing closed on it.
+const MAGIC_V1: &[u8; 4] = b"SGL1";
+const RUN: usize = 12;
 
 /// The key of the global limiter's state in the shared store.
 pub const LIMITER_KEY: &str = "sessiongate.limiter.v1";
@@ -103,68 +117,148 @@ pub struct Verdict {
 /// A validated state, read in place: the stored bytes are the log, so a
 /// limiter step decodes nothing into memory of its own.
 #[derive(Clone, Copy)]
-struct Log<'a>(&'a [[u8; 8]]);
+struct Log<'a> {
+    runs: &'a [[u8; RUN]],
+    /// Admissions in `runs`.
+    total: u64,
+}
+
+fn run_time(run: &[u8; RUN]) -> u64 {
+    let [a, b, c, d, e, f, g, h, ..] = *run;
+    u64::from_le_bytes([a, b, c, d, e, f, g, h])
+}
+
+fn run_count(run: &[u8; RUN]) -> u64 {
+    let [.., a, b, c, d] = *run;
+    u64::from(u32::from_le_bytes([a, b, c, d]))
+}
+
+/// The stored bytes in the current format: borrowed, or converted from the
+/// one-time-per-admission format.
+fn current_format(bytes: Option<&[u8]>) -> Result<std::borrow::Cow<'_, [u8]>, LimiterError> {
+    let bytes = bytes.unwrap_or_default();
+    let Some(times) = bytes.strip_prefix(MAGIC_V1) else {
+        return Ok(std::borrow::Cow::Borrowed(bytes));
+    };
+    let (times, rest) = times.as_chunks::<8>();
+    if !rest.is_empty() {
+        return Err(LimiterError::Corrupt);
+    }
+    let mut runs = MAGIC.to_vec();
+    for t in times {
+        push_admission(&mut runs, u64::from_le_bytes(*t));
+    }
+    Ok(std::borrow::Cow::Owned(runs))
+}
 
 impl<'a> Log<'a> {
     /// An absent or empty value is the empty state.
-    fn parse(bytes: Option<&'a [u8]>) -> Result<Log<'a>, LimiterError> {
-        let bytes = bytes.unwrap_or_default();
+    fn parse(bytes: &'a [u8]) -> Result<Log<'a>, LimiterError> {
         if bytes.is_empty() {
-            return Ok(Log(&[]));
+            return Ok(Log {
+                runs: &[],
+                total: 0,
+            });
         }
         let body = bytes.strip_prefix(MAGIC).ok_or(LimiterError::Corrupt)?;
-        let (times, rest) = body.as_chunks::<8>();
+        let (runs, rest) = body.as_chunks::<RUN>();
         if !rest.is_empty()
-            || times
+            || runs.iter().any(|r| run_count(r) == 0)
+            || runs
                 .windows(2)
-                .any(|w| matches!(w, [a, b] if u64::from_le_bytes(*a) > u64::from_le_bytes(*b)))
+                .any(|w| matches!(w, [a, b] if run_time(a) >= run_time(b)))
         {
             return Err(LimiterError::Corrupt);
         }
-        Ok(Log(times))
+        Ok(Log {
+            runs,
+            total: runs.iter().map(run_count).sum(),
+        })
     }
 
     fn len(self) -> usize {
-        self.0.len()
+        usize::try_from(self.total).unwrap_or(usize::MAX)
     }
 
+    /// The time of the `i`-th admission, oldest first.
     fn at(self, i: usize) -> Option<u64> {
-        self.0.get(i).map(|c| u64::from_le_bytes(*c))
+        let mut before = 0u64;
+        for run in self.runs {
+            before += run_count(run);
+            if (i as u64) < before {
+                return Some(run_time(run));
+            }
+        }
+        None
     }
 
     fn last(self) -> Option<u64> {
-        self.0.last().map(|c| u64::from_le_bytes(*c))
+        self.runs.last().map(run_time)
     }
 
     /// Times still inside the window that ends at `now`: `t > now - W`.
     fn live(self, now: u64, limit: Limit) -> Log<'a> {
         let first = self
-            .0
-            .partition_point(|c| u64::from_le_bytes(*c).saturating_add(limit.window_ms) <= now);
-        Log(self.0.get(first..).unwrap_or_default())
+            .runs
+            .partition_point(|r| run_time(r).saturating_add(limit.window_ms) <= now);
+        let (expired, live) = self.runs.split_at(first);
+        Log {
+            runs: live,
+            total: self
+                .total
+                .saturating_sub(expired.iter().map(run_count).sum::<u64>()),
+        }
     }
 
-    /// The encoded state of this log with `at` appended.
+    /// The encoded state of this log with one admission at `at` (never
+    /// before the newest) added.
     fn encode_with(self, at: u64) -> Vec<u8> {
-        let mut out = Vec::with_capacity(MAGIC.len() + (self.len() + 1) * 8);
+        let mut out = Vec::with_capacity(MAGIC.len() + (self.runs.len() + 1) * RUN);
         out.extend_from_slice(MAGIC);
-        out.extend_from_slice(self.0.as_flattened());
-        out.extend_from_slice(&at.to_le_bytes());
+        out.extend_from_slice(self.runs.as_flattened());
+        push_admission(&mut out, at);
         out
     }
 }
 
-/// Decodes a state; an absent value is the empty state.
-pub fn decode(bytes: Option<&[u8]>) -> Result<Vec<u64>, LimiterError> {
-    let log = Log::parse(bytes)?;
-    Ok(log.0.iter().map(|c| u64::from_le_bytes(*c)).collect())
+/// Adds one admission at `at` to an encoded state whose newest run is not
+/// after it: the newest run's count if it is the same millisecond, else a run.
+fn push_admission(out: &mut Vec<u8>, at: u64) {
+    let newest = out.len().checked_sub(RUN).filter(|&i| i >= MAGIC.len());
+    if let Some(run) = newest
+        .and_then(|i| out.get_mut(i..))
+        .and_then(|r| <&mut [u8; RUN]>::try_from(r).ok())
+        && run_time(run) == at
+        && let Some(count) = u32::try_from(run_count(run))
+            .ok()
+            .and_then(|c| c.checked_add(1))
+    {
+        let [.., a, b, c, d] = run;
+        [*a, *b, *c, *d] = count.to_le_bytes();
+        return;
+    }
+    out.extend_from_slice(&at.to_le_bytes());
+    out.extend_from_slice(&1u32.to_le_bytes());
 }
 
+/// Decodes a state into its admission times, oldest first; an absent value
+/// is the empty state.
+pub fn decode(bytes: Option<&[u8]>) -> Result<Vec<u64>, LimiterError> {
+    let bytes = current_format(bytes)?;
+    let log = Log::parse(&bytes)?;
+    Ok(log
+        .runs
+        .iter()
+        .flat_map(|r| std::iter::repeat_n(run_time(r), run_count(r) as usize))
+        .collect())
+}
+
+/// Encodes admission times (oldest first; equal times share a run).
 pub fn encode(times: &[u64]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(MAGIC.len() + times.len() * 8);
+    let mut out = Vec::with_capacity(MAGIC.len() + times.len() * RUN);
     out.extend_from_slice(MAGIC);
-    for t in times {
-        out.extend_from_slice(&t.to_le_bytes());
+    for &t in times {
+        push_admission(&mut out, t);
     }
     out
 }
@@ -206,21 +300,26 @@ pub fn acquire(
         let mut step = Err(LimiterError::Corrupt);
         store
             .read(LIMITER_KEY, &mut |bytes, version| {
-                step = Log::parse(bytes).map(|log| {
-                    // Never record a time before the newest one: keeps the log
-                    // sorted and every window exact when callers' clocks
-                    // disagree slightly.
-                    let at = log.last().map_or(now, |newest| now.max(newest));
-                    let window = log.live(at, limit);
-                    if window.len() >= limit.requests as usize {
-                        return Step::Full(verdict(window, None, at, limit));
-                    }
-                    Step::Admit {
-                        next: window.encode_with(at),
-                        version,
-                        verdict: verdict(window, Some(at), at, limit),
-                    }
-                });
+                let bytes = current_format(bytes);
+                step = bytes
+                    .as_deref()
+                    .map_err(Clone::clone)
+                    .and_then(Log::parse)
+                    .map(|log| {
+                        // Never record a time before the newest one: keeps the log
+                        // sorted and every window exact when callers' clocks
+                        // disagree slightly.
+                        let at = log.last().map_or(now, |newest| now.max(newest));
+                        let window = log.live(at, limit);
+                        if window.len() >= limit.requests as usize {
+                            return Step::Full(verdict(window, None, at, limit));
+                        }
+                        Step::Admit {
+                            next: window.encode_with(at),
+                            version,
+                            verdict: verdict(window, Some(at), at, limit),
+                        }
+                    });
             })
             .map_err(LimiterError::Store)?;
         let (next, version, admitted) = match step? {
@@ -246,7 +345,8 @@ pub fn acquire(
 /// never reached the limiter.
 pub fn peek(store: &mut dyn SharedStore, now: u64, limit: Limit) -> Result<Verdict, LimiterError> {
     let (bytes, _) = store.get(LIMITER_KEY).map_err(LimiterError::Store)?;
-    let log = Log::parse(bytes.as_deref())?;
+    let bytes = current_format(bytes.as_deref())?;
+    let log = Log::parse(&bytes)?;
     let at = log.last().map_or(now, |newest| now.max(newest));
     Ok(verdict(log.live(at, limit), None, at, limit))
 }
@@ -485,6 +585,51 @@ mod tests {
         assert_eq!(acquire(&mut s, 0, L), Err(LimiterError::Corrupt));
         s.load(LIMITER_KEY, encode(&[5, 4]));
         assert_eq!(acquire(&mut s, 0, L), Err(LimiterError::Corrupt));
+        // A run of nothing, or a millisecond in two runs, is not a state we write.
+        let mut zero = b"SGL2".to_vec();
+        zero.extend_from_slice(&5u64.to_le_bytes());
+        zero.extend_from_slice(&0u32.to_le_bytes());
+        s.load(LIMITER_KEY, zero);
+        assert_eq!(acquire(&mut s, 0, L), Err(LimiterError::Corrupt));
+        let mut split = encode(&[5]);
+        split.extend_from_slice(&encode(&[5])[4..]);
+        s.load(LIMITER_KEY, split);
+        assert_eq!(acquire(&mut s, 0, L), Err(LimiterError::Corrupt));
+    }
+
+    #[test]
+    fn admissions_in_one_millisecond_share_a_run() {
+        let limit = Limit::new(1_000, 1);
+        let mut s = MemoryStore::default();
+        for _ in 0..500 {
+            assert!(acquire(&mut s, 7, limit).unwrap().admitted);
+        }
+        assert!(acquire(&mut s, 8, limit).unwrap().admitted);
+        // Two runs of 12 bytes, not 501 times.
+        assert_eq!(s.value(LIMITER_KEY).map(<[u8]>::len), Some(4 + 2 * 12));
+        let v = peek(&mut s, 8, limit).unwrap();
+        assert_eq!(v.remaining, 1_000 - 501);
+    }
+
+    /// A filter upgraded in place finds its predecessor's state in Envoy's
+    /// shared data: it carries on from it rather than failing closed.
+    #[test]
+    fn the_one_time_per_admission_format_is_read_and_replaced() {
+        let mut old = b"SGL1".to_vec();
+        for t in [1_000u64, 1_000, 2_000] {
+            old.extend_from_slice(&t.to_le_bytes());
+        }
+        let mut s = MemoryStore::default();
+        s.load(LIMITER_KEY, old);
+        assert_eq!(decode(s.value(LIMITER_KEY)).unwrap(), [1_000, 1_000, 2_000]);
+        let v = acquire(&mut s, 3_000, L).unwrap();
+        assert!(!v.admitted, "the old state's three admissions still count");
+        assert_eq!(v.reset_seconds, 8);
+        assert!(acquire(&mut s, 11_000, L).unwrap().admitted);
+        assert!(s.value(LIMITER_KEY).unwrap().starts_with(MAGIC));
+        assert_eq!(decode(s.value(LIMITER_KEY)).unwrap(), [2_000, 11_000]);
+        s.load(LIMITER_KEY, b"SGL1\x01".to_vec());
+        assert_eq!(acquire(&mut s, 0, L), Err(LimiterError::Corrupt));
     }
 
     struct Failing;
@@ -603,6 +748,39 @@ mod tests {
                 t += gap;
             }
             prop_assert_eq!(admitted, L.requests as usize);
+        }
+
+        /// The run-length log decides exactly as a plain list of times
+        /// would, however many admissions share a millisecond.
+        #[test]
+        fn runs_decide_as_a_plain_log_would(
+            steps in proptest::collection::vec((0u64..4, 0u64..400), 1..300),
+            requests in 1u32..40,
+        ) {
+            let limit = Limit { requests, window_ms: 5_000 };
+            let mut s = MemoryStore::default();
+            let mut plain: Vec<u64> = Vec::new();
+            let mut clock = 0u64;
+            for (advance, late) in steps {
+                // Mostly the same millisecond, sometimes a step, callers late.
+                clock += advance * advance * advance * 100;
+                let now = clock.saturating_sub(late);
+                let at = plain.last().map_or(now, |&newest| now.max(newest));
+                plain.retain(|&t| t + limit.window_ms > at);
+                let count = plain.len() + usize::from(plain.len() < requests as usize);
+                let admitted = plain.len() < requests as usize;
+                let freeing = plain.get(count.saturating_sub(requests as usize)).copied()
+                    .or(admitted.then_some(at));
+                let expected = Verdict {
+                    admitted,
+                    remaining: (requests as usize).saturating_sub(count) as u32,
+                    reset_seconds: freeing.map_or(0, |t| (t + limit.window_ms - at).div_ceil(1000)),
+                };
+                if admitted { plain.push(at); }
+                prop_assert_eq!(acquire(&mut s, now, limit).unwrap(), expected);
+                let stored = decode(s.value(LIMITER_KEY)).unwrap();
+                prop_assert_eq!(&stored, &plain);
+            }
         }
 
         #[test]
