@@ -78,7 +78,7 @@ pub fn decision(data: &[u8]) {
         };
         let body: serde_json::Value = match serde_json::from_str(&reply.body) {
             Ok(v) => v,
-            Err(e) => panic!("a reply body is not JSON ({e}): {}", reply.body),
+            Err(e) => panic!("a reply body is not JSON ({e}): {}", reply.body.as_str()),
         };
         match d.outcome {
             Outcome::Denied(code) => {

@@ -11,7 +11,7 @@ use crate::query::{SessionQuery, parse_query};
 use crate::route::{Route, is_limited_api, route, split_target};
 use crate::stub::PageCache;
 use std::borrow::Cow;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// The header a challenge names both schemes in.
 pub const WWW_AUTHENTICATE: &str = "Bearer realm=\"sessions\", Basic realm=\"sessions\"";
@@ -44,7 +44,53 @@ pub type Headers<'g> = Vec<(&'static str, Cow<'g, str>)>;
 pub struct Reply<'g> {
     pub status: u16,
     pub headers: Headers<'g>,
-    pub body: String,
+    pub body: Body,
+}
+
+/// A reply's body: made for this reply, or shared with the stub's page
+/// cache. A page is ~160 KB; cloning it for every admitted request was a
+/// copy the filter's host then made again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    Made(String),
+    Shared(Arc<String>),
+}
+
+impl Body {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Body::Made(s) => s,
+            Body::Shared(s) => s,
+        }
+    }
+
+    /// An owned copy for hosts whose response type owns its bytes (a made
+    /// body moves, a shared one is copied once).
+    pub fn into_string(self) -> String {
+        match self {
+            Body::Made(s) => s,
+            Body::Shared(s) => String::clone(&s),
+        }
+    }
+}
+
+impl std::ops::Deref for Body {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl From<String> for Body {
+    fn from(s: String) -> Body {
+        Body::Made(s)
+    }
+}
+
+impl PartialEq<&str> for Body {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
 }
 
 /// The request goes on to the sessions service, rewritten.
@@ -242,12 +288,12 @@ impl Gate {
                         status: 200,
                         headers: json_headers(),
                         // In the contract's field order; serde_json escapes the strings.
-                        body: format!(
+                        body: Body::Made(format!(
                             "{{\"role\":\"{}\",\"name\":{},\"hint\":{}}}",
                             record.level.role(),
                             json_string(record.name),
                             json_string(record.hint),
-                        ),
+                        )),
                     }),
                     outcome: Outcome::Allowed,
                     credential: Some(record.name),
@@ -457,14 +503,17 @@ impl Gate {
                 let mut headers = json_headers();
                 headers.extend(rate_headers);
                 let body = match self.pages.lock() {
-                    Ok(mut pages) => {
-                        pages.page_json(customer, site, self.stub_sessions_per_site, query)
-                    }
+                    Ok(mut pages) => Body::Shared(pages.page_json(
+                        customer,
+                        site,
+                        self.stub_sessions_per_site,
+                        query,
+                    )),
                     // Poisoned only if a render panicked: render without the cache.
-                    Err(_) => {
+                    Err(_) => Body::Made(
                         crate::stub::StubSite::new(customer, site, self.stub_sessions_per_site)
-                            .page_json(query)
-                    }
+                            .page_json(query),
+                    ),
                 };
                 Action::Reply(Reply {
                     status: 200,
@@ -524,7 +573,7 @@ impl Gate {
             action: Action::Reply(Reply {
                 status: error.code.status(),
                 headers,
-                body: error.body(),
+                body: Body::Made(error.body()),
             }),
             outcome: Outcome::Denied(error.code),
             credential,
@@ -538,7 +587,7 @@ impl Gate {
         Reply {
             status: 500,
             headers: json_headers(),
-            body: crate::error::internal_error_body(message),
+            body: Body::Made(crate::error::internal_error_body(message)),
         }
     }
 
@@ -548,7 +597,7 @@ impl Gate {
         Reply {
             status: error.code.status(),
             headers: json_headers(),
-            body: error.body(),
+            body: Body::Made(error.body()),
         }
     }
 

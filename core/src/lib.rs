@@ -25,5 +25,7 @@ pub use config::{Backend, GateConfig, LimitConfig};
 pub use credential::{CredentialRecord, Kind, Level, Sites};
 pub use credential_set::{Credential, CredentialSet, CredentialSetBuilder, SiteScope};
 pub use error::{ErrorCode, GateError};
-pub use gate::{Action, Admission, Decision, Forward, Gate, Outcome, Prepared, Reply, Request};
+pub use gate::{
+    Action, Admission, Body, Decision, Forward, Gate, Outcome, Prepared, Reply, Request,
+};
 pub use limiter::{CasOutcome, Limit, LimiterError, MemoryStore, SharedStore, StoreError, Verdict};

@@ -6,6 +6,7 @@
 //! `startAfter` timestamp cursor never skips or repeats a session.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use crate::query::SessionQuery;
 
@@ -170,7 +171,7 @@ pub const CACHED_PAGES: usize = 8;
 #[derive(Debug, Default)]
 pub struct PageCache {
     /// Most recent last.
-    pages: Vec<(String, String, u32, SessionQuery, String)>,
+    pages: Vec<(String, String, u32, SessionQuery, Arc<String>)>,
 }
 
 impl PageCache {
@@ -180,7 +181,7 @@ impl PageCache {
         site: &str,
         count: u32,
         q: &SessionQuery,
-    ) -> String {
+    ) -> Arc<String> {
         let hit = self.pages.iter().position(|(c, s, n, query, _)| {
             c == customer && s == site && *n == count && query == q
         });
@@ -190,7 +191,7 @@ impl PageCache {
             self.pages.push(entry);
             return body;
         }
-        let body = StubSite::new(customer, site, count).page_json(q);
+        let body = Arc::new(StubSite::new(customer, site, count).page_json(q));
         if self.pages.len() >= CACHED_PAGES {
             self.pages.remove(0);
         }
@@ -350,14 +351,20 @@ mod tests {
             for site in ["a", "b"] {
                 for q in &queries {
                     let fresh = StubSite::new("acme", site, 2_600).page_json(q);
-                    assert_eq!(cache.page_json("acme", site, 2_600, q), fresh);
+                    assert_eq!(*cache.page_json("acme", site, 2_600, q), fresh);
                 }
             }
         }
         // A different size of site is a different page.
         let small = cache.page_json("acme", "a", 10, &queries[0]);
-        assert_eq!(small, StubSite::new("acme", "a", 10).page_json(&queries[0]));
+        assert_eq!(
+            *small,
+            StubSite::new("acme", "a", 10).page_json(&queries[0])
+        );
         assert_ne!(small, cache.page_json("acme", "a", 2_600, &queries[0]));
+        // A hit hands out the cached bytes themselves, not a copy.
+        let again = cache.page_json("acme", "a", 10, &queries[0]);
+        assert!(Arc::ptr_eq(&small, &again));
     }
 
     #[test]

@@ -300,7 +300,7 @@ fn malformed_unknown_and_revoked_share_one_body() {
             let d = run(gate(), &get(SESSIONS, std::slice::from_ref(c)), &mut s);
             expect_error(&d, ErrorCode::InvalidCredentials);
             match d.action {
-                Action::Reply(r) => r.body,
+                Action::Reply(r) => r.body.into_string(),
                 Action::Forward(_) => unreachable!(),
             }
         })

@@ -67,7 +67,7 @@ fn respond(status: u16, headers: &[(&str, impl AsRef<str>)], body: String) -> Re
 fn internal_error(message: &str) -> Result<Response> {
     console_error!("sessiongate: {message}");
     let reply = Gate::internal_error_reply("The gate is misconfigured.");
-    respond(reply.status, &reply.headers, reply.body)
+    respond(reply.status, &reply.headers, reply.body.into_string())
 }
 
 async fn call_limiter(env: &Env, call: &Call) -> std::result::Result<Answer, String> {
@@ -229,7 +229,7 @@ async fn forward(req: &Request, gate: &Gate, target: &str, f: Forward<'_>) -> Re
         Err(e) => {
             console_error!("sessiongate: upstream unavailable: {e}");
             let reply = gate.upstream_failed(f);
-            respond(reply.status, &reply.headers, reply.body)
+            respond(reply.status, &reply.headers, reply.body.into_string())
         }
     }
 }
@@ -299,7 +299,7 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
     };
     let decision = decide(&env, &gate, &request).await;
     match decision.action {
-        Action::Reply(reply) => respond(reply.status, &reply.headers, reply.body),
+        Action::Reply(reply) => respond(reply.status, &reply.headers, reply.body.into_string()),
         Action::Forward(f) => forward(&req, &gate, &target, f).await,
     }
 }

@@ -565,7 +565,7 @@ fn build_response(status: u16, headers: &HeaderList, body: Bytes) -> Response<Fu
 fn internal_error() -> Response<Full<Bytes>> {
     let reply =
         sessiongate_core::Gate::internal_error_reply("The gate failed to process the request.");
-    let mut r = Response::new(Full::new(Bytes::from(reply.body)));
+    let mut r = Response::new(Full::new(Bytes::from(reply.body.into_string())));
     *r.status_mut() =
         StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     for (name, value) in reply.headers {

@@ -110,7 +110,7 @@ fn respond(status: u16, headers: &[(&str, impl AsRef<str>)], body: String) -> An
 fn internal_error(message: &str) -> Answer {
     eprintln!("sessiongate: {message}");
     let reply = Gate::internal_error_reply("The gate is misconfigured.");
-    respond(reply.status, &reply.headers, reply.body)
+    respond(reply.status, &reply.headers, reply.body.into_string())
 }
 
 #[spin_sdk::http_service]
@@ -148,7 +148,7 @@ async fn handle(req: Request) -> Answer {
     let mut kv = CasStore::new(KvBucket(&bucket));
     let decision = gate.decide(&request, now_ms(), &mut kv);
     match decision.action {
-        Action::Reply(reply) => respond(reply.status, &reply.headers, reply.body),
+        Action::Reply(reply) => respond(reply.status, &reply.headers, reply.body.into_string()),
         Action::Forward(f) => forward(&req, &gate, &target, f).await,
     }
 }
@@ -192,7 +192,7 @@ async fn forward(req: &Request, gate: &Gate, target: &str, f: Forward<'_>) -> An
         Err(e) => {
             eprintln!("sessiongate: upstream unavailable: {e:?}");
             let reply = gate.upstream_failed(f);
-            respond(reply.status, &reply.headers, reply.body)
+            respond(reply.status, &reply.headers, reply.body.into_string())
         }
     }
 }
