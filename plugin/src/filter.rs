@@ -7,11 +7,40 @@ use sessiongate_core::{Action, ErrorCode, Gate, Outcome, Request};
 
 pub use sessiongate_core::limiter::LIMITER_KEY;
 
-/// Metric names: one counter per outcome and per error code.
-pub const METRIC_ALLOWED: &str = "sessiongate_allowed";
-pub const METRIC_ALLOWED_FAIL_OPEN: &str = "sessiongate_allowed_fail_open";
-pub fn denied_metric(code: ErrorCode) -> String {
-    format!("sessiongate_denied_{}", code.as_str())
+/// A counter: one per outcome and per error code. An index, not a name, so
+/// counting a request formats and hashes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Metric(usize);
+
+impl Metric {
+    pub const ALLOWED: Metric = Metric(0);
+    pub const ALLOWED_FAIL_OPEN: Metric = Metric(1);
+    pub const COUNT: usize = 2 + ErrorCode::ALL.len();
+
+    pub fn denied(code: ErrorCode) -> Metric {
+        // `ALL` is in declaration order (tested), so the discriminant indexes it.
+        Metric(2 + code as usize)
+    }
+
+    pub fn all() -> impl Iterator<Item = Metric> {
+        (0..Metric::COUNT).map(Metric)
+    }
+
+    pub fn index(self) -> usize {
+        self.0
+    }
+
+    /// The name the host shows: `sessiongate_allowed`, `sessiongate_denied_<code>`.
+    pub fn name(self) -> String {
+        match self.0.checked_sub(2) {
+            None if self == Metric::ALLOWED => "sessiongate_allowed".to_owned(),
+            None => "sessiongate_allowed_fail_open".to_owned(),
+            Some(i) => format!(
+                "sessiongate_denied_{}",
+                ErrorCode::ALL.get(i).map_or("unknown", |c| c.as_str())
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +64,7 @@ pub trait Host {
     fn shared_set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<bool, String>;
     fn now_ms(&self) -> u64;
     fn log(&self, level: LogLevel, message: &str);
-    fn increment(&mut self, metric: &str);
+    fn increment(&mut self, metric: Metric);
     /// The downstream address (`source.address`), if the host knows it.
     fn source_address(&self) -> Option<String>;
     /// Records the authenticated credential's name for the access log
@@ -116,16 +145,16 @@ pub fn on_request_headers<H: Host>(gate: &Gate, host: &mut H) -> Next {
         host.set_credential(name);
     }
     match decision.outcome {
-        Outcome::Allowed => host.increment(METRIC_ALLOWED),
+        Outcome::Allowed => host.increment(Metric::ALLOWED),
         Outcome::AllowedFailOpen => {
-            host.increment(METRIC_ALLOWED_FAIL_OPEN);
+            host.increment(Metric::ALLOWED_FAIL_OPEN);
             host.log(
                 LogLevel::Warn,
                 "limiter unavailable: admitted because fail_open is set",
             );
         }
         Outcome::Denied(code) => {
-            host.increment(&denied_metric(code));
+            host.increment(Metric::denied(code));
             if code == ErrorCode::LimiterUnavailable {
                 host.log(
                     LogLevel::Error,
@@ -233,8 +262,8 @@ mod tests {
             1_800_000_000_000
         }
         fn log(&self, _: LogLevel, _: &str) {}
-        fn increment(&mut self, metric: &str) {
-            *self.metrics.entry(metric.into()).or_default() += 1;
+        fn increment(&mut self, metric: Metric) {
+            *self.metrics.entry(metric.name()).or_default() += 1;
         }
         fn set_credential(&mut self, name: &str) {
             self.logs.push(format!("credential={name}"));
@@ -269,13 +298,31 @@ mod tests {
     }
 
     #[test]
+    fn metrics_are_indexed_in_the_error_tables_order() {
+        for (i, code) in ErrorCode::ALL.iter().enumerate() {
+            assert_eq!(*code as usize, i);
+            assert_eq!(
+                Metric::denied(*code).name(),
+                format!("sessiongate_denied_{}", code.as_str())
+            );
+        }
+        let names: std::collections::HashSet<String> = Metric::all().map(Metric::name).collect();
+        assert_eq!(names.len(), Metric::COUNT);
+        assert_eq!(Metric::ALLOWED.name(), "sessiongate_allowed");
+        assert_eq!(
+            Metric::ALLOWED_FAIL_OPEN.name(),
+            "sessiongate_allowed_fail_open"
+        );
+    }
+
+    #[test]
     fn stub_reply_and_metrics() {
         let mut m = request(&[&format!("Bearer {TOKEN}")]);
         assert_eq!(on_request_headers(&gate(Backend::Stub), &mut m), Next::Stop);
         let (status, _, body) = m.reply.clone().unwrap();
         assert_eq!(status, 200);
         assert!(body.starts_with(b"{\"data\""));
-        assert_eq!(m.metrics.get(METRIC_ALLOWED), Some(&1));
+        assert_eq!(m.metrics.get("sessiongate_allowed"), Some(&1));
         assert_eq!(m.logs, ["credential=t"]);
     }
 

@@ -2,16 +2,15 @@
 //! state) and one HTTP context per request.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel as PwLogLevel, MetricType};
-use sessiongate_core::{ErrorCode, Gate};
+use sessiongate_core::Gate;
 
-use crate::filter::{self, Host, LogLevel, Next};
+use crate::filter::{self, Host, LogLevel, Metric, Next};
 use crate::raw;
 
 proxy_wasm::main! {{
@@ -19,7 +18,8 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| Box::new(Root::default()));
 }}
 
-type Metrics = Rc<RefCell<HashMap<String, u32>>>;
+/// The host's id of each [`Metric`], once defined.
+type Metrics = Rc<RefCell<[Option<u32>; Metric::COUNT]>>;
 
 #[derive(Default)]
 struct Root {
@@ -85,17 +85,9 @@ impl RootContext for Root {
             }
         }
         let mut metrics = self.metrics.borrow_mut();
-        let names = [
-            filter::METRIC_ALLOWED.to_owned(),
-            filter::METRIC_ALLOWED_FAIL_OPEN.to_owned(),
-        ]
-        .into_iter()
-        .chain(ErrorCode::ALL.iter().map(|c| filter::denied_metric(*c)));
-        for name in names {
-            if let std::collections::hash_map::Entry::Vacant(slot) = metrics.entry(name)
-                && let Ok(id) = hostcalls::define_metric(MetricType::Counter, slot.key())
-            {
-                slot.insert(id);
+        for (metric, slot) in Metric::all().zip(metrics.iter_mut()) {
+            if slot.is_none() {
+                *slot = hostcalls::define_metric(MetricType::Counter, &metric.name()).ok();
             }
         }
         drop(metrics);
@@ -169,8 +161,8 @@ impl Host for Wasm {
     fn log(&self, level: LogLevel, message: &str) {
         log(level, message);
     }
-    fn increment(&mut self, metric: &str) {
-        if let Some(id) = self.metrics.borrow().get(metric) {
+    fn increment(&mut self, metric: Metric) {
+        if let Some(Some(id)) = self.metrics.borrow().get(metric.index()) {
             let _ = hostcalls::increment_metric(*id, 1);
         }
     }
