@@ -162,18 +162,21 @@ impl<'a> Log<'a> {
         }
         let body = bytes.strip_prefix(MAGIC).ok_or(LimiterError::Corrupt)?;
         let (runs, rest) = body.as_chunks::<RUN>();
-        if !rest.is_empty()
-            || runs.iter().any(|r| run_count(r) == 0)
-            || runs
-                .windows(2)
-                .any(|w| matches!(w, [a, b] if run_time(a) >= run_time(b)))
-        {
+        if !rest.is_empty() {
             return Err(LimiterError::Corrupt);
         }
-        Ok(Log {
-            runs,
-            total: runs.iter().map(run_count).sum(),
-        })
+        // One pass: counts at least 1, times strictly ascending, the total.
+        let mut total = 0u64;
+        let mut newest = None;
+        for run in runs {
+            let (time, count) = (run_time(run), run_count(run));
+            if count == 0 || newest.is_some_and(|n| n >= time) {
+                return Err(LimiterError::Corrupt);
+            }
+            total += count;
+            newest = Some(time);
+        }
+        Ok(Log { runs, total })
     }
 
     fn len(self) -> usize {
@@ -215,8 +218,13 @@ impl<'a> Log<'a> {
     fn encode_with(self, at: u64) -> Vec<u8> {
         let mut out = Vec::with_capacity(MAGIC.len() + (self.runs.len() + 1) * RUN);
         out.extend_from_slice(MAGIC);
-        out.extend_from_slice(self.runs.as_flattened());
-        push_admission(&mut out, at);
+        let (older, count) = match self.runs.split_last() {
+            Some((newest, older)) if run_time(newest) == at => (older, run_count(newest) + 1),
+            _ => (self.runs, 1),
+        };
+        out.extend_from_slice(older.as_flattened());
+        out.extend_from_slice(&at.to_le_bytes());
+        out.extend_from_slice(&u32::try_from(count).unwrap_or(u32::MAX).to_le_bytes());
         out
     }
 }
