@@ -618,16 +618,16 @@ async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Resp
 }
 
 /// One request through the component. The client's address goes in the
-/// header Spin uses, replacing any the client sent.
+/// header Spin uses, appended after the request's own headers as Spin's
+/// trigger does: a value the client sent stays first, so the component is
+/// tested here against what Spin really hands it (it trusts the last).
 async fn handle_component(
     host: &ComponentHost,
     mut req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Full<Bytes>> {
-    let headers = req.headers_mut();
-    headers.remove(CLIENT_ADDR_HEADER);
     if let Ok(value) = hyper::header::HeaderValue::from_str(&peer.to_string()) {
-        headers.insert(CLIENT_ADDR_HEADER, value);
+        req.headers_mut().append(CLIENT_ADDR_HEADER, value);
     }
     match host.handle(req).await {
         Ok(response) => {

@@ -100,8 +100,9 @@ fn a_failing_key_value_store_fails_closed() {
     assert_eq!(get(server.addr, "/me", Some(&auth)).unwrap().status, 200);
 }
 
-/// The guard keys on the address the host puts in `spin-client-addr`; one a
-/// client sends is replaced, so rotating it buys no fresh guesses.
+/// The guard keys on the address the host puts in `spin-client-addr`. The
+/// host appends it after a value the client sent, as Spin does; the
+/// component trusts the last, so rotating the header buys no fresh guesses.
 #[test]
 fn the_guard_sees_the_real_client_whatever_header_it_sends() {
     let fx = fixture();

@@ -7,6 +7,7 @@
 //! compare-and-swap steps to the host's `wasi:keyvalue/atomics`.
 
 pub mod cas;
+pub mod client;
 
 #[cfg(target_arch = "wasm32")]
 mod wasm;

@@ -135,10 +135,12 @@ async fn handle(req: Request) -> Answer {
         .iter()
         .map(|v| v.as_bytes())
         .collect();
-    let client = req
-        .headers()
-        .get(CLIENT_ADDR_HEADER)
-        .and_then(|v| v.to_str().ok());
+    let client = crate::client::runtime_client_addr(
+        req.headers()
+            .get_all(CLIENT_ADDR_HEADER)
+            .iter()
+            .map(|v| v.as_bytes()),
+    );
     let request = GateRequest {
         method: req.method().as_str(),
         target: &target,
