@@ -155,6 +155,28 @@ pub struct LocalReply {
     pub body: Vec<u8>,
 }
 
+/// Streams by context id. The ids are the host's own counter, not input, so
+/// one multiply spreads them: SipHash of each id was ~2 % of a request in
+/// the filter bench's profile.
+type Streams = HashMap<u32, Stream, std::hash::BuildHasherDefault<ContextIdHasher>>;
+
+#[derive(Default)]
+struct ContextIdHasher(u64);
+
+impl std::hash::Hasher for ContextIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.0 = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
 /// The host's view of one HTTP stream.
 #[derive(Default)]
 pub struct Stream {
@@ -191,7 +213,7 @@ pub struct VmState {
     vm_id: usize,
     effective: u32,
     plugin_config: Arc<Vec<u8>>,
-    streams: HashMap<u32, Stream>,
+    streams: Streams,
     shared: SharedData,
     metrics: Arc<Metrics>,
     log: LogSink,
@@ -227,8 +249,15 @@ impl Plugin {
     ) -> Result<Plugin> {
         let mut config = Config::new();
         config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        // `perf` names the guest's functions from /tmp/perf-<pid>.map (build
+        // the filter with its name section for Rust names: BENCHMARKS.md).
+        let perfmap = std::env::var_os("SESSIONGATE_PERF_MAP").is_some();
+        if perfmap {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).map_err(|e| anyhow!("wasmtime: {e:?}"))?;
-        let module = load_or_compile(&engine, wasm, cache_dir)?;
+        // A cached module was compiled without the map: compile afresh.
+        let module = load_or_compile(&engine, wasm, cache_dir.filter(|_| !perfmap))?;
         if module.get_export("proxy_abi_version_0_2_1").is_none() {
             bail!(
                 "the plugin does not export proxy_abi_version_0_2_1: not a proxy-wasm 0.2.1 filter"
@@ -262,7 +291,7 @@ impl Plugin {
             vm_id,
             effective: ROOT_CONTEXT,
             plugin_config: config,
-            streams: HashMap::new(),
+            streams: Streams::default(),
             shared: self.shared.clone(),
             metrics: self.metrics.clone(),
             log: self.log.clone(),
