@@ -4,6 +4,10 @@
 #
 #   scripts/bench-load.sh [DURATION_SECONDS] [CONNECTIONS]     (default 10 s, 32 connections)
 #
+# Besides requests/s and p99, each row shows the CPU the server itself spent
+# per request (user + system, from /proc): wrk runs on the same cores, so
+# this is what separates the servers' costs from the load generator's.
+#
 # Needs (and installs nothing itself): wrk and nginx (Debian: apt-get install
 # wrk nginx), and a release build of sessiongate (built here if missing).
 #   (a) the 429 flood: nginx `return 429` with a small JSON body, vs the gate
@@ -53,7 +57,9 @@ printf '[limit]\nrequests = 100000\nwindow_seconds = 1\n[guard]\nfailures = 0\n'
 plugin_args=()
 if [ -n "${SESSIONGATE_BENCH_PLUGIN:-}" ]; then plugin_args=(--plugin "$SESSIONGATE_BENCH_PLUGIN"); fi
 "$gate" serve "${plugin_args[@]}" --config "$work/limited.toml" --store "$work/tokens.json" --listen "127.0.0.1:$gate_port_limited" 2>/dev/null & pids+=($!)
+gate_limited=$!
 "$gate" serve "${plugin_args[@]}" --config "$work/open.toml" --store "$work/tokens.json" --listen "127.0.0.1:$gate_port_open" 2>/dev/null & pids+=($!)
+gate_open=$!
 wait_port "$gate_port_limited"; wait_port "$gate_port_open"
 path="/v1/external/sessions/acme/site-1"
 curl -s -H "Authorization: Bearer $token" "http://127.0.0.1:$gate_port_limited$path" -o /dev/null
@@ -78,35 +84,54 @@ http {
 }
 NGINX
 nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -g 'daemon off;' & pids+=($!)
+nginx_master=$!
 wait_port "$nginx_port"
+mapfile -t nginx_workers < <(pgrep -P "$nginx_master")
 
-run() { # name url [header]
-  local out
-  if [ -n "${3:-}" ]; then
-    out="$(wrk -t2 -c"$connections" -d"${duration}s" --latency -H "$3" "$2")"
+# CPU the server spent (user + system, all its threads or worker processes),
+# in clock ticks: read from /proc around each wrk run.
+cpu_ticks() {
+  local total=0 p u st
+  for p in "$@"; do
+    read -r u st < <(awk '{print $14, $15}' "/proc/$p/stat")
+    total=$((total + u + st))
+  done
+  echo "$total"
+}
+ticks_per_second="$(getconf CLK_TCK)"
+
+run() { # name url header-or-empty server-pid...
+  local name="$1" url="$2" header="$3" out before after
+  shift 3
+  before="$(cpu_ticks "$@")"
+  if [ -n "$header" ]; then
+    out="$(wrk -t2 -c"$connections" -d"${duration}s" --latency -H "$header" "$url")"
   else
-    out="$(wrk -t2 -c"$connections" -d"${duration}s" --latency "$2")"
+    out="$(wrk -t2 -c"$connections" -d"${duration}s" --latency "$url")"
   fi
-  local rps p99
+  after="$(cpu_ticks "$@")"
+  local rps p99 requests cpu
   rps="$(echo "$out" | awk '/Requests\/sec/ {print $2}')"
   p99="$(echo "$out" | awk '$1 == "99%" {print $2}')"
-  echo "$1 $rps $p99"
+  requests="$(echo "$out" | awk '/requests in/ {print $1}')"
+  cpu="$(python3 -c "print(f'{($after - $before) / $ticks_per_second / max($requests, 1) * 1e6:.1f}')")"
+  echo "$name $rps $p99 $cpu"
 }
 
 auth="Authorization: Bearer $token"
-flood_nginx="$(run nginx-429 "http://127.0.0.1:$nginx_port/flood")"
-flood_gate="$(run gate-429 "http://127.0.0.1:$gate_port_limited$path" "$auth")"
-page_nginx="$(run nginx-page "http://127.0.0.1:$nginx_port/page")"
-page_gate="$(run gate-page "http://127.0.0.1:$gate_port_open$path" "$auth")"
+flood_nginx="$(run nginx-429 "http://127.0.0.1:$nginx_port/flood" "" "${nginx_workers[@]}")"
+flood_gate="$(run gate-429 "http://127.0.0.1:$gate_port_limited$path" "$auth" "$gate_limited")"
+page_nginx="$(run nginx-page "http://127.0.0.1:$nginx_port/page" "" "${nginx_workers[@]}")"
+page_gate="$(run gate-page "http://127.0.0.1:$gate_port_open$path" "$auth" "$gate_open")"
 
 echo
 echo "wrk -t2 -c$connections -d${duration}s, $(nproc) cores, $(date -u +%Y-%m-%d)"
-printf '%-28s %14s %10s %8s\n' "path" "requests/s" "p99" "ratio"
+printf '%-28s %14s %10s %8s %14s\n' "path" "requests/s" "p99" "ratio" "server CPU/req"
 row() { # label nginx-line gate-line
   local n g
   n="$(echo "$2" | awk '{print $2}')"; g="$(echo "$3" | awk '{print $2}')"
-  printf '%-28s %14s %10s %8s\n' "$1 nginx" "$n" "$(echo "$2" | awk '{print $3}')" ""
-  printf '%-28s %14s %10s %8s\n' "$1 sessiongate" "$g" "$(echo "$3" | awk '{print $3}')" "$(python3 -c "print(f'{$g/$n:.2f}x')")"
+  printf '%-28s %14s %10s %8s %11s us\n' "$1 nginx" "$n" "$(echo "$2" | awk '{print $3}')" "" "$(echo "$2" | awk '{print $4}')"
+  printf '%-28s %14s %10s %8s %11s us\n' "$1 sessiongate" "$g" "$(echo "$3" | awk '{print $3}')" "$(python3 -c "print(f'{$g/$n:.2f}x')")" "$(echo "$3" | awk '{print $4}')"
 }
 row "(a) 429 flood" "$flood_nginx" "$flood_gate"
 row "(b) admitted page" "$page_nginx" "$page_gate"
