@@ -5,6 +5,8 @@
 use sessiongate_core::limiter::{CasOutcome, SharedStore, StoreError};
 use sessiongate_core::{Action, ErrorCode, Gate, Outcome, Request};
 
+use crate::header_block::HeaderBlock;
+
 pub use sessiongate_core::limiter::LIMITER_KEY;
 
 /// A counter: one per outcome and per error code. An index, not a name, so
@@ -54,7 +56,7 @@ pub enum LogLevel {
 /// What the filter needs from its host.
 pub trait Host {
     /// Every request header, raw value bytes (names are lowercase).
-    fn request_headers(&self) -> Vec<(String, Vec<u8>)>;
+    fn request_headers(&self) -> HeaderBlock;
     fn set_request_header(&mut self, name: &str, value: Option<&str>);
     fn set_response_header(&mut self, name: &str, value: &str);
     fn send_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]);
@@ -116,25 +118,23 @@ pub fn on_request_headers<H: Host>(gate: &Gate, host: &mut H) -> Next {
     let headers = host.request_headers();
     let pseudo = |name: &str| {
         headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+            .get(name)
+            .and_then(|v| std::str::from_utf8(v).ok())
             .unwrap_or("")
-            .to_owned()
     };
     let method = pseudo(":method");
     let target = pseudo(":path");
     let authorization: Vec<&[u8]> = headers
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case("authorization"))
-        .map(|(_, v)| v.as_slice())
+        .pairs()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(b"authorization"))
+        .map(|(_, v)| v)
         .collect();
     let now = host.now_ms();
     let client = host.source_address();
     let decision = gate.decide(
         &Request {
-            method: &method,
-            target: &target,
+            method,
+            target,
             authorization: &authorization,
             client: client.as_deref(),
         },
@@ -218,8 +218,8 @@ mod tests {
     }
 
     impl Host for Mock {
-        fn request_headers(&self) -> Vec<(String, Vec<u8>)> {
-            self.request.clone()
+        fn request_headers(&self) -> HeaderBlock {
+            HeaderBlock::encode(self.request.iter().map(|(n, v)| (n.as_str(), v.as_slice())))
         }
         fn set_request_header(&mut self, name: &str, value: Option<&str>) {
             self.request.retain(|(n, _)| n != name);

@@ -3,6 +3,7 @@
 //! it to the proxy-wasm SDK when built for `wasm32-wasip1`.
 
 pub mod filter;
+pub mod header_block;
 
 #[cfg(target_arch = "wasm32")]
 mod raw;

@@ -38,6 +38,29 @@ unsafe extern "C" {
         value_data: *const u8,
         value_size: usize,
     ) -> u32;
+    fn proxy_get_header_map_pairs(
+        map_type: u32,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> u32;
+}
+
+const MAP_REQUEST_HEADERS: u32 = 0;
+
+/// The request's headers as one block, read in place by the filter (the
+/// SDK's reader copies each one, and panics on a status it does not expect).
+/// A host that cannot answer gives an empty block: the gate refuses a
+/// request it cannot see.
+pub fn get_request_headers() -> crate::header_block::HeaderBlock {
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    // SAFETY: as for `get_shared_data`.
+    let status = unsafe { proxy_get_header_map_pairs(MAP_REQUEST_HEADERS, &mut data, &mut size) };
+    if status != OK || data.is_null() {
+        return crate::header_block::HeaderBlock::default();
+    }
+    // SAFETY: allocated by `proxy_on_memory_allocate` as a boxed slice of `size`.
+    crate::header_block::HeaderBlock::new(unsafe { Vec::from_raw_parts(data, size, size) })
 }
 
 /// `(value, cas)`; an absent key is `(None, 0)`.

@@ -11,6 +11,7 @@ use proxy_wasm::types::{Action, ContextType, LogLevel as PwLogLevel, MetricType}
 use sessiongate_core::Gate;
 
 use crate::filter::{self, Host, LogLevel, Metric, Next};
+use crate::header_block::HeaderBlock;
 use crate::raw;
 
 proxy_wasm::main! {{
@@ -123,8 +124,8 @@ struct Wasm {
 }
 
 impl Host for Wasm {
-    fn request_headers(&self) -> Vec<(String, Vec<u8>)> {
-        hostcalls::get_map_bytes(proxy_wasm::types::MapType::HttpRequestHeaders).unwrap_or_default()
+    fn request_headers(&self) -> HeaderBlock {
+        raw::get_request_headers()
     }
     fn set_request_header(&mut self, name: &str, value: Option<&str>) {
         let _ =
