@@ -59,7 +59,7 @@ pub trait Host {
     fn request_headers(&self) -> HeaderBlock;
     fn set_request_header(&mut self, name: &str, value: Option<&str>);
     fn set_response_header(&mut self, name: &str, value: &str);
-    fn send_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]);
+    fn send_reply(&mut self, status: u16, headers: &HeaderBlock, body: &[u8]);
     /// `(value, cas)`: cas 0 when absent.
     fn shared_get(&self, key: &str) -> Result<(Option<Vec<u8>>, u32), String>;
     /// Ok(false) on CAS mismatch.
@@ -165,11 +165,8 @@ pub fn on_request_headers<H: Host>(gate: &Gate, host: &mut H) -> Next {
     }
     match decision.action {
         Action::Reply(reply) => {
-            let headers: Vec<(&str, &str)> = reply
-                .headers
-                .iter()
-                .map(|(n, v)| (*n, v.as_ref()))
-                .collect();
+            let headers =
+                HeaderBlock::encode(reply.headers.iter().map(|(n, v)| (*n, v.as_bytes())));
             host.send_reply(reply.status, &headers, reply.body.as_bytes());
             Next::Stop
         }
@@ -230,10 +227,15 @@ mod tests {
         fn set_response_header(&mut self, name: &str, value: &str) {
             self.response.push((name.into(), value.into()));
         }
-        fn send_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
+        fn send_reply(&mut self, status: u16, headers: &HeaderBlock, body: &[u8]) {
             let h = headers
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .pairs()
+                .map(|(n, v)| {
+                    (
+                        String::from_utf8_lossy(n).into_owned(),
+                        String::from_utf8_lossy(v).into_owned(),
+                    )
+                })
                 .collect();
             self.reply = Some((status, h, body.to_vec()));
         }

@@ -32,6 +32,11 @@ impl HeaderBlock {
         HeaderBlock(out)
     }
 
+    /// The encoded bytes, as a host call takes them.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
     /// Every header in order. A block that does not add up ends where it
     /// stops making sense: the gate then sees fewer headers, and refuses what
     /// it cannot read rather than trusting half of it.

@@ -38,6 +38,16 @@ unsafe extern "C" {
         value_data: *const u8,
         value_size: usize,
     ) -> u32;
+    fn proxy_send_local_response(
+        status_code: u32,
+        status_code_details_data: *const u8,
+        status_code_details_size: usize,
+        body_data: *const u8,
+        body_size: usize,
+        headers_data: *const u8,
+        headers_size: usize,
+        grpc_status: i32,
+    ) -> u32;
     fn proxy_get_header_map_pairs(
         map_type: u32,
         return_map_data: *mut *mut u8,
@@ -46,6 +56,33 @@ unsafe extern "C" {
 }
 
 const MAP_REQUEST_HEADERS: u32 = 0;
+
+/// Answers the request from the filter. The SDK's wrapper panics on any
+/// status but `Ok`, and a panic kills the worker's VM: here it is an error.
+pub fn send_local_response(
+    status: u16,
+    headers: &crate::header_block::HeaderBlock,
+    body: &[u8],
+) -> Result<(), String> {
+    let headers = headers.as_bytes();
+    // SAFETY: the slices outlive the call; the host only reads them.
+    let result = unsafe {
+        proxy_send_local_response(
+            u32::from(status),
+            null_mut(),
+            0,
+            body.as_ptr(),
+            body.len(),
+            headers.as_ptr(),
+            headers.len(),
+            -1,
+        )
+    };
+    match result {
+        OK => Ok(()),
+        other => Err(format!("proxy_send_local_response returned status {other}")),
+    }
+}
 
 /// The request's headers as one block, read in place by the filter (the
 /// SDK's reader copies each one, and panics on a status it does not expect).
@@ -99,18 +136,14 @@ pub fn set_property(name: &str, value: &[u8]) {
     let _ = unsafe { proxy_set_property(name.as_ptr(), name.len(), value.as_ptr(), value.len()) };
 }
 
-/// A property as UTF-8 text; `.` in `path` separates its parts. `None` when
-/// the host has no such property or answers anything but `Ok`.
-pub fn get_property(path: &str) -> Option<String> {
-    let encoded: Vec<u8> = path
-        .bytes()
-        .map(|b| if b == b'.' { 0 } else { b })
-        .collect();
+/// A property as UTF-8 text. `path` is in the ABI's form, its parts
+/// separated by NUL (`b"source\0address"`). `None` when the host has no such
+/// property or answers anything but `Ok`.
+pub fn get_property(path: &[u8]) -> Option<String> {
     let mut data: *mut u8 = null_mut();
     let mut size: usize = 0;
     // SAFETY: as for `get_shared_data`.
-    let status =
-        unsafe { proxy_get_property(encoded.as_ptr(), encoded.len(), &mut data, &mut size) };
+    let status = unsafe { proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size) };
     if status != OK || data.is_null() {
         return None;
     }

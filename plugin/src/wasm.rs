@@ -138,8 +138,10 @@ impl Host for Wasm {
             Some(value),
         );
     }
-    fn send_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
-        let _ = hostcalls::send_http_response(u32::from(status), headers.to_vec(), Some(body));
+    fn send_reply(&mut self, status: u16, headers: &HeaderBlock, body: &[u8]) {
+        if let Err(e) = raw::send_local_response(status, headers, body) {
+            log(LogLevel::Error, &format!("cannot answer the request: {e}"));
+        }
     }
     fn shared_get(&self, key: &str) -> Result<(Option<Vec<u8>>, u32), String> {
         raw::get_shared_data(key)
@@ -148,7 +150,7 @@ impl Host for Wasm {
         raw::set_shared_data(key, value, cas)
     }
     fn source_address(&self) -> Option<String> {
-        raw::get_property("source.address")
+        raw::get_property(b"source\0address")
     }
     fn set_credential(&mut self, name: &str) {
         raw::set_property("sessiongate_credential", name.as_bytes());
