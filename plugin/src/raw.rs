@@ -1,8 +1,9 @@
-//! Direct bindings for the host calls whose failure must not panic.
+//! Direct bindings for every host call the filter makes.
 //!
 //! The SDK's wrappers `panic!` on any status they do not expect, and a panic
 //! kills the worker's VM. Shared data can fail for real (the host's store is
-//! down, or a remote one is): here every status becomes a `Result`.
+//! down, or a remote one is), and no other call is worth a worker: here every
+//! status becomes a `Result` (the SDK is left the context dispatch only).
 
 use std::ptr::null_mut;
 
@@ -53,6 +54,119 @@ unsafe extern "C" {
         return_map_data: *mut *mut u8,
         return_map_size: *mut usize,
     ) -> u32;
+    fn proxy_replace_header_map_value(
+        map_type: u32,
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
+    fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
+    fn proxy_get_buffer_bytes(
+        buffer_type: u32,
+        start: usize,
+        max_size: usize,
+        return_buffer_data: *mut *mut u8,
+        return_buffer_size: *mut usize,
+    ) -> u32;
+    fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
+    fn proxy_log(level: u32, message_data: *const u8, message_size: usize) -> u32;
+    fn proxy_define_metric(
+        metric_type: u32,
+        name_data: *const u8,
+        name_size: usize,
+        return_id: *mut u32,
+    ) -> u32;
+    fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
+}
+
+/// Header maps of the ABI.
+#[derive(Clone, Copy)]
+pub enum HeaderMap {
+    Request = 0,
+    Response = 2,
+}
+
+const BUFFER_PLUGIN_CONFIGURATION: u32 = 7;
+const METRIC_COUNTER: u32 = 0;
+
+fn status_result(call: &str, status: u32) -> Result<(), String> {
+    match status {
+        OK => Ok(()),
+        other => Err(format!("{call} returned status {other}")),
+    }
+}
+
+/// Sets `name` to `value` in a header map of the stream, or removes it.
+pub fn set_header(map: HeaderMap, name: &str, value: Option<&str>) -> Result<(), String> {
+    // SAFETY: the slices outlive the call; the host only reads them.
+    let status = unsafe {
+        match value {
+            Some(v) => proxy_replace_header_map_value(
+                map as u32,
+                name.as_ptr(),
+                name.len(),
+                v.as_ptr(),
+                v.len(),
+            ),
+            None => proxy_remove_header_map_value(map as u32, name.as_ptr(), name.len()),
+        }
+    };
+    status_result("setting a header", status)
+}
+
+/// The plugin's configuration; `Ok(None)` when the host has none.
+pub fn plugin_configuration() -> Result<Option<Vec<u8>>, String> {
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    // SAFETY: as for `get_shared_data`.
+    let status = unsafe {
+        proxy_get_buffer_bytes(
+            BUFFER_PLUGIN_CONFIGURATION,
+            0,
+            usize::MAX,
+            &mut data,
+            &mut size,
+        )
+    };
+    match status {
+        OK if data.is_null() => Ok(None),
+        // SAFETY: allocated by `proxy_on_memory_allocate` as a boxed slice of `size`.
+        OK => Ok(Some(unsafe { Vec::from_raw_parts(data, size, size) })),
+        NOT_FOUND => Ok(None),
+        other => Err(format!("proxy_get_buffer_bytes returned status {other}")),
+    }
+}
+
+/// The host's clock in milliseconds since the epoch (0 if it has none: the
+/// limiter keeps every window exact anyway, never recording a time before
+/// its newest).
+pub fn now_ms() -> u64 {
+    let mut nanos: u64 = 0;
+    // SAFETY: the pointer is to a live local.
+    match unsafe { proxy_get_current_time_nanoseconds(&mut nanos) } {
+        OK => nanos / 1_000_000,
+        _ => 0,
+    }
+}
+
+/// Best effort: a log line that cannot be written is not worth a request.
+pub fn log(level: u32, message: &str) {
+    // SAFETY: the slice outlives the call; the host only reads it.
+    let _ = unsafe { proxy_log(level, message.as_ptr(), message.len()) };
+}
+
+pub fn define_counter(name: &str) -> Result<u32, String> {
+    let mut id: u32 = 0;
+    // SAFETY: the slice and the pointer outlive the call.
+    let status = unsafe { proxy_define_metric(METRIC_COUNTER, name.as_ptr(), name.len(), &mut id) };
+    status_result("proxy_define_metric", status).map(|()| id)
+}
+
+/// Best effort, like the log.
+pub fn increment(id: u32) {
+    // SAFETY: no pointers.
+    let _ = unsafe { proxy_increment_metric(id, 1) };
 }
 
 const MAP_REQUEST_HEADERS: u32 = 0;

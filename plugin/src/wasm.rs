@@ -3,11 +3,9 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
 
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel as PwLogLevel, MetricType};
+use proxy_wasm::types::{Action, ContextType, LogLevel as PwLogLevel};
 use sessiongate_core::Gate;
 
 use crate::filter::{self, Host, LogLevel, Metric, Next};
@@ -29,24 +27,21 @@ struct Root {
 }
 
 fn log(level: LogLevel, message: &str) {
+    // The ABI's levels: trace 0, debug 1, info 2, warn 3, error 4.
     let level = match level {
-        LogLevel::Debug => PwLogLevel::Debug,
-        LogLevel::Info => PwLogLevel::Info,
-        LogLevel::Warn => PwLogLevel::Warn,
-        LogLevel::Error => PwLogLevel::Error,
+        LogLevel::Debug => 1,
+        LogLevel::Info => 2,
+        LogLevel::Warn => 3,
+        LogLevel::Error => 4,
     };
-    let _ = hostcalls::log(level, &format!("sessiongate: {message}"));
+    raw::log(level, &format!("sessiongate: {message}"));
 }
 
 impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
-        let bytes = match hostcalls::get_buffer(
-            proxy_wasm::types::BufferType::PluginConfiguration,
-            0,
-            usize::MAX,
-        ) {
+        let bytes = match raw::plugin_configuration() {
             Ok(Some(b)) => b,
             Ok(None) => {
                 log(
@@ -58,7 +53,7 @@ impl RootContext for Root {
             Err(e) => {
                 log(
                     LogLevel::Error,
-                    &format!("cannot read the plugin configuration ({e:?}): refusing to start"),
+                    &format!("cannot read the plugin configuration ({e}): refusing to start"),
                 );
                 return false;
             }
@@ -88,7 +83,7 @@ impl RootContext for Root {
         let mut metrics = self.metrics.borrow_mut();
         for (metric, slot) in Metric::all().zip(metrics.iter_mut()) {
             if slot.is_none() {
-                *slot = hostcalls::define_metric(MetricType::Counter, &metric.name()).ok();
+                *slot = raw::define_counter(&metric.name()).ok();
             }
         }
         drop(metrics);
@@ -128,15 +123,20 @@ impl Host for Wasm {
         raw::get_request_headers()
     }
     fn set_request_header(&mut self, name: &str, value: Option<&str>) {
-        let _ =
-            hostcalls::set_map_value(proxy_wasm::types::MapType::HttpRequestHeaders, name, value);
+        if let Err(e) = raw::set_header(raw::HeaderMap::Request, name, value) {
+            log(
+                LogLevel::Error,
+                &format!("cannot set request header {name}: {e}"),
+            );
+        }
     }
     fn set_response_header(&mut self, name: &str, value: &str) {
-        let _ = hostcalls::set_map_value(
-            proxy_wasm::types::MapType::HttpResponseHeaders,
-            name,
-            Some(value),
-        );
+        if let Err(e) = raw::set_header(raw::HeaderMap::Response, name, Some(value)) {
+            log(
+                LogLevel::Error,
+                &format!("cannot set response header {name}: {e}"),
+            );
+        }
     }
     fn send_reply(&mut self, status: u16, headers: &HeaderBlock, body: &[u8]) {
         if let Err(e) = raw::send_local_response(status, headers, body) {
@@ -156,17 +156,14 @@ impl Host for Wasm {
         raw::set_property("sessiongate_credential", name.as_bytes());
     }
     fn now_ms(&self) -> u64 {
-        hostcalls::get_current_time()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_millis() as u64)
+        raw::now_ms()
     }
     fn log(&self, level: LogLevel, message: &str) {
         log(level, message);
     }
     fn increment(&mut self, metric: Metric) {
         if let Some(Some(id)) = self.metrics.borrow().get(metric.index()) {
-            let _ = hostcalls::increment_metric(*id, 1);
+            raw::increment(*id);
         }
     }
 }
