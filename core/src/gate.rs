@@ -87,12 +87,6 @@ impl From<String> for Body {
     }
 }
 
-impl PartialEq<&str> for Body {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
-    }
-}
-
 /// The request goes on to the sessions service, rewritten.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Forward<'g> {
