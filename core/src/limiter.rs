@@ -176,6 +176,12 @@ impl<'a> Log<'a> {
             total += count;
             newest = Some(time);
         }
+        // Every state written holds at most `requests` admissions, and
+        // `requests` is capped: more is not a state we wrote (and `decode`
+        // must not expand a forged count into gigabytes).
+        if total > u64::from(MAX_REQUESTS) {
+            return Err(LimiterError::Corrupt);
+        }
         Ok(Log { runs, total })
     }
 
@@ -603,6 +609,18 @@ mod tests {
         split.extend_from_slice(&encode(&[5])[4..]);
         s.load(LIMITER_KEY, split);
         assert_eq!(acquire(&mut s, 0, L), Err(LimiterError::Corrupt));
+        // More admissions than any limit allows.
+        let mut forged = b"SGL2".to_vec();
+        forged.extend_from_slice(&5u64.to_le_bytes());
+        forged.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(decode(Some(&forged)), Err(LimiterError::Corrupt));
+        let mut most = b"SGL2".to_vec();
+        most.extend_from_slice(&5u64.to_le_bytes());
+        most.extend_from_slice(&MAX_REQUESTS.to_le_bytes());
+        assert_eq!(
+            decode(Some(&most)).map(|t| t.len()),
+            Ok(MAX_REQUESTS as usize)
+        );
     }
 
     #[test]
