@@ -77,5 +77,33 @@ fn decision(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, decision);
+/// One limiter step against a full-ish state under a high limit (100,000 a
+/// second, as the load bench configures to admit everything): 20,000 live
+/// admissions, one per millisecond (20,000 runs) or fifty per millisecond
+/// (400 runs), as a 50,000 req/s load leaves them. Every step reads, checks
+/// and rewrites the whole state, so its cost follows the runs, not the
+/// admissions. Each iteration also copies the state into the store, as a
+/// host's shared-data read copies it into the guest.
+fn limiter(c: &mut Criterion) {
+    use sessiongate_core::limiter::{LIMITER_KEY, Limit, acquire, encode};
+    let mut group = c.benchmark_group("limiter_step_20000_admissions");
+    let limit = Limit::new(100_000, 1);
+    for per_ms in [1u64, 50] {
+        let start = 1_800_000_000_000u64;
+        let times: Vec<u64> = (0..20_000u64).map(|i| start + i / per_ms).collect();
+        let state = encode(&times);
+        let now = *times.last().unwrap();
+        let runs = 20_000 / per_ms;
+        group.bench_with_input(BenchmarkId::new("runs", runs), &state, |b, state| {
+            let mut store = MemoryStore::default();
+            b.iter(|| {
+                store.load(LIMITER_KEY, state.clone());
+                black_box(acquire(&mut store, black_box(now), limit))
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, decision, limiter);
 criterion_main!(benches);
