@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use crate::credential::{Kind, Level, Sites};
 use crate::credential_set::CredentialSet;
 use crate::gate::{Action, Gate, Outcome, Request};
-use crate::limiter::MemoryStore;
+use crate::limiter::{self, LIMITER_KEY, Limit, LimiterError, MemoryStore};
 use crate::{ErrorCode, GateConfig};
 
 const TOKEN: &str = "fus_FuzzFuzzFuzzFuzzFuzzFuzzFuzzFuzzFuzzFuzz";
@@ -127,5 +127,48 @@ pub fn store(data: &[u8]) {
     if let Ok(records) = whole.map(|set| set.records()) {
         let again = crate::store_format::serialize(&records);
         assert_eq!(crate::store_format::parse(&again).ok(), Some(records));
+    }
+}
+
+/// A limiter state as a shared store may hold it: anything. The first byte
+/// picks a limit of 1 to 50; the rest is the stored value. One step never
+/// panics; it refuses the state as corrupt exactly when `decode` does, and
+/// otherwise what it leaves behind decodes, holds no more than the limit when
+/// it wrote, ends at the step's time when it admitted, and is untouched when
+/// it did not.
+pub fn limiter_state(data: &[u8]) {
+    let Some((first, state)) = data.split_first() else {
+        return;
+    };
+    let limit = Limit::new(u32::from(*first % 50) + 1, 60);
+    let now = 1_800_000_000_000u64;
+    let mut store = MemoryStore::default();
+    store.load(LIMITER_KEY, state.to_vec());
+    let before = limiter::decode(Some(state));
+    match (limiter::acquire(&mut store, now, limit), before) {
+        (Err(LimiterError::Corrupt), Err(_)) => {}
+        (Err(e), before) => panic!("step failed ({e:?}) on a state decode read as {before:?}"),
+        (Ok(v), Err(e)) => panic!("step decided {v:?} on a state decode refused ({e:?})"),
+        (Ok(v), Ok(times)) => {
+            assert!(v.remaining <= limit.requests, "remaining over the limit");
+            let after = match limiter::decode(store.value(LIMITER_KEY)) {
+                Ok(t) => t,
+                Err(e) => panic!("the step left a state that does not decode: {e:?}"),
+            };
+            if v.admitted {
+                let at = times.last().map_or(now, |&newest| now.max(newest));
+                assert_eq!(
+                    after.last(),
+                    Some(&at),
+                    "the admission is not the newest entry"
+                );
+                assert!(
+                    after.len() <= limit.requests as usize,
+                    "more kept than the limit"
+                );
+            } else {
+                assert_eq!(after, times, "a denial changed the state");
+            }
+        }
     }
 }

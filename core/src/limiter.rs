@@ -294,8 +294,10 @@ fn verdict(live: Log<'_>, admitted_at: Option<u64>, now: u64, limit: Limit) -> V
     let entry = live
         .at(pivot)
         .or(admitted_at.filter(|_| pivot == live.len()));
+    // Saturating: a stored time near the end of u64 (a forged state, a clock
+    // far ahead) must not wrap into a reset in the past.
     let reset_seconds = entry.map_or(0, |t| {
-        ceil_seconds((t + limit.window_ms).saturating_sub(now))
+        ceil_seconds(t.saturating_add(limit.window_ms).saturating_sub(now))
     });
     Verdict {
         admitted,

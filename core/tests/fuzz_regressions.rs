@@ -37,3 +37,8 @@ fn config_inputs() {
 fn store_inputs() {
     assert!(replay("store", fuzzing::store) >= 1);
 }
+
+#[test]
+fn limiter_inputs() {
+    assert!(replay("limiter", fuzzing::limiter_state) >= 4);
+}
