@@ -13,8 +13,8 @@ cd "$(dirname "$0")/../fuzz"
 seconds="${1:-60}"
 export PATH="${SESSIONGATE_TOOLS:-$HOME/.cache/sessiongate/tools}/bin:$PATH"
 command -v cargo-fuzz >/dev/null || { echo "fuzz.sh: needs cargo-fuzz: cargo install cargo-fuzz" >&2; exit 2; }
-mkdir -p corpus/decision corpus/config corpus/store corpus/limiter
-for target in decision config store limiter; do
+mkdir -p corpus/decision corpus/config corpus/store corpus/limiter corpus/guard
+for target in decision config store limiter guard; do
   t="$seconds"
   [ "$target" = decision ] && t=$((seconds * 3))
   log="$(mktemp)"

@@ -172,3 +172,50 @@ pub fn limiter_state(data: &[u8]) {
         }
     }
 }
+
+/// A failed-credential guard bucket as a shared store may hold it: anything.
+/// The first byte picks how many failures the guard allows (0 to 15, 0 being
+/// off); the rest is the stored bucket of the address under test. Checking
+/// and recording a failure never panic; a hold is at least a second; and a
+/// bucket that parsed before the failure was recorded holds the address
+/// afterwards, its newest time the failure's, no more than `failures + 1`
+/// times kept.
+pub fn guard_state(data: &[u8]) {
+    use crate::guard::{self, GuardConfig};
+    let Some((first, state)) = data.split_first() else {
+        return;
+    };
+    let cfg = GuardConfig {
+        failures: u32::from(*first % 16),
+        window_seconds: 60,
+    };
+    let (address, now) = ("10.0.0.1", 1_800_000_000_000u64);
+    let key = guard::bucket_key(address);
+    let mut store = MemoryStore::default();
+    store.load(&key, state.to_vec());
+    if let Some(seconds) = guard::blocked(&mut store, address, now, &cfg) {
+        assert!(seconds >= 1, "a hold of no time");
+    }
+    let parsed_before =
+        state.is_empty() || serde_json::from_slice::<Vec<(String, Vec<u64>)>>(state).is_ok();
+    guard::record_failure(&mut store, address, now, &cfg);
+    if !cfg.enabled() || !parsed_before {
+        return;
+    }
+    let after: Vec<(String, Vec<u64>)> = match store.value(&key).map(serde_json::from_slice) {
+        Some(Ok(b)) => b,
+        other => panic!("the recorded bucket does not parse: {other:?}"),
+    };
+    let Some((_, times)) = after.iter().find(|(a, _)| a == address) else {
+        panic!("the failure was not recorded: {after:?}");
+    };
+    assert_eq!(
+        times.last(),
+        Some(&now),
+        "the newest time is not the failure's"
+    );
+    assert!(
+        times.len() <= cfg.failures as usize + 1,
+        "more times kept than can block"
+    );
+}

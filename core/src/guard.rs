@@ -57,7 +57,7 @@ impl GuardConfig {
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Bucket(Vec<(String, Vec<u64>)>);
 
-fn bucket_key(address: &str) -> String {
+pub(crate) fn bucket_key(address: &str) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in address.bytes() {
         h ^= u64::from(b);

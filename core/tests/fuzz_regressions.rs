@@ -42,3 +42,8 @@ fn store_inputs() {
 fn limiter_inputs() {
     assert!(replay("limiter", fuzzing::limiter_state) >= 4);
 }
+
+#[test]
+fn guard_inputs() {
+    assert!(replay("guard", fuzzing::guard_state) >= 3);
+}
