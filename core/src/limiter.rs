@@ -224,13 +224,8 @@ impl<'a> Log<'a> {
     fn encode_with(self, at: u64) -> Vec<u8> {
         let mut out = Vec::with_capacity(MAGIC.len() + (self.runs.len() + 1) * RUN);
         out.extend_from_slice(MAGIC);
-        let (older, count) = match self.runs.split_last() {
-            Some((newest, older)) if run_time(newest) == at => (older, run_count(newest) + 1),
-            _ => (self.runs, 1),
-        };
-        out.extend_from_slice(older.as_flattened());
-        out.extend_from_slice(&at.to_le_bytes());
-        out.extend_from_slice(&u32::try_from(count).unwrap_or(u32::MAX).to_le_bytes());
+        out.extend_from_slice(self.runs.as_flattened());
+        push_admission(&mut out, at);
         out
     }
 }

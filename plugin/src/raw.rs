@@ -115,24 +115,34 @@ pub fn set_header(map: HeaderMap, name: &str, value: Option<&str>) -> Result<(),
     status_result("setting a header", status)
 }
 
-/// The plugin's configuration; `Ok(None)` when the host has none.
-pub fn plugin_configuration() -> Result<Option<Vec<u8>>, String> {
+/// Makes a host call that hands the guest a buffer through two return
+/// pointers, and takes ownership of it: the status, and the bytes if the call
+/// succeeded with any.
+fn with_returned_buffer(
+    call: impl FnOnce(*mut *mut u8, *mut usize) -> u32,
+) -> (u32, Option<Vec<u8>>) {
     let mut data: *mut u8 = null_mut();
     let mut size: usize = 0;
-    // SAFETY: as for `get_shared_data`.
-    let status = unsafe {
-        proxy_get_buffer_bytes(
-            BUFFER_PLUGIN_CONFIGURATION,
-            0,
-            usize::MAX,
-            &mut data,
-            &mut size,
-        )
-    };
+    let status = call(&mut data, &mut size);
+    if status != OK || data.is_null() {
+        return (status, None);
+    }
+    // SAFETY: on `Ok` the host allocated `data` with our
+    // `proxy_on_memory_allocate`, a boxed slice of `size` bytes, now ours.
+    (
+        status,
+        Some(unsafe { Vec::from_raw_parts(data, size, size) }),
+    )
+}
+
+/// The plugin's configuration; `Ok(None)` when the host has none.
+pub fn plugin_configuration() -> Result<Option<Vec<u8>>, String> {
+    // SAFETY: the return pointers are the helper's live locals.
+    let (status, bytes) = with_returned_buffer(|data, size| unsafe {
+        proxy_get_buffer_bytes(BUFFER_PLUGIN_CONFIGURATION, 0, usize::MAX, data, size)
+    });
     match status {
-        OK if data.is_null() => Ok(None),
-        // SAFETY: allocated by `proxy_on_memory_allocate` as a boxed slice of `size`.
-        OK => Ok(Some(unsafe { Vec::from_raw_parts(data, size, size) })),
+        OK => Ok(bytes),
         NOT_FOUND => Ok(None),
         other => Err(format!("proxy_get_buffer_bytes returned status {other}")),
     }
@@ -203,30 +213,24 @@ pub fn send_local_response(
 /// A host that cannot answer gives an empty block: the gate refuses a
 /// request it cannot see.
 pub fn get_request_headers() -> crate::header_block::HeaderBlock {
-    let mut data: *mut u8 = null_mut();
-    let mut size: usize = 0;
-    // SAFETY: as for `get_shared_data`.
-    let status = unsafe { proxy_get_header_map_pairs(MAP_REQUEST_HEADERS, &mut data, &mut size) };
-    if status != OK || data.is_null() {
-        return crate::header_block::HeaderBlock::default();
-    }
-    // SAFETY: allocated by `proxy_on_memory_allocate` as a boxed slice of `size`.
-    crate::header_block::HeaderBlock::new(unsafe { Vec::from_raw_parts(data, size, size) })
+    // SAFETY: the return pointers are the helper's live locals.
+    let (_, bytes) = with_returned_buffer(|data, size| unsafe {
+        proxy_get_header_map_pairs(MAP_REQUEST_HEADERS, data, size)
+    });
+    bytes
+        .map(crate::header_block::HeaderBlock::new)
+        .unwrap_or_default()
 }
 
 /// `(value, cas)`; an absent key is `(None, 0)`.
 pub fn get_shared_data(key: &str) -> Result<(Option<Vec<u8>>, u32), String> {
-    let mut data: *mut u8 = null_mut();
-    let mut size: usize = 0;
     let mut cas: u32 = 0;
-    // SAFETY: the pointers are to live locals; the host writes a buffer it
-    // allocated with our `proxy_on_memory_allocate`, which we then own.
-    let status =
-        unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) };
+    // SAFETY: the key outlives the call; the pointers are live locals.
+    let (status, value) = with_returned_buffer(|data, size| unsafe {
+        proxy_get_shared_data(key.as_ptr(), key.len(), data, size, &mut cas)
+    });
     match status {
-        OK if data.is_null() => Ok((None, cas)),
-        // SAFETY: allocated by `proxy_on_memory_allocate` as a boxed slice of `size`.
-        OK => Ok((Some(unsafe { Vec::from_raw_parts(data, size, size) }), cas)),
+        OK => Ok((value, cas)),
         NOT_FOUND => Ok((None, 0)),
         other => Err(format!("proxy_get_shared_data returned status {other}")),
     }
@@ -254,14 +258,9 @@ pub fn set_property(name: &str, value: &[u8]) {
 /// separated by NUL (`b"source\0address"`). `None` when the host has no such
 /// property or answers anything but `Ok`.
 pub fn get_property(path: &[u8]) -> Option<String> {
-    let mut data: *mut u8 = null_mut();
-    let mut size: usize = 0;
-    // SAFETY: as for `get_shared_data`.
-    let status = unsafe { proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size) };
-    if status != OK || data.is_null() {
-        return None;
-    }
-    // SAFETY: allocated by `proxy_on_memory_allocate` as a boxed slice of `size`.
-    let bytes = unsafe { Vec::from_raw_parts(data, size, size) };
-    String::from_utf8(bytes).ok()
+    // SAFETY: the path outlives the call; the pointers are live locals.
+    let (_, bytes) = with_returned_buffer(|data, size| unsafe {
+        proxy_get_property(path.as_ptr(), path.len(), data, size)
+    });
+    String::from_utf8(bytes?).ok()
 }
