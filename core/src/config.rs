@@ -76,15 +76,30 @@ impl<'de> Deserialize<'de> for Backend {
     }
 }
 
-/// Where a wasi-http component reads its [`GateConfig`] (JSON) in its
-/// key-value bucket. The host writes it; the component reads it on every
-/// request, so a revoked credential is refused on the next one.
-pub const CONFIG_KEY: &str = "sessiongate.config.v1";
+/// Why a configuration was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    /// The JSON does not parse, or names a field that does not exist, or
+    /// gives one the wrong type.
+    Syntax(String),
+    /// A field holds a value the gate does not accept.
+    Invalid { field: &'static str, reason: String },
+}
 
-/// The header a wasi-http host puts the client's address in (Spin's name for
-/// it; `sessiongate serve --component` sets it too, replacing any a client
-/// sent). The failed-credential guard keys on it.
-pub const CLIENT_ADDR_HEADER: &str = "spin-client-addr";
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigError::Syntax(e) => write!(f, "configuration: {e}"),
+            ConfigError::Invalid { field, reason } => write!(f, "{field}: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn invalid(field: &'static str, reason: String) -> ConfigError {
+    ConfigError::Invalid { field, reason }
+}
 
 /// The gate's whole configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,32 +141,35 @@ impl Default for GateConfig {
 
 impl GateConfig {
     /// Parses the JSON form; the error names what is wrong and where.
-    pub fn from_json(bytes: &[u8]) -> Result<GateConfig, String> {
+    pub fn from_json(bytes: &[u8]) -> Result<GateConfig, ConfigError> {
         let config: GateConfig =
-            serde_json::from_slice(bytes).map_err(|e| format!("configuration: {e}"))?;
+            serde_json::from_slice(bytes).map_err(|e| ConfigError::Syntax(e.to_string()))?;
         config.validate()?;
         Ok(config)
     }
 
     /// Semantic checks serde cannot express (credentials are checked as they are parsed).
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.limit.requests == 0 || self.limit.requests > MAX_REQUESTS {
-            return Err(format!(
-                "limit.requests: must be from 1 to {MAX_REQUESTS}, not {}",
-                self.limit.requests
+            return Err(invalid(
+                "limit.requests",
+                format!(
+                    "must be from 1 to {MAX_REQUESTS}, not {}",
+                    self.limit.requests
+                ),
             ));
         }
         if self.limit.window_seconds == 0 || self.limit.window_seconds > 86_400 {
-            return Err(format!(
-                "limit.window_seconds: must be from 1 to 86400, not {}",
-                self.limit.window_seconds
+            return Err(invalid(
+                "limit.window_seconds",
+                format!("must be from 1 to 86400, not {}", self.limit.window_seconds),
             ));
         }
         if self.guard.enabled() && self.guard.window_seconds == 0 {
-            return Err("guard.window_seconds: must be at least 1".into());
+            return Err(invalid("guard.window_seconds", "must be at least 1".into()));
         }
         if self.stub_sessions_per_site > 1_000_000 {
-            return Err("stub_sessions_per_site: at most 1000000".into());
+            return Err(invalid("stub_sessions_per_site", "at most 1000000".into()));
         }
         Ok(())
     }
@@ -180,19 +198,29 @@ mod tests {
         );
         let c = GateConfig::from_json(br#"{"backend":"upstream"}"#).unwrap();
         assert_eq!(c.backend, Backend::Upstream(None));
-        let e = GateConfig::from_json(br#"{"backend":"ftp://x"}"#).unwrap_err();
+        let e = GateConfig::from_json(br#"{"backend":"ftp://x"}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("backend"), "{e}");
     }
 
     #[test]
     fn errors_name_the_field() {
-        let e = GateConfig::from_json(br#"{"limits":{}}"#).unwrap_err();
+        let e = GateConfig::from_json(br#"{"limits":{}}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("limits"), "{e}");
-        let e = GateConfig::from_json(br#"{"limit":{"requests":0}}"#).unwrap_err();
+        let e = GateConfig::from_json(br#"{"limit":{"requests":0}}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("limit.requests"), "{e}");
-        let e = GateConfig::from_json(br#"{"limit":{"window_seconds":0}}"#).unwrap_err();
+        let e = GateConfig::from_json(br#"{"limit":{"window_seconds":0}}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("limit.window_seconds"), "{e}");
-        let e = GateConfig::from_json(br#"{"fail_open":"yes"}"#).unwrap_err();
+        let e = GateConfig::from_json(br#"{"fail_open":"yes"}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("configuration"), "{e}");
         assert!(GateConfig::from_json(b"not json").is_err());
     }

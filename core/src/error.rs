@@ -154,14 +154,6 @@ pub fn push_json_string(out: &mut String, s: &str) {
     out.push('"');
 }
 
-/// The fixed message of the errors whose text never varies.
-pub fn upstream_unavailable() -> GateError {
-    GateError::new(
-        ErrorCode::UpstreamUnavailable,
-        "The sessions service could not be reached.",
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

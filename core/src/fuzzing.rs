@@ -8,8 +8,10 @@ use std::sync::OnceLock;
 
 use crate::credential::{Kind, Level, Sites};
 use crate::credential_set::CredentialSet;
-use crate::gate::{Action, Gate, Outcome, Request};
-use crate::limiter::{self, LIMITER_KEY, Limit, LimiterError, MemoryStore};
+use crate::decision::{Action, Outcome, Request};
+use crate::gate::Gate;
+use crate::kv::MemoryKv;
+use crate::limiter::{self, Limit, LimiterError, Step};
 use crate::{ErrorCode, GateConfig};
 
 const TOKEN: &str = "fus_FuzzFuzzFuzzFuzzFuzzFuzzFuzzFuzzFuzzFuzz";
@@ -63,7 +65,7 @@ pub fn decision(data: &[u8]) {
         _ => {}
     }
     let authorization: Vec<&[u8]> = auth.iter().map(Vec::as_slice).collect();
-    let mut store = MemoryStore::default();
+    let mut store = MemoryKv::default();
     let request = Request {
         method: &method,
         target: &target,
@@ -142,33 +144,42 @@ pub fn limiter_state(data: &[u8]) {
     };
     let limit = Limit::new(u32::from(*first % 50) + 1, 60);
     let now = 1_800_000_000_000u64;
-    let mut store = MemoryStore::default();
-    store.load(LIMITER_KEY, state.to_vec());
     let before = limiter::decode(Some(state));
-    match (limiter::acquire(&mut store, now, limit), before) {
+    match (limiter::step(Some(state), now, limit), before) {
         (Err(LimiterError::Corrupt), Err(_)) => {}
         (Err(e), before) => panic!("step failed ({e:?}) on a state decode read as {before:?}"),
-        (Ok(v), Err(e)) => panic!("step decided {v:?} on a state decode refused ({e:?})"),
-        (Ok(v), Ok(times)) => {
-            assert!(v.remaining <= limit.requests, "remaining over the limit");
-            let after = match limiter::decode(store.value(LIMITER_KEY)) {
+        (Ok((step, _)), Err(e)) => {
+            panic!("step decided {step:?} on a state decode refused ({e:?})")
+        }
+        (Ok((Step::Full(v), _)), Ok(times)) => {
+            assert!(
+                !v.admitted && v.remaining == 0,
+                "a full log with room: {v:?}"
+            );
+            assert!(
+                times.len() >= limit.requests as usize,
+                "full with room left"
+            );
+        }
+        (Ok((Step::Admit { next, verdict }, _)), Ok(times)) => {
+            assert!(
+                verdict.admitted && verdict.remaining < limit.requests,
+                "{verdict:?}"
+            );
+            let after = match limiter::decode(Some(&next)) {
                 Ok(t) => t,
                 Err(e) => panic!("the step left a state that does not decode: {e:?}"),
             };
-            if v.admitted {
-                let at = times.last().map_or(now, |&newest| now.max(newest));
-                assert_eq!(
-                    after.last(),
-                    Some(&at),
-                    "the admission is not the newest entry"
-                );
-                assert!(
-                    after.len() <= limit.requests as usize,
-                    "more kept than the limit"
-                );
-            } else {
-                assert_eq!(after, times, "a denial changed the state");
-            }
+            let at = times.last().map_or(now, |&newest| now.max(newest));
+            assert_eq!(
+                after.last(),
+                Some(&at),
+                "the admission is not the newest entry"
+            );
+            assert!(
+                after.len() <= limit.requests as usize,
+                "more kept than the limit"
+            );
         }
     }
 }
@@ -182,6 +193,7 @@ pub fn limiter_state(data: &[u8]) {
 /// times kept.
 pub fn guard_state(data: &[u8]) {
     use crate::guard::{self, GuardConfig};
+
     let Some((first, state)) = data.split_first() else {
         return;
     };
@@ -190,19 +202,16 @@ pub fn guard_state(data: &[u8]) {
         window_seconds: 60,
     };
     let (address, now) = ("10.0.0.1", 1_800_000_000_000u64);
-    let key = guard::bucket_key(address);
-    let mut store = MemoryStore::default();
-    store.load(&key, state.to_vec());
-    if let Some(seconds) = guard::blocked(&mut store, address, now, &cfg) {
+    if let Some(seconds) = guard::held(Some(state), address, now, &cfg) {
         assert!(seconds >= 1, "a hold of no time");
     }
     let parsed_before =
         state.is_empty() || serde_json::from_slice::<Vec<(String, Vec<u64>)>>(state).is_ok();
-    guard::record_failure(&mut store, address, now, &cfg);
+    let recorded = guard::with_failure(Some(state), address, now, &cfg);
     if !cfg.enabled() || !parsed_before {
         return;
     }
-    let after: Vec<(String, Vec<u64>)> = match store.value(&key).map(serde_json::from_slice) {
+    let after: Vec<(String, Vec<u64>)> = match recorded.as_deref().map(serde_json::from_slice) {
         Some(Ok(b)) => b,
         other => panic!("the recorded bucket does not parse: {other:?}"),
     };

@@ -3,14 +3,12 @@
 //! credentials are even looked at, without touching the customers' global
 //! budget.
 //!
-//! State lives in the same shared store as the limiter, spread over a fixed
+//! State lives in the same shared state as the limiter, spread over a fixed
 //! number of buckets (keys) so memory stays bounded whatever the number of
 //! addresses: each bucket holds at most [`ADDRESSES_PER_BUCKET`] addresses and
 //! forgets the quietest when full.
 
 use serde::{Deserialize, Serialize};
-
-use crate::limiter::{CasOutcome, MAX_CAS_ATTEMPTS, SharedStore};
 
 /// Buckets (shared-store keys) the addresses are spread over.
 pub const BUCKETS: u64 = 1024;
@@ -78,20 +76,18 @@ pub fn client_of(source: &str) -> &str {
     }
 }
 
-fn read(store: &mut dyn SharedStore, key: &str) -> Option<(Bucket, u32)> {
-    let (bytes, version) = store.get(key).ok()?;
-    let bucket = match bytes {
-        Some(b) if !b.is_empty() => serde_json::from_slice(&b).ok()?,
-        _ => Bucket::default(),
-    };
-    Some((bucket, version))
+fn parse(bytes: Option<&[u8]>) -> Option<Bucket> {
+    match bytes {
+        Some(b) if !b.is_empty() => serde_json::from_slice(b).ok(),
+        _ => Some(Bucket::default()),
+    }
 }
 
-/// Whole seconds until `address` may present credentials again, if it is
-/// blocked now. A store failure blocks nobody: the guard is a brake, the
-/// limiter is the lock.
-pub fn blocked(
-    store: &mut dyn SharedStore,
+/// Whole seconds until `address` may present credentials again, if its
+/// bucket (`bytes`, absent: empty) holds it now. A bucket that does not
+/// parse holds nobody: the guard is a brake, the limiter is the lock.
+pub(crate) fn held(
+    bytes: Option<&[u8]>,
     address: &str,
     now: u64,
     cfg: &GuardConfig,
@@ -99,7 +95,7 @@ pub fn blocked(
     if !cfg.enabled() {
         return None;
     }
-    let (bucket, _) = read(store, &bucket_key(address))?;
+    let bucket = parse(bytes)?;
     let (_, times) = bucket.0.iter().find(|(a, _)| a == address)?;
     let live: Vec<u64> = times
         .iter()
@@ -111,104 +107,118 @@ pub fn blocked(
     Some(frees.saturating_sub(now).div_ceil(1000).max(1))
 }
 
-/// Records one failed credential from `address`.
-pub fn record_failure(store: &mut dyn SharedStore, address: &str, now: u64, cfg: &GuardConfig) {
-    if !cfg.enabled() {
-        return;
+/// The bucket `bytes` (absent: empty) with one more failed credential from
+/// `address`; `None` when the bytes are not a bucket (left alone).
+pub(crate) fn with_failure(
+    bytes: Option<&[u8]>,
+    address: &str,
+    now: u64,
+    cfg: &GuardConfig,
+) -> Option<Vec<u8>> {
+    let mut bucket = parse(bytes)?;
+    for (_, times) in bucket.0.iter_mut() {
+        times.retain(|t| t.saturating_add(cfg.window_ms()) > now);
     }
-    let key = bucket_key(address);
-    for _ in 0..MAX_CAS_ATTEMPTS {
-        let Some((mut bucket, version)) = read(store, &key) else {
-            return;
-        };
-        for (_, times) in bucket.0.iter_mut() {
-            times.retain(|t| t.saturating_add(cfg.window_ms()) > now);
-        }
-        bucket.0.retain(|(_, times)| !times.is_empty());
-        match bucket.0.iter_mut().find(|(a, _)| a == address) {
-            Some((_, times)) => times.push(now),
-            None => {
-                if bucket.0.len() >= ADDRESSES_PER_BUCKET {
-                    // Forget the address whose latest failure is oldest.
-                    if let Some(quietest) = (0..bucket.0.len())
-                        .min_by_key(|&i| bucket.0.get(i).and_then(|(_, t)| t.last().copied()))
-                    {
-                        bucket.0.remove(quietest);
-                    }
+    bucket.0.retain(|(_, times)| !times.is_empty());
+    match bucket.0.iter_mut().find(|(a, _)| a == address) {
+        Some((_, times)) => times.push(now),
+        None => {
+            if bucket.0.len() >= ADDRESSES_PER_BUCKET {
+                // Forget the address whose latest failure is oldest.
+                if let Some(quietest) = (0..bucket.0.len())
+                    .min_by_key(|&i| bucket.0.get(i).and_then(|(_, t)| t.last().copied()))
+                {
+                    bucket.0.remove(quietest);
                 }
-                bucket.0.push((address.to_owned(), vec![now]));
             }
-        }
-        // Keep only what can still block: the last `failures + 1` times.
-        let keep = cfg.failures as usize + 1;
-        for (_, times) in bucket.0.iter_mut() {
-            let excess = times.len().saturating_sub(keep);
-            times.drain(..excess);
-        }
-        let Ok(bytes) = serde_json::to_vec(&bucket) else {
-            return;
-        };
-        match store.set(&key, &bytes, version) {
-            Ok(CasOutcome::Written) | Err(_) => return,
-            Ok(CasOutcome::Mismatch) => continue,
+            bucket.0.push((address.to_owned(), vec![now]));
         }
     }
+    // Keep only what can still hold: the last `failures + 1` times.
+    let keep = cfg.failures as usize + 1;
+    for (_, times) in bucket.0.iter_mut() {
+        let excess = times.len().saturating_sub(keep);
+        times.drain(..excess);
+    }
+    serde_json::to_vec(&bucket).ok()
+}
+
+/// How many addresses a bucket's bytes hold.
+#[cfg(test)]
+fn addresses_in(bytes: &[u8]) -> Option<usize> {
+    parse(Some(bytes)).map(|b| b.0.len())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limiter::MemoryStore;
+    use std::collections::HashMap;
 
     const CFG: GuardConfig = GuardConfig {
         failures: 3,
         window_seconds: 10,
     };
 
-    #[test]
-    fn blocks_after_n_failures_until_the_oldest_expires() {
-        let mut s = MemoryStore::default();
-        for t in [0, 1_000, 2_000] {
-            assert_eq!(blocked(&mut s, "10.0.0.1", t, &CFG), None);
-            record_failure(&mut s, "10.0.0.1", t, &CFG);
-        }
-        assert_eq!(blocked(&mut s, "10.0.0.1", 2_500, &CFG), Some(8));
-        assert_eq!(
-            blocked(&mut s, "10.0.0.2", 2_500, &CFG),
-            None,
-            "per address"
-        );
-        assert_eq!(blocked(&mut s, "10.0.0.1", 10_000, &CFG), None);
-    }
+    /// Buckets by key, one caller: read, add, write.
+    #[derive(Default)]
+    struct Buckets(HashMap<String, Vec<u8>>);
 
-    #[test]
-    fn buckets_stay_bounded() {
-        let mut s = MemoryStore::default();
-        for i in 0..10_000u64 {
-            record_failure(
-                &mut s,
-                &format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255),
-                i,
-                &CFG,
-            );
+    impl Buckets {
+        fn held(&self, address: &str, now: u64, cfg: &GuardConfig) -> Option<u64> {
+            let bytes = self.0.get(&bucket_key(address)).map(Vec::as_slice);
+            held(bytes, address, now, cfg)
         }
-        for b in 0..BUCKETS {
-            let key = format!("sessiongate.guard.v1.{b}");
-            if let Some(v) = s.value(&key) {
-                let bucket: Bucket = serde_json::from_slice(v).unwrap();
-                assert!(bucket.0.len() <= ADDRESSES_PER_BUCKET);
+        fn fail(&mut self, address: &str, now: u64, cfg: &GuardConfig) {
+            let key = bucket_key(address);
+            if let Some(next) = with_failure(self.0.get(&key).map(Vec::as_slice), address, now, cfg)
+            {
+                self.0.insert(key, next);
             }
         }
     }
 
     #[test]
-    fn disabled_guard_does_nothing() {
-        let off = GuardConfig { failures: 0, ..CFG };
-        let mut s = MemoryStore::default();
-        for t in 0..100 {
-            record_failure(&mut s, "a", t, &off);
+    fn holds_after_n_failures_until_the_oldest_expires() {
+        let mut s = Buckets::default();
+        for t in [0, 1_000, 2_000] {
+            assert_eq!(s.held("10.0.0.1", t, &CFG), None);
+            s.fail("10.0.0.1", t, &CFG);
         }
-        assert_eq!(blocked(&mut s, "a", 100, &off), None);
+        assert_eq!(s.held("10.0.0.1", 2_500, &CFG), Some(8));
+        assert_eq!(s.held("10.0.0.2", 2_500, &CFG), None, "per address");
+        assert_eq!(s.held("10.0.0.1", 10_000, &CFG), None);
+    }
+
+    #[test]
+    fn buckets_stay_bounded() {
+        let mut s = Buckets::default();
+        for i in 0..10_000u64 {
+            s.fail(
+                &format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255),
+                i,
+                &CFG,
+            );
+        }
+        assert!(s.0.len() <= BUCKETS as usize);
+        for bytes in s.0.values() {
+            assert!(addresses_in(bytes).unwrap() <= ADDRESSES_PER_BUCKET);
+        }
+    }
+
+    #[test]
+    fn disabled_guard_holds_nobody() {
+        let off = GuardConfig { failures: 0, ..CFG };
+        let mut s = Buckets::default();
+        for t in 0..100 {
+            s.fail("a", t, &off);
+        }
+        assert_eq!(s.held("a", 100, &off), None);
+    }
+
+    #[test]
+    fn a_bucket_that_does_not_parse_is_left_alone() {
+        assert_eq!(held(Some(b"{"), "a", 0, &CFG), None);
+        assert_eq!(with_failure(Some(b"{"), "a", 0, &CFG), None);
     }
 
     #[test]

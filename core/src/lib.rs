@@ -1,31 +1,59 @@
 //! sessiongate-core: every rule of the sessions API contract, and nothing else.
 //!
-//! Sans-IO: no sockets, no clock, no threads, no globals. An adapter passes the
-//! request, the time and a handle to the limiter's compare-and-swap store;
-//! [`Gate::decide`] returns what to do. Every build of sessiongate (proxy-wasm
-//! filter, Worker, component, local host) is a thin adapter over this crate.
+//! Sans-IO: no sockets, no clock, no threads, no globals. A host hands
+//! [`Gate::start`] the request and the time; the decision says which step of
+//! the shared state it needs next ([`Need`]) and takes the host's answer
+//! ([`Pending::resume`]) until it is done. [`Gate::decide`] drives it over a
+//! synchronous [`Kv`]. Every build of sessiongate (proxy-wasm filter,
+//! Worker, component, local host) is a thin driver over this crate.
+#![forbid(unsafe_code)]
 
-pub mod config;
-pub mod credential;
-pub mod credential_set;
-pub mod error;
-#[doc(hidden)]
-pub mod fixtures;
-#[doc(hidden)]
-pub mod fuzzing;
-pub mod gate;
-pub mod guard;
-pub mod limiter;
-pub mod query;
-pub mod route;
+mod config;
+mod credential;
+mod credential_set;
+mod decision;
+mod error;
+mod gate;
+mod guard;
+mod headers;
+mod kv;
+mod limiter;
+mod pending;
+mod query;
+mod route;
+mod stub;
+
+/// The token store's file format, cut into records a piece at a time: the
+/// CLI's loader of large stores, apart from everything a gate runs.
 pub mod store_format;
-pub mod stub;
 
-pub use config::{Backend, GateConfig, LimitConfig};
-pub use credential::{CredentialRecord, Kind, Level, Sites};
-pub use credential_set::{Credential, CredentialSet, CredentialSetBuilder, SiteScope};
-pub use error::{ErrorCode, GateError};
-pub use gate::{
-    Action, Admission, Body, Decision, Forward, Gate, Outcome, Prepared, Reply, Request,
+#[cfg(any(test, feature = "testing"))]
+pub mod fixtures;
+#[cfg(any(test, feature = "testing"))]
+pub mod fuzzing;
+
+pub use config::{Backend, ConfigError, GateConfig, LimitConfig};
+pub use credential::{
+    CredentialRecord, KEY_MIN_BODY_LEN, KEY_SUFFIX_LEN, Kind, Level, Malformed, Presented,
+    SecretHash, Sites, TOKEN_BODY_LEN, TOKEN_PREFIX, hash_hex, hash_secret, hint, is_key, is_token,
+    parse_authorization, parse_hash_hex, split_joined,
 };
-pub use limiter::{CasOutcome, Limit, LimiterError, MemoryStore, SharedStore, StoreError, Verdict};
+pub use credential_set::{Credential, CredentialSet, CredentialSetBuilder, SiteScope};
+pub use decision::{
+    Action, Body, CREDENTIAL_HEADER, CUSTOMER_HEADER, Decision, Forward, Headers, Outcome, Reply,
+    Request, WWW_AUTHENTICATE, is_per_hop,
+};
+pub use error::{ErrorCode, GateError, error_body};
+pub use gate::Gate;
+pub use guard::{GuardConfig, client_of};
+pub use kv::{Entry, Kv, KvError, MemoryKv, Version};
+pub use limiter::{LIMITER_KEY, Limit, LimiterError, MAX_REQUESTS, Verdict};
+pub use pending::{Answer, Need, Pending, Progress};
+pub use query::SessionQuery;
+pub use route::is_valid_id;
+pub use stub::{DEFAULT_SESSIONS_PER_SITE, Session, StubSite};
+
+/// The limiter's stored log, for tests and tools that inspect a state.
+pub mod limiter_log {
+    pub use crate::limiter::{decode, encode};
+}

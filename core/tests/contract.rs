@@ -10,12 +10,10 @@ use std::borrow::Cow;
 
 use base64::Engine as _;
 use serde_json::Value;
-use sessiongate_core::credential::hash_secret;
-use sessiongate_core::gate::{CREDENTIAL_HEADER, CUSTOMER_HEADER};
-use sessiongate_core::limiter::{self, CasOutcome, StoreError};
 use sessiongate_core::{
-    Action, Backend, CredentialSet, Decision, ErrorCode, Gate, GateConfig, Kind, Level,
-    LimitConfig, MemoryStore, Outcome, Request, SharedStore, Sites,
+    Action, Backend, CREDENTIAL_HEADER, CUSTOMER_HEADER, CredentialSet, Decision, Entry, ErrorCode,
+    Forward, Gate, GateConfig, Kind, Kv, KvError, LIMITER_KEY, Level, LimitConfig, MemoryKv,
+    Outcome, Request, SecretHash, Sites, hash_secret, limiter_log,
 };
 
 const TOKEN: &str = "fus_AAAAAAAAAAbbbbbbbbbb0000000000cccccccc12";
@@ -58,12 +56,11 @@ fn config(backend: Backend, requests: u32) -> GateConfig {
     }
 }
 
-/// One gate for the tests that need the default one (its only state is the
-/// stub's page cache; the limiter's is in each test's store). Decisions
-/// borrow from their gate, so it outlives them.
+/// A default gate of its own for each test: a gate remembers when the limit
+/// is full, and each test has its own limiter state. Decisions borrow from
+/// their gate, so it outlives them.
 fn gate() -> &'static Gate {
-    static GATE: std::sync::OnceLock<Gate> = std::sync::OnceLock::new();
-    GATE.get_or_init(|| Gate::new(config(Backend::Stub, 20)).unwrap())
+    Box::leak(Box::new(Gate::new(config(Backend::Stub, 20)).unwrap()))
 }
 
 fn bearer(t: &str) -> String {
@@ -84,7 +81,7 @@ fn get(target: &str, auth: &[String]) -> Call<'static> {
     }
 }
 
-fn run<'g>(g: &'g Gate, call: &Call<'_>, store: &mut dyn SharedStore) -> Decision<'g> {
+fn run<'g>(g: &'g Gate, call: &Call<'_>, store: &mut dyn Kv) -> Decision<'g> {
     let values: Vec<&[u8]> = call.auth.iter().map(|s| s.as_bytes()).collect();
     g.decide(
         &Request {
@@ -137,7 +134,7 @@ fn ok_auth() -> Vec<String> {
 
 #[test]
 fn lists_sessions_with_a_valid_token() {
-    let mut s = MemoryStore::default();
+    let mut s = MemoryKv::default();
     let d = run(gate(), &get(SESSIONS, &ok_auth()), &mut s);
     let (status, headers, body) = reply(&d);
     assert_eq!(status, 200);
@@ -150,7 +147,7 @@ fn lists_sessions_with_a_valid_token() {
 
 #[test]
 fn unknown_routes_are_404_before_anything_else() {
-    let mut s = MemoryStore::default();
+    let mut s = MemoryKv::default();
     for target in [
         "/",
         "/v1/external/sessions/acme/site-a/",
@@ -171,12 +168,12 @@ fn unknown_routes_are_404_before_anything_else() {
         );
         expect_error(&d, ErrorCode::NotFound);
     }
-    assert_eq!(s.version(limiter::LIMITER_KEY), 0, "a 404 spends nothing");
+    assert_eq!(s.version(LIMITER_KEY), None, "a 404 spends nothing");
 }
 
 #[test]
 fn other_methods_are_405_with_allow_get() {
-    let mut s = MemoryStore::default();
+    let mut s = MemoryKv::default();
     for method in ["POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS", "get"] {
         let d = run(
             gate(),
@@ -204,7 +201,7 @@ fn other_methods_are_405_with_allow_get() {
 
 #[test]
 fn bad_queries_are_400_naming_the_parameter_before_credentials() {
-    let mut s = MemoryStore::default();
+    let mut s = MemoryKv::default();
     for (query, name) in [
         ("startTime=abc", "startTime"),
         ("endTime=-1", "endTime"),
@@ -226,7 +223,7 @@ fn bad_queries_are_400_naming_the_parameter_before_credentials() {
 
 #[test]
 fn query_filters_reach_the_stub() {
-    let mut s = MemoryStore::default();
+    let mut s = MemoryKv::default();
     let d = run(
         gate(),
         &get(&format!("{SESSIONS}?startTime=0&endTime=0"), &ok_auth()),
@@ -240,7 +237,7 @@ fn query_filters_reach_the_stub() {
 #[test]
 fn paging_a_whole_site_through_the_gate() {
     let g = Gate::new(config(Backend::Stub, 100)).unwrap();
-    let mut s = MemoryStore::default();
+    let mut s = MemoryKv::default();
     let mut cursor: Option<u64> = None;
     let mut seen = Vec::new();
     loop {
@@ -269,7 +266,7 @@ fn paging_a_whole_site_through_the_gate() {
 
 #[test]
 fn missing_credential_is_401_unauthorized_with_challenge() {
-    let mut s = MemoryStore::default();
+    let mut s = MemoryKv::default();
     let h = expect_error(
         &run(gate(), &get(SESSIONS, &[]), &mut s),
         ErrorCode::Unauthorized,
@@ -282,7 +279,7 @@ fn missing_credential_is_401_unauthorized_with_challenge() {
 
 #[test]
 fn malformed_unknown_and_revoked_share_one_body() {
-    let mut s = MemoryStore::default();
+    let mut s = MemoryKv::default();
     let unknown = "fus_QQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQ";
     let cases = [
         "Bearer".to_owned(),
@@ -314,15 +311,15 @@ fn malformed_unknown_and_revoked_share_one_body() {
     let d = run(&revoked, &get(SESSIONS, &ok_auth()), &mut s);
     expect_error(&d, ErrorCode::InvalidCredentials);
     assert_eq!(
-        s.version(limiter::LIMITER_KEY),
-        0,
+        s.version(LIMITER_KEY),
+        None,
         "no failed credential spends the budget"
     );
 }
 
 #[test]
 fn two_authorization_headers_are_400() {
-    let mut s = MemoryStore::default();
+    let mut s = MemoryKv::default();
     let d = run(
         gate(),
         &get(SESSIONS, &[bearer(TOKEN), bearer(TOKEN)]),
@@ -333,7 +330,7 @@ fn two_authorization_headers_are_400() {
 
 #[test]
 fn basic_raw_key_and_rfc7617() {
-    let mut s = MemoryStore::default();
+    let mut s = MemoryKv::default();
     let b64 = |x: &str| base64::engine::general_purpose::STANDARD.encode(x);
     for auth in [
         format!("Basic {KEY_STD}"),
@@ -349,7 +346,7 @@ fn basic_raw_key_and_rfc7617() {
 
 #[test]
 fn scope_customer_and_site() {
-    let mut s = MemoryStore::default();
+    let mut s = MemoryKv::default();
     let d = run(
         gate(),
         &get("/v1/external/sessions/other/site-a", &ok_auth()),
@@ -371,17 +368,12 @@ fn scope_customer_and_site() {
     );
     assert_eq!(reply(&d).0, 200, "`all` means every site of the customer");
     // Only the two admitted requests spent the budget.
-    assert_eq!(
-        limiter::decode(s.value(limiter::LIMITER_KEY))
-            .unwrap()
-            .len(),
-        2
-    );
+    assert_eq!(limiter_log::decode(s.value(LIMITER_KEY)).unwrap().len(), 2);
 }
 
 #[test]
 fn every_level_may_list_sessions() {
-    let mut s = MemoryStore::default();
+    let mut s = MemoryKv::default();
     for key in [KEY_STD, KEY_ARCH, KEY_ADMIN] {
         let d = run(gate(), &get(SESSIONS, &[format!("Basic {key}")]), &mut s);
         assert_eq!(reply(&d).0, 200);
@@ -390,7 +382,7 @@ fn every_level_may_list_sessions() {
 
 #[test]
 fn me_reports_role_name_and_hint_and_spends_nothing() {
-    let mut s = MemoryStore::default();
+    let mut s = MemoryKv::default();
     for (auth, role, name, hint) in [
         (bearer(TOKEN), "USER", "all-sites", "fus_****c12"),
         (format!("Basic {KEY_STD}"), "USER", "key-std", "STD0001"),
@@ -428,14 +420,14 @@ fn me_reports_role_name_and_hint_and_spends_nothing() {
         &run(gate(), &get("/me?x=1", &ok_auth()), &mut s),
         ErrorCode::InvalidRequest,
     );
-    assert_eq!(s.version(limiter::LIMITER_KEY), 0);
+    assert_eq!(s.version(LIMITER_KEY), None);
 }
 
 // ---- 4. The global limit -------------------------------------------------
 
 #[test]
 fn twenty_then_429_with_headers() {
-    let mut s = MemoryStore::default();
+    let mut s = MemoryKv::default();
     let g = gate();
     for i in 0..20u32 {
         let (status, h, _) = reply(&run(g, &get(SESSIONS, &ok_auth()), &mut s));
@@ -468,7 +460,7 @@ fn twenty_then_429_with_headers() {
 
 #[test]
 fn only_requests_that_pass_every_check_spend_the_budget() {
-    let mut s = MemoryStore::default();
+    let mut s = MemoryKv::default();
     let g = Gate::new(config(Backend::Stub, 1)).unwrap();
     run(
         &g,
@@ -492,12 +484,15 @@ fn only_requests_that_pass_every_check_spend_the_budget() {
 }
 
 struct BrokenStore;
-impl SharedStore for BrokenStore {
-    fn get(&mut self, _: &str) -> Result<(Option<Vec<u8>>, u32), StoreError> {
-        Err(StoreError("unreachable".into()))
+impl Kv for BrokenStore {
+    fn get(&mut self, _: &str) -> Result<Option<Entry<'_>>, KvError> {
+        Err(KvError("unreachable".into()))
     }
-    fn set(&mut self, _: &str, _: &[u8], _: u32) -> Result<CasOutcome, StoreError> {
-        Err(StoreError("unreachable".into()))
+    fn swap(&mut self, _: &str, _: u64, _: &[u8]) -> Result<bool, KvError> {
+        Err(KvError("unreachable".into()))
+    }
+    fn create(&mut self, _: &str, _: &[u8]) -> Result<bool, KvError> {
+        Err(KvError("unreachable".into()))
     }
 }
 
@@ -519,11 +514,11 @@ fn limiter_failure_is_503_unless_fail_open() {
 #[test]
 fn upstream_backend_forwards_rewritten() {
     let g = Gate::new(config(Backend::Upstream(None), 20)).unwrap();
-    let d = run(&g, &get(SESSIONS, &ok_auth()), &mut MemoryStore::default());
+    let d = run(&g, &get(SESSIONS, &ok_auth()), &mut MemoryKv::default());
     let Action::Forward(f) = d.action else {
         panic!("expected forward")
     };
-    assert_eq!(f.remove_request_headers, ["authorization"]);
+    assert_eq!(Forward::REMOVED_REQUEST_HEADERS, ["authorization"]);
     assert_eq!(
         f.add_request_headers,
         vec![
@@ -541,15 +536,17 @@ fn upstream_backend_forwards_rewritten() {
     let body: Value = serde_json::from_str(&r.body).unwrap();
     assert_eq!(body["error"]["code"], "internal_error");
     assert_eq!(body["error"]["message"], "The gate is misconfigured.");
-    let r = g.upstream_unavailable();
+    let r = Gate::upstream_unavailable(None);
     assert_eq!(r.status, 502);
     assert!(r.body.contains("upstream_unavailable"));
+    let r = Gate::upstream_unavailable(Some(f));
+    assert!(r.headers.iter().any(|(n, _)| *n == "ratelimit"));
 }
 
 #[test]
 fn secrets_never_appear_in_any_decision() {
     let g = Gate::new(config(Backend::Upstream(None), 20)).unwrap();
-    let mut s = MemoryStore::default();
+    let mut s = MemoryKv::default();
     for secret in [TOKEN, KEY_STD] {
         for target in [SESSIONS, "/me", "/v1/external/sessions/other/x"] {
             let auth = if secret.starts_with("fus_") {
@@ -560,37 +557,52 @@ fn secrets_never_appear_in_any_decision() {
             let d = run(&g, &get(target, &[auth]), &mut s);
             let dump = format!("{d:?}");
             assert!(!dump.contains(secret), "{dump}");
-            let hash = sessiongate_core::credential::hash_hex(&hash_secret(secret.as_bytes()));
+            let hash = sessiongate_core::hash_hex(&hash_secret(secret.as_bytes()));
             assert!(!dump.contains(&hash));
         }
     }
 }
 
+/// A store with a revocation list, as the Worker's Durable Object keeps.
+struct Revoking {
+    kv: MemoryKv,
+    revoked: Vec<SecretHash>,
+}
+
+impl Kv for Revoking {
+    fn get(&mut self, key: &str) -> Result<Option<Entry<'_>>, KvError> {
+        self.kv.get(key)
+    }
+    fn swap(&mut self, key: &str, version: u64, value: &[u8]) -> Result<bool, KvError> {
+        self.kv.swap(key, version, value)
+    }
+    fn create(&mut self, key: &str, value: &[u8]) -> Result<bool, KvError> {
+        self.kv.create(key, value)
+    }
+    fn revoked(&mut self, hash: &SecretHash) -> Result<bool, KvError> {
+        Ok(self.revoked.contains(hash))
+    }
+}
+
 #[test]
 fn revoked_credentials_are_unknown_credentials() {
-    let g = gate();
-    let call = get(SESSIONS, &ok_auth());
-    let values: Vec<&[u8]> = call.auth.iter().map(|s| s.as_bytes()).collect();
-    let req = Request {
-        method: "GET",
-        target: SESSIONS,
-        authorization: &values,
-        client: None,
-    };
-    assert_eq!(g.identify(&values).map(|r| r.name), Some("all-sites"));
-    match g.prepare(&req, |r| r.name == "all-sites", None) {
-        sessiongate_core::Prepared::Reply {
-            decision,
-            wants_limit_state,
-            ..
-        } => {
-            expect_error(&decision, ErrorCode::InvalidCredentials);
-            assert!(wants_limit_state);
-        }
-        sessiongate_core::Prepared::Admit(_) => panic!("a revoked credential was admitted"),
-    }
-    assert!(matches!(
-        g.prepare(&req, |_| false, None),
-        sessiongate_core::Prepared::Admit(_)
+    let g = Box::leak(Box::new(
+        Gate::new(config(Backend::Stub, 20))
+            .unwrap()
+            .with_revocation_list(),
     ));
+    let mut s = Revoking {
+        kv: MemoryKv::default(),
+        revoked: vec![hash_secret(TOKEN.as_bytes())],
+    };
+    let h = expect_error(
+        &run(g, &get(SESSIONS, &ok_auth()), &mut s),
+        ErrorCode::InvalidCredentials,
+    );
+    assert!(header(&h, "ratelimit").is_some());
+    assert_eq!(s.kv.version(LIMITER_KEY), None, "nothing spent");
+    let others = get(SESSIONS, &[format!("Basic {KEY_STD}")]);
+    assert_eq!(reply(&run(g, &others, &mut s)).0, 200);
+    s.revoked.clear();
+    assert_eq!(reply(&run(g, &get(SESSIONS, &ok_auth()), &mut s)).0, 200);
 }

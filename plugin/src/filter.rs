@@ -2,12 +2,15 @@
 //! [`Host`], so the adapter is tested natively against a mock. It holds no
 //! contract rule: it reads, asks `core`, and carries the decision out.
 
-use sessiongate_core::limiter::{CasOutcome, SharedStore, StoreError};
-use sessiongate_core::{Action, ErrorCode, Gate, Outcome, Request};
+use std::borrow::Cow;
+
+use sessiongate_core::{
+    Action, Entry, ErrorCode, Forward, Gate, Kv, KvError, Outcome, Request, Version,
+};
 
 use crate::header_block::HeaderBlock;
 
-pub use sessiongate_core::limiter::LIMITER_KEY;
+pub use sessiongate_core::LIMITER_KEY;
 
 /// A counter: one per outcome and per error code. An index, not a name, so
 /// counting a request formats and hashes nothing.
@@ -74,27 +77,44 @@ pub trait Host {
     fn set_credential(&mut self, name: &str);
 }
 
-/// Envoy's shared data as the limiter's CAS store.
+/// Envoy's shared data as the gate's [`Kv`].
 struct SharedData<'h, H: Host>(&'h mut H);
 
-impl<H: Host> SharedStore for SharedData<'_, H> {
-    fn get(&mut self, key: &str) -> Result<(Option<Vec<u8>>, u32), StoreError> {
-        self.0.shared_get(key).map_err(StoreError)
+impl<H: Host> Kv for SharedData<'_, H> {
+    fn get(&mut self, key: &str) -> Result<Option<Entry<'_>>, KvError> {
+        let (value, cas) = self.0.shared_get(key).map_err(KvError)?;
+        Ok(value.map(|v| Entry {
+            value: Cow::Owned(v),
+            version: Version::from(cas),
+        }))
     }
-    fn set(&mut self, key: &str, value: &[u8], version: u32) -> Result<CasOutcome, StoreError> {
-        // Envoy treats cas 0 as "unconditional": the key is created at
-        // configure time so a request never writes with 0 and loses an update.
-        match self.0.shared_set(key, value, version).map_err(StoreError)? {
-            true => Ok(CasOutcome::Written),
-            false => Ok(CasOutcome::Mismatch),
+
+    fn swap(&mut self, key: &str, version: Version, value: &[u8]) -> Result<bool, KvError> {
+        // Envoy's cas is a u32, and 0 means "unconditional": neither is a
+        // version this store handed out, so neither may write.
+        match u32::try_from(version) {
+            Ok(cas) if cas != 0 => self.0.shared_set(key, value, cas).map_err(KvError),
+            _ => Ok(false),
         }
+    }
+
+    /// Envoy has no atomic create (cas 0 overwrites): a key absent now is
+    /// written unconditionally, so two workers that both saw it absent both
+    /// write. The limiter's key is created when the filter is configured
+    /// ([`init_shared_state`]), so only a guard bucket's first write can
+    /// race, and the guard is a brake, not the lock.
+    fn create(&mut self, key: &str, value: &[u8]) -> Result<bool, KvError> {
+        if self.0.shared_get(key).map_err(KvError)?.0.is_some() {
+            return Ok(false);
+        }
+        self.0.shared_set(key, value, 0).map_err(KvError)
     }
 }
 
 /// Creates the limiter's key if it is absent, so every later write is a real CAS.
 pub fn init_shared_state<H: Host>(host: &mut H) {
     if let Ok((None, _)) = host.shared_get(LIMITER_KEY) {
-        let empty = sessiongate_core::limiter::encode(&[]);
+        let empty = sessiongate_core::limiter_log::encode(&[]);
         if let Err(e) = host.shared_set(LIMITER_KEY, &empty, 0) {
             host.log(
                 LogLevel::Error,
@@ -171,7 +191,7 @@ pub fn on_request_headers<H: Host>(gate: &Gate, host: &mut H) -> Next {
             Next::Stop
         }
         Action::Forward(forward) => {
-            for name in forward.remove_request_headers {
+            for name in Forward::REMOVED_REQUEST_HEADERS {
                 host.set_request_header(name, None);
             }
             // Replace, never append: a client cannot smuggle its own identity headers.
@@ -396,7 +416,7 @@ mod tests {
             .map(|(v, _)| v.clone())
             .unwrap_or_default();
         assert_eq!(
-            sessiongate_core::limiter::decode(Some(&state))
+            sessiongate_core::limiter_log::decode(Some(&state))
                 .unwrap()
                 .len(),
             0

@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, anyhow};
 use bytes::Bytes;
 use http_body_util::BodyExt as _;
-use sessiongate_core::config::CONFIG_KEY;
+use sessiongate_spin::CONFIG_KEY;
 use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
 use wasmtime::{Config, Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};

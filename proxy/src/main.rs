@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use sessiongate_core::credential::{Kind, Level};
 use sessiongate_core::{Backend, GateConfig, LimitConfig};
+use sessiongate_core::{Kind, Level};
 
 use sessiongate::{manage, serve, store};
 

@@ -4,8 +4,8 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Result, bail};
-use sessiongate_core::credential::{CredentialRecord, Kind, Level, Sites};
-use sessiongate_core::route::is_valid_id;
+use sessiongate_core::is_valid_id;
+use sessiongate_core::{CredentialRecord, Kind, Level, Sites};
 
 use crate::{secret, store};
 
@@ -249,9 +249,7 @@ mod tests {
         assert_eq!(records[1].level, Level::Architect);
         assert_eq!(
             records[1].hash,
-            sessiongate_core::credential::hash_hex(&sessiongate_core::credential::hash_secret(
-                key.as_bytes()
-            )),
+            sessiongate_core::hash_hex(&sessiongate_core::hash_secret(key.as_bytes())),
             "the key's value stays the same"
         );
         delete(&path, Kind::Token, "t").unwrap();

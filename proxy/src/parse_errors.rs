@@ -54,7 +54,7 @@ fn hypers_own_error(buf: &[u8]) -> bool {
 }
 
 fn replacement() -> Vec<u8> {
-    let body = sessiongate_core::error::error_body(
+    let body = sessiongate_core::error_body(
         sessiongate_core::ErrorCode::InvalidRequest,
         "The request is not valid HTTP/1.1 (malformed or oversized request line or headers).",
     );

@@ -1,9 +1,7 @@
 //! Fresh secrets from the operating system's CSPRNG.
 
 use anyhow::{Result, anyhow};
-use sessiongate_core::credential::{
-    KEY_MIN_BODY_LEN, KEY_SUFFIX_LEN, TOKEN_BODY_LEN, TOKEN_PREFIX,
-};
+use sessiongate_core::{KEY_MIN_BODY_LEN, KEY_SUFFIX_LEN, TOKEN_BODY_LEN, TOKEN_PREFIX};
 
 const BASE62: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 const UPPER_ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
@@ -47,7 +45,7 @@ pub fn new_key() -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sessiongate_core::credential::{is_key, is_token};
+    use sessiongate_core::{is_key, is_token};
 
     #[test]
     fn shapes_and_uniqueness() {

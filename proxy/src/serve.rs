@@ -19,14 +19,14 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::Deserialize;
-use sessiongate_core::{Backend, CredentialSet, GateConfig, LimitConfig};
+use sessiongate_core::{Backend, CredentialSet, GateConfig, LimitConfig, is_per_hop};
 use tokio::net::TcpListener;
 
 use crate::component::{ComponentHost, KeyValue};
-use crate::host::{HeaderList, LocalReply, Plugin, RequestPhase, Vm};
+use crate::host::{HeaderList, Plugin, RequestPhase, Vm};
 use crate::parse_errors::JsonParseErrors;
 use crate::store;
-use sessiongate_core::config::CLIENT_ADDR_HEADER;
+use sessiongate_spin::CLIENT_ADDR_HEADER;
 
 /// The filter built by `build.rs` for wasm32-wasip1.
 pub static EMBEDDED_PLUGIN: &[u8] = include_bytes!(env!("SESSIONGATE_PLUGIN_WASM"));
@@ -71,7 +71,7 @@ struct ServeConfig {
     workers: Option<usize>,
     upstream_timeout_ms: Option<u64>,
     stub_sessions_per_site: Option<u32>,
-    guard: Option<sessiongate_core::guard::GuardConfig>,
+    guard: Option<sessiongate_core::GuardConfig>,
     /// One line per request on stderr, written by a logging thread.
     access_log: Option<bool>,
     testing: Option<Testing>,
@@ -122,7 +122,7 @@ fn settings(args: &ServeArgs) -> Result<Settings> {
         fail_open: file.fail_open.unwrap_or(false),
         stub_sessions_per_site: file
             .stub_sessions_per_site
-            .unwrap_or(sessiongate_core::stub::DEFAULT_SESSIONS_PER_SITE),
+            .unwrap_or(sessiongate_core::DEFAULT_SESSIONS_PER_SITE),
         guard: file.guard.unwrap_or_default(),
     };
     gate.validate().map_err(|e| anyhow!("{name}: {e}"))?;
@@ -552,7 +552,7 @@ fn request_headers<B>(req: &Request<B>) -> HeaderList {
 fn build_response(status: u16, headers: &HeaderList, body: Bytes) -> Response<Full<Bytes>> {
     let mut builder = Response::builder().status(status);
     for (name, value) in headers {
-        if name.starts_with(':') || is_hop_by_hop(name) || name == "content-length" {
+        if is_per_hop(name) {
             continue;
         }
         builder = builder.header(name.as_str(), value.as_slice());
@@ -574,19 +574,6 @@ fn internal_error() -> Response<Full<Bytes>> {
         }
     }
     r
-}
-
-fn is_hop_by_hop(name: &str) -> bool {
-    matches!(
-        name,
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "transfer-encoding"
-            | "upgrade"
-            | "te"
-            | "trailer"
-    )
 }
 
 async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
@@ -635,7 +622,7 @@ async fn handle_component(
             let mut out = Response::new(Full::new(body));
             *out.status_mut() = parts.status;
             for (name, value) in &parts.headers {
-                if !is_hop_by_hop(name.as_str()) && name != hyper::header::CONTENT_LENGTH {
+                if !is_per_hop(name.as_str()) {
                     out.headers_mut().append(name, value.clone());
                 }
             }
@@ -672,13 +659,15 @@ async fn handle_filter(
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("sessiongate warn: upstream unavailable: {e:#}");
-                    let error = sessiongate_core::error::upstream_unavailable();
-                    let reply = LocalReply {
-                        status: error.code.status(),
-                        headers: vec![("content-type".into(), b"application/json".to_vec())],
-                        body: error.body().into_bytes(),
-                    };
-                    (reply.status, reply.headers, Bytes::from(reply.body))
+                    // The filter's response phase adds the rate-limit headers.
+                    let reply = sessiongate_core::Gate::upstream_unavailable(None);
+                    let headers = reply.headers.iter();
+                    let headers = headers.map(|(n, v)| ((*n).to_owned(), v.as_bytes().to_vec()));
+                    (
+                        reply.status,
+                        headers.collect(),
+                        Bytes::from(reply.body.into_string()),
+                    )
                 }
             };
             let mut with_status = vec![(":status".to_owned(), status.to_string().into_bytes())];
@@ -720,11 +709,8 @@ async fn forward(
     let uri: hyper::Uri = format!("{base}{path}").parse()?;
     let mut builder = Request::builder().method(method.clone()).uri(uri);
     for (name, value) in headers {
-        if name.starts_with(':')
-            || name == "host"
-            || is_hop_by_hop(name)
-            || name == "content-length"
-        {
+        // The filter rewrote the request; what belongs to this hop stays.
+        if is_per_hop(name) || name == "host" {
             continue;
         }
         builder = builder.header(name.as_str(), value.as_slice());

@@ -1,14 +1,15 @@
-//! The core's [`SharedStore`] (get with a version, then write if the version
-//! still holds) over a handle-based compare-and-swap, the shape of
+//! The gate's [`Kv`] (get with a version, then write if the version still
+//! holds) over a handle-based compare-and-swap, the shape of
 //! `wasi:keyvalue/atomics`: `cas::new(bucket, key)` remembers what it read,
 //! `swap(cas, value)` writes only if nobody wrote since.
 //!
 //! Generic over [`CasBucket`] so the mapping is tested natively; the
-//! component plugs the real imports in (`wasm.rs`).
+//! component plugs the real imports in (`bindings.rs`).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
-use sessiongate_core::limiter::{CasOutcome, SharedStore, StoreError};
+use sessiongate_core::{Entry, Kv, KvError, Version};
 
 /// A bucket with handle-based CAS.
 pub trait CasBucket {
@@ -21,14 +22,22 @@ pub trait CasBucket {
     fn swap(&mut self, handle: Self::Handle, value: &[u8]) -> Result<bool, String>;
 }
 
-/// [`SharedStore`] over a [`CasBucket`]: each `get` opens a CAS handle and
-/// hands out a fresh version number naming it; `set` with that number swaps
-/// through the handle. A `set` with any other number is a mismatch, so a
-/// stale read can never write.
+/// An open CAS handle: the version number it was handed out as, and
+/// whether its read found the key absent.
+struct Open<H> {
+    version: Version,
+    handle: H,
+    absent: bool,
+}
+
+/// [`Kv`] over a [`CasBucket`]: each `get` opens a CAS handle and hands out
+/// a fresh version number naming it; a swap with that number goes through
+/// the handle. A swap with any other number is a conflict, so a stale read
+/// can never write.
 pub struct CasStore<B: CasBucket> {
     bucket: B,
-    open: HashMap<String, (u32, B::Handle)>,
-    issued: u32,
+    open: HashMap<String, Open<B::Handle>>,
+    issued: Version,
 }
 
 impl<B: CasBucket> CasStore<B> {
@@ -39,27 +48,53 @@ impl<B: CasBucket> CasStore<B> {
             issued: 0,
         }
     }
+
+    fn begin(&mut self, key: &str) -> Result<(Version, Option<Vec<u8>>), KvError> {
+        let (handle, value) = self.bucket.begin(key).map_err(KvError)?;
+        self.issued += 1;
+        let open = Open {
+            version: self.issued,
+            handle,
+            absent: value.is_none(),
+        };
+        self.open.insert(key.to_owned(), open);
+        Ok((self.issued, value))
+    }
 }
 
-impl<B: CasBucket> SharedStore for CasStore<B> {
-    fn get(&mut self, key: &str) -> Result<(Option<Vec<u8>>, u32), StoreError> {
-        let (handle, value) = self.bucket.begin(key).map_err(StoreError)?;
-        // Never 0: the core's "never written" version.
-        self.issued = self.issued.wrapping_add(1).max(1);
-        self.open.insert(key.to_owned(), (self.issued, handle));
-        Ok((value, self.issued))
+impl<B: CasBucket> Kv for CasStore<B> {
+    fn get(&mut self, key: &str) -> Result<Option<Entry<'_>>, KvError> {
+        let (version, value) = self.begin(key)?;
+        Ok(value.map(|v| Entry {
+            value: Cow::Owned(v),
+            version,
+        }))
     }
 
-    fn set(&mut self, key: &str, value: &[u8], version: u32) -> Result<CasOutcome, StoreError> {
+    fn swap(&mut self, key: &str, version: Version, value: &[u8]) -> Result<bool, KvError> {
         match self.open.remove(key) {
-            Some((issued, handle)) if issued == version => {
-                match self.bucket.swap(handle, value).map_err(StoreError)? {
-                    true => Ok(CasOutcome::Written),
-                    false => Ok(CasOutcome::Mismatch),
+            Some(open) if open.version == version && !open.absent => {
+                self.bucket.swap(open.handle, value).map_err(KvError)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Through the handle of the read that found the key absent, or a new
+    /// one. (Whether the bucket's swap of an absent key is atomic is the
+    /// bucket's: Spin's is not.)
+    fn create(&mut self, key: &str, value: &[u8]) -> Result<bool, KvError> {
+        let open = match self.open.remove(key) {
+            Some(open) if open.absent => open,
+            _ => {
+                let (_, current) = self.begin(key)?;
+                match self.open.remove(key) {
+                    Some(open) if current.is_none() => open,
+                    _ => return Ok(false),
                 }
             }
-            _ => Ok(CasOutcome::Mismatch),
-        }
+        };
+        self.bucket.swap(open.handle, value).map_err(KvError)
     }
 }
 
@@ -68,7 +103,7 @@ mod tests {
     use std::cell::RefCell;
     use std::rc::Rc;
 
-    use sessiongate_core::limiter::{self, Limit};
+    use sessiongate_core::{Backend, Gate, GateConfig, LimitConfig, Outcome, Request};
 
     use super::*;
 
@@ -106,39 +141,77 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_read_then_write_goes_through() {
-        let mut store = CasStore::new(Bucket::default());
-        let (value, version) = store.get("k").ok().unzip_version();
-        assert_eq!(value, None);
-        assert_eq!(store.set("k", b"v", version), Ok(CasOutcome::Written));
-        assert_eq!(
-            store.get("k").ok().map(|(v, _)| v),
-            Some(Some(b"v".to_vec()))
-        );
+    fn version(store: &mut CasStore<Bucket>, key: &str) -> Version {
+        match store.get(key) {
+            Ok(Some(entry)) => entry.version,
+            other => panic!("{key}: {other:?}"),
+        }
     }
 
     #[test]
-    fn a_write_after_someone_elses_is_a_mismatch() {
+    fn a_read_then_write_goes_through() {
+        let mut store = CasStore::new(Bucket::default());
+        assert_eq!(store.get("k"), Ok(None));
+        assert_eq!(store.create("k", b"v"), Ok(true));
+        let v = version(&mut store, "k");
+        assert_eq!(store.swap("k", v, b"w"), Ok(true));
+        assert_eq!(
+            store.get("k").map(|e| e.map(|e| e.value.into_owned())),
+            Ok(Some(b"w".to_vec()))
+        );
+        assert_eq!(store.create("k", b"x"), Ok(false), "it exists");
+    }
+
+    #[test]
+    fn a_write_after_someone_elses_is_a_conflict() {
         let shared = Bucket::default();
         let mut a = CasStore::new(shared.clone());
         let mut b = CasStore::new(shared);
-        let (_, va) = a.get("k").ok().unzip_version();
-        let (_, vb) = b.get("k").ok().unzip_version();
-        assert_eq!(b.set("k", b"b", vb), Ok(CasOutcome::Written));
-        assert_eq!(a.set("k", b"a", va), Ok(CasOutcome::Mismatch));
+        a.create("k", b"0").unwrap();
+        let va = version(&mut a, "k");
+        let vb = version(&mut b, "k");
+        assert_eq!(b.swap("k", vb, b"b"), Ok(true));
+        assert_eq!(a.swap("k", va, b"a"), Ok(false));
     }
 
     #[test]
     fn a_version_not_from_the_last_read_never_writes() {
         let mut store = CasStore::new(Bucket::default());
-        let (_, first) = store.get("k").ok().unzip_version();
-        let (_, second) = store.get("k").ok().unzip_version();
+        store.create("k", b"0").unwrap();
+        let first = version(&mut store, "k");
+        let second = version(&mut store, "k");
         assert_ne!(first, second);
-        assert_eq!(store.set("k", b"x", first), Ok(CasOutcome::Mismatch));
+        assert_eq!(store.swap("k", first, b"x"), Ok(false));
         // The handle was spent by the failed attempt: read again to write.
-        assert_eq!(store.set("k", b"x", second), Ok(CasOutcome::Mismatch));
-        assert_eq!(store.set("other", b"x", 1), Ok(CasOutcome::Mismatch));
+        assert_eq!(store.swap("k", second, b"x"), Ok(false));
+        assert_eq!(store.swap("other", 1, b"x"), Ok(false));
+    }
+
+    fn gate(requests: u32) -> Gate {
+        Gate::new(GateConfig {
+            credentials: sessiongate_core::fixtures::token_set(TOKEN, "t").unwrap(),
+            limit: LimitConfig {
+                requests,
+                window_seconds: 60,
+            },
+            backend: Backend::Stub,
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    const TOKEN: &str = "fus_0123456789012345678901234567890123456789";
+
+    fn decide(gate: &Gate, store: &mut CasStore<Bucket>, now: u64) -> Outcome {
+        let auth = format!("Bearer {TOKEN}");
+        let values = [auth.as_bytes()];
+        let req = Request {
+            method: "GET",
+            target: "/v1/external/sessions/acme/s",
+            authorization: &values,
+            client: None,
+        };
+        gate.decide(&req, now, store).outcome
     }
 
     #[test]
@@ -147,32 +220,27 @@ mod tests {
             fail: true,
             ..Bucket::default()
         });
-        assert!(limiter::acquire(&mut store, 1_000, Limit::new(20, 60)).is_err());
+        assert_eq!(
+            decide(&gate(20), &mut store, 1_000),
+            Outcome::Denied(sessiongate_core::ErrorCode::LimiterUnavailable)
+        );
     }
 
     #[test]
     fn several_instances_on_one_bucket_admit_exactly_the_limit() {
         let shared = Bucket::default();
-        let mut instances: Vec<_> = (0..5).map(|_| CasStore::new(shared.clone())).collect();
-        let limit = Limit::new(7, 60);
+        // One gate per instance, as each component instance parses its own.
+        let mut instances: Vec<_> = (0..5)
+            .map(|_| (gate(7), CasStore::new(shared.clone())))
+            .collect();
         let mut admitted = 0;
         for round in 0..4 {
-            for store in &mut instances {
-                let verdict = limiter::acquire(store, 1_000 + round, limit);
-                if verdict.is_ok_and(|v| v.admitted) {
+            for (gate, store) in &mut instances {
+                if decide(gate, store, 1_000 + round) == Outcome::Allowed {
                     admitted += 1;
                 }
             }
         }
         assert_eq!(admitted, 7);
-    }
-
-    trait UnzipVersion {
-        fn unzip_version(self) -> (Option<Vec<u8>>, u32);
-    }
-    impl UnzipVersion for Option<(Option<Vec<u8>>, u32)> {
-        fn unzip_version(self) -> (Option<Vec<u8>>, u32) {
-            self.unwrap_or((None, u32::MAX))
-        }
     }
 }

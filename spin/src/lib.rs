@@ -10,4 +10,20 @@ pub mod cas;
 pub mod client;
 
 #[cfg(target_arch = "wasm32")]
-mod wasm;
+mod sdk;
+
+/// Where the component reads its gate configuration (JSON) in its
+/// key-value bucket. The host writes it; the component reads it on every
+/// request, so a revoked credential is refused on the next one.
+pub const CONFIG_KEY: &str = "sessiongate.config.v1";
+
+/// The header Spin puts the client's address in (`sessiongate serve
+/// --component` appends it too, as Spin does). The failed-credential guard
+/// keys on it.
+pub const CLIENT_ADDR_HEADER: &str = "spin-client-addr";
+
+/// Whether a request header is Spin's own (`spin-full-url`,
+/// `spin-client-addr`, …): the runtime's business, never forwarded.
+pub fn is_runtime_header(name: &str) -> bool {
+    name.starts_with("spin-")
+}

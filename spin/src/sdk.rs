@@ -1,15 +1,16 @@
-//! The component's glue: wasi:http in, `Gate::decide` on a CAS store over
-//! `wasi:keyvalue`, the decision out (or on to the sessions service).
+//! The component's binding of spin-sdk: wasi:http in, `Gate::decide` on a
+//! [`Kv`](sessiongate_core::Kv) over `wasi:keyvalue`, the decision out (or on
+//! to the sessions service).
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use sessiongate_core::config::{CLIENT_ADDR_HEADER, CONFIG_KEY};
 use sessiongate_core::{Action, Backend, Forward, Gate, Request as GateRequest};
 use spin_sdk::http::{EmptyBody, IntoResponse, Request};
 use spin_sdk::wasip3::http::types::{ErrorCode, Response as WasiResponse};
 
 use crate::cas::{CasBucket, CasStore};
+use crate::{CLIENT_ADDR_HEADER, CONFIG_KEY, is_runtime_header};
 
 /// Bindings of the `host` world of `wit/gate.wit`: the wasi:keyvalue imports
 /// are generated from our WIT; wasi:http and wasi:clocks come from spin-sdk's
@@ -80,7 +81,7 @@ fn load_gate(bucket: &store::Bucket) -> Result<Rc<Gate>, String> {
         {
             return Ok(gate.clone());
         }
-        let gate = Rc::new(Gate::from_json(&bytes)?);
+        let gate = Rc::new(Gate::from_json(&bytes).map_err(|e| e.to_string())?);
         *cell.borrow_mut() = Some((bytes, gate.clone()));
         Ok(gate)
     })
@@ -164,8 +165,7 @@ async fn forward(req: &Request, gate: &Gate, target: &str, f: Forward<'_>) -> An
     let mut builder = http::Request::get(format!("{origin}{target}"));
     for (name, value) in req.headers() {
         let name = name.as_str();
-        if !f.remove_request_headers.contains(&name) && name != "host" && name != CLIENT_ADDR_HEADER
-        {
+        if Forward::keeps_request_header(name) && !is_runtime_header(name) {
             builder = builder.header(name, value);
         }
     }
@@ -193,7 +193,7 @@ async fn forward(req: &Request, gate: &Gate, target: &str, f: Forward<'_>) -> An
         }
         Err(e) => {
             eprintln!("sessiongate: upstream unavailable: {e:?}");
-            let reply = gate.upstream_failed(f);
+            let reply = Gate::upstream_unavailable(Some(f));
             respond(reply.status, &reply.headers, reply.body.into_string())
         }
     }

@@ -1,14 +1,14 @@
 //! The `worker` crate binding: the fetch handler and the `GlobalLimiter`
 //! Durable Object. No contract rule lives here: core decides, this file
-//! carries requests to it and its decisions back.
+//! carries requests to it, each step it needs to the object, and its
+//! decisions back.
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use sessiongate_core::credential::{hash_secret, parse_hash_hex, split_joined};
-use sessiongate_core::limiter::{LIMITER_KEY, LimiterError, StoreError};
 use sessiongate_core::{
-    Action, Backend, Decision, Forward, Gate, Prepared, Request as GateRequest,
+    Action, Answer, Backend, Decision, Forward, Gate, KvError, Progress, Request as GateRequest,
+    hash_secret, parse_hash_hex, split_joined,
 };
 use worker::wasm_bindgen::JsValue;
 use worker::{
@@ -16,7 +16,7 @@ use worker::{
     Result, State, console_error, durable_object, event,
 };
 
-use crate::limiter_object::{Answer, Call, Dirty, LimiterObject};
+use crate::shared_object::{Call, Dirty, Said, SharedObject};
 
 /// The gate's configuration JSON (`sessiongate worker-config`): a secret or a var.
 const CONFIG_BINDING: &str = "SESSIONGATE_CONFIG";
@@ -48,7 +48,10 @@ fn load_gate(env: &Env) -> std::result::Result<Rc<Gate>, String> {
         {
             return Ok(gate.clone());
         }
-        let gate = Rc::new(Gate::from_json(text.as_bytes())?);
+        let gate = Gate::from_json(text.as_bytes()).map_err(|e| e.to_string())?;
+        // The object's revocation list refuses a deleted credential on the
+        // next request, while the configuration still holds it.
+        let gate = Rc::new(gate.with_revocation_list());
         *cell.borrow_mut() = Some((text, gate.clone()));
         Ok(gate)
     })
@@ -70,7 +73,7 @@ fn internal_error(message: &str) -> Result<Response> {
     respond(reply.status, &reply.headers, reply.body.into_string())
 }
 
-async fn call_limiter(env: &Env, call: &Call) -> std::result::Result<Answer, String> {
+async fn call_object(env: &Env, call: &Call) -> std::result::Result<Said, String> {
     let stub = env
         .durable_object(LIMITER_BINDING)
         .and_then(|ns| ns.id_from_name(LIMITER_NAME)?.get_stub())
@@ -91,114 +94,25 @@ async fn call_limiter(env: &Env, call: &Call) -> std::result::Result<Answer, Str
             resp.status_code()
         ));
     }
-    resp.json::<Answer>().await.map_err(|e| e.to_string())
+    resp.json::<Said>().await.map_err(|e| e.to_string())
 }
 
-/// The reply for a credential the limiter object says is revoked.
-fn revoked<'g>(gate: &'g Gate, request: &GateRequest<'_>, answer: &Answer) -> Decision<'g> {
-    match gate.prepare(request, |_| true, None) {
-        Prepared::Reply {
-            mut decision,
-            wants_limit_state,
-            ..
-        } => {
-            if wants_limit_state {
-                gate.add_limit_state(&mut decision, answer.verdict.as_ref());
-            }
-            decision
-        }
-        Prepared::Admit(_) => gate.limiter_unavailable(None),
-    }
-}
-
-/// The failed-credential guard's hold on this client, from the object. A
-/// failed call holds nobody: the guard is a brake, the limiter is the lock.
-async fn guard_blocked(env: &Env, gate: &Gate, request: &GateRequest<'_>) -> Option<u64> {
-    let client = request.client?;
-    if !gate.guard().enabled() || request.authorization.is_empty() {
-        return None;
-    }
-    let call = Call::GuardCheck {
-        client: sessiongate_core::guard::client_of(client).to_owned(),
-        guard: *gate.guard(),
-    };
-    call_limiter(env, &call).await.ok()?.blocked
-}
-
+/// The driver: every step the decision needs is one call to the object.
 async fn decide<'g>(env: &Env, gate: &'g Gate, request: &GateRequest<'_>) -> Decision<'g> {
-    let blocked = guard_blocked(env, gate, request).await;
-    let decision = decide_unguarded(env, gate, request, blocked).await;
-    if let (
-        Some(client),
-        sessiongate_core::Outcome::Denied(sessiongate_core::ErrorCode::InvalidCredentials),
-    ) = (request.client, decision.outcome)
-        && gate.guard().enabled()
-    {
-        let call = Call::GuardFail {
-            client: sessiongate_core::guard::client_of(client).to_owned(),
-            guard: *gate.guard(),
+    let mut progress = gate.start(request, Date::now().as_millis());
+    loop {
+        let pending = match progress {
+            Progress::Done(decision) => return decision,
+            Progress::Pending(pending) => pending,
         };
-        if let Err(e) = call_limiter(env, &call).await {
-            console_error!("sessiongate: guard not updated: {e}");
-        }
-    }
-    decision
-}
-
-async fn decide_unguarded<'g>(
-    env: &Env,
-    gate: &'g Gate,
-    request: &GateRequest<'_>,
-    blocked: Option<u64>,
-) -> Decision<'g> {
-    let limit = gate.limit();
-    match gate.prepare(request, |_| false, blocked) {
-        Prepared::Admit(admission) => {
-            let call = Call::Acquire {
-                hash: admission.credential().hash_hex(),
-                requests: limit.requests,
-                window_ms: limit.window_ms,
-            };
-            match call_limiter(env, &call).await {
-                Ok(answer) if answer.revoked => revoked(gate, request, &answer),
-                Ok(Answer {
-                    verdict: Some(v), ..
-                }) => gate.complete(admission, Ok(v)),
-                Ok(_) => gate.complete(admission, Err(LimiterError::Corrupt)),
-                Err(e) => {
-                    console_error!("sessiongate: limiter unavailable: {e}");
-                    gate.complete(admission, Err(LimiterError::Store(StoreError(e))))
-                }
+        let said = call_object(env, &Call::for_need(pending.need())).await;
+        progress = match &said {
+            Ok(said) => pending.resume(said.answer()),
+            Err(e) => {
+                console_error!("sessiongate: shared state unavailable: {e}");
+                pending.resume(Answer::Failed(KvError(e.clone())))
             }
-        }
-        Prepared::Reply {
-            mut decision,
-            wants_limit_state,
-            authenticated,
-        } => {
-            let authenticated = authenticated.map(|r| r.hash_hex());
-            if authenticated.is_none() && !wants_limit_state {
-                return decision;
-            }
-            let call = Call::Check {
-                hash: authenticated.clone(),
-                state: wants_limit_state.then_some((limit.requests, limit.window_ms)),
-            };
-            match call_limiter(env, &call).await {
-                Ok(answer) if answer.revoked => revoked(gate, request, &answer),
-                Ok(answer) => {
-                    gate.add_limit_state(&mut decision, answer.verdict.as_ref());
-                    decision
-                }
-                // Without the object a revocation cannot be checked: fail closed
-                // for authenticated answers unless fail-open was chosen.
-                Err(e) if authenticated.is_some() && !gate.fail_open() => {
-                    console_error!("sessiongate: limiter unavailable: {e}");
-                    gate.limiter_unavailable(decision.credential)
-                }
-                Err(_) => decision,
-            }
-        }
+        };
     }
 }
 
@@ -208,7 +122,7 @@ async fn forward(req: &Request, gate: &Gate, target: &str, f: Forward<'_>) -> Re
     };
     let headers = Headers::new();
     for (name, value) in req.headers().entries() {
-        if !f.remove_request_headers.contains(&name.as_str()) {
+        if Forward::keeps_request_header(&name) {
             headers.append(&name, &value)?;
         }
     }
@@ -228,7 +142,7 @@ async fn forward(req: &Request, gate: &Gate, target: &str, f: Forward<'_>) -> Re
         }
         Err(e) => {
             console_error!("sessiongate: upstream unavailable: {e}");
-            let reply = gate.upstream_failed(f);
+            let reply = Gate::upstream_unavailable(Some(f));
             respond(reply.status, &reply.headers, reply.body.into_string())
         }
     }
@@ -250,7 +164,7 @@ async fn admin(req: &Request, env: &Env, gate: &Gate, path: &str) -> Option<Resu
     }
     let json = [("content-type", "application/json".to_owned())];
     let Some(record) = gate.credentials().iter().find(|r| r.name == name) else {
-        let body = sessiongate_core::error::error_body(
+        let body = sessiongate_core::error_body(
             sessiongate_core::ErrorCode::NotFound,
             "No credential has that name.",
         );
@@ -259,7 +173,7 @@ async fn admin(req: &Request, env: &Env, gate: &Gate, path: &str) -> Option<Resu
     let call = Call::Revoke {
         hash: record.hash_hex(),
     };
-    Some(match call_limiter(env, &call).await {
+    Some(match call_object(env, &call).await {
         Ok(_) => respond(
             200,
             &json,
@@ -304,12 +218,19 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
     }
 }
 
-/// The global limiter and revocation list: one named instance for the world.
+/// The gate's shared state and revocation list: one named instance for the
+/// world. Each key is loaded from storage on its first call and written back
+/// on every change; the output gate holds the answer until that write is
+/// durable.
 #[durable_object]
 pub struct GlobalLimiter {
     state: State,
-    inner: RefCell<Option<LimiterObject>>,
+    inner: RefCell<Option<(SharedObject, std::collections::BTreeSet<String>)>>,
 }
+
+/// Where the revocation list is persisted.
+const REVOKED_KEY: &str = "revoked";
+const LEGACY_LIMITER_KEY: &str = "limiter";
 
 impl DurableObject for GlobalLimiter {
     fn new(state: State, _env: Env) -> Self {
@@ -327,43 +248,66 @@ impl DurableObject for GlobalLimiter {
         let storage = self.state.storage();
         if self.inner.borrow().is_none() {
             // Storage calls hold the input gate: no other call runs meanwhile.
-            let value: Option<Vec<u8>> = storage.get("limiter").await?;
-            let revoked: Option<Vec<String>> = storage.get("revoked").await?;
-            let mut object = LimiterObject::default();
-            if let Some(value) = value {
-                object.limiter.load(LIMITER_KEY, value);
-            }
+            let revoked: Option<Vec<String>> = storage.get(REVOKED_KEY).await?;
+            // Versions in microseconds of this start: above any an earlier
+            // instance handed out.
+            let mut object = SharedObject::new(Date::now().as_millis().saturating_mul(1000));
             object.revoked = revoked.unwrap_or_default().into_iter().collect();
-            *self.inner.borrow_mut() = Some(object);
+            *self.inner.borrow_mut() = Some((object, Default::default()));
         }
-        let now = Date::now().as_millis();
-        let (answer, dirty, snapshot) = {
+        if let Some(key) = call.key() {
+            let loaded = self
+                .inner
+                .borrow()
+                .as_ref()
+                .is_some_and(|(_, loaded)| loaded.contains(key));
+            if !loaded {
+                let mut value: Option<Vec<u8>> = storage.get(key).await?;
+                if value.is_none() && key == sessiongate_core::LIMITER_KEY {
+                    // Where the limiter's log was kept before the object
+                    // stored every key under its own name.
+                    value = storage.get(LEGACY_LIMITER_KEY).await?;
+                }
+                if let Some((object, loaded)) = self.inner.borrow_mut().as_mut() {
+                    if let Some(value) = value {
+                        object.kv.put(key, value);
+                    }
+                    loaded.insert(key.to_owned());
+                }
+            }
+        }
+        // What to write back, taken while the state is borrowed; written
+        // after, since a borrow cannot be held across an await.
+        let (said, persist) = {
             let mut inner = self.inner.borrow_mut();
-            let Some(object) = inner.as_mut() else {
-                return Response::error("limiter state missing", 500);
+            let Some((object, _)) = inner.as_mut() else {
+                return Response::error("shared state missing", 500);
             };
-            let (answer, dirty) = match object.apply(&call, now) {
+            let (said, dirty) = match object.apply(&call) {
                 Ok(r) => r,
-                Err(e) => return Response::error(e, 500),
+                Err(e) => return Response::error(e.to_string(), 500),
             };
-            (answer, dirty, object.clone())
+            let persist = match dirty {
+                Dirty::Nothing => Persist::Nothing,
+                Dirty::Key(key) => match object.kv.value(&key) {
+                    Some(value) => Persist::Key(key, value.to_vec()),
+                    None => Persist::Nothing,
+                },
+                Dirty::Revoked => Persist::Revoked(object.revoked.iter().cloned().collect()),
+            };
+            (said, persist)
         };
-        // The output gate holds the answer until the write is durable.
-        match dirty {
-            Dirty::Nothing => {}
-            Dirty::Limiter => {
-                let value = snapshot
-                    .limiter
-                    .value(LIMITER_KEY)
-                    .unwrap_or_default()
-                    .to_vec();
-                storage.put("limiter", value).await?;
-            }
-            Dirty::Revoked => {
-                let list: Vec<String> = snapshot.revoked.into_iter().collect();
-                storage.put("revoked", list).await?;
-            }
+        match persist {
+            Persist::Nothing => {}
+            Persist::Key(key, value) => storage.put(&key, value).await?,
+            Persist::Revoked(list) => storage.put(REVOKED_KEY, list).await?,
         }
-        Response::from_json(&answer)
+        Response::from_json(&said)
     }
+}
+
+enum Persist {
+    Nothing,
+    Key(String, Vec<u8>),
+    Revoked(Vec<String>),
 }

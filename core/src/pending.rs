@@ -1,0 +1,567 @@
+//! The decision as a state machine, sans-IO: [`Gate::start`] runs every
+//! check it can on its own and, where the shared state is needed, returns a
+//! [`Pending`] that names the one step it needs next ([`Need`]). The host
+//! performs that step however it can (a host call, a Durable Object round
+//! trip, a network callout) and hands the result back
+//! ([`Pending::resume`]), until the decision is [`Progress::Done`]. A failed
+//! step is an answer too; what follows it is decided here.
+//!
+//! Everything about the sequence is this module's: the contract's order of
+//! checks, the failed-credential guard, revocation, the bounded
+//! compare-and-swap loop, failing closed or open, and the rate-limit headers
+//! on every answer of the limited API. A host's driver is a loop with no
+//! rule in it; [`Gate::decide`] is the one for a synchronous [`Kv`].
+
+use std::borrow::Cow;
+
+use crate::credential::SecretHash;
+use crate::credential_set::Credential;
+use crate::decision::{Action, Decision, Request};
+use crate::error::{ErrorCode, GateError};
+use crate::gate::{Admission, Gate, Routed, Scoped};
+use crate::guard;
+use crate::headers;
+use crate::kv::{Entry, Kv, KvError, Version};
+use crate::limiter::{self, LIMITER_KEY, LimiterError, MAX_CAS_ATTEMPTS, Step, Verdict};
+
+/// Where a decision is.
+// A pending decision is moved from step to step, a few hundred bytes on the
+// stack; boxing it would be an allocation per step.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Progress<'g, 'r> {
+    Done(Decision<'g>),
+    Pending(Pending<'g, 'r>),
+}
+
+/// The one step a pending decision needs, and the answers it takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need<'p> {
+    /// Read `key`: [`Answer::Value`].
+    Read { key: &'p str },
+    /// Write `value` to `key` if it is still at `version`:
+    /// [`Answer::Written`], or [`Answer::Conflict`] when another writer got
+    /// there first ([`Answer::Value`] with what is there now, where the
+    /// store returns it in the same round trip, saves a read).
+    Swap {
+        key: &'p str,
+        version: Version,
+        value: &'p [u8],
+    },
+    /// Write `value` to `key` if it is absent: answered as a swap is. Apart
+    /// from [`Need::Swap`] because some stores make a swap atomic but not a
+    /// create.
+    Create { key: &'p str, value: &'p [u8] },
+    /// Was the credential with this SHA-256 revoked? [`Answer::Revoked`].
+    Revoked { hash: &'p SecretHash },
+}
+
+/// What a step found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer<'a> {
+    /// The key's value and version; `None`: absent.
+    Value(Option<Entry<'a>>),
+    /// The write went through.
+    Written,
+    /// The write lost to another writer.
+    Conflict,
+    Revoked(bool),
+    /// The step could not be performed (the store failed, timed out,
+    /// answered what this is not).
+    Failed(KvError),
+}
+
+/// A decision waiting for one step. It borrows from its gate and its request.
+#[derive(Debug)]
+pub struct Pending<'g, 'r> {
+    gate: &'g Gate,
+    now: u64,
+    phase: Phase<'g, 'r>,
+}
+
+#[derive(Debug)]
+enum Phase<'g, 'r> {
+    /// Reading the guard's bucket for `client`, before any lookup.
+    Guard { routed: Routed<'r>, client: Client },
+    /// Asking whether the authenticated credential was revoked.
+    Revocation {
+        routed: Routed<'r>,
+        record: Credential<'g>,
+        client: Option<Client>,
+    },
+    /// Spending one slot of the limit.
+    Limiter {
+        admission: Admission<'g>,
+        cas: Cas<(Verdict, Option<u64>)>,
+    },
+    /// Counting an invalid credential against `client`, then finishing.
+    Failure {
+        denial: Denial<'g>,
+        client: Client,
+        cas: Cas<()>,
+    },
+    /// Reading the limiter's state for the `RateLimit` header of `decision`.
+    Peek { decision: Decision<'g> },
+}
+
+/// The client address the guard counts, and its bucket as last read.
+#[derive(Debug)]
+struct Client {
+    address: String,
+    key: String,
+    bucket: Option<(Vec<u8>, Version)>,
+}
+
+/// An answer the gate decided before the limiter, not yet finished.
+#[derive(Debug)]
+struct Denial<'g> {
+    decision: Decision<'g>,
+    limited: bool,
+}
+
+/// One compare-and-swap loop: read, compute, write, again on a conflict.
+#[derive(Debug)]
+struct Cas<T> {
+    /// The write to make, once a read decided it: to replace `version`
+    /// (`None`: create), and what holds if it wins.
+    write: Option<(Option<Version>, Vec<u8>, T)>,
+    /// Writes lost so far.
+    lost: usize,
+}
+
+impl<T> Cas<T> {
+    fn new() -> Self {
+        Cas {
+            write: None,
+            lost: 0,
+        }
+    }
+
+    fn need<'p>(&'p self, key: &'p str) -> Need<'p> {
+        match &self.write {
+            None => Need::Read { key },
+            Some((Some(version), value, _)) => Need::Swap {
+                key,
+                version: *version,
+                value,
+            },
+            Some((None, value, _)) => Need::Create { key, value },
+        }
+    }
+}
+
+/// What a compare-and-swap loop makes of an answer.
+enum CasStep<'a, T> {
+    /// Compute a write from this value (absent: `None`).
+    Read(Option<&'a [u8]>, Option<Version>),
+    /// The write lost and the current value is not known: read it.
+    Reread,
+    Won(T),
+    /// Lost more often than allowed.
+    Exhausted,
+    Failed(KvError),
+}
+
+impl<T> Cas<T> {
+    fn answer<'a>(&mut self, answer: &'a Answer<'_>) -> CasStep<'a, T> {
+        let writing = self.write.is_some();
+        match answer {
+            Answer::Written if writing => match self.write.take() {
+                Some((_, _, won)) => CasStep::Won(won),
+                None => CasStep::Exhausted,
+            },
+            Answer::Conflict | Answer::Value(_) if writing => {
+                self.write = None;
+                self.lost += 1;
+                if self.lost >= MAX_CAS_ATTEMPTS {
+                    return CasStep::Exhausted;
+                }
+                match answer {
+                    Answer::Value(entry) => Self::read(entry),
+                    _ => CasStep::Reread,
+                }
+            }
+            Answer::Value(entry) => Self::read(entry),
+            Answer::Failed(e) => CasStep::Failed(e.clone()),
+            other => CasStep::Failed(KvError(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    fn read<'a>(entry: &'a Option<Entry<'_>>) -> CasStep<'a, T> {
+        match entry {
+            Some(e) => CasStep::Read(Some(&e.value), Some(e.version)),
+            None => CasStep::Read(None, None),
+        }
+    }
+}
+
+impl Gate {
+    /// Starts the decision on one request at `now_ms` (Unix ms): runs every
+    /// check that needs no shared state, and says what it needs next.
+    pub fn start<'g, 'r>(&'g self, req: &Request<'r>, now_ms: u64) -> Progress<'g, 'r> {
+        let routed = match self.route(req) {
+            Ok(r) => r,
+            Err((error, limited)) => return self.finish(error, None, limited, now_ms),
+        };
+        let client = req.client.filter(|_| self.guard().enabled());
+        let pending = |phase| {
+            Progress::Pending(Pending {
+                gate: self,
+                now: now_ms,
+                phase,
+            })
+        };
+        match client {
+            Some(source) if !routed.authorization.is_empty() => {
+                let address = guard::client_of(source);
+                pending(Phase::Guard {
+                    routed,
+                    client: Client {
+                        address: address.to_owned(),
+                        key: guard::bucket_key(address),
+                        bucket: None,
+                    },
+                })
+            }
+            _ => self.authenticate_then(routed, None, now_ms),
+        }
+    }
+
+    /// Decides one request over a synchronous [`Kv`]: the driver loop for
+    /// hosts whose shared state answers at once (Envoy's shared data, Spin's
+    /// key-value store, tests and benches).
+    pub fn decide<'g>(&'g self, req: &Request<'_>, now_ms: u64, kv: &mut dyn Kv) -> Decision<'g> {
+        let mut progress = self.start(req, now_ms);
+        loop {
+            let pending = match progress {
+                Progress::Done(decision) => return decision,
+                Progress::Pending(pending) => pending,
+            };
+            progress = match pending.need() {
+                Need::Read { key } => match kv.get(key) {
+                    Ok(entry) => pending.resume(Answer::Value(entry)),
+                    Err(e) => pending.resume(Answer::Failed(e)),
+                },
+                Need::Swap {
+                    key,
+                    version,
+                    value,
+                } => {
+                    let written = kv.swap(key, version, value);
+                    pending.resume(Answer::written(written))
+                }
+                Need::Create { key, value } => {
+                    let written = kv.create(key, value);
+                    pending.resume(Answer::written(written))
+                }
+                Need::Revoked { hash } => match kv.revoked(hash) {
+                    Ok(revoked) => pending.resume(Answer::Revoked(revoked)),
+                    Err(e) => pending.resume(Answer::Failed(e)),
+                },
+            };
+        }
+    }
+
+    /// The guard has spoken (`held`: seconds it holds the client): the
+    /// credential, then revocation where the gate keeps a list.
+    fn authenticate_then<'g, 'r>(
+        &'g self,
+        routed: Routed<'r>,
+        client: Option<(Client, Option<u64>)>,
+        now: u64,
+    ) -> Progress<'g, 'r> {
+        let (client, held) = client.map_or((None, None), |(c, held)| (Some(c), held));
+        if let Some(seconds) = held {
+            let mut progress = self.finish(Gate::guard_refusal(), None, routed.limited, now);
+            progress.add_retry_after(seconds);
+            return progress;
+        }
+        let record = match self.authenticate(routed.authorization) {
+            Ok(record) => record,
+            Err(error) => return self.refuse_credential(error, &routed, client, now),
+        };
+        if self.revocation_list() {
+            return Progress::Pending(Pending {
+                gate: self,
+                now,
+                phase: Phase::Revocation {
+                    routed,
+                    record,
+                    client,
+                },
+            });
+        }
+        self.admit(&routed, record, now)
+    }
+
+    /// A credential that did not authenticate: counted against its client
+    /// when the guard watches it.
+    fn refuse_credential<'g, 'r>(
+        &'g self,
+        error: GateError,
+        routed: &Routed<'r>,
+        client: Option<Client>,
+        now: u64,
+    ) -> Progress<'g, 'r> {
+        match client {
+            Some(mut client) if error.code == ErrorCode::InvalidCredentials => {
+                let denial = Denial {
+                    decision: self.deny(error, None, routed.limited),
+                    limited: routed.limited,
+                };
+                // The bucket read for the guard's check is the first read of
+                // the update: no second round trip.
+                let bucket = client.bucket.take();
+                let value = bucket.as_ref().map(|(v, _)| v.as_slice());
+                let version = bucket.as_ref().map(|(_, v)| *v);
+                Failure {
+                    denial,
+                    client,
+                    cas: Cas::new(),
+                }
+                .count(self, now, value, version)
+            }
+            _ => self.finish(error, None, routed.limited, now),
+        }
+    }
+
+    /// Scope and level, then the limiter for an admission.
+    fn admit<'g, 'r>(
+        &'g self,
+        routed: &Routed<'r>,
+        record: Credential<'g>,
+        now: u64,
+    ) -> Progress<'g, 'r> {
+        match self.scope(routed, record) {
+            Err(error) => self.finish(error, Some(record.name), routed.limited, now),
+            Ok(Scoped::Me(decision)) => Progress::Done(decision),
+            Ok(Scoped::Sessions(admission)) => match self.full_until.verdict(now) {
+                Some(full) => Progress::Done(self.complete(admission, Ok(full))),
+                None => Progress::Pending(Pending {
+                    gate: self,
+                    now,
+                    phase: Phase::Limiter {
+                        admission,
+                        cas: Cas::new(),
+                    },
+                }),
+            },
+        }
+    }
+
+    /// An answer decided before the limiter: under the limited API it
+    /// carries the limit's state, read without spending.
+    fn finish<'g, 'r>(
+        &'g self,
+        error: GateError,
+        credential: Option<&'g str>,
+        limited: bool,
+        now: u64,
+    ) -> Progress<'g, 'r> {
+        let decision = self.deny(error, credential, limited);
+        self.with_limit_state(decision, limited, now)
+    }
+
+    fn with_limit_state<'g, 'r>(
+        &'g self,
+        mut decision: Decision<'g>,
+        limited: bool,
+        now: u64,
+    ) -> Progress<'g, 'r> {
+        if !limited {
+            return Progress::Done(decision);
+        }
+        if let Some(full) = self.full_until.verdict(now) {
+            self.add_limit_state(&mut decision, &full);
+            return Progress::Done(decision);
+        }
+        Progress::Pending(Pending {
+            gate: self,
+            now,
+            phase: Phase::Peek { decision },
+        })
+    }
+}
+
+impl<'g, 'r> Progress<'g, 'r> {
+    /// `Retry-After` on the guard's refusal, wherever its decision is.
+    fn add_retry_after(&mut self, seconds: u64) {
+        let decision = match self {
+            Progress::Done(d) => d,
+            Progress::Pending(Pending {
+                phase: Phase::Peek { decision },
+                ..
+            }) => decision,
+            Progress::Pending(_) => return,
+        };
+        if let Action::Reply(reply) = &mut decision.action {
+            let value = Cow::Owned(headers::decimal(seconds));
+            reply.headers.push(("retry-after", value));
+        }
+    }
+}
+
+impl<'a> Answer<'a> {
+    /// The answer to a swap or a create from a store's result.
+    pub fn written(result: Result<bool, KvError>) -> Answer<'a> {
+        match result {
+            Ok(true) => Answer::Written,
+            Ok(false) => Answer::Conflict,
+            Err(e) => Answer::Failed(e),
+        }
+    }
+}
+
+impl<'g, 'r> Pending<'g, 'r> {
+    /// The step this decision needs next.
+    pub fn need(&self) -> Need<'_> {
+        match &self.phase {
+            Phase::Guard { client, .. } => Need::Read { key: &client.key },
+            Phase::Revocation { record, .. } => Need::Revoked { hash: record.hash },
+            Phase::Limiter { cas, .. } => cas.need(LIMITER_KEY),
+            Phase::Failure { client, cas, .. } => cas.need(&client.key),
+            Phase::Peek { .. } => Need::Read { key: LIMITER_KEY },
+        }
+    }
+
+    /// Hands the result of [`Pending::need`]'s step back.
+    pub fn resume(self, answer: Answer<'_>) -> Progress<'g, 'r> {
+        let Pending { gate, now, phase } = self;
+        match phase {
+            Phase::Guard { routed, mut client } => {
+                let held = match &answer {
+                    Answer::Value(entry) => {
+                        let bytes = entry.as_ref().map(|e| e.value.as_ref());
+                        client.bucket = entry.as_ref().map(|e| (e.value.to_vec(), e.version));
+                        guard::held(bytes, &client.address, now, gate.guard())
+                    }
+                    // The guard is a brake, the limiter is the lock: a
+                    // bucket that cannot be read holds nobody.
+                    _ => None,
+                };
+                gate.authenticate_then(routed, Some((client, held)), now)
+            }
+            Phase::Revocation {
+                routed,
+                record,
+                client,
+            } => match answer {
+                Answer::Revoked(false) => gate.admit(&routed, record, now),
+                Answer::Revoked(true) => {
+                    gate.refuse_credential(Gate::invalid_credentials(), &routed, client, now)
+                }
+                // Unknown: admitting could let a revoked credential through.
+                _ if gate.fail_open() => gate.admit(&routed, record, now),
+                _ => Progress::Done(gate.limiter_unavailable(Some(record.name))),
+            },
+            Phase::Limiter { admission, mut cas } => match cas.answer(&answer) {
+                CasStep::Won((verdict, full_until)) => {
+                    gate.full_until.remember(full_until);
+                    Progress::Done(gate.complete(admission, Ok(verdict)))
+                }
+                CasStep::Reread => Progress::Pending(Pending {
+                    gate,
+                    now,
+                    phase: Phase::Limiter { admission, cas },
+                }),
+                CasStep::Read(bytes, version) => match limiter::step(bytes, now, gate.limit()) {
+                    Ok((Step::Full(verdict), full_until)) => {
+                        gate.full_until.remember(full_until);
+                        Progress::Done(gate.complete(admission, Ok(verdict)))
+                    }
+                    Ok((Step::Admit { next, verdict }, full_until)) => {
+                        cas.write = Some((version, next, (verdict, full_until)));
+                        Progress::Pending(Pending {
+                            gate,
+                            now,
+                            phase: Phase::Limiter { admission, cas },
+                        })
+                    }
+                    Err(e) => Progress::Done(gate.complete(admission, Err(e))),
+                },
+                CasStep::Exhausted => {
+                    Progress::Done(gate.complete(admission, Err(LimiterError::Contended)))
+                }
+                CasStep::Failed(e) => {
+                    Progress::Done(gate.complete(admission, Err(LimiterError::Store(e))))
+                }
+            },
+            Phase::Failure {
+                denial,
+                client,
+                mut cas,
+            } => match cas.answer(&answer) {
+                CasStep::Reread => Progress::Pending(Pending {
+                    gate,
+                    now,
+                    phase: Phase::Failure {
+                        denial,
+                        client,
+                        cas,
+                    },
+                }),
+                CasStep::Read(bytes, version) => Failure {
+                    denial,
+                    client,
+                    cas,
+                }
+                .count(gate, now, bytes, version),
+                // Counted, or not countable: the guard is a brake, never a
+                // reason to fail the answer.
+                CasStep::Won(()) | CasStep::Exhausted | CasStep::Failed(_) => {
+                    gate.with_limit_state(denial.decision, denial.limited, now)
+                }
+            },
+            Phase::Peek { mut decision } => {
+                if let Answer::Value(entry) = &answer {
+                    let bytes = entry.as_ref().map(|e| e.value.as_ref());
+                    if let Ok((state, full_until)) = limiter::peek(bytes, now, gate.limit()) {
+                        gate.full_until.remember(full_until);
+                        gate.add_limit_state(&mut decision, &state);
+                    }
+                }
+                Progress::Done(decision)
+            }
+        }
+    }
+}
+
+/// The parts of [`Phase::Failure`], between steps.
+struct Failure<'g> {
+    denial: Denial<'g>,
+    client: Client,
+    cas: Cas<()>,
+}
+
+impl<'g> Failure<'g> {
+    /// The guard's update from the bucket as read (`version`: `None` when
+    /// absent): the write to make, or the answer if there is none.
+    fn count<'r>(
+        self,
+        gate: &'g Gate,
+        now: u64,
+        bytes: Option<&[u8]>,
+        version: Option<Version>,
+    ) -> Progress<'g, 'r> {
+        let Failure {
+            denial,
+            client,
+            mut cas,
+        } = self;
+        match guard::with_failure(bytes, &client.address, now, gate.guard()) {
+            Some(next) => {
+                cas.write = Some((version, next, ()));
+                Progress::Pending(Pending {
+                    gate,
+                    now,
+                    phase: Phase::Failure {
+                        denial,
+                        client,
+                        cas,
+                    },
+                })
+            }
+            None => gate.with_limit_state(denial.decision, denial.limited, now),
+        }
+    }
+}
