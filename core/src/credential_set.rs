@@ -107,15 +107,15 @@ impl Default for CredentialSet {
 }
 
 fn slot_of(hash: &SecretHash, mask: usize) -> usize {
-    let (first, _) = hash.split_first_chunk::<8>().unwrap_or((&[0; 8], &[]));
+    let [a, b, c, d, e, f, g, h, ..] = *hash;
     // Truncation is the point: the low bits pick the slot.
-    u64::from_le_bytes(*first) as usize & mask
+    u64::from_le_bytes([a, b, c, d, e, f, g, h]) as usize & mask
 }
 
 /// The digest's bytes 8 to 11, in a slot's high half.
 fn fingerprint(hash: &SecretHash) -> u64 {
-    let next = hash.get(8..12).and_then(|b| <[u8; 4]>::try_from(b).ok());
-    u64::from(u32::from_le_bytes(next.unwrap_or_default())) << 32
+    let [_, _, _, _, _, _, _, _, a, b, c, d, ..] = *hash;
+    u64::from(u32::from_le_bytes([a, b, c, d])) << 32
 }
 
 /// A slot's low half: the entry's position plus one.
@@ -142,8 +142,10 @@ impl CredentialSet {
 
     fn view<'a>(&'a self, entry: &'a Entry) -> Credential<'a> {
         let mut at = entry.start as usize;
+        // The builder appended these lengths of text for this entry.
+        #[allow(clippy::indexing_slicing)]
         let mut next = |len: u32| {
-            let s = self.text.get(at..at + len as usize).unwrap_or_default();
+            let s = &self.text[at..at + len as usize];
             at += len as usize;
             s
         };
@@ -325,7 +327,9 @@ impl CredentialSetBuilder {
             let tag = fingerprint(&entry.hash);
             let mut at = slot_of(&entry.hash, mask);
             loop {
-                let slot = set.slots.get(at).copied().unwrap_or_default();
+                // `at` is masked to the table's size, a power of two.
+                #[allow(clippy::indexing_slicing)]
+                let slot = set.slots[at];
                 if slot == 0 {
                     break;
                 }

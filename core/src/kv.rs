@@ -45,16 +45,16 @@ impl std::error::Error for KvError {}
 /// A versioned key-value map with compare-and-swap.
 pub trait Kv {
     /// `key`'s value and version; `None` when absent. The entry may borrow
-    /// from the store (an in-memory map lends its bytes).
+    /// from the map (an in-memory one lends its bytes).
     fn get(&mut self, key: &str) -> Result<Option<Entry<'_>>, KvError>;
     /// Writes `value` if `key` is still at `version`: `Ok(false)` when
     /// another writer got there first.
     fn swap(&mut self, key: &str, version: Version, value: &[u8]) -> Result<bool, KvError>;
-    /// Writes `value` if `key` is absent: `Ok(false)` when it exists. A
-    /// store that cannot make this atomic says so in its docs.
+    /// Writes `value` if `key` is absent: `Ok(false)` when it exists. An
+    /// implementation that cannot make this atomic says so in its docs.
     fn create(&mut self, key: &str, value: &[u8]) -> Result<bool, KvError>;
     /// Whether the credential with this SHA-256 was revoked ahead of the
-    /// configuration. Only a store that holds a revocation list answers
+    /// configuration. Only a [`Kv`] that holds a revocation list answers
     /// anything but `false`; a gate asks only when built to
     /// ([`Gate::with_revocation_list`](crate::Gate::with_revocation_list)).
     fn revoked(&mut self, _hash: &[u8; 32]) -> Result<bool, KvError> {
@@ -79,7 +79,7 @@ impl Default for MemoryKv {
 
 impl MemoryKv {
     /// Versions of keys created from now on start at `first` (never 0). A
-    /// store that is rebuilt (an evicted Durable Object) starts above every
+    /// map that is rebuilt (an evicted Durable Object) starts above every
     /// version its predecessor handed out, so a stale swap cannot match.
     pub fn starting_at(first: Version) -> MemoryKv {
         MemoryKv {
@@ -157,7 +157,7 @@ mod tests {
     }
 
     #[test]
-    fn a_rebuilt_store_never_reuses_a_version() {
+    fn a_rebuilt_map_never_reuses_a_version() {
         let mut old = MemoryKv::default();
         old.create("k", b"a").unwrap();
         let stale = old.version("k").unwrap();

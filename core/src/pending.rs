@@ -42,15 +42,15 @@ pub enum Need<'p> {
     /// Write `value` to `key` if it is still at `version`:
     /// [`Answer::Written`], or [`Answer::Conflict`] when another writer got
     /// there first ([`Answer::Value`] with what is there now, where the
-    /// store returns it in the same round trip, saves a read).
+    /// shared state returns it in the same round trip, saves a read).
     Swap {
         key: &'p str,
         version: Version,
         value: &'p [u8],
     },
     /// Write `value` to `key` if it is absent: answered as a swap is. Apart
-    /// from [`Need::Swap`] because some stores make a swap atomic but not a
-    /// create.
+    /// from [`Need::Swap`] because some key-value services make a swap
+    /// atomic but not a create.
     Create { key: &'p str, value: &'p [u8] },
     /// Was the credential with this SHA-256 revoked? [`Answer::Revoked`].
     Revoked { hash: &'p SecretHash },
@@ -66,7 +66,7 @@ pub enum Answer<'a> {
     /// The write lost to another writer.
     Conflict,
     Revoked(bool),
-    /// The step could not be performed (the store failed, timed out,
+    /// The step could not be performed (the shared state failed, timed out,
     /// answered what this is not).
     Failed(KvError),
 }
@@ -402,7 +402,7 @@ impl<'g, 'r> Progress<'g, 'r> {
 }
 
 impl<'a> Answer<'a> {
-    /// The answer to a swap or a create from a store's result.
+    /// The answer to a swap or a create from a [`Kv`]'s result.
     pub fn written(result: Result<bool, KvError>) -> Answer<'a> {
         match result {
             Ok(true) => Answer::Written,

@@ -112,7 +112,8 @@ pub fn parse_query(raw: Option<&str>) -> Result<SessionQuery, GateError> {
                 quotable(&name)
             )));
         };
-        let param = PARAMS.get(index).copied().unwrap_or_default();
+        #[allow(clippy::indexing_slicing)] // the position just found
+        let param = PARAMS[index];
         let value = match raw_value {
             Some(v) => Some(percent_decode(v).ok_or_else(|| {
                 invalid(format!(

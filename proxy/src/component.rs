@@ -29,7 +29,7 @@ use wasmtime_wasi_http::{
     WasiHttpView,
 };
 
-use crate::host::{SharedData, StoreDown};
+use crate::host::{SharedData, SharedDataDown};
 
 /// Host bindings of `wit/gate.wit`'s `host` world. wasi:http and wasi:clocks
 /// are wasmtime's own; only wasi:keyvalue is ours to provide.
@@ -93,7 +93,7 @@ impl KeyValue {
     }
 }
 
-fn down(_: StoreDown) -> store::Error {
+fn down(_: SharedDataDown) -> store::Error {
     store::Error::Other("the shared store is unavailable".to_owned())
 }
 

@@ -8,4 +8,5 @@ pub mod manage;
 pub mod parse_errors;
 pub mod secret;
 pub mod serve;
+pub mod shared_data;
 pub mod store;

@@ -34,15 +34,15 @@ struct Open<H> {
 /// a fresh version number naming it; a swap with that number goes through
 /// the handle. A swap with any other number is a conflict, so a stale read
 /// can never write.
-pub struct CasStore<B: CasBucket> {
+pub struct CasKv<B: CasBucket> {
     bucket: B,
     open: HashMap<String, Open<B::Handle>>,
     issued: Version,
 }
 
-impl<B: CasBucket> CasStore<B> {
+impl<B: CasBucket> CasKv<B> {
     pub fn new(bucket: B) -> Self {
-        CasStore {
+        CasKv {
             bucket,
             open: HashMap::new(),
             issued: 0,
@@ -62,7 +62,7 @@ impl<B: CasBucket> CasStore<B> {
     }
 }
 
-impl<B: CasBucket> Kv for CasStore<B> {
+impl<B: CasBucket> Kv for CasKv<B> {
     fn get(&mut self, key: &str) -> Result<Option<Entry<'_>>, KvError> {
         let (version, value) = self.begin(key)?;
         Ok(value.map(|v| Entry {
@@ -141,7 +141,7 @@ mod tests {
         }
     }
 
-    fn version(store: &mut CasStore<Bucket>, key: &str) -> Version {
+    fn version(store: &mut CasKv<Bucket>, key: &str) -> Version {
         match store.get(key) {
             Ok(Some(entry)) => entry.version,
             other => panic!("{key}: {other:?}"),
@@ -150,7 +150,7 @@ mod tests {
 
     #[test]
     fn a_read_then_write_goes_through() {
-        let mut store = CasStore::new(Bucket::default());
+        let mut store = CasKv::new(Bucket::default());
         assert_eq!(store.get("k"), Ok(None));
         assert_eq!(store.create("k", b"v"), Ok(true));
         let v = version(&mut store, "k");
@@ -165,8 +165,8 @@ mod tests {
     #[test]
     fn a_write_after_someone_elses_is_a_conflict() {
         let shared = Bucket::default();
-        let mut a = CasStore::new(shared.clone());
-        let mut b = CasStore::new(shared);
+        let mut a = CasKv::new(shared.clone());
+        let mut b = CasKv::new(shared);
         a.create("k", b"0").unwrap();
         let va = version(&mut a, "k");
         let vb = version(&mut b, "k");
@@ -176,7 +176,7 @@ mod tests {
 
     #[test]
     fn a_version_not_from_the_last_read_never_writes() {
-        let mut store = CasStore::new(Bucket::default());
+        let mut store = CasKv::new(Bucket::default());
         store.create("k", b"0").unwrap();
         let first = version(&mut store, "k");
         let second = version(&mut store, "k");
@@ -202,7 +202,7 @@ mod tests {
 
     const TOKEN: &str = "fus_0123456789012345678901234567890123456789";
 
-    fn decide(gate: &Gate, store: &mut CasStore<Bucket>, now: u64) -> Outcome {
+    fn decide(gate: &Gate, store: &mut CasKv<Bucket>, now: u64) -> Outcome {
         let auth = format!("Bearer {TOKEN}");
         let values = [auth.as_bytes()];
         let req = Request {
@@ -216,7 +216,7 @@ mod tests {
 
     #[test]
     fn store_failures_reach_the_limiter_as_errors() {
-        let mut store = CasStore::new(Bucket {
+        let mut store = CasKv::new(Bucket {
             fail: true,
             ..Bucket::default()
         });
@@ -231,7 +231,7 @@ mod tests {
         let shared = Bucket::default();
         // One gate per instance, as each component instance parses its own.
         let mut instances: Vec<_> = (0..5)
-            .map(|_| (gate(7), CasStore::new(shared.clone())))
+            .map(|_| (gate(7), CasKv::new(shared.clone())))
             .collect();
         let mut admitted = 0;
         for round in 0..4 {

@@ -9,7 +9,7 @@ use sessiongate_core::{Action, Backend, Forward, Gate, Request as GateRequest};
 use spin_sdk::http::{EmptyBody, IntoResponse, Request};
 use spin_sdk::wasip3::http::types::{ErrorCode, Response as WasiResponse};
 
-use crate::cas::{CasBucket, CasStore};
+use crate::cas::{CasBucket, CasKv};
 use crate::{CLIENT_ADDR_HEADER, CONFIG_KEY, is_runtime_header};
 
 /// Bindings of the `host` world of `wit/gate.wit`: the wasi:keyvalue imports
@@ -148,7 +148,7 @@ async fn handle(req: Request) -> Answer {
         authorization: &authorization,
         client,
     };
-    let mut kv = CasStore::new(KvBucket(&bucket));
+    let mut kv = CasKv::new(KvBucket(&bucket));
     let decision = gate.decide(&request, now_ms(), &mut kv);
     match decision.action {
         Action::Reply(reply) => respond(reply.status, &reply.headers, reply.body.into_string()),

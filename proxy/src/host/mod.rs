@@ -5,8 +5,10 @@
 
 mod abi;
 
+pub use crate::shared_data::{SharedData, SharedDataDown};
+
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -20,87 +22,6 @@ const ROOT_CONTEXT: u32 = 1;
 const ACTION_CONTINUE: u32 = 0;
 
 pub type HeaderList = Vec<(String, Vec<u8>)>;
-
-/// Proxy-wasm shared data: one store for every VM, with Envoy's CAS rules
-/// (cas 0 writes unconditionally; every write bumps the version, never to 0).
-/// A shared-data value and its CAS version.
-type Versioned = (Vec<u8>, u32);
-
-#[derive(Clone, Default)]
-pub struct SharedData {
-    inner: Arc<Mutex<HashMap<String, Versioned>>>,
-    /// Fault injection for tests: every call fails while set.
-    failing: Arc<AtomicBool>,
-}
-
-/// The shared-data store failed (injected, or a poisoned lock).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StoreDown;
-
-impl SharedData {
-    pub fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreDown> {
-        if self.failing.load(Ordering::Relaxed) {
-            return Err(StoreDown);
-        }
-        let map = self.inner.lock().map_err(|_| StoreDown)?;
-        Ok(map.get(key).cloned())
-    }
-
-    pub fn set(&self, key: &str, value: Vec<u8>, cas: u32) -> Result<bool, StoreDown> {
-        if self.failing.load(Ordering::Relaxed) {
-            return Err(StoreDown);
-        }
-        let mut map = self.inner.lock().map_err(|_| StoreDown)?;
-        let current = map.get(key).map_or(0, |(_, c)| *c);
-        if cas != 0 && cas != current {
-            return Ok(false);
-        }
-        let next = current.wrapping_add(1).max(1);
-        map.insert(key.to_owned(), (value, next));
-        Ok(true)
-    }
-
-    /// Strict compare-and-swap, for `wasi:keyvalue/atomics`: writes only if
-    /// the version is still `seen`, where 0 means "absent" (unlike Envoy's
-    /// cas 0, which writes unconditionally).
-    pub fn swap_if(&self, key: &str, value: Vec<u8>, seen: u32) -> Result<bool, StoreDown> {
-        if self.failing.load(Ordering::Relaxed) {
-            return Err(StoreDown);
-        }
-        let mut map = self.inner.lock().map_err(|_| StoreDown)?;
-        let current = map.get(key).map_or(0, |(_, c)| *c);
-        if seen != current {
-            return Ok(false);
-        }
-        map.insert(key.to_owned(), (value, current.wrapping_add(1).max(1)));
-        Ok(true)
-    }
-
-    pub fn delete(&self, key: &str) -> Result<(), StoreDown> {
-        if self.failing.load(Ordering::Relaxed) {
-            return Err(StoreDown);
-        }
-        let mut map = self.inner.lock().map_err(|_| StoreDown)?;
-        map.remove(key);
-        Ok(())
-    }
-
-    /// Every key, sorted.
-    pub fn keys(&self) -> Result<Vec<String>, StoreDown> {
-        if self.failing.load(Ordering::Relaxed) {
-            return Err(StoreDown);
-        }
-        let map = self.inner.lock().map_err(|_| StoreDown)?;
-        let mut keys: Vec<String> = map.keys().cloned().collect();
-        keys.sort();
-        Ok(keys)
-    }
-
-    /// Fault injection: while set, every call fails as a lost store would.
-    pub fn set_failing(&self, failing: bool) {
-        self.failing.store(failing, Ordering::Relaxed);
-    }
-}
 
 /// Metrics shared by every VM, by name (as Envoy's stats are).
 #[derive(Default)]
@@ -155,27 +76,8 @@ pub struct LocalReply {
     pub body: Vec<u8>,
 }
 
-/// Streams by context id. The ids are the host's own counter, not input, so
-/// one multiply spreads them: SipHash of each id was ~2 % of a request in
-/// the filter bench's profile.
-type Streams = HashMap<u32, Stream, std::hash::BuildHasherDefault<ContextIdHasher>>;
-
-#[derive(Default)]
-struct ContextIdHasher(u64);
-
-impl std::hash::Hasher for ContextIdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-    fn write_u32(&mut self, n: u32) {
-        self.0 = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
+/// Streams by context id.
+type Streams = HashMap<u32, Stream>;
 
 /// The host's view of one HTTP stream.
 #[derive(Default)]
@@ -589,17 +491,6 @@ mod tests {
                 format!("Bearer {TOKEN}").into_bytes(),
             ),
         ]
-    }
-
-    #[test]
-    fn shared_data_follows_envoy_cas_rules() {
-        let s = SharedData::default();
-        assert_eq!(s.get("k"), Ok(None));
-        assert_eq!(s.set("k", b"a".to_vec(), 0), Ok(true));
-        let (_, v1) = s.get("k").unwrap().unwrap();
-        assert_eq!(s.set("k", b"b".to_vec(), v1), Ok(true));
-        assert_eq!(s.set("k", b"c".to_vec(), v1), Ok(false), "stale cas");
-        assert_eq!(s.get("k").unwrap().unwrap().0, b"b");
     }
 
     /// VMs on four threads racing on one shared-data key, no HTTP in

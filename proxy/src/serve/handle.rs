@@ -1,0 +1,233 @@
+//! One request: through the filter's VM (and on to the upstream if it says
+//! so) or through the component; and the translation between hyper's
+//! requests and responses and the host's header lists.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Result, anyhow, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use sessiongate_core::{Backend, is_per_hop};
+use sessiongate_spin::CLIENT_ADDR_HEADER;
+
+use super::pool::Pool;
+use super::{App, Runner};
+use crate::component::ComponentHost;
+use crate::host::{HeaderList, RequestPhase};
+
+fn request_headers<B>(req: &Request<B>) -> HeaderList {
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/".to_owned(), |p| p.as_str().to_owned());
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().as_bytes().to_vec())
+        .or_else(|| req.headers().get("host").map(|h| h.as_bytes().to_vec()))
+        .unwrap_or_default();
+    let mut headers = vec![
+        (
+            ":method".to_owned(),
+            req.method().as_str().as_bytes().to_vec(),
+        ),
+        (":path".to_owned(), path.into_bytes()),
+        (":authority".to_owned(), authority),
+        (":scheme".to_owned(), b"http".to_vec()),
+    ];
+    for (name, value) in req.headers() {
+        headers.push((name.as_str().to_owned(), value.as_bytes().to_vec()));
+    }
+    headers
+}
+
+fn build_response(status: u16, headers: &HeaderList, body: Bytes) -> Response<Full<Bytes>> {
+    let mut builder = Response::builder().status(status);
+    for (name, value) in headers {
+        if is_per_hop(name) {
+            continue;
+        }
+        builder = builder.header(name.as_str(), value.as_slice());
+    }
+    builder
+        .body(Full::new(body))
+        .unwrap_or_else(|_| internal_error())
+}
+
+fn internal_error() -> Response<Full<Bytes>> {
+    let reply =
+        sessiongate_core::Gate::internal_error_reply("The gate failed to process the request.");
+    let mut r = Response::new(Full::new(Bytes::from(reply.body.into_string())));
+    *r.status_mut() =
+        StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    for (name, value) in reply.headers {
+        if let Ok(value) = hyper::header::HeaderValue::from_str(&value) {
+            r.headers_mut().insert(name, value);
+        }
+    }
+    r
+}
+
+pub(super) async fn handle(
+    app: Arc<App>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Full<Bytes>> {
+    // Nothing is kept for the log unless it is on.
+    let logged = app.access_log.enabled().then(|| {
+        (
+            Instant::now(),
+            req.method().clone(),
+            req.uri().path().to_owned(),
+        )
+    });
+    let (response, credential) = match &app.runner {
+        Runner::Filter(pool) => handle_filter(&app, pool, req, peer).await,
+        Runner::Component(host) => (handle_component(host, req, peer).await, None),
+    };
+    if let Some((started, method, path)) = logged {
+        app.access_log.write(format!(
+            "access method={} path={} status={} credential={} latency_us={}",
+            method,
+            sanitize(&path),
+            response.status().as_u16(),
+            credential
+                .as_deref()
+                .map_or("-".to_owned(), |c| sanitize(&String::from_utf8_lossy(c))),
+            started.elapsed().as_micros()
+        ));
+    }
+    response
+}
+
+/// One request through the component. The client's address goes in the
+/// header Spin uses, appended after the request's own headers as Spin's
+/// trigger does: a value the client sent stays first, so the component is
+/// tested here against what Spin really hands it (it trusts the last).
+async fn handle_component(
+    host: &ComponentHost,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Full<Bytes>> {
+    if let Ok(value) = hyper::header::HeaderValue::from_str(&peer.to_string()) {
+        req.headers_mut().append(CLIENT_ADDR_HEADER, value);
+    }
+    match host.handle(req).await {
+        Ok(response) => {
+            let (parts, body) = response.into_parts();
+            let mut out = Response::new(Full::new(body));
+            *out.status_mut() = parts.status;
+            for (name, value) in &parts.headers {
+                if !is_per_hop(name.as_str()) {
+                    out.headers_mut().append(name, value.clone());
+                }
+            }
+            out
+        }
+        Err(e) => {
+            eprintln!("sessiongate error: {e:#}");
+            internal_error()
+        }
+    }
+}
+
+type Credential = Option<Vec<u8>>;
+
+/// One request through a filter VM, and on to the upstream if it says so.
+async fn handle_filter(
+    app: &App,
+    pool: &Pool,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> (Response<Full<Bytes>>, Credential) {
+    let method = req.method().clone();
+    let headers = request_headers(&req);
+    let vm = pool.pick();
+    let phase = pool.with_vm(vm, |v| v.on_request(headers, Some(peer.to_string())));
+    match phase {
+        Ok(RequestPhase::Reply(reply, props)) => (
+            build_response(reply.status, &reply.headers, Bytes::from(reply.body)),
+            props.get("sessiongate_credential").cloned(),
+        ),
+        Ok(RequestPhase::Continue { context, headers }) => {
+            let upstream = forward(app, &method, &headers).await;
+            let (status, response_headers, body) = match upstream {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("sessiongate warn: upstream unavailable: {e:#}");
+                    // The filter's response phase adds the rate-limit headers.
+                    let reply = sessiongate_core::Gate::upstream_unavailable(None);
+                    let headers = reply.headers.iter();
+                    let headers = headers.map(|(n, v)| ((*n).to_owned(), v.as_bytes().to_vec()));
+                    (
+                        reply.status,
+                        headers.collect(),
+                        Bytes::from(reply.body.into_string()),
+                    )
+                }
+            };
+            let mut with_status = vec![(":status".to_owned(), status.to_string().into_bytes())];
+            with_status.extend(response_headers);
+            match pool.with_vm(vm, |v| v.on_response(context, with_status)) {
+                Ok((headers, props)) => (
+                    build_response(status, &headers, body),
+                    props.get("sessiongate_credential").cloned(),
+                ),
+                Err(_) => (internal_error(), None),
+            }
+        }
+        Err(_) => (internal_error(), None),
+    }
+}
+
+/// Log fields stay on one line and printable.
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .take(256)
+        .map(|c| if c.is_control() || c == ' ' { '_' } else { c })
+        .collect()
+}
+
+/// Sends the rewritten request to the upstream and reads its whole response.
+async fn forward(
+    app: &App,
+    method: &hyper::Method,
+    headers: &HeaderList,
+) -> Result<(u16, HeaderList, Bytes)> {
+    let Backend::Upstream(Some(base)) = &app.backend else {
+        bail!("the filter forwarded but no upstream URL is configured");
+    };
+    let path = headers
+        .iter()
+        .find(|(n, _)| n == ":path")
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_else(|| "/".into());
+    let uri: hyper::Uri = format!("{base}{path}").parse()?;
+    let mut builder = Request::builder().method(method.clone()).uri(uri);
+    for (name, value) in headers {
+        // The filter rewrote the request; what belongs to this hop stays.
+        if is_per_hop(name) || name == "host" {
+            continue;
+        }
+        builder = builder.header(name.as_str(), value.as_slice());
+    }
+    let request = builder.body(Full::new(Bytes::new()))?;
+    let exchange = async {
+        let response = app.client.request(request).await?;
+        let status = response.status().as_u16();
+        let headers: HeaderList = response
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+            .collect();
+        let body = response.into_body().collect().await?.to_bytes();
+        anyhow::Ok((status, headers, body))
+    };
+    tokio::time::timeout(app.upstream_timeout, exchange)
+        .await
+        .map_err(|_| anyhow!("timed out after {:?}", app.upstream_timeout))?
+}

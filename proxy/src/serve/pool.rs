@@ -1,0 +1,74 @@
+//! The filter's VMs, one per worker as Envoy runs one per worker thread,
+//! and the configuration they run.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use anyhow::{Result, anyhow};
+
+use crate::host::{Plugin, Vm};
+
+pub(super) fn log_line(level: u32, msg: &str) {
+    let tag = match level {
+        0 => "trace",
+        1 => "debug",
+        2 => "info",
+        3 => "warn",
+        4 => "error",
+        _ => "critical",
+    };
+    if level >= 2 {
+        eprintln!("sessiongate {tag}: {msg}");
+    }
+}
+
+/// The VMs, one per worker, and the configuration they run.
+pub(super) struct Pool {
+    pub(super) plugin: Plugin,
+    pub(super) vms: Vec<Mutex<Vm>>,
+    pub(super) next: AtomicUsize,
+    pub(super) config: RwLock<Arc<Vec<u8>>>,
+}
+
+impl Pool {
+    pub(super) fn pick(&self) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed) % self.vms.len()
+    }
+
+    /// Runs `f` on VM `i`. A trap kills a VM, as in Envoy; here it is replaced
+    /// by a fresh one so the next request is served normally.
+    pub(super) fn with_vm<T>(&self, i: usize, f: impl FnOnce(&mut Vm) -> Result<T>) -> Result<T> {
+        let slot = self.vms.get(i).ok_or_else(|| anyhow!("no VM {i}"))?;
+        let mut vm = slot.lock().map_err(|_| anyhow!("VM {i} lock poisoned"))?;
+        let result = f(&mut vm);
+        if let Err(e) = &result {
+            eprintln!("sessiongate error: VM {i} failed: {e:#}; starting a fresh one");
+            let config = self.current_config();
+            match self.plugin.start_vm(i, config) {
+                Ok(fresh) => *vm = fresh,
+                Err(e) => eprintln!("sessiongate error: cannot restart VM {i}: {e:#}"),
+            }
+        }
+        result
+    }
+
+    pub(super) fn current_config(&self) -> Arc<Vec<u8>> {
+        self.config
+            .read()
+            .map(|c| c.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Hands every VM a new configuration; on refusal the VMs keep the old one.
+    pub(super) fn reconfigure(&self, config: Vec<u8>) -> Result<()> {
+        let config = Arc::new(config);
+        for (i, slot) in self.vms.iter().enumerate() {
+            let mut vm = slot.lock().map_err(|_| anyhow!("VM {i} lock poisoned"))?;
+            vm.configure(config.clone())?;
+        }
+        if let Ok(mut c) = self.config.write() {
+            *c = config;
+        }
+        Ok(())
+    }
+}

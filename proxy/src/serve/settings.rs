@@ -1,0 +1,108 @@
+//! `serve`'s settings: the TOML file (or the embedded default), then the
+//! command line over it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use serde::Deserialize;
+use sessiongate_core::{Backend, CredentialSet, GateConfig, LimitConfig};
+
+use super::ServeArgs;
+
+const DEFAULT_CONFIG: &str = include_str!("../default-config.toml");
+
+/// The TOML configuration of `serve`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServeConfig {
+    listen: Option<String>,
+    store: Option<PathBuf>,
+    backend: Option<String>,
+    limit: Option<LimitConfig>,
+    fail_open: Option<bool>,
+    workers: Option<usize>,
+    upstream_timeout_ms: Option<u64>,
+    stub_sessions_per_site: Option<u32>,
+    guard: Option<sessiongate_core::GuardConfig>,
+    /// One line per request on stderr, written by a logging thread.
+    access_log: Option<bool>,
+    testing: Option<Testing>,
+}
+
+/// Fault injection, for chaos tests of a deployment: never set in production.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Testing {
+    /// Every shared-data call fails, as a lost limiter store would.
+    #[serde(default)]
+    fail_limiter_store: bool,
+}
+
+/// Everything `serve` runs with, after defaults and flags.
+pub(super) struct Settings {
+    pub(super) listen: String,
+    pub(super) store: PathBuf,
+    pub(super) gate: GateConfig,
+    pub(super) workers: usize,
+    pub(super) upstream_timeout: Duration,
+    pub(super) fail_limiter_store: bool,
+    pub(super) access_log: bool,
+}
+
+pub(super) fn settings(args: &ServeArgs) -> Result<Settings> {
+    let text = match &args.config {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?,
+        None => DEFAULT_CONFIG.to_owned(),
+    };
+    let name = args
+        .config
+        .as_ref()
+        .map_or("the embedded default config".to_owned(), |p| {
+            p.display().to_string()
+        });
+    let file: ServeConfig = toml::from_str(&text).map_err(|e| anyhow!("{name}: {e}"))?;
+    let backend = Backend::parse(file.backend.as_deref().unwrap_or("stub"))
+        .map_err(|e| anyhow!("{name}: {e}"))?;
+    if backend == Backend::Upstream(None) {
+        bail!("{name}: backend must be \"stub\" or an http:// URL for `serve`");
+    }
+    let gate = GateConfig {
+        credentials: CredentialSet::default(),
+        limit: file.limit.unwrap_or_default(),
+        backend,
+        fail_open: file.fail_open.unwrap_or(false),
+        stub_sessions_per_site: file
+            .stub_sessions_per_site
+            .unwrap_or(sessiongate_core::DEFAULT_SESSIONS_PER_SITE),
+        guard: file.guard.unwrap_or_default(),
+    };
+    gate.validate().map_err(|e| anyhow!("{name}: {e}"))?;
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    Ok(Settings {
+        listen: args
+            .listen
+            .clone()
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:8080".to_owned()),
+        store: args
+            .store
+            .clone()
+            .or(file.store)
+            .unwrap_or_else(|| "sessiongate-tokens.json".into()),
+        gate,
+        workers: args.workers.or(file.workers).unwrap_or(cores).max(1),
+        upstream_timeout: Duration::from_millis(file.upstream_timeout_ms.unwrap_or(10_000)),
+        fail_limiter_store: file.testing.is_some_and(|t| t.fail_limiter_store),
+        access_log: args.access_log || file.access_log.unwrap_or(false),
+    })
+}
+
+/// Where compiled plugins are kept between runs (`$XDG_CACHE_HOME` or `~/.cache`).
+pub(super) fn module_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("sessiongate").join("modules"))
+}

@@ -1,0 +1,61 @@
+//! Watching the token store: a change reaches the gate within a poll period.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Result, anyhow};
+use sessiongate_core::{CredentialSet, GateConfig};
+
+use super::App;
+use crate::store;
+
+pub(super) fn gate_config_json(base: &GateConfig, credentials: CredentialSet) -> Result<Vec<u8>> {
+    let config = GateConfig {
+        credentials,
+        ..base.clone()
+    };
+    Ok(serde_json::to_vec(&config)?)
+}
+
+/// Polls the token store; a change reaches every VM within the poll period.
+/// An unreadable or corrupt store is logged loudly and the last good
+/// credentials stay in force: never everything, never nothing by accident.
+pub(super) async fn watch_store(app: Arc<App>, base: GateConfig, path: PathBuf) {
+    let stamp = |p: &Path| {
+        std::fs::metadata(p).ok().map(|m| {
+            #[cfg(unix)]
+            let ino = std::os::unix::fs::MetadataExt::ino(&m);
+            #[cfg(not(unix))]
+            let ino = 0u64;
+            (m.modified().ok(), m.len(), ino)
+        })
+    };
+    let mut last = stamp(&path);
+    let mut interval = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        interval.tick().await;
+        let now = stamp(&path);
+        if now == last {
+            continue;
+        }
+        last = now;
+        // Missing is an empty store only at start-up: a store that vanishes
+        // while serving is an accident, not a revocation of everyone.
+        let reloaded = if now.is_none() {
+            Err(anyhow!("the file is gone"))
+        } else {
+            store::load_set(&path)
+                .and_then(|credentials| gate_config_json(&base, credentials))
+                .and_then(|config| app.reconfigure(config))
+        };
+        match reloaded {
+            Ok(()) => eprintln!("sessiongate: token store {} reloaded", path.display()),
+            Err(e) => eprintln!(
+                "sessiongate ERROR: token store {} could not be loaded: {e:#}. \
+                 Keeping the last good credentials.",
+                path.display()
+            ),
+        }
+    }
+}

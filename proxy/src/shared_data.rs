@@ -1,0 +1,103 @@
+//! Proxy-wasm shared data as `serve` keeps it: one map for every VM of the
+//! filter host and for the component host's `wasi:keyvalue` bucket.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// A shared-data value and its CAS version.
+type Versioned = (Vec<u8>, u32);
+
+/// One map for every VM, with Envoy's CAS rules (cas 0 writes
+/// unconditionally; every write bumps the version, never to 0).
+#[derive(Clone, Default)]
+pub struct SharedData {
+    inner: Arc<Mutex<HashMap<String, Versioned>>>,
+    /// Fault injection for tests: every call fails while set.
+    failing: Arc<AtomicBool>,
+}
+
+/// The shared-data store failed (injected, or a poisoned lock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharedDataDown;
+
+impl SharedData {
+    pub fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, SharedDataDown> {
+        if self.failing.load(Ordering::Relaxed) {
+            return Err(SharedDataDown);
+        }
+        let map = self.inner.lock().map_err(|_| SharedDataDown)?;
+        Ok(map.get(key).cloned())
+    }
+
+    pub fn set(&self, key: &str, value: Vec<u8>, cas: u32) -> Result<bool, SharedDataDown> {
+        if self.failing.load(Ordering::Relaxed) {
+            return Err(SharedDataDown);
+        }
+        let mut map = self.inner.lock().map_err(|_| SharedDataDown)?;
+        let current = map.get(key).map_or(0, |(_, c)| *c);
+        if cas != 0 && cas != current {
+            return Ok(false);
+        }
+        let next = current.wrapping_add(1).max(1);
+        map.insert(key.to_owned(), (value, next));
+        Ok(true)
+    }
+
+    /// Strict compare-and-swap, for `wasi:keyvalue/atomics`: writes only if
+    /// the version is still `seen`, where 0 means "absent" (unlike Envoy's
+    /// cas 0, which writes unconditionally).
+    pub fn swap_if(&self, key: &str, value: Vec<u8>, seen: u32) -> Result<bool, SharedDataDown> {
+        if self.failing.load(Ordering::Relaxed) {
+            return Err(SharedDataDown);
+        }
+        let mut map = self.inner.lock().map_err(|_| SharedDataDown)?;
+        let current = map.get(key).map_or(0, |(_, c)| *c);
+        if seen != current {
+            return Ok(false);
+        }
+        map.insert(key.to_owned(), (value, current.wrapping_add(1).max(1)));
+        Ok(true)
+    }
+
+    pub fn delete(&self, key: &str) -> Result<(), SharedDataDown> {
+        if self.failing.load(Ordering::Relaxed) {
+            return Err(SharedDataDown);
+        }
+        let mut map = self.inner.lock().map_err(|_| SharedDataDown)?;
+        map.remove(key);
+        Ok(())
+    }
+
+    /// Every key, sorted.
+    pub fn keys(&self) -> Result<Vec<String>, SharedDataDown> {
+        if self.failing.load(Ordering::Relaxed) {
+            return Err(SharedDataDown);
+        }
+        let map = self.inner.lock().map_err(|_| SharedDataDown)?;
+        let mut keys: Vec<String> = map.keys().cloned().collect();
+        keys.sort();
+        Ok(keys)
+    }
+
+    /// Fault injection: while set, every call fails as a lost store would.
+    pub fn set_failing(&self, failing: bool) {
+        self.failing.store(failing, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_data_follows_envoy_cas_rules() {
+        let s = SharedData::default();
+        assert_eq!(s.get("k"), Ok(None));
+        assert_eq!(s.set("k", b"a".to_vec(), 0), Ok(true));
+        let (_, v1) = s.get("k").unwrap().unwrap();
+        assert_eq!(s.set("k", b"b".to_vec(), v1), Ok(true));
+        assert_eq!(s.set("k", b"c".to_vec(), v1), Ok(false), "stale cas");
+        assert_eq!(s.get("k").unwrap().unwrap().0, b"b");
+    }
+}
