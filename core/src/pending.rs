@@ -94,12 +94,8 @@ enum Phase<'g, 'r> {
         admission: Admission<'g>,
         cas: Cas<(Verdict, Option<u64>)>,
     },
-    /// Counting an invalid credential against `client`, then finishing.
-    Failure {
-        denial: Denial<'g>,
-        client: Client,
-        cas: Cas<()>,
-    },
+    /// Counting an invalid credential against its client, then finishing.
+    Failure(Failure<'g>),
     /// Reading the limiter's state for the `RateLimit` header of `decision`.
     Peek { decision: Decision<'g> },
 }
@@ -419,7 +415,7 @@ impl<'g, 'r> Pending<'g, 'r> {
             Phase::Guard { client, .. } => Need::Read { key: &client.key },
             Phase::Revocation { record, .. } => Need::Revoked { hash: record.hash },
             Phase::Limiter { cas, .. } => cas.need(LIMITER_KEY),
-            Phase::Failure { client, cas, .. } => cas.need(&client.key),
+            Phase::Failure(Failure { client, cas, .. }) => cas.need(&client.key),
             Phase::Peek { .. } => Need::Read { key: LIMITER_KEY },
         }
     }
@@ -486,30 +482,14 @@ impl<'g, 'r> Pending<'g, 'r> {
                     Progress::Done(gate.complete(admission, Err(LimiterError::Store(e))))
                 }
             },
-            Phase::Failure {
-                denial,
-                client,
-                mut cas,
-            } => match cas.answer(&answer) {
-                CasStep::Reread => Progress::Pending(Pending {
-                    gate,
-                    now,
-                    phase: Phase::Failure {
-                        denial,
-                        client,
-                        cas,
-                    },
-                }),
-                CasStep::Read(bytes, version) => Failure {
-                    denial,
-                    client,
-                    cas,
-                }
-                .count(gate, now, bytes, version),
+            Phase::Failure(mut failure) => match failure.cas.answer(&answer) {
+                CasStep::Reread => failure.wait(gate, now),
+                CasStep::Read(bytes, version) => failure.count(gate, now, bytes, version),
                 // Counted, or not countable: the guard is a brake, never a
                 // reason to fail the answer.
                 CasStep::Won(()) | CasStep::Exhausted | CasStep::Failed(_) => {
-                    gate.with_limit_state(denial.decision, denial.limited, now)
+                    let Denial { decision, limited } = failure.denial;
+                    gate.with_limit_state(decision, limited, now)
                 }
             },
             Phase::Peek { mut decision } => {
@@ -526,7 +506,8 @@ impl<'g, 'r> Pending<'g, 'r> {
     }
 }
 
-/// The parts of [`Phase::Failure`], between steps.
+/// Counting an invalid credential against its client.
+#[derive(Debug)]
 struct Failure<'g> {
     denial: Denial<'g>,
     client: Client,
@@ -543,25 +524,22 @@ impl<'g> Failure<'g> {
         bytes: Option<&[u8]>,
         version: Option<Version>,
     ) -> Progress<'g, 'r> {
-        let Failure {
-            denial,
-            client,
-            mut cas,
-        } = self;
-        match guard::with_failure(bytes, &client.address, now, gate.guard()) {
+        match guard::with_failure(bytes, &self.client.address, now, gate.guard()) {
             Some(next) => {
-                cas.write = Some((version, next, ()));
-                Progress::Pending(Pending {
-                    gate,
-                    now,
-                    phase: Phase::Failure {
-                        denial,
-                        client,
-                        cas,
-                    },
-                })
+                let mut failure = self;
+                failure.cas.write = Some((version, next, ()));
+                failure.wait(gate, now)
             }
-            None => gate.with_limit_state(denial.decision, denial.limited, now),
+            None => gate.with_limit_state(self.denial.decision, self.denial.limited, now),
         }
+    }
+
+    /// Waits for the next step of the count.
+    fn wait<'r>(self, gate: &'g Gate, now: u64) -> Progress<'g, 'r> {
+        Progress::Pending(Pending {
+            gate,
+            now,
+            phase: Phase::Failure(self),
+        })
     }
 }

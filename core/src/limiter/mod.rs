@@ -91,18 +91,23 @@ pub(crate) enum Step {
     Admit { next: Vec<u8>, verdict: Verdict },
 }
 
-/// The step for a request at `now` on the state `bytes` (absent: empty),
-/// and, when the log is full after it, the time until which it stays full.
+/// The live window of the state `bytes` (absent: empty) at `now`, and the
+/// time it is taken at: never before the newest admission, which keeps the
+/// log sorted and every window exact when callers' clocks disagree slightly.
+fn window(bytes: Option<&[u8]>, now: u64, limit: Limit) -> Result<(Log<'_>, u64), LimiterError> {
+    let log = Log::parse(bytes.unwrap_or_default())?;
+    let at = log.newest().map_or(now, |newest| now.max(newest));
+    Ok((log.live(at, limit), at))
+}
+
+/// The step for a request at `now` on the state `bytes`, and, when the log
+/// is full after it, the time until which it stays full.
 pub(crate) fn step(
     bytes: Option<&[u8]>,
     now: u64,
     limit: Limit,
 ) -> Result<(Step, Option<u64>), LimiterError> {
-    let log = Log::parse(bytes.unwrap_or_default())?;
-    // Never record a time before the newest one: keeps the log sorted and
-    // every window exact when callers' clocks disagree slightly.
-    let at = log.newest().map_or(now, |newest| now.max(newest));
-    let window = log.live(at, limit);
+    let (window, at) = window(bytes, now, limit)?;
     if window.len() >= u64::from(limit.requests) {
         let (verdict, full_until) = verdict(window, None, at, limit);
         return Ok((Step::Full(verdict), full_until));
@@ -119,9 +124,8 @@ pub(crate) fn peek(
     now: u64,
     limit: Limit,
 ) -> Result<(Verdict, Option<u64>), LimiterError> {
-    let log = Log::parse(bytes.unwrap_or_default())?;
-    let at = log.newest().map_or(now, |newest| now.max(newest));
-    Ok(verdict(log.live(at, limit), None, at, limit))
+    let (window, at) = window(bytes, now, limit)?;
+    Ok(verdict(window, None, at, limit))
 }
 
 /// The verdict on the live entries, followed by `admitted_at` if this step
