@@ -88,8 +88,8 @@ impl GateError {
 }
 
 /// The JSON body of section 6, written into one buffer: it is on every
-/// error, and the 429 is the answer a flood gets (a `json!` map here once cost
-/// a third of a 429 decision; `format!` and a separate escaped copy, more).
+/// error, and the 429 is the answer a flood gets (BENCHMARKS.md has what a
+/// `json!` map cost).
 pub fn error_body(code: ErrorCode, message: &str) -> String {
     body_with_code(code.as_str(), message)
 }

@@ -271,8 +271,7 @@ impl Splitter {
     /// or the part of it this piece holds, begins). When it ends here, hands
     /// it on whole and returns the bytes it took; otherwise keeps them for
     /// the next piece.
-    // Inlined: once per record, and out of line it cost ~4 % of loading a
-    // million-record store (measured against the build before it).
+    // Inlined: it runs once per record (BENCHMARKS.md, loading a store).
     #[inline]
     fn cut_record(
         &mut self,
