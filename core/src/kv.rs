@@ -6,7 +6,7 @@
 //! same steps themselves ([`Need`](crate::Need)).
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fmt;
 
 /// A value's version: it changes on every write. Stores with narrower
@@ -66,7 +66,9 @@ pub trait Kv {
 /// Durable Object (which is single-threaded).
 #[derive(Debug, Clone)]
 pub struct MemoryKv {
-    entries: HashMap<String, (Vec<u8>, Version)>,
+    /// Ordered, not hashed: a gate touches one to a few keys, and comparing
+    /// them costs less than hashing each lookup (BENCHMARKS.md).
+    entries: BTreeMap<String, (Vec<u8>, Version)>,
     /// The version the next created key starts at.
     first_version: Version,
 }
@@ -83,7 +85,7 @@ impl MemoryKv {
     /// version its predecessor handed out, so a stale swap cannot match.
     pub fn starting_at(first: Version) -> MemoryKv {
         MemoryKv {
-            entries: HashMap::new(),
+            entries: BTreeMap::new(),
             first_version: first.max(1),
         }
     }
