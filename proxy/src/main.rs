@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use sessiongate_core::{Backend, GateConfig, LimitConfig};
+use sessiongate_core::{Backend, GateConfig, GuardConfig, LimitConfig};
 use sessiongate_core::{Kind, Level};
 
 use sessiongate::{manage, serve, store};
@@ -158,6 +158,14 @@ struct ConfigArgs {
     /// Admit requests when the limiter's shared state fails (default: fail closed).
     #[arg(long)]
     fail_open: bool,
+    /// The failed-credential guard: invalid credentials one client address
+    /// may present per window before it is held (0 turns the guard off), as
+    /// `[guard] failures` in `serve`'s TOML.
+    #[arg(long, default_value_t = GuardConfig::default().failures)]
+    guard_failures: u32,
+    /// The guard's window, as `[guard] window_seconds`.
+    #[arg(long, default_value_t = GuardConfig::default().window_seconds)]
+    guard_window_seconds: u32,
     /// Print the whole plugin/envoy.yaml with this configuration inlined.
     #[arg(long)]
     envoy_yaml: bool,
@@ -270,6 +278,10 @@ fn print_config(a: ConfigArgs, default_backend: &str, out: &mut dyn std::io::Wri
         backend: Backend::parse(a.backend.as_deref().unwrap_or(default_backend))
             .map_err(anyhow::Error::msg)?,
         fail_open: a.fail_open,
+        guard: GuardConfig {
+            failures: a.guard_failures,
+            window_seconds: a.guard_window_seconds,
+        },
         ..Default::default()
     };
     config.validate().map_err(anyhow::Error::msg)?;

@@ -252,6 +252,22 @@ fn spin_config_holds_hashes_only() {
     sessiongate_core::GateConfig::from_json(json.as_bytes()).unwrap();
     assert!(json.contains("\"hash\""));
     assert_no_secret("spin-config", &json, &fx.secrets);
+    // The guard's settings, as `serve` takes them in its TOML.
+    let store = fx.store.to_str().unwrap();
+    let guarded = cli(&[
+        "spin-config",
+        "--store",
+        store,
+        "--guard-failures",
+        "3",
+        "--guard-window-seconds",
+        "30",
+    ]);
+    let config = sessiongate_core::GateConfig::from_json(guarded.as_bytes()).unwrap();
+    assert_eq!((config.guard.failures, config.guard.window_seconds), (3, 30));
+    let off = cli(&["spin-config", "--store", store, "--guard-failures", "0"]);
+    let config = sessiongate_core::GateConfig::from_json(off.as_bytes()).unwrap();
+    assert!(!config.guard.enabled());
 }
 
 /// Sequential requests reuse one instance, so the component parses its
