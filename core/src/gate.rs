@@ -172,12 +172,30 @@ impl Gate {
         })
     }
 
-    /// The guard's refusal of a client it holds, before any lookup.
-    pub(crate) fn guard_refusal() -> GateError {
-        GateError::new(
+    /// The guard's refusal of a client it holds for `seconds`, before any
+    /// lookup. Its `RateLimit` is true for this client, not the global
+    /// budget's: nothing remains to it until the hold ends. (Telling it the
+    /// budget has room while refusing it would mislead a client that paces
+    /// itself on those fields.)
+    pub(crate) fn guard_refusal(&self, seconds: u64, limited: bool) -> Decision<'_> {
+        let error = GateError::new(
             ErrorCode::RateLimited,
             "Too many invalid credentials from this address; retry after the time in Retry-After.",
-        )
+        );
+        let mut decision = self.deny(error, None, limited);
+        if let Action::Reply(reply) = &mut decision.action {
+            let retry_after = headers::decimal(seconds);
+            reply.headers.push(("retry-after", Cow::Owned(retry_after)));
+        }
+        if limited {
+            let held = Verdict {
+                admitted: false,
+                remaining: 0,
+                reset_seconds: seconds,
+            };
+            self.add_limit_state(&mut decision, &held);
+        }
+        decision
     }
 
     /// The credential the one `Authorization` value names.

@@ -12,15 +12,12 @@
 //! on every answer of the limited API. A host's driver is a loop with no
 //! rule in it; [`Gate::decide`] is the one for a synchronous [`Kv`].
 
-use std::borrow::Cow;
-
 use crate::credential::SecretHash;
 use crate::credential_set::Credential;
-use crate::decision::{Action, Decision, Request};
+use crate::decision::{Decision, Request};
 use crate::error::{ErrorCode, GateError};
 use crate::gate::{Admission, Gate, Routed, Scoped};
 use crate::guard;
-use crate::headers;
 use crate::kv::{Entry, Kv, KvError, Version};
 use crate::limiter::{self, LIMITER_KEY, LimiterError, MAX_CAS_ATTEMPTS, Step, Verdict};
 
@@ -268,9 +265,7 @@ impl Gate {
     ) -> Progress<'g, 'r> {
         let (client, held) = client.map_or((None, None), |(c, held)| (Some(c), held));
         if let Some(seconds) = held {
-            let mut progress = self.finish(Gate::guard_refusal(), None, routed.limited, now);
-            progress.add_retry_after(seconds);
-            return progress;
+            return Progress::Done(self.guard_refusal(seconds, routed.limited));
         }
         let record = match self.authenticate(routed.authorization) {
             Ok(record) => record,
@@ -376,24 +371,6 @@ impl Gate {
             now,
             phase: Phase::Peek { decision },
         })
-    }
-}
-
-impl<'g, 'r> Progress<'g, 'r> {
-    /// `Retry-After` on the guard's refusal, wherever its decision is.
-    fn add_retry_after(&mut self, seconds: u64) {
-        let decision = match self {
-            Progress::Done(d) => d,
-            Progress::Pending(Pending {
-                phase: Phase::Peek { decision },
-                ..
-            }) => decision,
-            Progress::Pending(_) => return,
-        };
-        if let Action::Reply(reply) = &mut decision.action {
-            let value = Cow::Owned(headers::decimal(seconds));
-            reply.headers.push(("retry-after", value));
-        }
     }
 }
 

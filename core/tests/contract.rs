@@ -606,3 +606,34 @@ fn revoked_credentials_are_unknown_credentials() {
     s.revoked.clear();
     assert_eq!(reply(&run(g, &get(SESSIONS, &ok_auth()), &mut s)).0, 200);
 }
+
+/// The failed-credential guard's 429 carries a `RateLimit` true for the
+/// client it holds (nothing left until Retry-After), not the global budget's
+/// room, which it does not give.
+#[test]
+fn the_guards_refusal_claims_no_budget() {
+    let g = gate();
+    let mut s = MemoryKv::default();
+    let wrong = [b"Bearer fus_0000000000000000000000000000000000000000".as_slice()];
+    let req = Request {
+        method: "GET",
+        target: SESSIONS,
+        authorization: &wrong,
+        client: Some("192.0.2.9:5000"),
+    };
+    for _ in 0..10 {
+        expect_error(&g.decide(&req, NOW, &mut s), ErrorCode::InvalidCredentials);
+    }
+    let h = expect_error(&g.decide(&req, NOW, &mut s), ErrorCode::RateLimited);
+    assert_eq!(header(&h, "retry-after"), Some("60"));
+    assert_eq!(
+        header(&h, "ratelimit"),
+        Some("limit=20, remaining=0, reset=60")
+    );
+    assert_eq!(header(&h, "ratelimit-policy"), Some("20;w=60"));
+    assert_eq!(
+        s.version(LIMITER_KEY),
+        None,
+        "the global budget is untouched"
+    );
+}

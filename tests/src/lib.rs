@@ -147,6 +147,21 @@ fn ensure(cond: bool, msg: impl FnOnce() -> String) -> Result<(), String> {
 }
 
 /// Checks an error response: status, JSON body shape, code.
+/// The failed-credential guard's 429 (issue 15): its `RateLimit` is true
+/// for the client it holds (nothing remains until `Retry-After`), never the
+/// global budget's room, which it does not give.
+pub fn guard_refusal_claims_no_budget(r: &Response, limit: u32) -> Result<(), String> {
+    expect_error(r, 429, "rate_limited")?;
+    let retry = r
+        .header("retry-after")
+        .ok_or("the guard's 429 has no Retry-After")?;
+    let want = format!("limit={limit}, remaining=0, reset={retry}");
+    match r.header("ratelimit") {
+        Some(got) if got == want => Ok(()),
+        other => Err(format!("guard's RateLimit {other:?}, expected {want:?}")),
+    }
+}
+
 pub fn expect_error(r: &Response, status: u16, code: &str) -> Result<Value, String> {
     ensure(r.status == status, || {
         format!("expected {status} {code}, got {} {}", r.status, r.text())
