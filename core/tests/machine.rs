@@ -309,3 +309,40 @@ fn a_full_log_is_remembered_until_it_frees() {
     assert!(matches!(g.start(&req, W_MS), Progress::Pending(_)));
     assert_eq!(g.decide(&req, W_MS, &mut kv).outcome, Outcome::Allowed);
 }
+
+/// A revocation list that cannot be asked fails closed, as the limiter
+/// does: admitting could let a revoked credential through. With
+/// `fail_open`, the decision goes on.
+#[test]
+fn an_unanswered_revocation_check_fails_closed_unless_fail_open() {
+    let good = format!("Bearer {TOKEN}");
+    let values = [good.as_bytes()];
+    let req = Request {
+        method: "GET",
+        target: "/me",
+        authorization: &values,
+        client: None,
+    };
+    let outcome = |fail_open: bool| {
+        let mut config = GateConfig {
+            credentials: gate().credentials().clone(),
+            fail_open,
+            ..Default::default()
+        };
+        config.limit.requests = N;
+        let g = Gate::new(config).unwrap().with_revocation_list();
+        let Progress::Pending(p) = g.start(&req, 1_000) else {
+            panic!("a gate with a revocation list asks it");
+        };
+        assert!(matches!(p.need(), Need::Revoked { .. }));
+        match p.resume(Answer::Failed(KvError("down".into()))) {
+            Progress::Done(d) => d.outcome,
+            Progress::Pending(p) => panic!("/me needs nothing more: {:?}", p.need()),
+        }
+    };
+    assert_eq!(
+        outcome(false),
+        Outcome::Denied(ErrorCode::LimiterUnavailable)
+    );
+    assert_eq!(outcome(true), Outcome::Allowed);
+}
