@@ -501,6 +501,11 @@ impl<'g> Failure<'g> {
         bytes: Option<&[u8]>,
         version: Option<Version>,
     ) -> Progress<'g, 'r> {
+        // Failures counted since this request's guard check may have used up
+        // the client's budget: then this one is over it, and told so.
+        if let Some(seconds) = guard::held(bytes, &self.client.address, now, gate.guard()) {
+            return Progress::Done(gate.guard_refusal(seconds, self.denial.limited));
+        }
         match guard::with_failure(bytes, &self.client.address, now, gate.guard()) {
             Some(next) => {
                 let mut failure = self;

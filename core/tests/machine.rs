@@ -15,7 +15,11 @@ const N: u32 = 5;
 const W_MS: u64 = 10_000;
 
 fn gate() -> Gate {
-    Gate::new(GateConfig {
+    Gate::new(config()).unwrap()
+}
+
+fn config() -> GateConfig {
+    GateConfig {
         credentials: CredentialSet::new(vec![sessiongate_core::fixtures::record(
             TOKEN,
             Kind::Token,
@@ -30,8 +34,7 @@ fn gate() -> Gate {
         },
         backend: Backend::Upstream(None),
         ..Default::default()
-    })
-    .unwrap()
+    }
 }
 
 /// How the store, or the way to it, treats one step.
@@ -345,4 +348,48 @@ fn an_unanswered_revocation_check_fails_closed_unless_fail_open() {
         Outcome::Denied(ErrorCode::LimiterUnavailable)
     );
     assert_eq!(outcome(true), Outcome::Allowed);
+}
+
+/// Two wrong credentials from one client at once, with one failure allowed:
+/// both pass the guard's check before either is counted, and the count
+/// decides. The first is told 401; the second finds the budget used up by
+/// then and is held (429), so the client gets exactly its allowance.
+#[test]
+fn concurrent_failures_get_exactly_the_allowance() {
+    let g = Gate::new(GateConfig {
+        guard: sessiongate_core::GuardConfig {
+            failures: 1,
+            window_seconds: 60,
+        },
+        ..config()
+    })
+    .unwrap();
+    let bad = "Bearer fus_0000000000000000000000000000000000000000";
+    let values = [bad.as_bytes()];
+    let req = Request {
+        method: "GET",
+        target: "/me",
+        authorization: &values,
+        client: Some("198.51.100.7:4000"),
+    };
+    let mut kv = MemoryKv::default();
+    let (Progress::Pending(first), Progress::Pending(second)) =
+        (g.start(&req, 1_000), g.start(&req, 1_000))
+    else {
+        panic!("both read the guard's bucket first");
+    };
+    // Both guard checks read the empty bucket.
+    let first = step(first, &mut kv, Fault::None);
+    let second = step(second, &mut kv, Fault::None);
+    let finish = |mut progress: Progress<'_, '_>, kv: &mut MemoryKv| loop {
+        match progress {
+            Progress::Done(d) => break d.outcome,
+            Progress::Pending(p) => progress = step(p, kv, Fault::None),
+        }
+    };
+    assert_eq!(
+        finish(first, &mut kv),
+        Outcome::Denied(ErrorCode::InvalidCredentials)
+    );
+    assert_eq!(finish(second, &mut kv), Outcome::Denied(ErrorCode::RateLimited));
 }
