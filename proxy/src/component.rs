@@ -63,11 +63,28 @@ pub struct CasHandle {
     version: u32,
 }
 
+/// How the bucket's `wasi:keyvalue/atomics.swap` behaves: strictly, or as
+/// one of Spin's stores does (read in Spin's `crates/key-value-*/src/store.rs`),
+/// to rehearse a component against the store it will meet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Semantics {
+    /// Versions compared; a key absent when read is created by one swap only.
+    #[default]
+    Strict,
+    /// Spin's SQLite store: a present key's swap compares values; an absent
+    /// key's swap inserts or overwrites, so every racer wins.
+    SpinSqlite,
+    /// Spin's Redis store: `WATCH`ed, so a lost swap does not write, but it
+    /// reports success (its client reads the aborted `EXEC` as OK).
+    SpinRedis,
+}
+
 /// The key-value side of the host: shared data, and the configuration.
 #[derive(Clone)]
 pub struct KeyValue {
     pub shared: SharedData,
     pub config: Arc<RwLock<Arc<Vec<u8>>>>,
+    pub semantics: Semantics,
 }
 
 impl KeyValue {
@@ -279,11 +296,14 @@ impl atomics::Host for ComponentState {
             .delete(cas)
             .map_err(|e| atomics::CasError::StoreError(store::Error::Other(e.to_string())))?;
         KeyValue::host_owned(&cas.key).map_err(atomics::CasError::StoreError)?;
-        let written = self
-            .kv
-            .shared
-            .swap_if(&cas.key, value, cas.version)
-            .map_err(|e| atomics::CasError::StoreError(down(e)))?;
+        let shared = &self.kv.shared;
+        let written = match (self.kv.semantics, &cas.value) {
+            (Semantics::SpinSqlite, None) => shared.set(&cas.key, value, 0),
+            (Semantics::SpinSqlite, Some(old)) => shared.replace_if_equal(&cas.key, old, value),
+            (Semantics::SpinRedis, _) => shared.swap_if(&cas.key, value, cas.version).map(|_| true),
+            (Semantics::Strict, _) => shared.swap_if(&cas.key, value, cas.version),
+        }
+        .map_err(|e| atomics::CasError::StoreError(down(e)))?;
         if written {
             return Ok(());
         }

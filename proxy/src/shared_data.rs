@@ -60,6 +60,28 @@ impl SharedData {
         Ok(true)
     }
 
+    /// Writes `value` if the key holds exactly `expected` (a compare of
+    /// values, as Spin's SQLite key-value store makes it).
+    pub fn replace_if_equal(
+        &self,
+        key: &str,
+        expected: &[u8],
+        value: Vec<u8>,
+    ) -> Result<bool, SharedDataDown> {
+        if self.failing.load(Ordering::Relaxed) {
+            return Err(SharedDataDown);
+        }
+        let mut map = self.inner.lock().map_err(|_| SharedDataDown)?;
+        match map.get_mut(key) {
+            Some((current, version)) if current.as_slice() == expected => {
+                *current = value;
+                *version = version.wrapping_add(1).max(1);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     pub fn delete(&self, key: &str) -> Result<(), SharedDataDown> {
         if self.failing.load(Ordering::Relaxed) {
             return Err(SharedDataDown);

@@ -1,197 +1,377 @@
-//! The gate's [`Kv`] (get with a version, then write if the version still
-//! holds) over a handle-based compare-and-swap, the shape of
-//! `wasi:keyvalue/atomics`: `cas::new(bucket, key)` remembers what it read,
-//! `swap(cas, value)` writes only if nobody wrote since.
+//! The gate's [`Kv`] (read with a version, write if the version still
+//! holds, create if absent) on the stores Spin ships, through
+//! `wasi:keyvalue`'s handle-based compare-and-swap and `increment`.
 //!
-//! Generic over [`CasBucket`] so the mapping is tested natively; the
-//! component plugs the real imports in (`bindings.rs`).
+//! It does not take a store's swap at its word, because Spin's stores do not
+//! all keep it (read in Spin's `crates/key-value-{spin,redis}/src/store.rs`):
+//!
+//! - **SQLite** (the default): a swap of a present key is an `UPDATE … WHERE
+//!   value = old` (a compare of values, not versions), and a swap of a key
+//!   that was absent is an insert-or-overwrite, so two writers who both saw
+//!   it absent both "win".
+//! - **Redis**: `WATCH`, `GET`, then `MULTI SET EXEC`; an `EXEC` aborted
+//!   because the key changed comes back to Spin as a nil reply its Redis
+//!   client reads as success, so a lost swap reports success.
+//!
+//! What this relies on instead, on every store: `increment` is atomic
+//! (SQLite: a transaction on Spin's one connection; Redis: `INCRBY`); a
+//! swap of a present key never overwrites a value other than the one its
+//! handle read (both compare); a read sees the writes before it.
+//!
+//! - Every write is a [`Record`] with a fresh tag, so values never repeat
+//!   (a value compare is as good as a version) and a writer confirms a swap
+//!   by reading the key back: its write landed if the record there is it or
+//!   was built on it.
+//! - A key's first value is written only by the holder of a claim: a round
+//!   of [`ROUND_MS`] whose counter (`<key>.claim.<round>`) it incremented
+//!   first, in a round that follows one nobody claimed in. So two creators
+//!   of one key are at least a round apart: a creator has a round to write,
+//!   and one that died holding a claim delays the key by two rounds at most.
+//!
+//! Generic over [`CasBucket`] so the protocol is tested natively against
+//! models of each store; the component plugs the real imports in.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::collections::hash_map::Entry as MapEntry;
 
 use sessiongate_core::{Entry, Kv, KvError, Version};
 
-/// A bucket with handle-based CAS.
+use crate::record::{Record, Tags};
+
+/// How long a claim to create a key lasts: a creator must write within it,
+/// and instance clocks must agree within it.
+pub const ROUND_MS: u64 = 5_000;
+
+/// A key-value bucket with `wasi:keyvalue`'s operations.
 pub trait CasBucket {
     /// What `swap` needs to know the read it follows.
     type Handle;
     /// Starts a CAS on `key`: a handle and the value it saw.
     fn begin(&mut self, key: &str) -> Result<(Self::Handle, Option<Vec<u8>>), String>;
-    /// Writes `value` if nothing was written to the key since `handle` was
-    /// made: `Ok(false)` when something was.
+    /// Writes `value` if the key still holds what `handle` saw. `Ok(false)`
+    /// only if it did not write; `Ok(true)` is not trusted.
     fn swap(&mut self, handle: Self::Handle, value: &[u8]) -> Result<bool, String>;
+    fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, String>;
+    /// Adds `delta` to the counter at `key` (absent: 0), atomically.
+    fn increment(&mut self, key: &str, delta: i64) -> Result<i64, String>;
+    fn delete(&mut self, key: &str) -> Result<(), String>;
 }
 
-/// An open CAS handle: the version number it was handed out as, and
-/// whether its read found the key absent.
+/// An open CAS handle: the version number it was handed out as, and the
+/// stored bytes its read found (`None`: absent).
 struct Open<H> {
     version: Version,
     handle: H,
-    absent: bool,
+    stored: Option<Vec<u8>>,
 }
 
-/// [`Kv`] over a [`CasBucket`]: each `get` opens a CAS handle and hands out
-/// a fresh version number naming it; a swap with that number goes through
-/// the handle. A swap with any other number is a conflict, so a stale read
-/// can never write.
-pub struct CasKv<B: CasBucket> {
+/// [`Kv`] over a [`CasBucket`] for one request at `now_ms`: each `get`
+/// opens a CAS handle and hands out a fresh version number naming it; a
+/// swap with that number goes through the handle. A swap with any other
+/// number is a conflict, so a stale read can never write.
+pub struct CasKv<'t, B: CasBucket> {
     bucket: B,
     open: HashMap<String, Open<B::Handle>>,
     issued: Version,
+    now_ms: u64,
+    tags: &'t mut Tags,
 }
 
-impl<B: CasBucket> CasKv<B> {
-    pub fn new(bucket: B) -> Self {
+impl<'t, B: CasBucket> CasKv<'t, B> {
+    pub fn new(bucket: B, now_ms: u64, tags: &'t mut Tags) -> Self {
         CasKv {
             bucket,
             open: HashMap::new(),
             issued: 0,
+            now_ms,
+            tags,
         }
     }
 
-    fn begin(&mut self, key: &str) -> Result<(Version, Option<Vec<u8>>), KvError> {
-        let (handle, value) = self.bucket.begin(key).map_err(KvError)?;
+    /// Opens a CAS handle on `key` under a new version number.
+    fn open(&mut self, key: &str) -> Result<Open<B::Handle>, KvError> {
+        let (handle, stored) = self.bucket.begin(key).map_err(KvError)?;
         self.issued += 1;
-        let open = Open {
+        Ok(Open {
             version: self.issued,
             handle,
-            absent: value.is_none(),
-        };
-        self.open.insert(key.to_owned(), open);
-        Ok((self.issued, value))
+            stored,
+        })
+    }
+
+    /// Writes `value` through `open`'s handle as a record built on what it
+    /// read, and reads it back: whether it landed.
+    fn write(&mut self, key: &str, open: Open<B::Handle>, value: &[u8]) -> Result<bool, KvError> {
+        let tag = self.tags.draw();
+        let base = open.stored.as_deref().map_or(Record::NONE, Record::parse);
+        let record = base.next(tag, value);
+        if !self.bucket.swap(open.handle, &record).map_err(KvError)? {
+            return Ok(false);
+        }
+        let now = self.bucket.get(key).map_err(KvError)?;
+        Ok(now.is_some_and(|stored| Record::parse(&stored).follows(tag)))
+    }
+
+    /// Claims the right to create `key` in this round: nobody claimed in the
+    /// round before, and this is the round's first claim.
+    fn claim(&mut self, key: &str) -> Result<Option<String>, KvError> {
+        let round = self.now_ms / ROUND_MS;
+        let previous = format!("{key}.claim.{}", round.wrapping_sub(1));
+        if self.bucket.get(&previous).map_err(KvError)?.is_some() {
+            return Ok(None);
+        }
+        let claim = format!("{key}.claim.{round}");
+        let first = self.bucket.increment(&claim, 1).map_err(KvError)? == 1;
+        Ok(first.then_some(claim))
     }
 }
 
-impl<B: CasBucket> Kv for CasKv<B> {
+impl<B: CasBucket> Kv for CasKv<'_, B> {
     fn get(&mut self, key: &str) -> Result<Option<Entry<'_>>, KvError> {
-        let (version, value) = self.begin(key)?;
-        Ok(value.map(|v| Entry {
-            value: Cow::Owned(v),
-            version,
+        let open = self.open(key)?;
+        let open = match self.open.entry(key.to_owned()) {
+            MapEntry::Occupied(mut held) => {
+                held.insert(open);
+                held.into_mut()
+            }
+            MapEntry::Vacant(free) => free.insert(open),
+        };
+        Ok(open.stored.as_deref().map(|stored| Entry {
+            value: Cow::Borrowed(Record::parse(stored).value),
+            version: open.version,
         }))
     }
 
     fn swap(&mut self, key: &str, version: Version, value: &[u8]) -> Result<bool, KvError> {
         match self.open.remove(key) {
-            Some(open) if open.version == version && !open.absent => {
-                self.bucket.swap(open.handle, value).map_err(KvError)
+            Some(open) if open.version == version && open.stored.is_some() => {
+                self.write(key, open, value)
             }
             _ => Ok(false),
         }
     }
 
-    /// Through the handle of the read that found the key absent, or a new
-    /// one. (Whether the bucket's swap of an absent key is atomic is the
-    /// bucket's: Spin's is not.)
+    /// Only under a claim, and only if the key is still absent once claimed.
     fn create(&mut self, key: &str, value: &[u8]) -> Result<bool, KvError> {
-        let open = match self.open.remove(key) {
-            Some(open) if open.absent => open,
-            _ => {
-                let (_, current) = self.begin(key)?;
-                match self.open.remove(key) {
-                    Some(open) if current.is_none() => open,
-                    _ => return Ok(false),
-                }
-            }
+        self.open.remove(key);
+        let Some(claim) = self.claim(key)? else {
+            return Ok(false);
         };
-        self.bucket.swap(open.handle, value).map_err(KvError)
+        let created = match self.open(key) {
+            Ok(open) if open.stored.is_none() => self.write(key, open, value),
+            Ok(_) => Ok(false),
+            Err(e) => Err(e),
+        };
+        // The claim has done its work either way; a creator after this one
+        // finds the key (or, if this write failed, may try).
+        let _ = self.bucket.delete(&claim);
+        created
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::cell::RefCell;
-    use std::rc::Rc;
+    use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-    use sessiongate_core::{Backend, Gate, GateConfig, LimitConfig, Outcome, Request};
+    use proptest::prelude::*;
+    use sessiongate_core::{
+        Backend, ErrorCode, Gate, GateConfig, GuardConfig, LimitConfig, Outcome, Request,
+    };
 
     use super::*;
 
-    /// An in-memory bucket with a write counter per key, shared between
-    /// "instances" the way a host's store is.
+    /// How a modelled store keeps `wasi:keyvalue`'s swap.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Semantics {
+        /// Versions; an absent key stays absent until one writer creates it.
+        Strict,
+        /// Spin's SQLite store: values compared; absent-key swap overwrites.
+        SpinSqlite,
+        /// Spin's Redis store: strict, but every swap reports success.
+        SpinRedis,
+    }
+
+    const ALL: [Semantics; 3] = [
+        Semantics::Strict,
+        Semantics::SpinSqlite,
+        Semantics::SpinRedis,
+    ];
+
     /// Each key's value and how many writes it has seen.
     type Entries = HashMap<String, (Vec<u8>, u64)>;
 
-    #[derive(Clone, Default)]
-    struct Bucket {
-        data: Rc<RefCell<Entries>>,
-        fail: bool,
+    /// The store, shared by every instance, and whose turn it is: each
+    /// operation waits for its instance's turn, so a seed fixes the order
+    /// in which concurrent instances' operations interleave.
+    struct World {
+        semantics: Semantics,
+        entries: Mutex<(Entries, Turns)>,
+        turn: Condvar,
     }
+
+    struct Turns {
+        current: usize,
+        done: Vec<bool>,
+        pick: Tags,
+    }
+
+    impl Turns {
+        fn advance(&mut self) {
+            let alive: Vec<usize> = (0..self.done.len()).filter(|i| !self.done[*i]).collect();
+            if !alive.is_empty() {
+                self.current = alive[(self.pick.draw() % alive.len() as u64) as usize];
+            }
+        }
+    }
+
+    impl World {
+        fn new(semantics: Semantics, instances: usize, seed: u64) -> Arc<World> {
+            let mut turns = Turns {
+                current: 0,
+                done: vec![false; instances],
+                pick: Tags::new(seed),
+            };
+            turns.advance();
+            Arc::new(World {
+                semantics,
+                entries: Mutex::new((Entries::new(), turns)),
+                turn: Condvar::new(),
+            })
+        }
+
+        /// Runs `op` on the store in instance `me`'s turn.
+        fn step<T>(&self, me: usize, op: impl FnOnce(&mut Entries) -> T) -> T {
+            let mut guard = self.entries.lock().unwrap();
+            while guard.1.current != me {
+                guard = self.turn.wait(guard).unwrap();
+            }
+            let out = op(&mut guard.0);
+            self.pass(guard);
+            out
+        }
+
+        fn pass(&self, mut guard: MutexGuard<'_, (Entries, Turns)>) {
+            guard.1.advance();
+            drop(guard);
+            self.turn.notify_all();
+        }
+
+        fn finish(&self, me: usize) {
+            let mut guard = self.entries.lock().unwrap();
+            guard.1.done[me] = true;
+            self.pass(guard);
+        }
+    }
+
+    /// One instance's view of the world.
+    struct Bucket {
+        world: Arc<World>,
+        me: usize,
+    }
+
+    /// What a handle saw: the value and the key's write count.
+    type Seen = (String, Option<Vec<u8>>, u64);
 
     impl CasBucket for Bucket {
-        type Handle = (String, u64);
-        fn begin(&mut self, key: &str) -> Result<(Self::Handle, Option<Vec<u8>>), String> {
-            if self.fail {
-                return Err("store down".into());
+        type Handle = Seen;
+
+        fn begin(&mut self, key: &str) -> Result<(Seen, Option<Vec<u8>>), String> {
+            self.world.step(self.me, |e| {
+                let (value, writes) = e.get(key).map_or((None, 0), |(v, w)| (Some(v.clone()), *w));
+                Ok(((key.to_owned(), value.clone(), writes), value))
+            })
+        }
+
+        fn swap(&mut self, (key, seen, writes): Seen, value: &[u8]) -> Result<bool, String> {
+            let semantics = self.world.semantics;
+            self.world.step(self.me, |e| {
+                let current = e.get(&key).cloned();
+                let wins = match semantics {
+                    Semantics::Strict | Semantics::SpinRedis => {
+                        current.as_ref().map_or(0, |(_, w)| *w) == writes
+                    }
+                    Semantics::SpinSqlite => match &seen {
+                        None => true,
+                        Some(old) => current.as_ref().is_some_and(|(v, _)| v == old),
+                    },
+                };
+                if wins {
+                    let writes = current.map_or(0, |(_, w)| w) + 1;
+                    e.insert(key, (value.to_vec(), writes));
+                }
+                Ok(wins || semantics == Semantics::SpinRedis)
+            })
+        }
+
+        fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, String> {
+            self.world
+                .step(self.me, |e| Ok(e.get(key).map(|(v, _)| v.clone())))
+        }
+
+        fn increment(&mut self, key: &str, delta: i64) -> Result<i64, String> {
+            self.world.step(self.me, |e| {
+                let (value, writes) = e
+                    .get(key)
+                    .cloned()
+                    .unwrap_or((0i64.to_le_bytes().to_vec(), 0));
+                let bytes: [u8; 8] = value
+                    .try_into()
+                    .map_err(|_| format!("{key}: not a counter"))?;
+                let next = i64::from_le_bytes(bytes) + delta;
+                e.insert(key.to_owned(), (next.to_le_bytes().to_vec(), writes + 1));
+                Ok(next)
+            })
+        }
+
+        fn delete(&mut self, key: &str) -> Result<(), String> {
+            self.world.step(self.me, |e| {
+                e.remove(key);
+                Ok(())
+            })
+        }
+    }
+
+    /// The adapter before claims and records: a create is a swap through
+    /// the handle that saw the key absent, and a swap's word is taken.
+    struct Trusting(Bucket, HashMap<String, (Version, Seen)>, Version);
+
+    impl Kv for Trusting {
+        fn get(&mut self, key: &str) -> Result<Option<Entry<'_>>, KvError> {
+            let (seen, value) = self.0.begin(key).map_err(KvError)?;
+            self.2 += 1;
+            self.1.insert(key.to_owned(), (self.2, seen));
+            Ok(value.map(|v| Entry {
+                value: Cow::Owned(v),
+                version: self.2,
+            }))
+        }
+        fn swap(&mut self, key: &str, version: Version, value: &[u8]) -> Result<bool, KvError> {
+            match self.1.remove(key) {
+                Some((v, seen)) if v == version => self.0.swap(seen, value).map_err(KvError),
+                _ => Ok(false),
             }
-            let data = self.data.borrow();
-            let (value, writes) = data
-                .get(key)
-                .map_or((None, 0), |(v, w)| (Some(v.clone()), *w));
-            Ok(((key.to_owned(), writes), value))
         }
-        fn swap(&mut self, (key, seen): Self::Handle, value: &[u8]) -> Result<bool, String> {
-            let mut data = self.data.borrow_mut();
-            let writes = data.get(&key).map_or(0, |(_, w)| *w);
-            if writes != seen {
-                return Ok(false);
+        fn create(&mut self, key: &str, value: &[u8]) -> Result<bool, KvError> {
+            match self.1.remove(key) {
+                Some((_, seen)) if seen.1.is_none() => self.0.swap(seen, value).map_err(KvError),
+                _ => Ok(false),
             }
-            data.insert(key, (value.to_vec(), writes + 1));
-            Ok(true)
         }
     }
 
-    fn version(store: &mut CasKv<Bucket>, key: &str) -> Version {
-        match store.get(key) {
-            Ok(Some(entry)) => entry.version,
-            other => panic!("{key}: {other:?}"),
-        }
-    }
+    const TOKEN: &str = "fus_0123456789012345678901234567890123456789";
+    const NOW: u64 = 1_000_000;
 
-    #[test]
-    fn a_read_then_write_goes_through() {
-        let mut store = CasKv::new(Bucket::default());
-        assert_eq!(store.get("k"), Ok(None));
-        assert_eq!(store.create("k", b"v"), Ok(true));
-        let v = version(&mut store, "k");
-        assert_eq!(store.swap("k", v, b"w"), Ok(true));
-        assert_eq!(
-            store.get("k").map(|e| e.map(|e| e.value.into_owned())),
-            Ok(Some(b"w".to_vec()))
-        );
-        assert_eq!(store.create("k", b"x"), Ok(false), "it exists");
-    }
-
-    #[test]
-    fn a_write_after_someone_elses_is_a_conflict() {
-        let shared = Bucket::default();
-        let mut a = CasKv::new(shared.clone());
-        let mut b = CasKv::new(shared);
-        a.create("k", b"0").unwrap();
-        let va = version(&mut a, "k");
-        let vb = version(&mut b, "k");
-        assert_eq!(b.swap("k", vb, b"b"), Ok(true));
-        assert_eq!(a.swap("k", va, b"a"), Ok(false));
-    }
-
-    #[test]
-    fn a_version_not_from_the_last_read_never_writes() {
-        let mut store = CasKv::new(Bucket::default());
-        store.create("k", b"0").unwrap();
-        let first = version(&mut store, "k");
-        let second = version(&mut store, "k");
-        assert_ne!(first, second);
-        assert_eq!(store.swap("k", first, b"x"), Ok(false));
-        // The handle was spent by the failed attempt: read again to write.
-        assert_eq!(store.swap("k", second, b"x"), Ok(false));
-        assert_eq!(store.swap("other", 1, b"x"), Ok(false));
-    }
-
-    fn gate(requests: u32) -> Gate {
+    fn gate(requests: u32, failures: u32) -> Gate {
         Gate::new(GateConfig {
             credentials: sessiongate_core::fixtures::token_set(TOKEN, "t").unwrap(),
             limit: LimitConfig {
                 requests,
+                window_seconds: 60,
+            },
+            guard: GuardConfig {
+                failures,
                 window_seconds: 60,
             },
             backend: Backend::Stub,
@@ -200,47 +380,233 @@ mod tests {
         .unwrap()
     }
 
-    const TOKEN: &str = "fus_0123456789012345678901234567890123456789";
-
-    fn decide(gate: &Gate, store: &mut CasKv<Bucket>, now: u64) -> Outcome {
-        let auth = format!("Bearer {TOKEN}");
-        let values = [auth.as_bytes()];
-        let req = Request {
+    fn request<'a>(auth: &'a [&'a [u8]], client: Option<&'a str>) -> Request<'a> {
+        Request {
             method: "GET",
             target: "/v1/external/sessions/acme/s",
-            authorization: &values,
-            client: None,
-        };
-        gate.decide(&req, now, store).outcome
+            authorization: auth,
+            client,
+        }
+    }
+
+    /// `instances` instances, each deciding `each` requests at once on one
+    /// fresh store; the outcomes of all of them.
+    fn run(
+        semantics: Semantics,
+        seed: u64,
+        instances: usize,
+        each: usize,
+        gate: impl Fn() -> Gate + Sync,
+        trusting: bool,
+        token: &str,
+    ) -> Vec<Outcome> {
+        let world = World::new(semantics, instances, seed);
+        let auth = format!("Bearer {token}");
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..instances)
+                .map(|me| {
+                    let world = world.clone();
+                    let (gate, auth) = (gate(), auth.clone());
+                    s.spawn(move || {
+                        let values = [auth.as_bytes()];
+                        let req = request(&values, Some("203.0.113.9"));
+                        let mut tags = Tags::new(seed ^ (me as u64) << 32);
+                        let mut outcomes = Vec::new();
+                        for i in 0..each {
+                            let bucket = Bucket {
+                                world: world.clone(),
+                                me,
+                            };
+                            let now = NOW + i as u64;
+                            let outcome = if trusting {
+                                let mut kv = Trusting(bucket, HashMap::new(), 0);
+                                gate.decide(&req, now, &mut kv).outcome
+                            } else {
+                                let mut kv = CasKv::new(bucket, now, &mut tags);
+                                gate.decide(&req, now, &mut kv).outcome
+                            };
+                            outcomes.push(outcome);
+                        }
+                        world.finish(me);
+                        outcomes
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect()
+        })
+    }
+
+    fn admitted(outcomes: &[Outcome]) -> usize {
+        outcomes.iter().filter(|o| **o == Outcome::Allowed).count()
+    }
+
+    fn refused_as(outcomes: &[Outcome], code: ErrorCode) -> usize {
+        outcomes
+            .iter()
+            .filter(|o| **o == Outcome::Denied(code))
+            .count()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Demand over the limit on a fresh store, any interleaving, every
+        /// store's semantics: exactly the limit is admitted.
+        #[test]
+        fn a_fresh_store_admits_exactly_the_limit(
+            seed: u64,
+            instances in 2usize..7,
+            limit in 1u32..8,
+        ) {
+            let each = limit as usize / instances + 2;
+            for semantics in ALL {
+                let outcomes = run(semantics, seed, instances, each, || gate(limit, 0), false, TOKEN);
+                prop_assert_eq!(admitted(&outcomes), limit as usize, "{:?}: {:?}", semantics, outcomes);
+            }
+        }
+
+        /// Wrong credentials from one client at once on a fresh store: it is
+        /// told 401 exactly `failures` times, then held.
+        #[test]
+        fn a_fresh_store_counts_every_failure(seed: u64, instances in 2usize..6, failures in 1u32..6) {
+            let each = failures as usize / instances + 2;
+            let wrong = "fus_9999999999999999999999999999999999999999";
+            for semantics in ALL {
+                let outcomes = run(semantics, seed, instances, each, || gate(100, failures), false, wrong);
+                prop_assert_eq!(
+                    refused_as(&outcomes, ErrorCode::InvalidCredentials),
+                    failures as usize,
+                    "{:?}: {:?}", semantics, outcomes
+                );
+            }
+        }
+    }
+
+    /// The model tells the stores apart: trusting the swap over-admits on
+    /// Spin's SQLite and Redis semantics, and only there.
+    #[test]
+    fn trusting_the_swap_over_admits_on_spins_stores() {
+        for semantics in ALL {
+            let worst = (0..64)
+                .map(|seed| admitted(&run(semantics, seed, 5, 3, || gate(4, 0), true, TOKEN)))
+                .max()
+                .unwrap();
+            if semantics == Semantics::Strict {
+                assert_eq!(worst, 4, "strict");
+            } else {
+                assert!(worst > 4, "{semantics:?} never over-admitted");
+            }
+        }
     }
 
     #[test]
-    fn store_failures_reach_the_limiter_as_errors() {
-        let mut store = CasKv::new(Bucket {
-            fail: true,
-            ..Bucket::default()
-        });
+    fn a_claim_is_one_instances_per_round_and_lapses() {
+        let world = World::new(Semantics::SpinSqlite, 1, 0);
+        let mut tags = Tags::new(1);
+        let bucket = || Bucket {
+            world: world.clone(),
+            me: 0,
+        };
+        // Someone claimed this round and died before writing.
+        bucket().increment("k.claim.200", 1).unwrap();
+        let at = |ms: u64| ms + 200 * ROUND_MS;
         assert_eq!(
-            decide(&gate(20), &mut store, 1_000),
-            Outcome::Denied(sessiongate_core::ErrorCode::LimiterUnavailable)
+            CasKv::new(bucket(), at(10), &mut tags).create("k", b"a"),
+            Ok(false)
+        );
+        // The next round follows a claimed one: still no.
+        let next = at(ROUND_MS + 10);
+        assert_eq!(
+            CasKv::new(bucket(), next, &mut tags).create("k", b"a"),
+            Ok(false)
+        );
+        // The round after follows an unclaimed one: created, claim cleared.
+        let later = at(2 * ROUND_MS + 10);
+        let mut kv = CasKv::new(bucket(), later, &mut tags);
+        assert_eq!(kv.create("k", b"a"), Ok(true));
+        assert_eq!(
+            kv.get("k").unwrap().map(|e| e.value.into_owned()),
+            Some(b"a".to_vec())
+        );
+        assert_eq!(bucket().get("k.claim.202"), Ok(None));
+        // It exists now: no second creation.
+        assert_eq!(
+            CasKv::new(bucket(), later, &mut tags).create("k", b"b"),
+            Ok(false)
         );
     }
 
     #[test]
-    fn several_instances_on_one_bucket_admit_exactly_the_limit() {
-        let shared = Bucket::default();
-        // One gate per instance, as each component instance parses its own.
-        let mut instances: Vec<_> = (0..5)
-            .map(|_| (gate(7), CasKv::new(shared.clone())))
-            .collect();
-        let mut admitted = 0;
-        for round in 0..4 {
-            for (gate, store) in &mut instances {
-                if decide(gate, store, 1_000 + round) == Outcome::Allowed {
-                    admitted += 1;
-                }
+    fn a_version_not_from_the_last_read_never_writes() {
+        let world = World::new(Semantics::Strict, 1, 0);
+        let mut tags = Tags::new(1);
+        let mut store = CasKv::new(Bucket { world, me: 0 }, NOW, &mut tags);
+        assert_eq!(store.create("k", b"0"), Ok(true));
+        let first = store.get("k").unwrap().unwrap().version;
+        let second = store.get("k").unwrap().unwrap().version;
+        assert_ne!(first, second);
+        assert_eq!(store.swap("k", first, b"x"), Ok(false));
+        // The handle was spent by the failed attempt: read again to write.
+        assert_eq!(store.swap("k", second, b"x"), Ok(false));
+        assert_eq!(store.swap("other", 1, b"x"), Ok(false));
+    }
+
+    #[test]
+    fn a_swap_that_did_not_land_is_a_conflict_whatever_the_store_said() {
+        let world = World::new(Semantics::SpinRedis, 1, 0);
+        let (mut ta, mut tb) = (Tags::new(1), Tags::new(2));
+        let bucket = || Bucket {
+            world: world.clone(),
+            me: 0,
+        };
+        let mut a = CasKv::new(bucket(), NOW, &mut ta);
+        assert_eq!(a.create("k", b"0"), Ok(true));
+        let va = a.get("k").unwrap().unwrap().version;
+        let mut b = CasKv::new(bucket(), NOW, &mut tb);
+        let vb = b.get("k").unwrap().unwrap().version;
+        assert_eq!(b.swap("k", vb, b"b"), Ok(true));
+        assert_eq!(
+            a.swap("k", va, b"a"),
+            Ok(false),
+            "Redis said yes; it did not write"
+        );
+        assert_eq!(a.get("k").unwrap().unwrap().value, &b"b"[..]);
+    }
+
+    #[test]
+    fn store_failures_reach_the_gate_as_errors() {
+        struct Down;
+        impl CasBucket for Down {
+            type Handle = ();
+            fn begin(&mut self, _: &str) -> Result<((), Option<Vec<u8>>), String> {
+                Err("store down".into())
+            }
+            fn swap(&mut self, (): (), _: &[u8]) -> Result<bool, String> {
+                Err("store down".into())
+            }
+            fn get(&mut self, _: &str) -> Result<Option<Vec<u8>>, String> {
+                Err("store down".into())
+            }
+            fn increment(&mut self, _: &str, _: i64) -> Result<i64, String> {
+                Err("store down".into())
+            }
+            fn delete(&mut self, _: &str) -> Result<(), String> {
+                Err("store down".into())
             }
         }
-        assert_eq!(admitted, 7);
+        let mut tags = Tags::new(1);
+        let auth = format!("Bearer {TOKEN}");
+        let values = [auth.as_bytes()];
+        let outcome = gate(20, 0)
+            .decide(
+                &request(&values, None),
+                NOW,
+                &mut CasKv::new(Down, NOW, &mut tags),
+            )
+            .outcome;
+        assert_eq!(outcome, Outcome::Denied(ErrorCode::LimiterUnavailable));
     }
 }

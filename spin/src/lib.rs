@@ -8,6 +8,7 @@
 
 pub mod cas;
 pub mod client;
+pub mod record;
 
 #[cfg(target_arch = "wasm32")]
 mod sdk;

@@ -9,7 +9,10 @@ use sessiongate_core::{Action, Backend, Forward, Gate, Request as GateRequest};
 use spin_sdk::http::{EmptyBody, IntoResponse, Request};
 use spin_sdk::wasip3::http::types::{ErrorCode, Response as WasiResponse};
 
+use std::hash::BuildHasher as _;
+
 use crate::cas::{CasBucket, CasKv};
+use crate::record::Tags;
 use crate::{CLIENT_ADDR_HEADER, CONFIG_KEY, is_runtime_header};
 
 /// Bindings of the `host` world of `wit/gate.wit`: the wasi:keyvalue imports
@@ -40,6 +43,10 @@ thread_local! {
     /// The parsed configuration, rebuilt only when the stored bytes change
     /// (hosts that reuse an instance, as wasi:http 0.3 hosts do, parse once).
     static GATE: RefCell<Option<(Vec<u8>, Rc<Gate>)>> = const { RefCell::new(None) };
+    /// This instance's write tags, seeded from the host's randomness.
+    static TAGS: RefCell<Tags> = RefCell::new(Tags::new(
+        std::collections::hash_map::RandomState::new().hash_one(0u8),
+    ));
 }
 
 fn describe(e: store::Error) -> String {
@@ -67,6 +74,18 @@ impl CasBucket for KvBucket<'_> {
             Err(atomics::CasError::CasFailed(_)) => Ok(false),
             Err(atomics::CasError::StoreError(e)) => Err(describe(e)),
         }
+    }
+
+    fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        self.0.get(key).map_err(describe)
+    }
+
+    fn increment(&mut self, key: &str, delta: i64) -> Result<i64, String> {
+        atomics::increment(self.0, key, delta).map_err(describe)
+    }
+
+    fn delete(&mut self, key: &str) -> Result<(), String> {
+        self.0.delete(key).map_err(describe)
     }
 }
 
@@ -148,8 +167,15 @@ async fn handle(req: Request) -> Answer {
         authorization: &authorization,
         client,
     };
-    let mut kv = CasKv::new(KvBucket(&bucket));
-    let decision = gate.decide(&request, now_ms(), &mut kv);
+    let now = now_ms();
+    let decision = TAGS.with(|tags| {
+        let mut tags = tags.borrow_mut();
+        gate.decide(
+            &request,
+            now,
+            &mut CasKv::new(KvBucket(&bucket), now, &mut tags),
+        )
+    });
     match decision.action {
         Action::Reply(reply) => respond(reply.status, &reply.headers, reply.body.into_string()),
         Action::Forward(f) => forward(&req, &gate, &target, f).await,

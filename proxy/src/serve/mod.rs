@@ -31,7 +31,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use sessiongate_core::Backend;
 use tokio::net::TcpListener;
 
-use crate::component::{ComponentHost, KeyValue};
+use crate::component::{ComponentHost, KeyValue, Semantics};
 use crate::host::Plugin;
 use crate::parse_errors::JsonParseErrors;
 use crate::store;
@@ -59,6 +59,10 @@ pub struct ServeArgs {
     /// shared data.
     #[arg(long, value_name = "FILE", conflicts_with = "plugin")]
     pub(crate) component: Option<PathBuf>,
+    /// How the component's key-value swap behaves: `strict`, or as Spin's
+    /// SQLite (`spin-sqlite`) or Redis (`spin-redis`) store does.
+    #[arg(long, value_enum, default_value_t, requires = "component")]
+    pub(crate) key_value_semantics: Semantics,
     /// Token store (overrides `store`).
     #[arg(long, value_name = "FILE")]
     pub(crate) store: Option<PathBuf>,
@@ -119,7 +123,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     }
     let config = Arc::new(gate_config_json(&settings.gate, credentials)?);
     let runner = match &args.component {
-        Some(path) => component_runner(path, config, &settings)?,
+        Some(path) => component_runner(path, config, &settings, args.key_value_semantics)?,
         None => filter_runner(args.plugin.as_deref(), config, &settings)?,
     };
     let app = Arc::new(App {
@@ -169,12 +173,18 @@ fn filter_runner(
     }))
 }
 
-fn component_runner(path: &Path, config: Arc<Vec<u8>>, settings: &Settings) -> Result<Runner> {
+fn component_runner(
+    path: &Path,
+    config: Arc<Vec<u8>>,
+    settings: &Settings,
+    semantics: Semantics,
+) -> Result<Runner> {
     let engine = crate::component::engine()?;
     let component = crate::component::load(&engine, path)?;
     let kv = KeyValue {
         shared: crate::host::SharedData::default(),
         config: Arc::new(RwLock::new(config)),
+        semantics,
     };
     fail_shared_data_if_asked(&kv.shared, settings);
     let host = ComponentHost::new(engine, &component, kv, settings.upstream_timeout)?;
