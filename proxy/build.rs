@@ -1,11 +1,12 @@
 //! Builds the WebAssembly the binary runs: the proxy-wasm filter for
 //! `wasm32-wasip1` (embedded, so one `cargo build -p sessiongate` yields a
-//! binary that carries the very `.wasm` Envoy loads) and the wasi:http
-//! component for `wasm32-wasip2` (its path exported for the tests of
-//! `serve --component`). Each nested build has its own target directory (as
+//! binary that carries the very `.wasm` Envoy loads) and the two wasi:http
+//! components (0.3 and 0.2) for `wasm32-wasip2` (their paths exported for
+//! the tests of `serve --component`). Each nested build has its own target directory (as
 //! substrate's wasm builder does) so it never waits on the outer build's
-//! lock. `SESSIONGATE_PLUGIN_WASM=path` / `SESSIONGATE_COMPONENT_WASM=path`
-//! skip a build and use a prebuilt file instead.
+//! lock. `SESSIONGATE_PLUGIN_WASM=path` / `SESSIONGATE_COMPONENT_WASM=path` /
+//! `SESSIONGATE_COMPONENT_P2_WASM=path` skip a build and use a prebuilt file
+//! instead.
 
 #![allow(clippy::panic)] // a build script reports failure by panicking
 
@@ -45,6 +46,17 @@ const BUILDS: &[WasmBuild] = &[
         dir: "sessiongate-component",
         artifact: "sessiongate_spin.wasm",
         sources: &["spin/src", "spin/Cargo.toml", "wit"],
+    },
+    // The wasi:http 0.2 build. Its own directory: it builds `sessiongate-spin`
+    // as a dependency, whose cdylib there is not the 0.3 build.
+    WasmBuild {
+        env: "SESSIONGATE_COMPONENT_P2_WASM",
+        package: "sessiongate-spin-wasip2",
+        target: "wasm32-wasip2",
+        profile: "component",
+        dir: "sessiongate-component-p2",
+        artifact: "sessiongate_spin_wasip2.wasm",
+        sources: &["spin/src", "spin/Cargo.toml", "spin/wasip2", "wit"],
     },
 ];
 

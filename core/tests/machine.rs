@@ -391,5 +391,8 @@ fn concurrent_failures_get_exactly_the_allowance() {
         finish(first, &mut kv),
         Outcome::Denied(ErrorCode::InvalidCredentials)
     );
-    assert_eq!(finish(second, &mut kv), Outcome::Denied(ErrorCode::RateLimited));
+    assert_eq!(
+        finish(second, &mut kv),
+        Outcome::Denied(ErrorCode::RateLimited)
+    );
 }

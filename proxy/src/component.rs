@@ -1,15 +1,16 @@
-//! `serve --component`: a wasi:http 0.3 component (the Spin build) under
-//! wasmtime, as `wasmtime serve` or Spin would run it, with the imports of
-//! `wit/gate.wit`'s `host` world beyond WASI: a `wasi:keyvalue` bucket
-//! (`default`) whose CAS runs on the very [`SharedData`] the filter host uses,
-//! and the gate's configuration under [`CONFIG_KEY`].
+//! `serve --component`: a wasi:http component (either Spin build: 0.3's
+//! `handler` or 0.2's `incoming-handler`) under wasmtime, as `wasmtime
+//! serve` or Spin would run it, with the imports of `wit/gate.wit`'s
+//! `key-value` world beyond WASI: a `wasi:keyvalue` bucket (`default`) whose
+//! swap runs on the very [`SharedData`] the filter host uses (strictly, or as
+//! one of Spin's stores would: [`Semantics`]), and the gate's configuration
+//! under [`CONFIG_KEY`].
 //!
-//! Instances are reused, one request at a time each, as `wasmtime serve`
-//! does for wasi:http 0.3 (Spin may instead make one per request; the
-//! component is correct either way). Concurrent requests get instances of
-//! their own, so the exact global limit across instances is the store's CAS
-//! and nothing else; what reuse buys is that the component parses its
-//! configuration once, not per request.
+//! A 0.3 instance is reused, one request at a time, as `wasmtime serve`
+//! does (so it parses its configuration once); a 0.2 instance serves one
+//! request, as Spin and `wasmtime serve` make them. Concurrent requests get
+//! instances of their own, so the exact global limit across instances is
+//! the key-value store and nothing else.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -22,6 +23,8 @@ use sessiongate_spin::CONFIG_KEY;
 use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
 use wasmtime::{Config, Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p3::Request as WasiRequest;
 use wasmtime_wasi_http::p3::bindings::{Service, ServicePre};
 use wasmtime_wasi_http::{
@@ -39,6 +42,10 @@ mod bindings {
         world: "sessiongate:gate/host",
         // wasmtime's wasi:http linker functions need `Send` store data.
         require_store_data_send: true,
+        // Each key-value call lets other requests run (as Spin's store calls
+        // do, on SQLite's lock or Redis's socket), so concurrent instances
+        // interleave between a read and its swap as they would there.
+        imports: { default: async },
         with: {
             "wasi:http": wasmtime_wasi_http::p3::bindings::http,
             "wasi:clocks": wasmtime_wasi::p3::bindings::clocks,
@@ -184,7 +191,7 @@ impl WasiHttpView for ComponentState {
 type TableResult<T> = wasmtime::Result<T>;
 
 impl store::Host for ComponentState {
-    fn open(&mut self, identifier: String) -> Result<Resource<BucketHandle>, store::Error> {
+    async fn open(&mut self, identifier: String) -> Result<Resource<BucketHandle>, store::Error> {
         if identifier != BUCKET {
             return Err(store::Error::NoSuchStore);
         }
@@ -195,15 +202,16 @@ impl store::Host for ComponentState {
 }
 
 impl store::HostBucket for ComponentState {
-    fn get(
+    async fn get(
         &mut self,
         _: Resource<BucketHandle>,
         key: String,
     ) -> Result<Option<Vec<u8>>, store::Error> {
+        tokio::task::yield_now().await;
         Ok(self.kv.read(&key)?.map(|(value, _)| value))
     }
 
-    fn set(
+    async fn set(
         &mut self,
         _: Resource<BucketHandle>,
         key: String,
@@ -214,16 +222,20 @@ impl store::HostBucket for ComponentState {
         self.kv.shared.set(&key, value, 0).map_err(down).map(|_| ())
     }
 
-    fn delete(&mut self, _: Resource<BucketHandle>, key: String) -> Result<(), store::Error> {
+    async fn delete(&mut self, _: Resource<BucketHandle>, key: String) -> Result<(), store::Error> {
         KeyValue::host_owned(&key)?;
         self.kv.shared.delete(&key).map_err(down)
     }
 
-    fn exists(&mut self, _: Resource<BucketHandle>, key: String) -> Result<bool, store::Error> {
+    async fn exists(
+        &mut self,
+        _: Resource<BucketHandle>,
+        key: String,
+    ) -> Result<bool, store::Error> {
         Ok(self.kv.read(&key)?.is_some())
     }
 
-    fn list_keys(
+    async fn list_keys(
         &mut self,
         _: Resource<BucketHandle>,
         cursor: Option<String>,
@@ -237,7 +249,7 @@ impl store::HostBucket for ComponentState {
         Ok(store::KeyResponse { keys, cursor: None })
     }
 
-    fn drop(&mut self, rep: Resource<BucketHandle>) -> TableResult<()> {
+    async fn drop(&mut self, rep: Resource<BucketHandle>) -> TableResult<()> {
         self.table.delete(rep)?;
         Ok(())
     }
@@ -260,12 +272,13 @@ impl ComponentState {
 }
 
 impl atomics::Host for ComponentState {
-    fn increment(
+    async fn increment(
         &mut self,
         _: Resource<BucketHandle>,
         key: String,
         delta: i64,
     ) -> Result<i64, store::Error> {
+        tokio::task::yield_now().await;
         KeyValue::host_owned(&key)?;
         // A CAS loop over an 8-byte little-endian counter.
         loop {
@@ -290,7 +303,12 @@ impl atomics::Host for ComponentState {
         }
     }
 
-    fn swap(&mut self, cas: Resource<CasHandle>, value: Vec<u8>) -> Result<(), atomics::CasError> {
+    async fn swap(
+        &mut self,
+        cas: Resource<CasHandle>,
+        value: Vec<u8>,
+    ) -> Result<(), atomics::CasError> {
+        tokio::task::yield_now().await;
         let cas = self
             .table
             .delete(cas)
@@ -316,15 +334,16 @@ impl atomics::Host for ComponentState {
 }
 
 impl atomics::HostCas for ComponentState {
-    fn new(
+    async fn new(
         &mut self,
         _: Resource<BucketHandle>,
         key: String,
     ) -> Result<Resource<CasHandle>, store::Error> {
+        tokio::task::yield_now().await;
         self.begin_cas(key)
     }
 
-    fn current(&mut self, cas: Resource<CasHandle>) -> Result<Option<Vec<u8>>, store::Error> {
+    async fn current(&mut self, cas: Resource<CasHandle>) -> Result<Option<Vec<u8>>, store::Error> {
         let cas = self
             .table
             .get(&cas)
@@ -332,7 +351,7 @@ impl atomics::HostCas for ComponentState {
         Ok(cas.value.clone())
     }
 
-    fn drop(&mut self, rep: Resource<CasHandle>) -> TableResult<()> {
+    async fn drop(&mut self, rep: Resource<CasHandle>) -> TableResult<()> {
         self.table.delete(rep)?;
         Ok(())
     }
@@ -351,24 +370,34 @@ struct Warm {
     uses: u32,
 }
 
-/// A compiled component, linked, with a pool of instances.
+/// The component's handler, pre-instantiated: which wasi:http it serves.
+enum Handler {
+    /// `wasi:http/handler@0.3.0`: instances reused.
+    P3(ServicePre<ComponentState>),
+    /// `wasi:http/incoming-handler@0.2.x`: an instance per request.
+    P2(ProxyPre<ComponentState>),
+}
+
+/// A compiled component, linked, with a pool of (0.3) instances.
 pub struct ComponentHost {
     engine: Engine,
-    pre: ServicePre<ComponentState>,
+    handler: Handler,
     pub kv: KeyValue,
     upstream_timeout: Duration,
     idle: Mutex<Vec<Warm>>,
     instantiated: AtomicU64,
 }
 
-/// Every import the component may use: WASI 0.2 (Rust's std on
-/// wasm32-wasip2), WASI 0.3 (clocks, random, cli), wasi:http 0.3, and the
-/// key-value interfaces of `wit/gate.wit`.
+/// Every import either build may use: WASI 0.2 (Rust's std on
+/// wasm32-wasip2), WASI 0.3 (clocks, random, cli), wasi:http 0.3 and 0.2,
+/// and the key-value interfaces of `wit/gate.wit`.
 fn linker(engine: &Engine) -> Result<Linker<ComponentState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| anyhow!("{e:?}"))?;
     wasmtime_wasi::p3::add_to_linker(&mut linker).map_err(|e| anyhow!("{e:?}"))?;
     wasmtime_wasi_http::p3::add_to_linker(&mut linker).map_err(|e| anyhow!("{e:?}"))?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+        .map_err(|e| anyhow!("{e:?}"))?;
     store::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(|e| anyhow!("{e:?}"))?;
     atomics::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(|e| anyhow!("{e:?}"))?;
     Ok(linker)
@@ -394,11 +423,18 @@ impl ComponentHost {
         let instance = linker
             .instantiate_pre(component)
             .map_err(|e| anyhow!("the component cannot be linked: {e:?}"))?;
-        let pre = ServicePre::new(instance)
-            .map_err(|e| anyhow!("the component does not export wasi:http/handler@0.3.0: {e:?}"))?;
+        let handler = match ServicePre::new(instance.clone()) {
+            Ok(pre) => Handler::P3(pre),
+            Err(p3) => Handler::P2(ProxyPre::new(instance).map_err(|p2| {
+                anyhow!(
+                    "the component exports neither wasi:http/handler@0.3.0 ({p3:?}) \
+                     nor wasi:http/incoming-handler@0.2 ({p2:?})"
+                )
+            })?),
+        };
         Ok(ComponentHost {
             engine,
-            pre,
+            handler,
             kv,
             upstream_timeout,
             idle: Mutex::new(Vec::new()),
@@ -406,17 +442,30 @@ impl ComponentHost {
         })
     }
 
-    /// Serves one request on an idle instance, or a new one; the response
-    /// body is read whole. An instance that failed in any way is dropped.
+    /// Which wasi:http the component serves, for the start-up line.
+    pub fn describe(&self) -> &'static str {
+        match self.handler {
+            Handler::P3(_) => "component (wasi:http 0.3), instances reused",
+            Handler::P2(_) => "component (wasi:http 0.2), an instance per request",
+        }
+    }
+
+    /// Serves one request; the response body is read whole. A 0.3 instance
+    /// comes from the idle ones (or is made) and goes back if it did not
+    /// fail; a 0.2 instance is made for the request.
     pub async fn handle<B>(&self, request: http::Request<B>) -> Result<http::Response<Bytes>>
     where
-        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
         B::Error: Into<HttpError>,
     {
+        let pre = match &self.handler {
+            Handler::P3(pre) => pre,
+            Handler::P2(pre) => return self.handle_p2(pre, request).await,
+        };
         let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
         let mut warm = match idle {
             Some(warm) => warm,
-            None => self.instantiate().await?,
+            None => self.instantiate(pre).await?,
         };
         let response = serve_on(&mut warm, request).await?;
         warm.uses += 1;
@@ -429,14 +478,72 @@ impl ComponentHost {
         Ok(response)
     }
 
+    /// wasi:http 0.2: the handler runs in a task of its own, which writes
+    /// the body after handing over the response, while this reads it.
+    async fn handle_p2<B>(
+        &self,
+        pre: &ProxyPre<ComponentState>,
+        request: http::Request<B>,
+    ) -> Result<http::Response<Bytes>>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<HttpError>,
+    {
+        let mut store = Store::new(&self.engine, self.state());
+        self.instantiated.fetch_add(1, Ordering::Relaxed);
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let request = request.map(|body| body.map_err(Into::into).boxed_unsync());
+        let (incoming, outparam) = {
+            let mut http = store.data_mut().http();
+            let incoming = http
+                .new_incoming_request(Scheme::Http, request)
+                .map_err(|e| anyhow!("{e:?}"))?;
+            (
+                incoming,
+                http.new_response_outparam(sender)
+                    .map_err(|e| anyhow!("{e:?}"))?,
+            )
+        };
+        let pre = pre.clone();
+        let task = tokio::spawn(async move {
+            let proxy = pre.instantiate_async(&mut store).await?;
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, incoming, outparam)
+                .await
+        });
+        let response = match receiver.await {
+            Ok(Ok(response)) => response,
+            Ok(Err(code)) => return Err(anyhow!("the component failed the request: {code:?}")),
+            Err(_) => {
+                let why = match task.await {
+                    Ok(Ok(())) => "it returned without a response".to_owned(),
+                    Ok(Err(e)) => format!("{e:?}"),
+                    Err(e) => format!("{e:?}"),
+                };
+                return Err(anyhow!("the component trapped: {why}"));
+            }
+        };
+        let (parts, body) = response.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| anyhow!("the component's response body: {e:?}"))?
+            .to_bytes();
+        match task.await {
+            Ok(Ok(())) => Ok(http::Response::from_parts(parts, body)),
+            Ok(Err(e)) => Err(anyhow!("the component trapped after answering: {e:?}")),
+            Err(e) => Err(anyhow!("the component's task: {e:?}")),
+        }
+    }
+
     /// How many instances were made so far (a metric, logged at shutdown).
     pub fn instances_created(&self) -> u64 {
         self.instantiated.load(Ordering::Relaxed)
     }
 
-    async fn instantiate(&self) -> Result<Warm> {
-        self.instantiated.fetch_add(1, Ordering::Relaxed);
-        let state = ComponentState {
+    fn state(&self) -> ComponentState {
+        ComponentState {
             table: ResourceTable::new(),
             wasi: WasiCtxBuilder::new().inherit_stderr().build(),
             http: WasiHttpCtx::new(),
@@ -444,10 +551,13 @@ impl ComponentHost {
                 upstream_timeout: self.upstream_timeout,
             },
             kv: self.kv.clone(),
-        };
-        let mut store = Store::new(&self.engine, state);
-        let service = self
-            .pre
+        }
+    }
+
+    async fn instantiate(&self, pre: &ServicePre<ComponentState>) -> Result<Warm> {
+        self.instantiated.fetch_add(1, Ordering::Relaxed);
+        let mut store = Store::new(&self.engine, self.state());
+        let service = pre
             .instantiate_async(&mut store)
             .await
             .map_err(|e| anyhow!("cannot instantiate the component: {e:?}"))?;

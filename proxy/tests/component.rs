@@ -1,6 +1,8 @@
-//! End to end for the Spin build: the wasi:http 0.3 component that
-//! `proxy/build.rs` builds from `spin/` for wasm32-wasip2, served by the real
-//! binary with `serve --component`, credentials minted with the real CLI.
+//! End to end for the Spin builds: the wasi:http 0.3 and 0.2 components
+//! that `proxy/build.rs` builds from `spin/` and `spin/wasip2/` for
+//! wasm32-wasip2, served by the real binary with `serve --component`, on a
+//! key-value store that is strict or behaves as Spin's SQLite or Redis store,
+//! credentials minted with the real CLI.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -21,7 +23,38 @@ use common::{
 use sessiongate_conformance::http::{get, request};
 use sessiongate_conformance::{self as suite};
 
-const COMPONENT: &str = env!("SESSIONGATE_COMPONENT_WASM");
+/// The builds shipped: the file, the world of `wit/gate.wit` it targets,
+/// and what it imports directly (beyond Rust's std runtime).
+struct Build {
+    name: &'static str,
+    file: &'static str,
+    world: &'static str,
+    imports: &'static [&'static str],
+}
+
+const P3: Build = Build {
+    name: "wasi:http 0.3",
+    file: env!("SESSIONGATE_COMPONENT_WASM"),
+    world: "gate",
+    imports: &[
+        "wasi:keyvalue/store@0.2.0-draft2",
+        "wasi:keyvalue/atomics@0.2.0-draft2",
+        "wasi:http/client@0.3.0",
+    ],
+};
+
+const P2: Build = Build {
+    name: "wasi:http 0.2",
+    file: env!("SESSIONGATE_COMPONENT_P2_WASM"),
+    world: "gate-p2",
+    imports: &[
+        "wasi:keyvalue/store@0.2.0-draft2",
+        "wasi:keyvalue/atomics@0.2.0-draft2",
+        "wasi:http/outgoing-handler@0.2.0",
+    ],
+};
+
+const BUILDS: [Build; 2] = [P3, P2];
 const SESSIONS: &str = "/v1/external/sessions/acme/site-a";
 
 /// How `serve --component` can make its key-value swap behave: strictly,
@@ -29,25 +62,39 @@ const SESSIONS: &str = "/v1/external/sessions/acme/site-a";
 /// all of them.
 const SEMANTICS: [&str; 3] = ["strict", "spin-sqlite", "spin-redis"];
 
-fn start(fx: &Fixture, config: &str) -> Server {
-    start_on(fx, config, "strict")
+fn start(fx: &Fixture, config: &str, build: &Build) -> Server {
+    start_on(fx, config, build, "strict")
 }
 
-fn start_on(fx: &Fixture, config: &str, semantics: &str) -> Server {
-    let args = ["--component", COMPONENT, "--key-value-semantics", semantics];
+fn start_on(fx: &Fixture, config: &str, build: &Build, semantics: &str) -> Server {
+    let args = [
+        "--component",
+        build.file,
+        "--key-value-semantics",
+        semantics,
+    ];
     Server::start_with(&fx.dir, &fx.store, config, 2, &args)
+}
+
+/// Every build on every store's semantics.
+fn each(mut test: impl FnMut(&Build, &str)) {
+    for build in &BUILDS {
+        for semantics in SEMANTICS {
+            test(build, semantics);
+        }
+    }
 }
 
 #[test]
 fn conformance_suite_against_the_component() {
-    for semantics in SEMANTICS {
+    each(|build, semantics| {
         let mut fx = fixture();
         // The suite sends many invalid credentials on purpose: the guard is tested apart.
         let config = "[limit]\nrequests = 100000\nwindow_seconds = 60\n[guard]\nfailures = 0\n";
-        let server = start_on(&fx, config, semantics);
+        let server = start_on(&fx, config, build, semantics);
         // The log is read by another thread: wait for the line, not just look.
         server.wait_for_log(
-            "component, instances reused",
+            &format!("component ({})", build.name),
             "serve did not say it runs the component",
         );
         sessiongate_conformance::http::start_transcript();
@@ -57,7 +104,7 @@ fn conformance_suite_against_the_component() {
         });
         assert_no_secret_in_transcript(&fx.secrets);
         assert_no_secret("the server log", &server.log_text(), &fx.secrets);
-    }
+    });
 }
 
 /// Concurrent requests run on instances of their own: only the key-value
@@ -66,29 +113,29 @@ fn conformance_suite_against_the_component() {
 /// every racer "create" it; its Redis store reports lost swaps as won).
 #[test]
 fn exactly_n_admitted_out_of_many_concurrent_instances_on_a_fresh_store() {
-    for semantics in SEMANTICS {
+    each(|build, semantics| {
         for _ in 0..3 {
             let mut fx = fixture();
             let config = "[limit]\nrequests = 10\nwindow_seconds = 60\n[guard]\nfailures = 0\n";
-            let server = start_on(&fx, config, semantics);
+            let server = start_on(&fx, config, build, semantics);
             let mut h = Local {
                 server: &server,
                 fixture: &mut fx,
             };
             suite::exact_global_limit(&mut h, 10, 60, 64)
-                .unwrap_or_else(|e| panic!("{semantics}: {e}"));
+                .unwrap_or_else(|e| panic!("{} on {semantics}: {e}", build.name));
         }
-    }
+    });
 }
 
 /// Many wrong credentials from one client at once, on a fresh store: it is
 /// told 401 exactly as often as the guard allows, then held.
 #[test]
 fn concurrent_failures_get_exactly_the_guards_allowance() {
-    for semantics in SEMANTICS {
+    each(|build, semantics| {
         let fx = fixture();
         let config = "[guard]\nfailures = 5\nwindow_seconds = 60\n";
-        let server = start_on(&fx, config, semantics);
+        let server = start_on(&fx, config, build, semantics);
         let wrong = "Bearer fus_0000000000000000000000000000000000000000";
         let barrier = std::sync::Barrier::new(24);
         let statuses: Vec<u16> = std::thread::scope(|s| {
@@ -104,17 +151,28 @@ fn concurrent_failures_get_exactly_the_guards_allowance() {
         });
         let told_401 = statuses.iter().filter(|s| **s == 401).count();
         let held = statuses.iter().filter(|s| **s == 429).count();
-        assert_eq!((told_401, held), (5, 19), "{semantics}: {statuses:?}");
-    }
+        assert_eq!(
+            (told_401, held),
+            (5, 19),
+            "{} on {semantics}: {statuses:?}",
+            build.name
+        );
+    });
 }
 
 #[test]
 fn forwards_over_wasi_http_and_maps_upstream_failure_to_502() {
+    for build in &BUILDS {
+        forwards_and_maps_upstream_failure_on(build);
+    }
+}
+
+fn forwards_and_maps_upstream_failure_on(build: &Build) {
     let fx = fixture();
     let (up, seen) = upstream();
     let config =
         format!("backend = \"http://{up}\"\n[limit]\nrequests = 1000\nwindow_seconds = 60\n");
-    let server = start(&fx, &config);
+    let server = start(&fx, &config, build);
     let r = request_to_forward(server.addr, &fx.creds.token_all);
     assert_relayed(&r);
     let received = seen.lock().unwrap().join("\n");
@@ -129,7 +187,7 @@ fn forwards_over_wasi_http_and_maps_upstream_failure_to_502() {
         .local_addr()
         .unwrap();
     let config = format!("backend = \"http://{dead}\"\nupstream_timeout_ms = 2000\n");
-    let server = start(&fx, &config);
+    let server = start(&fx, &config, build);
     let auth = format!("Bearer {}", fx.creds.token_all);
     let r = get(server.addr, SESSIONS, Some(&auth)).unwrap();
     suite::expect_error(&r, 502, "upstream_unavailable").unwrap();
@@ -138,12 +196,14 @@ fn forwards_over_wasi_http_and_maps_upstream_failure_to_502() {
 
 #[test]
 fn a_failing_key_value_store_fails_closed() {
-    let fx = fixture();
-    let server = start(&fx, "[testing]\nfail_limiter_store = true\n");
-    let auth = format!("Bearer {}", fx.creds.token_all);
-    let r = get(server.addr, SESSIONS, Some(&auth)).unwrap();
-    suite::expect_error(&r, 503, "limiter_unavailable").unwrap();
-    assert_eq!(get(server.addr, "/me", Some(&auth)).unwrap().status, 200);
+    for build in &BUILDS {
+        let fx = fixture();
+        let server = start(&fx, "[testing]\nfail_limiter_store = true\n", build);
+        let auth = format!("Bearer {}", fx.creds.token_all);
+        let r = get(server.addr, SESSIONS, Some(&auth)).unwrap();
+        suite::expect_error(&r, 503, "limiter_unavailable").unwrap();
+        assert_eq!(get(server.addr, "/me", Some(&auth)).unwrap().status, 200);
+    }
 }
 
 /// The guard keys on the address the host puts in `spin-client-addr`. The
@@ -151,16 +211,14 @@ fn a_failing_key_value_store_fails_closed() {
 /// component trusts the last, so rotating the header buys no fresh guesses.
 #[test]
 fn the_guard_sees_the_real_client_whatever_header_it_sends() {
-    for semantics in SEMANTICS {
-        the_guard_sees_the_real_client_on(semantics);
-    }
+    each(the_guard_sees_the_real_client_on);
 }
 
-fn the_guard_sees_the_real_client_on(semantics: &str) {
+fn the_guard_sees_the_real_client_on(build: &Build, semantics: &str) {
     let fx = fixture();
     let config =
         "[limit]\nrequests = 20\nwindow_seconds = 60\n[guard]\nfailures = 3\nwindow_seconds = 60\n";
-    let server = start_on(&fx, config, semantics);
+    let server = start_on(&fx, config, build, semantics);
     let wrong = "Bearer fus_0000000000000000000000000000000000000000";
     for i in 0..3 {
         let spoof = format!("10.0.0.{i}:1234");
@@ -183,22 +241,47 @@ fn the_guard_sees_the_real_client_on(semantics: &str) {
     suite::guard_refusal_claims_no_budget(&r, 20).unwrap();
 }
 
-/// `wit/` is what the component is built against: every import and export
-/// of the built component, apart from the WASI 0.2 runtime Rust's std links
-/// on wasm32-wasip2, is in the `sessiongate:gate/gate` world, and the world
-/// names nothing the component does not use. Editing one without the other
-/// fails here.
+/// An interface name with a `0.x.y` version cut to its semver track
+/// (`@0.x`): wit-component names an import at the newest 0.2 version any part
+/// of the build declares (Rust's std brings 0.2.12), and wasmtime, so Spin
+/// and `serve`, links any version on the same track as long as the guest
+/// uses only what the host's has (wasmtime's semver-aware Linker, PR #7994).
+fn track(name: &str) -> String {
+    if let Some((base, version)) = name.rsplit_once('@') {
+        let parts: Vec<&str> = version.split('.').collect();
+        if let [major @ "0", minor, patch] = parts[..]
+            && [minor, patch]
+                .iter()
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return format!("{base}@{major}.{minor}");
+        }
+    }
+    name.to_owned()
+}
+
+/// `wit/` is what the components are built against: every import and
+/// export of each built component, apart from the WASI 0.2 runtime Rust's
+/// std links on wasm32-wasip2, is in its world (`gate`, `gate-p2`), and the
+/// world names nothing the component does not use. Editing one without the
+/// other fails here.
 #[test]
-fn the_component_and_wit_do_not_drift_apart() {
+fn the_components_and_wit_do_not_drift_apart() {
+    for build in &BUILDS {
+        component_and_world_agree(build);
+    }
+}
+
+fn component_and_world_agree(build: &Build) {
     let wit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit");
     let mut resolve = wit_parser::Resolve::default();
     let (package, _) = resolve.push_dir(&wit).unwrap();
-    let world = resolve.select_world(&[package], Some("gate")).unwrap();
+    let world = resolve.select_world(&[package], Some(build.world)).unwrap();
     let names = |items: &wit_parser::IndexMap<wit_parser::WorldKey, wit_parser::WorldItem>| {
         items
             .iter()
             .filter(|(_, item)| matches!(item, wit_parser::WorldItem::Interface { .. }))
-            .map(|(key, _)| resolve.name_world_key(key))
+            .map(|(key, _)| track(&resolve.name_world_key(key)))
             .collect::<BTreeSet<String>>()
     };
     let world_imports = names(&resolve.worlds[world].imports);
@@ -207,25 +290,30 @@ fn the_component_and_wit_do_not_drift_apart() {
     let mut config = wasmtime::Config::new();
     config.wasm_component_model_async(true);
     let engine = wasmtime::Engine::new(&config).unwrap();
-    let component = wasmtime::component::Component::from_file(&engine, COMPONENT).unwrap();
+    let component = wasmtime::component::Component::from_file(&engine, build.file).unwrap();
     let ty = component.component_type();
     let std_runtime = |name: &str| {
         ["cli", "io", "clocks", "filesystem", "random", "sockets"]
             .iter()
-            .any(|p| name.starts_with(&format!("wasi:{p}/")) && name.contains("@0.2."))
+            .any(|p| name.starts_with(&format!("wasi:{p}/")) && name.contains("@0.2"))
     };
     let imports: BTreeSet<String> = ty
         .imports(&engine)
-        .map(|(name, _)| name.to_owned())
+        .map(|(name, _)| track(name))
         .filter(|name| !std_runtime(name))
         .collect();
-    let exports: BTreeSet<String> = ty.exports(&engine).map(|(n, _)| n.to_owned()).collect();
+    let exports: BTreeSet<String> = ty.exports(&engine).map(|(n, _)| track(n)).collect();
 
-    assert_eq!(exports, world_exports, "exports: component vs wit/gate.wit");
+    assert_eq!(
+        exports, world_exports,
+        "{}: exports: component vs wit/gate.wit",
+        build.name
+    );
     let undeclared: Vec<_> = imports.difference(&world_imports).collect();
     assert!(
         undeclared.is_empty(),
-        "the component imports {undeclared:?}, which wit/gate.wit does not name"
+        "{}: the component imports {undeclared:?}, which wit/gate.wit does not name",
+        build.name
     );
     // And the world names nothing the component leaves unused, but for
     // interfaces of types only (they come along with the ones that use them).
@@ -236,25 +324,23 @@ fn the_component_and_wit_do_not_drift_apart() {
             wit_parser::WorldItem::Interface { id, .. }
                 if !resolve.interfaces[*id].functions.is_empty() =>
             {
-                Some(resolve.name_world_key(key))
+                Some(track(&resolve.name_world_key(key)))
             }
             _ => None,
         })
+        .filter(|name| !std_runtime(name))
         .collect();
     let unused: Vec<_> = with_functions.difference(&imports).collect();
     assert!(
         unused.is_empty(),
-        "wit/gate.wit names {unused:?}, which the component does not import"
+        "{}: wit/gate.wit names {unused:?}, which the component does not import",
+        build.name
     );
-    for direct in [
-        "wasi:keyvalue/store@0.2.0-draft2",
-        "wasi:keyvalue/atomics@0.2.0-draft2",
-        "wasi:clocks/system-clock@0.3.0",
-        "wasi:http/client@0.3.0",
-    ] {
+    for direct in build.imports {
         assert!(
-            imports.contains(direct),
-            "the component does not import {direct}"
+            imports.contains(&track(direct)),
+            "{}: the component does not import {direct}",
+            build.name
         );
     }
 }
@@ -262,8 +348,18 @@ fn the_component_and_wit_do_not_drift_apart() {
 /// `spin/spin.toml` runs what the build makes, with the store the component opens.
 #[test]
 fn spin_toml_matches_the_build() {
+    // spin.toml: the 0.2 build, for released Spin; spin-wasip3.toml: the 0.3 one.
+    for (manifest, build, package) in [
+        ("spin.toml", &P2, "sessiongate-spin-wasip2"),
+        ("spin-wasip3.toml", &P3, "sessiongate-spin "),
+    ] {
+        manifest_matches(manifest, build, package);
+    }
+}
+
+fn manifest_matches(file: &str, build: &Build, package: &str) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../spin");
-    let text = std::fs::read_to_string(dir.join("spin.toml")).unwrap();
+    let text = std::fs::read_to_string(dir.join(file)).unwrap();
     let manifest: toml::Table = toml::from_str(&text).unwrap();
     assert_eq!(manifest["spin_manifest_version"].as_integer(), Some(2));
     let trigger = &manifest["trigger"]["http"].as_array().unwrap()[0];
@@ -272,11 +368,12 @@ fn spin_toml_matches_the_build() {
     let component = &manifest["component"][name];
     let source = component["source"].as_str().unwrap();
     // The path the build command writes, relative to spin/.
-    let built = Path::new(COMPONENT);
+    let artifact = Path::new(build.file).file_name().unwrap().to_str().unwrap();
+    let built = format!("wasm32-wasip2/component/{artifact}");
     assert!(
-        source.ends_with("wasm32-wasip2/component/sessiongate_spin.wasm")
-            && built.ends_with("wasm32-wasip2/component/sessiongate_spin.wasm"),
-        "{source} vs {COMPONENT}"
+        source.ends_with(&built) && build.file.ends_with(&built),
+        "{file}: {source} vs {}",
+        build.file
     );
     let stores: Vec<&str> = component["key_value_stores"]
         .as_array()
@@ -285,9 +382,9 @@ fn spin_toml_matches_the_build() {
         .filter_map(|v| v.as_str())
         .collect();
     assert_eq!(stores, ["default"], "the component opens the default store");
-    let build = component["build"]["command"].as_str().unwrap();
-    for part in ["sessiongate-spin", "wasm32-wasip2", "--profile component"] {
-        assert!(build.contains(part), "{build}");
+    let command = component["build"]["command"].as_str().unwrap();
+    for part in [package, "wasm32-wasip2", "--profile component"] {
+        assert!(command.contains(part), "{file}: {command}");
     }
 }
 
@@ -321,12 +418,28 @@ fn spin_config_holds_hashes_only() {
     assert!(!config.guard.enabled());
 }
 
-/// Sequential requests reuse one instance, so the component parses its
-/// configuration once (it keeps the parsed gate while the bytes match).
+/// Sequential requests reuse one 0.3 instance, so the component parses its
+/// configuration once (it keeps the parsed gate while the bytes match); a
+/// 0.2 instance serves one request, as Spin runs them.
 #[test]
 fn sequential_requests_reuse_one_instance() {
     let fx = fixture();
-    let mut server = start(&fx, "");
+    let mut server = start(&fx, "", &P2);
+    let auth = format!("Bearer {}", fx.creds.token_all);
+    for _ in 0..3 {
+        assert_eq!(get(server.addr, "/me", Some(&auth)).unwrap().status, 200);
+    }
+    assert!(server.terminate().success());
+    server.wait_for_log("component_instances_created", "no metric at shutdown");
+    assert!(
+        server
+            .log_text()
+            .contains("sessiongate metric: component_instances_created 3"),
+        "{}",
+        server.log_text()
+    );
+
+    let mut server = start(&fx, "", &P3);
     let auth = format!("Bearer {}", fx.creds.token_all);
     for _ in 0..30 {
         assert_eq!(get(server.addr, "/me", Some(&auth)).unwrap().status, 200);

@@ -56,7 +56,13 @@ pub trait CasBucket {
     /// Adds `delta` to the counter at `key` (absent: 0), atomically.
     fn increment(&mut self, key: &str, delta: i64) -> Result<i64, String>;
     fn delete(&mut self, key: &str) -> Result<(), String>;
+    /// Lets other instances run a moment (a creator, to finish).
+    fn pause(&mut self) {}
 }
+
+/// How often a request that finds a key being created looks again before it
+/// gives up this attempt (the gate makes several).
+const CREATION_LOOKS: usize = 10;
 
 /// An open CAS handle: the version number it was handed out as, and the
 /// stored bytes its read found (`None`: absent).
@@ -156,6 +162,15 @@ impl<B: CasBucket> Kv for CasKv<'_, B> {
     fn create(&mut self, key: &str, value: &[u8]) -> Result<bool, KvError> {
         self.open.remove(key);
         let Some(claim) = self.claim(key)? else {
+            // Someone else is creating it: a moment for them to finish (on a
+            // host whose store calls never yield, a burst of requests could
+            // otherwise spend every attempt before the creator writes).
+            for _ in 0..CREATION_LOOKS {
+                self.bucket.pause();
+                if self.bucket.get(key).map_err(KvError)?.is_some() {
+                    break;
+                }
+            }
             return Ok(false);
         };
         let created = match self.open(key) {

@@ -1,16 +1,23 @@
-//! sessiongate as a WebAssembly component (wasi:http 0.3, spin-sdk 7), for
-//! Spin and any wasi-http host on wasmtime, such as `sessiongate serve
-//! --component`. Its world is `sessiongate:gate/gate` in `wit/`.
+//! sessiongate as a WebAssembly component, for Spin and any wasi-http host
+//! on wasmtime, such as `sessiongate serve --component`.
+//!
+//! This crate is the wasi:http 0.3 build (feature `wasip3`, spin-sdk 7;
+//! world `sessiongate:gate/gate` in `wit/`) and what both builds share: the
+//! key-value side ([`cas`], [`record`], and on wasm the bucket itself). The
+//! wasi:http 0.2 build (`wasip2/`, spin-sdk 5, world `gate-p2`) depends on
+//! it with the feature off.
 //!
 //! No contract rule lives here: `sessiongate_core` decides; this crate
-//! carries wasi:http requests to it, its decisions back, and the limiter's
-//! compare-and-swap steps to the host's `wasi:keyvalue/atomics`.
+//! carries wasi:http requests to it, its decisions back, and its steps on
+//! shared state to the host's `wasi:keyvalue`.
 
 pub mod cas;
 pub mod client;
 pub mod record;
 
 #[cfg(target_arch = "wasm32")]
+pub mod kv;
+#[cfg(all(target_arch = "wasm32", feature = "wasip3"))]
 mod sdk;
 
 /// Where the component reads its gate configuration (JSON) in its

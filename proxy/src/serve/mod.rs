@@ -54,9 +54,8 @@ pub struct ServeArgs {
     /// Load this filter instead of the embedded one.
     #[arg(long, value_name = "FILE")]
     pub(crate) plugin: Option<PathBuf>,
-    /// Serve a wasi:http 0.3 component (the Spin build) instead of the
-    /// filter: instances reused one request at a time, its key-value store on the same
-    /// shared data.
+    /// Serve a wasi:http component (either Spin build: 0.3 or 0.2) instead
+    /// of the filter, its key-value store on the same shared data.
     #[arg(long, value_name = "FILE", conflicts_with = "plugin")]
     pub(crate) component: Option<PathBuf>,
     /// How the component's key-value swap behaves: `strict`, or as Spin's
@@ -200,7 +199,7 @@ async fn serve(app: Arc<App>, settings: Settings, started: Instant) -> Result<()
         "sessiongate: listening on http://{local} ({}, backend {}, limit {}/{}s, store {}, ready in {} ms)",
         match &app.runner {
             Runner::Filter(_) => format!("{} VMs", settings.workers),
-            Runner::Component(_) => "component, instances reused".to_owned(),
+            Runner::Component(host) => host.describe().to_owned(),
         },
         match &app.backend {
             Backend::Stub => "stub".to_owned(),
