@@ -81,8 +81,9 @@ pub enum Semantics {
     /// Spin's SQLite store: a present key's swap compares values; an absent
     /// key's swap inserts or overwrites, so every racer wins.
     SpinSqlite,
-    /// Spin's Redis store: `WATCH`ed, so a lost swap does not write, but it
-    /// reports success (its client reads the aborted `EXEC` as OK).
+    /// Spin's Redis store against a real Redis: `WATCH`ed, so a lost swap
+    /// does not write, but every swap reports failure (Spin ends it with
+    /// `UNWATCH <key>`, which Redis refuses: it takes no arguments).
     SpinRedis,
 }
 
@@ -318,7 +319,9 @@ impl atomics::Host for ComponentState {
         let written = match (self.kv.semantics, &cas.value) {
             (Semantics::SpinSqlite, None) => shared.set(&cas.key, value, 0),
             (Semantics::SpinSqlite, Some(old)) => shared.replace_if_equal(&cas.key, old, value),
-            (Semantics::SpinRedis, _) => shared.swap_if(&cas.key, value, cas.version).map(|_| true),
+            (Semantics::SpinRedis, _) => {
+                shared.swap_if(&cas.key, value, cas.version).map(|_| false)
+            }
             (Semantics::Strict, _) => shared.swap_if(&cas.key, value, cas.version),
         }
         .map_err(|e| atomics::CasError::StoreError(down(e)))?;

@@ -9,19 +9,22 @@
 //!   value = old` (a compare of values, not versions), and a swap of a key
 //!   that was absent is an insert-or-overwrite, so two writers who both saw
 //!   it absent both "win".
-//! - **Redis**: `WATCH`, `GET`, then `MULTI SET EXEC`; an `EXEC` aborted
-//!   because the key changed comes back to Spin as a nil reply its Redis
-//!   client reads as success, so a lost swap reports success.
+//! - **Redis**: `WATCH`, `GET`, then `MULTI SET EXEC` and `UNWATCH <key>`.
+//!   Redis refuses that `UNWATCH` (it takes no arguments) and Spin reports
+//!   the error as a failed swap, so every swap "fails", written or not; and
+//!   were that mended, an `EXEC` aborted by the `WATCH` is a nil reply that
+//!   Spin's client (redis-rs) reads as success. The report says nothing.
 //!
 //! What this relies on instead, on every store: `increment` is atomic
 //! (SQLite: a transaction on Spin's one connection; Redis: `INCRBY`); a
 //! swap of a present key never overwrites a value other than the one its
-//! handle read (both compare); a read sees the writes before it.
+//! handle read (SQLite compares; Redis's `WATCH` aborts); a read sees the
+//! writes before it. Not on what a swap reports.
 //!
 //! - Every write is a [`Record`] with a fresh tag, so values never repeat
-//!   (a value compare is as good as a version) and a writer confirms a swap
-//!   by reading the key back: its write landed if the record there is it or
-//!   was built on it.
+//!   (a value compare is as good as a version) and a writer learns what its
+//!   swap did by reading the key back: its write landed if the record there
+//!   is it or was built on it.
 //! - A key's first value is written only by the holder of a claim: a round
 //!   of [`ROUND_MS`] whose counter (`<key>.claim.<round>`) it incremented
 //!   first, in a round that follows one nobody claimed in. So two creators
@@ -49,8 +52,9 @@ pub trait CasBucket {
     type Handle;
     /// Starts a CAS on `key`: a handle and the value it saw.
     fn begin(&mut self, key: &str) -> Result<(Self::Handle, Option<Vec<u8>>), String>;
-    /// Writes `value` if the key still holds what `handle` saw. `Ok(false)`
-    /// only if it did not write; `Ok(true)` is not trusted.
+    /// Writes `value` if the key still holds what `handle` saw, and says
+    /// whether it did: a report that is not trusted either way. `Err` is a
+    /// store that could not be asked.
     fn swap(&mut self, handle: Self::Handle, value: &[u8]) -> Result<bool, String>;
     fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, String>;
     /// Adds `delta` to the counter at `key` (absent: 0), atomically.
@@ -107,14 +111,12 @@ impl<'t, B: CasBucket> CasKv<'t, B> {
     }
 
     /// Writes `value` through `open`'s handle as a record built on what it
-    /// read, and reads it back: whether it landed.
+    /// read, and reads it back: whether it landed, whatever the store said.
     fn write(&mut self, key: &str, open: Open<B::Handle>, value: &[u8]) -> Result<bool, KvError> {
         let tag = self.tags.draw();
         let base = open.stored.as_deref().map_or(Record::NONE, Record::parse);
         let record = base.next(tag, value);
-        if !self.bucket.swap(open.handle, &record).map_err(KvError)? {
-            return Ok(false);
-        }
+        let _reported = self.bucket.swap(open.handle, &record).map_err(KvError)?;
         let now = self.bucket.get(key).map_err(KvError)?;
         Ok(now.is_some_and(|stored| Record::parse(&stored).follows(tag)))
     }
@@ -187,6 +189,7 @@ impl<B: CasBucket> Kv for CasKv<'_, B> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
     use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
     use proptest::prelude::*;
@@ -203,7 +206,8 @@ mod tests {
         Strict,
         /// Spin's SQLite store: values compared; absent-key swap overwrites.
         SpinSqlite,
-        /// Spin's Redis store: strict, but every swap reports success.
+        /// Spin's Redis store: strict, but what a swap reports is noise (on a
+        /// real Redis, always failure; with `UNWATCH` mended, always success).
         SpinRedis,
     }
 
@@ -300,6 +304,8 @@ mod tests {
 
         fn swap(&mut self, (key, seen, writes): Seen, value: &[u8]) -> Result<bool, String> {
             let semantics = self.world.semantics;
+            // A coin the write's random tag throws.
+            let noise = value.iter().fold(0u8, |h, b| h.rotate_left(3) ^ b) & 1 == 1;
             self.world.step(self.me, |e| {
                 let current = e.get(&key).cloned();
                 let wins = match semantics {
@@ -315,7 +321,10 @@ mod tests {
                     let writes = current.map_or(0, |(_, w)| w) + 1;
                     e.insert(key, (value.to_vec(), writes));
                 }
-                Ok(wins || semantics == Semantics::SpinRedis)
+                Ok(match semantics {
+                    Semantics::SpinRedis => noise,
+                    _ => wins,
+                })
             })
         }
 
@@ -500,19 +509,25 @@ mod tests {
         }
     }
 
-    /// The model tells the stores apart: trusting the swap over-admits on
-    /// Spin's SQLite and Redis semantics, and only there.
+    /// The model tells the stores apart: taking the swap at its word is
+    /// exact on the strict store only. On Spin's SQLite semantics racing
+    /// creators over-admit; on its Redis semantics a write reported lost is
+    /// retried on top of itself (fewer admitted) and a lost one reported won
+    /// is admitted (more).
     #[test]
-    fn trusting_the_swap_over_admits_on_spins_stores() {
+    fn trusting_the_swap_is_exact_only_on_a_strict_store() {
         for semantics in ALL {
-            let worst = (0..64)
+            let counts: BTreeSet<usize> = (0..64)
                 .map(|seed| admitted(&run(semantics, seed, 5, 3, || gate(4, 0), true, TOKEN)))
-                .max()
-                .unwrap();
-            if semantics == Semantics::Strict {
-                assert_eq!(worst, 4, "strict");
-            } else {
-                assert!(worst > 4, "{semantics:?} never over-admitted");
+                .collect();
+            match semantics {
+                Semantics::Strict => assert_eq!(counts, BTreeSet::from([4]), "strict"),
+                Semantics::SpinSqlite => {
+                    assert!(counts.iter().any(|n| *n > 4), "SQLite: {counts:?}")
+                }
+                Semantics::SpinRedis => {
+                    assert!(counts.iter().any(|n| *n != 4), "Redis: {counts:?}")
+                }
             }
         }
     }
