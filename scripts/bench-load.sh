@@ -3,6 +3,8 @@
 # same run, wrk with fixed connections and duration. Prints one table.
 #
 #   scripts/bench-load.sh [DURATION_SECONDS] [CONNECTIONS]     (default 10 s, 32 connections)
+#   SESSIONGATE_BENCH_PLUGIN=FILE / SESSIONGATE_BENCH_COMPONENT=FILE: another
+#   filter build, or a Spin component under `serve --component`.
 #
 # Besides requests/s and p99, each row shows the CPU the server itself spent
 # per request (user + system, from /proc): wrk runs on the same cores, so
@@ -54,8 +56,10 @@ gate_port_limited="$(free_port)"; gate_port_open="$(free_port)"
 printf '[limit]\nrequests = 1\nwindow_seconds = 86400\n[guard]\nfailures = 0\n' > "$work/limited.toml"
 printf '[limit]\nrequests = 100000\nwindow_seconds = 1\n[guard]\nfailures = 0\n' > "$work/open.toml"
 # SESSIONGATE_BENCH_PLUGIN=FILE: measure another filter build (scripts/build-plugin.sh --fast).
+# SESSIONGATE_BENCH_COMPONENT=FILE: measure a component (`serve --component FILE`) instead.
 plugin_args=()
 if [ -n "${SESSIONGATE_BENCH_PLUGIN:-}" ]; then plugin_args=(--plugin "$SESSIONGATE_BENCH_PLUGIN"); fi
+if [ -n "${SESSIONGATE_BENCH_COMPONENT:-}" ]; then plugin_args=(--component "$SESSIONGATE_BENCH_COMPONENT"); fi
 "$gate" serve "${plugin_args[@]}" --config "$work/limited.toml" --store "$work/tokens.json" --listen "127.0.0.1:$gate_port_limited" 2>/dev/null & pids+=($!)
 gate_limited=$!
 "$gate" serve "${plugin_args[@]}" --config "$work/open.toml" --store "$work/tokens.json" --listen "127.0.0.1:$gate_port_open" 2>/dev/null & pids+=($!)

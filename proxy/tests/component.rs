@@ -345,7 +345,8 @@ fn component_and_world_agree(build: &Build) {
     }
 }
 
-/// `spin/spin.toml` runs what the build makes, with the store the component opens.
+/// `spin/spin.toml` (0.2) and `spin/spin-wasip3.toml` (0.3) run what the builds
+/// make, with the store the components open.
 #[test]
 fn spin_toml_matches_the_build() {
     // spin.toml: the 0.2 build, for released Spin; spin-wasip3.toml: the 0.3 one.
