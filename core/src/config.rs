@@ -120,6 +120,43 @@ pub struct GateConfig {
     /// The failed-credential guard (per client address).
     #[serde(default)]
     pub guard: GuardConfig,
+    /// Where a proxy-wasm host keeps the limiter's state.
+    #[serde(default)]
+    pub limiter: LimiterStore,
+}
+
+/// Where the filter keeps the limiter's state (the guard's buckets stay in
+/// the host's shared data either way: a brake, per instance).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(tag = "store", rename_all = "snake_case", deny_unknown_fields)]
+pub enum LimiterStore {
+    /// Proxy-wasm shared data: every VM of one proxy (one Envoy, one `serve`).
+    #[default]
+    SharedData,
+    /// etcd, through its HTTP/JSON gateway by `proxy_http_call` to `cluster`
+    /// (see [`crate::etcd`]): every proxy that shares the cluster.
+    Etcd {
+        /// The host's name for the etcd members (an Envoy cluster).
+        #[serde(default = "default_etcd_cluster")]
+        cluster: String,
+        /// The etcd key the limiter's log lives under.
+        #[serde(default = "default_etcd_key")]
+        key: String,
+        /// How long one call may take before the request is answered
+        /// `503 limiter_unavailable` (or admitted with `fail_open`).
+        #[serde(default = "default_etcd_timeout")]
+        timeout_ms: u32,
+    },
+}
+
+fn default_etcd_cluster() -> String {
+    "sessiongate_etcd".to_owned()
+}
+fn default_etcd_key() -> String {
+    "sessiongate/limiter/v1".to_owned()
+}
+fn default_etcd_timeout() -> u32 {
+    250
 }
 
 fn default_stub_sessions() -> u32 {
@@ -135,6 +172,7 @@ impl Default for GateConfig {
             fail_open: false,
             stub_sessions_per_site: DEFAULT_SESSIONS_PER_SITE,
             guard: GuardConfig::default(),
+            limiter: LimiterStore::default(),
         }
     }
 }
@@ -167,6 +205,27 @@ impl GateConfig {
         }
         if self.guard.enabled() && self.guard.window_seconds == 0 {
             return Err(invalid("guard.window_seconds", "must be at least 1".into()));
+        }
+        if let LimiterStore::Etcd {
+            cluster,
+            key,
+            timeout_ms,
+        } = &self.limiter
+        {
+            if cluster.is_empty() || key.is_empty() {
+                return Err(invalid(
+                    "limiter",
+                    "cluster and key must not be empty".into(),
+                ));
+            }
+            // Envoy reads a timeout of 0 as none; etcd without quorum holds
+            // a request ~7 s: the gate must answer long before.
+            if *timeout_ms == 0 || *timeout_ms > 10_000 {
+                return Err(invalid(
+                    "limiter.timeout_ms",
+                    format!("must be from 1 to 10000, not {timeout_ms}"),
+                ));
+            }
         }
         if self.stub_sessions_per_site > 1_000_000 {
             return Err(invalid("stub_sessions_per_site", "at most 1000000".into()));

@@ -5,6 +5,7 @@
 use std::borrow::Cow;
 use std::sync::Mutex;
 
+use crate::config::LimiterStore;
 use crate::config::{Backend, ConfigError, GateConfig};
 use crate::credential::{Level, parse_authorization};
 use crate::credential_set::{Credential, CredentialSet};
@@ -31,6 +32,7 @@ pub struct Gate {
     fail_open: bool,
     stub_sessions_per_site: u32,
     guard: GuardConfig,
+    limiter: LimiterStore,
     revocation_list: bool,
     /// `RateLimit-Policy`, the same on every answer: written once.
     policy: String,
@@ -64,6 +66,9 @@ pub(crate) struct Routed<'r> {
     /// Under `/v1/external/`: every answer carries the rate-limit headers.
     pub(crate) limited: bool,
     pub(crate) authorization: &'r [&'r [u8]],
+    /// Whether "full until" may answer for the limiter (not in a replay,
+    /// whose recorded answers must be followed).
+    pub(crate) memo: bool,
 }
 
 /// A request that passed every check and waits for the limiter.
@@ -94,6 +99,7 @@ impl Gate {
             fail_open: config.fail_open,
             stub_sessions_per_site: config.stub_sessions_per_site,
             guard: config.guard,
+            limiter: config.limiter,
             revocation_list: false,
         })
     }
@@ -120,6 +126,11 @@ impl Gate {
 
     pub fn credentials(&self) -> &CredentialSet {
         &self.credentials
+    }
+
+    /// Where its host keeps the limiter's state.
+    pub fn limiter_store(&self) -> &LimiterStore {
+        &self.limiter
     }
 
     pub(crate) fn fail_open(&self) -> bool {
@@ -169,6 +180,7 @@ impl Gate {
             query,
             limited,
             authorization: req.authorization,
+            memo: true,
         })
     }
 

@@ -28,6 +28,14 @@ impl<'a> Entry<'a> {
             version,
         }
     }
+
+    /// The same entry, its bytes owned.
+    pub fn into_owned(self) -> Entry<'static> {
+        Entry {
+            value: Cow::Owned(self.value.into_owned()),
+            version: self.version,
+        }
+    }
 }
 
 /// The shared state could not be read or written.

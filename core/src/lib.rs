@@ -13,6 +13,7 @@ mod credential;
 mod credential_set;
 mod decision;
 mod error;
+pub mod etcd;
 mod gate;
 mod guard;
 mod headers;
@@ -32,7 +33,7 @@ pub mod fixtures;
 #[cfg(any(test, feature = "testing"))]
 pub mod fuzzing;
 
-pub use config::{Backend, ConfigError, GateConfig, LimitConfig};
+pub use config::{Backend, ConfigError, GateConfig, LimitConfig, LimiterStore};
 pub use credential::{
     CredentialRecord, KEY_MIN_BODY_LEN, KEY_SUFFIX_LEN, Kind, Level, Malformed, Presented,
     SecretHash, Sites, TOKEN_BODY_LEN, TOKEN_PREFIX, hash_hex, hash_secret, hint, is_key, is_token,

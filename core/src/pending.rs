@@ -53,6 +53,36 @@ pub enum Need<'p> {
     Revoked { hash: &'p SecretHash },
 }
 
+impl Need<'_> {
+    /// The key the step reads or writes (`None`: a revocation check).
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Need::Read { key } | Need::Swap { key, .. } | Need::Create { key, .. } => Some(key),
+            Need::Revoked { .. } => None,
+        }
+    }
+
+    /// Performs the step on a synchronous [`Kv`].
+    pub fn perform<'k>(&self, kv: &'k mut dyn Kv) -> Answer<'k> {
+        match *self {
+            Need::Read { key } => match kv.get(key) {
+                Ok(entry) => Answer::Value(entry),
+                Err(e) => Answer::Failed(e),
+            },
+            Need::Swap {
+                key,
+                version,
+                value,
+            } => Answer::written(kv.swap(key, version, value)),
+            Need::Create { key, value } => Answer::written(kv.create(key, value)),
+            Need::Revoked { hash } => match kv.revoked(hash) {
+                Ok(revoked) => Answer::Revoked(revoked),
+                Err(e) => Answer::Failed(e),
+            },
+        }
+    }
+}
+
 /// What a step found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer<'a> {
@@ -192,8 +222,40 @@ impl Gate {
     /// Starts the decision on one request at `now_ms` (Unix ms): runs every
     /// check that needs no shared state, and says what it needs next.
     pub fn start<'g, 'r>(&'g self, req: &Request<'r>, now_ms: u64) -> Progress<'g, 'r> {
+        self.start_with(req, now_ms, true)
+    }
+
+    /// The decision as far as `answers` take it: started at `now_ms` and
+    /// resumed with each in turn. For hosts that cannot keep a [`Pending`]
+    /// across callbacks (a proxy-wasm filter waiting on `proxy_http_call`):
+    /// they keep the request and the answers so far, and replay. The replay
+    /// takes the path the answers were given on: the gate's "full until"
+    /// memo, which another request may have set meanwhile, does not answer
+    /// for the limiter in it.
+    pub fn replay<'g, 'r, 'a>(
+        &'g self,
+        req: &Request<'r>,
+        now_ms: u64,
+        answers: impl IntoIterator<Item = &'a Answer<'a>>,
+    ) -> Progress<'g, 'r> {
+        let mut progress = self.start_with(req, now_ms, false);
+        for answer in answers {
+            progress = match progress {
+                Progress::Pending(pending) => pending.resume(answer.clone()),
+                done => return done,
+            };
+        }
+        progress
+    }
+
+    fn start_with<'g, 'r>(
+        &'g self,
+        req: &Request<'r>,
+        now_ms: u64,
+        memo: bool,
+    ) -> Progress<'g, 'r> {
         let routed = match self.route(req) {
-            Ok(r) => r,
+            Ok(r) => Routed { memo, ..r },
             Err((error, limited)) => return self.finish(error, None, limited, now_ms),
         };
         let client = req.client.filter(|_| self.guard().enabled());
@@ -230,28 +292,8 @@ impl Gate {
                 Progress::Done(decision) => return decision,
                 Progress::Pending(pending) => pending,
             };
-            progress = match pending.need() {
-                Need::Read { key } => match kv.get(key) {
-                    Ok(entry) => pending.resume(Answer::Value(entry)),
-                    Err(e) => pending.resume(Answer::Failed(e)),
-                },
-                Need::Swap {
-                    key,
-                    version,
-                    value,
-                } => {
-                    let written = kv.swap(key, version, value);
-                    pending.resume(Answer::written(written))
-                }
-                Need::Create { key, value } => {
-                    let written = kv.create(key, value);
-                    pending.resume(Answer::written(written))
-                }
-                Need::Revoked { hash } => match kv.revoked(hash) {
-                    Ok(revoked) => pending.resume(Answer::Revoked(revoked)),
-                    Err(e) => pending.resume(Answer::Failed(e)),
-                },
-            };
+            let answer = pending.need().perform(kv);
+            progress = pending.resume(answer);
         }
     }
 
@@ -326,17 +368,19 @@ impl Gate {
         match self.scope(routed, record) {
             Err(error) => self.finish(error, Some(record.name), routed.limited, now),
             Ok(Scoped::Me(decision)) => Progress::Done(decision),
-            Ok(Scoped::Sessions(admission)) => match self.full_until.verdict(now) {
-                Some(full) => Progress::Done(self.complete(admission, Ok(full))),
-                None => Progress::Pending(Pending {
-                    gate: self,
-                    now,
-                    phase: Phase::Limiter {
-                        admission,
-                        cas: Cas::new(),
-                    },
-                }),
-            },
+            Ok(Scoped::Sessions(admission)) => {
+                match self.full_until.verdict(now).filter(|_| routed.memo) {
+                    Some(full) => Progress::Done(self.complete(admission, Ok(full))),
+                    None => Progress::Pending(Pending {
+                        gate: self,
+                        now,
+                        phase: Phase::Limiter {
+                            admission,
+                            cas: Cas::new(),
+                        },
+                    }),
+                }
+            }
         }
     }
 
@@ -376,6 +420,17 @@ impl Gate {
 
 impl<'a> Answer<'a> {
     /// The answer to a swap or a create from a [`Kv`]'s result.
+    /// The same answer, owning what it holds (to keep it for a replay).
+    pub fn into_owned(self) -> Answer<'static> {
+        match self {
+            Answer::Value(entry) => Answer::Value(entry.map(Entry::into_owned)),
+            Answer::Written => Answer::Written,
+            Answer::Conflict => Answer::Conflict,
+            Answer::Revoked(revoked) => Answer::Revoked(revoked),
+            Answer::Failed(e) => Answer::Failed(e),
+        }
+    }
+
     pub fn written(result: Result<bool, KvError>) -> Answer<'a> {
         match result {
             Ok(true) => Answer::Written,

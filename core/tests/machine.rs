@@ -396,3 +396,57 @@ fn concurrent_failures_get_exactly_the_allowance() {
         Outcome::Denied(ErrorCode::RateLimited)
     );
 }
+
+/// A host that replays a decision (it cannot keep the `Pending` across
+/// callbacks) follows the answers it recorded, even when another request
+/// has since taught the gate that the window is full: the write it made is
+/// an admission, and stays one.
+#[test]
+fn a_replay_follows_its_answers_past_the_memo() {
+    let g = gate();
+    let auth = format!("Bearer {TOKEN}");
+    let values = [auth.as_bytes()];
+    let req = Request {
+        method: "GET",
+        target: "/v1/external/sessions/acme/s",
+        authorization: &values,
+        client: None,
+    };
+    let mut kv = MemoryKv::default();
+    // One decision, step by step, its answers recorded.
+    let mut answers = Vec::new();
+    let mut progress = g.start(&req, 1_000);
+    while let Progress::Pending(p) = progress {
+        let answer = match p.need() {
+            Need::Read { key } => Answer::Value(kv.get(key).unwrap().map(|e| e.into_owned())),
+            Need::Swap {
+                key,
+                version,
+                value,
+            } => Answer::written(kv.swap(key, version, value)),
+            Need::Create { key, value } => Answer::written(kv.create(key, value)),
+            other => panic!("{other:?}"),
+        };
+        answers.push(answer.clone());
+        progress = p.resume(answer);
+    }
+    let Progress::Done(first) = progress else {
+        unreachable!()
+    };
+    assert_eq!(first.outcome, Outcome::Allowed);
+    // The rest of the window fills; one more is refused, and remembered.
+    for _ in 1..N {
+        assert_eq!(g.decide(&req, 1_000, &mut kv).outcome, Outcome::Allowed);
+    }
+    let refused = g.decide(&req, 1_000, &mut kv);
+    assert_eq!(refused.outcome, Outcome::Denied(ErrorCode::RateLimited));
+    assert!(
+        matches!(g.start(&req, 1_000), Progress::Done(_)),
+        "the memo answers"
+    );
+    // The replay of the first decision is still the admission it was.
+    let Progress::Done(replayed) = g.replay(&req, 1_000, &answers) else {
+        panic!("the answers finish it");
+    };
+    assert_eq!(replayed.outcome, Outcome::Allowed);
+}

@@ -5,7 +5,8 @@
 use std::borrow::Cow;
 
 use sessiongate_core::{
-    Action, Entry, ErrorCode, Forward, Gate, Kv, KvError, Outcome, Request, Version,
+    Action, Answer, Decision, Entry, ErrorCode, Forward, Gate, Kv, KvError, LimiterStore, Outcome,
+    Progress, Request, Version, etcd,
 };
 
 use crate::header_block::HeaderBlock;
@@ -75,6 +76,16 @@ pub trait Host {
     /// Records the authenticated credential's name for the access log
     /// (Envoy: filter state `wasm.sessiongate_credential`).
     fn set_credential(&mut self, name: &str);
+    /// Sends `POST path` with a JSON `body` to the host's `cluster`
+    /// (`proxy_http_call`); its answer comes back through
+    /// [`on_callout_response`]. `Err`: the host refused to send it.
+    fn http_call(
+        &mut self,
+        cluster: &str,
+        path: &str,
+        body: &[u8],
+        timeout_ms: u32,
+    ) -> Result<(), String>;
 }
 
 /// Envoy's shared data as the gate's [`Kv`].
@@ -131,10 +142,30 @@ pub enum Next {
     Stop,
     /// Continue upstream; add these headers to the response.
     Continue(Vec<(&'static str, String)>),
+    /// A callout to the limiter's store is in flight: pause the request.
+    Wait,
+}
+
+/// A request waiting on the limiter's store: what it needs to decide again
+/// when the answer comes (the decision is replayed from the answers so far,
+/// as a paused stream cannot keep one that borrows its request).
+#[derive(Debug)]
+pub struct Waiting {
+    method: String,
+    target: String,
+    authorization: Vec<Vec<u8>>,
+    client: Option<String>,
+    now: u64,
+    answers: Vec<Answer<'static>>,
+    sent: Option<etcd::Sent>,
 }
 
 /// The request-headers phase.
-pub fn on_request_headers<H: Host>(gate: &Gate, host: &mut H) -> Next {
+pub fn on_request_headers<H: Host>(
+    gate: &Gate,
+    host: &mut H,
+    waiting: &mut Option<Waiting>,
+) -> Next {
     let headers = host.request_headers();
     let pseudo = |name: &str| {
         headers
@@ -151,6 +182,22 @@ pub fn on_request_headers<H: Host>(gate: &Gate, host: &mut H) -> Next {
         .collect();
     let now = host.now_ms();
     let client = host.source_address();
+    if let LimiterStore::Etcd { .. } = gate.limiter_store() {
+        let mut w = Waiting {
+            method: method.to_owned(),
+            target: target.to_owned(),
+            authorization: authorization.iter().map(|v| v.to_vec()).collect(),
+            client,
+            now,
+            answers: Vec::new(),
+            sent: None,
+        };
+        let next = drive(gate, host, &mut w);
+        if next == Next::Wait {
+            *waiting = Some(w);
+        }
+        return next;
+    }
     let decision = gate.decide(
         &Request {
             method,
@@ -161,6 +208,93 @@ pub fn on_request_headers<H: Host>(gate: &Gate, host: &mut H) -> Next {
         now,
         &mut SharedData(host),
     );
+    carry_out(decision, host)
+}
+
+/// A callout's answer (`status`: `None` when the call failed): the decision
+/// goes on. [`Next::Continue`]: the host lets the paused request go on.
+pub fn on_callout_response<H: Host>(
+    gate: &Gate,
+    host: &mut H,
+    waiting: &mut Option<Waiting>,
+    status: Option<u16>,
+    body: &[u8],
+) -> Next {
+    let Some(mut w) = waiting.take() else {
+        host.log(LogLevel::Warn, "a callout answered for no waiting request");
+        return Next::Stop;
+    };
+    let Some(sent) = w.sent.take() else {
+        host.log(LogLevel::Warn, "a callout answered that was not sent");
+        return Next::Stop;
+    };
+    w.answers.push(etcd::answer(sent, status, body));
+    let next = drive(gate, host, &mut w);
+    if next == Next::Wait {
+        *waiting = Some(w);
+    }
+    next
+}
+
+/// Replays the decision through the answers so far and takes it on: steps
+/// on the guard's buckets on shared data at once, a step on the limiter's
+/// log as a callout to etcd (then [`Next::Wait`]), and the decision, once
+/// made, carried out.
+fn drive<H: Host>(gate: &Gate, host: &mut H, w: &mut Waiting) -> Next {
+    let LimiterStore::Etcd {
+        cluster,
+        key: etcd_key,
+        timeout_ms,
+    } = gate.limiter_store()
+    else {
+        return Next::Stop;
+    };
+    let Waiting {
+        method,
+        target,
+        authorization,
+        client,
+        now,
+        answers,
+        sent,
+        ..
+    } = w;
+    let authorization: Vec<&[u8]> = authorization.iter().map(Vec::as_slice).collect();
+    let req = Request {
+        method,
+        target,
+        authorization: &authorization,
+        client: client.as_deref(),
+    };
+    let mut progress = gate.replay(&req, *now, answers.iter());
+    loop {
+        let pending = match progress {
+            Progress::Done(decision) => return carry_out(decision, host),
+            Progress::Pending(pending) => pending,
+        };
+        let need = pending.need();
+        let answer = match need.key() {
+            Some(key) if key == LIMITER_KEY => {
+                let Some(call) = etcd::call(&need, etcd_key) else {
+                    return Next::Stop;
+                };
+                match host.http_call(cluster, call.path, call.body.as_bytes(), *timeout_ms) {
+                    Ok(()) => {
+                        *sent = Some(call.sent);
+                        return Next::Wait;
+                    }
+                    Err(e) => Answer::Failed(KvError(format!("cannot call {cluster}: {e}"))),
+                }
+            }
+            _ => need.perform(&mut SharedData(host)).into_owned(),
+        };
+        answers.push(answer.clone());
+        progress = pending.resume(answer);
+    }
+}
+
+/// Counts the decision, and answers the request or lets it through.
+fn carry_out<H: Host>(decision: Decision<'_>, host: &mut H) -> Next {
     if let Some(name) = &decision.credential {
         host.set_credential(name);
     }
@@ -232,6 +366,9 @@ mod tests {
         metrics: HashMap<String, u64>,
         logs: Vec<String>,
         fail_shared: bool,
+        /// Callouts sent: cluster, path, body, timeout.
+        calls: Vec<(String, String, String, u32)>,
+        refuse_calls: bool,
     }
 
     impl Host for Mock {
@@ -293,6 +430,21 @@ mod tests {
         fn source_address(&self) -> Option<String> {
             Some("10.0.0.9:4000".into())
         }
+        fn http_call(
+            &mut self,
+            cluster: &str,
+            path: &str,
+            body: &[u8],
+            timeout_ms: u32,
+        ) -> Result<(), String> {
+            if self.refuse_calls {
+                return Err("BadArgument".into());
+            }
+            let body = String::from_utf8_lossy(body).into_owned();
+            self.calls
+                .push((cluster.into(), path.into(), body, timeout_ms));
+            Ok(())
+        }
     }
 
     fn gate(backend: Backend) -> Gate {
@@ -340,7 +492,10 @@ mod tests {
     #[test]
     fn stub_reply_and_metrics() {
         let mut m = request(&[&format!("Bearer {TOKEN}")]);
-        assert_eq!(on_request_headers(&gate(Backend::Stub), &mut m), Next::Stop);
+        assert_eq!(
+            on_request_headers(&gate(Backend::Stub), &mut m, &mut None),
+            Next::Stop
+        );
         let (status, _, body) = m.reply.clone().unwrap();
         assert_eq!(status, 200);
         assert!(body.starts_with(b"{\"data\""));
@@ -351,7 +506,7 @@ mod tests {
     #[test]
     fn forward_strips_the_secret_and_replaces_identity_headers() {
         let mut m = request(&[&format!("Bearer {TOKEN}")]);
-        let next = on_request_headers(&gate(Backend::Upstream(None)), &mut m);
+        let next = on_request_headers(&gate(Backend::Upstream(None)), &mut m, &mut None);
         let Next::Continue(response_headers) = next else {
             panic!("{next:?}")
         };
@@ -375,7 +530,7 @@ mod tests {
     #[test]
     fn denials_count_by_code() {
         let mut m = request(&[]);
-        on_request_headers(&gate(Backend::Stub), &mut m);
+        on_request_headers(&gate(Backend::Stub), &mut m, &mut None);
         assert_eq!(m.reply.as_ref().map(|r| r.0), Some(401));
         assert_eq!(m.metrics.get("sessiongate_denied_unauthorized"), Some(&1));
     }
@@ -384,7 +539,7 @@ mod tests {
     fn shared_data_failure_is_503() {
         let mut m = request(&[&format!("Bearer {TOKEN}")]);
         m.fail_shared = true;
-        on_request_headers(&gate(Backend::Stub), &mut m);
+        on_request_headers(&gate(Backend::Stub), &mut m, &mut None);
         assert_eq!(m.reply.as_ref().map(|r| r.0), Some(503));
         assert_eq!(
             m.metrics.get("sessiongate_denied_limiter_unavailable"),
@@ -397,17 +552,17 @@ mod tests {
         let g = gate(Backend::Stub);
         let mut m = request(&["Bearer fus_0000000000000000000000000000000000000000"]);
         for _ in 0..10 {
-            on_request_headers(&g, &mut m);
+            on_request_headers(&g, &mut m, &mut None);
             assert_eq!(m.reply.as_ref().map(|r| r.0), Some(401));
         }
-        on_request_headers(&g, &mut m);
+        on_request_headers(&g, &mut m, &mut None);
         let (status, headers, _) = m.reply.clone().unwrap();
         assert_eq!(status, 429);
         assert!(headers.iter().any(|(n, _)| n == "retry-after"));
         // Even a valid credential waits: the guard answers before any lookup.
         let mut valid = request(&[&format!("Bearer {TOKEN}")]);
         valid.shared = m.shared.clone();
-        on_request_headers(&g, &mut valid);
+        on_request_headers(&g, &mut valid, &mut None);
         assert_eq!(valid.reply.as_ref().map(|r| r.0), Some(429));
         // And none of it spent the global budget.
         let state = valid
@@ -429,7 +584,130 @@ mod tests {
         m.request
             .push(("authorization".into(), vec![0xff, 0xfe, b' ', 0x80]));
         m.request[1].1 = vec![b'/', 0xff];
-        on_request_headers(&gate(Backend::Stub), &mut m);
+        on_request_headers(&gate(Backend::Stub), &mut m, &mut None);
         assert_eq!(m.reply.as_ref().map(|r| r.0), Some(404));
+    }
+
+    fn etcd_gate(fail_open: bool) -> Gate {
+        Gate::new(GateConfig {
+            credentials: sessiongate_core::fixtures::token_set(TOKEN, "t").unwrap(),
+            limiter: LimiterStore::Etcd {
+                cluster: "etcd".into(),
+                key: "sg/limiter".into(),
+                timeout_ms: 250,
+            },
+            fail_open,
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    fn b64(bytes: &[u8]) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    }
+
+    fn last_body(m: &Mock) -> serde_json::Value {
+        serde_json::from_str(&m.calls.last().unwrap().2).unwrap()
+    }
+
+    /// The limiter on etcd: a read, then a create (absent key), each a
+    /// callout that pauses the request; the answer admits it.
+    #[test]
+    fn the_limiter_on_etcd_pauses_for_each_callout_and_admits() {
+        let g = etcd_gate(false);
+        let mut m = request(&[&format!("Bearer {TOKEN}")]);
+        let mut waiting = None;
+        assert_eq!(on_request_headers(&g, &mut m, &mut waiting), Next::Wait);
+        // The guard read its bucket in shared data first, at once: one callout only.
+        assert_eq!(m.calls.len(), 1);
+        let (cluster, path, _, timeout) = m.calls[0].clone();
+        assert_eq!(
+            (cluster.as_str(), path.as_str(), timeout),
+            ("etcd", "/v3/kv/range", 250)
+        );
+        assert_eq!(last_body(&m)["key"], b64(b"sg/limiter"));
+        let absent = br#"{"header":{"revision":"1"}}"#;
+        assert_eq!(
+            on_callout_response(&g, &mut m, &mut waiting, Some(200), absent),
+            Next::Wait
+        );
+        assert_eq!(m.calls[1].1, "/v3/kv/txn");
+        assert_eq!(last_body(&m)["compare"][0]["target"], "CREATE");
+        assert!(m.reply.is_none(), "still waiting");
+        let won = br#"{"header":{"revision":"2"},"succeeded":true}"#;
+        assert_eq!(
+            on_callout_response(&g, &mut m, &mut waiting, Some(200), won),
+            Next::Stop
+        );
+        assert_eq!(m.reply.as_ref().map(|r| r.0), Some(200), "the stub's page");
+        assert_eq!(m.metrics.get("sessiongate_allowed"), Some(&1));
+        assert!(waiting.is_none());
+    }
+
+    /// A lost txn comes back with the winner's value: the next write
+    /// compares its revision, with no read in between.
+    #[test]
+    fn a_lost_write_retries_on_the_value_it_came_back_with() {
+        let g = etcd_gate(false);
+        let mut m = request(&[&format!("Bearer {TOKEN}")]);
+        let mut waiting = None;
+        on_request_headers(&g, &mut m, &mut waiting);
+        let empty = sessiongate_core::limiter_log::encode(&[]);
+        let found = format!(
+            r#"{{"header":{{}},"kvs":[{{"mod_revision":"7","value":"{}"}}]}}"#,
+            b64(&empty)
+        );
+        on_callout_response(&g, &mut m, &mut waiting, Some(200), found.as_bytes());
+        assert_eq!(last_body(&m)["compare"][0]["mod_revision"], "7");
+        let lost = format!(
+            r#"{{"header":{{}},"responses":[{{"response_range":{{"kvs":[{{"mod_revision":"9","value":"{}"}}]}}}}]}}"#,
+            b64(&empty)
+        );
+        let next = on_callout_response(&g, &mut m, &mut waiting, Some(200), lost.as_bytes());
+        assert_eq!(next, Next::Wait);
+        assert_eq!(m.calls.len(), 3, "read, write, write: no second read");
+        assert_eq!(last_body(&m)["compare"][0]["mod_revision"], "9");
+    }
+
+    /// Every way a callout can fail is a 503 (fail closed), or an admission
+    /// with fail_open; a call the host refuses to send fails at once.
+    #[test]
+    fn every_callout_failure_fails_closed_or_open() {
+        let failures: [(Option<u16>, &[u8]); 4] = [
+            (None, b""),
+            (Some(503), b"{\"error\":\"etcdserver: request timed out\"}"),
+            (Some(200), b"not json"),
+            (Some(200), b"{\"kvs\":[{\"mod_revision\":\"x\"}]}"),
+        ];
+        for fail_open in [false, true] {
+            let g = etcd_gate(fail_open);
+            for (status, body) in failures {
+                let mut m = request(&[&format!("Bearer {TOKEN}")]);
+                let mut waiting = None;
+                on_request_headers(&g, &mut m, &mut waiting);
+                let next = on_callout_response(&g, &mut m, &mut waiting, status, body);
+                assert_eq!(next, Next::Stop);
+                let expected = if fail_open { 200 } else { 503 };
+                assert_eq!(m.reply.as_ref().map(|r| r.0), Some(expected), "{status:?}");
+            }
+            let mut m = request(&[&format!("Bearer {TOKEN}")]);
+            m.refuse_calls = true;
+            assert_eq!(on_request_headers(&g, &mut m, &mut None), Next::Stop);
+            let expected = if fail_open { 200 } else { 503 };
+            assert_eq!(m.reply.as_ref().map(|r| r.0), Some(expected));
+        }
+    }
+
+    /// Answers that belong to no waiting request change nothing.
+    #[test]
+    fn a_stray_callout_answer_is_ignored() {
+        let g = etcd_gate(false);
+        let mut m = request(&[]);
+        assert_eq!(
+            on_callout_response(&g, &mut m, &mut None, Some(200), b"{}"),
+            Next::Stop
+        );
+        assert!(m.reply.is_none());
     }
 }

@@ -70,6 +70,7 @@ unsafe extern "C" {
         return_buffer_size: *mut usize,
     ) -> u32;
     fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
+    fn proxy_continue_stream(stream_type: u32) -> u32;
     fn proxy_log(level: u32, message_data: *const u8, message_size: usize) -> u32;
     fn proxy_define_metric(
         metric_type: u32,
@@ -180,6 +181,40 @@ pub fn increment(id: u32) {
 }
 
 const MAP_REQUEST_HEADERS: u32 = 0;
+const MAP_HTTP_CALL_RESPONSE_HEADERS: u32 = 6;
+const BUFFER_HTTP_CALL_RESPONSE_BODY: u32 = 4;
+const STREAM_HTTP_REQUEST: u32 = 0;
+
+/// Lets a paused request go on upstream (`proxy_continue_stream`).
+pub fn continue_request() -> Result<(), String> {
+    // SAFETY: no pointers.
+    let status = unsafe { proxy_continue_stream(STREAM_HTTP_REQUEST) };
+    status_result("proxy_continue_stream", status)
+}
+
+/// The `:status` of the callout response being delivered; `None` when the
+/// call got no response (the host gives no headers then).
+pub fn http_call_response_status() -> Option<u16> {
+    // SAFETY: the return pointers are the helper's live locals.
+    let (_, bytes) = with_returned_buffer(|data, size| unsafe {
+        proxy_get_header_map_pairs(MAP_HTTP_CALL_RESPONSE_HEADERS, data, size)
+    });
+    let block = crate::header_block::HeaderBlock::new(bytes?);
+    let status = block.get(":status")?;
+    std::str::from_utf8(status).ok()?.parse().ok()
+}
+
+/// The body of the callout response being delivered (empty if none).
+pub fn http_call_response_body(size: usize) -> Vec<u8> {
+    if size == 0 {
+        return Vec::new();
+    }
+    // SAFETY: the return pointers are the helper's live locals.
+    let (_, bytes) = with_returned_buffer(|data, returned| unsafe {
+        proxy_get_buffer_bytes(BUFFER_HTTP_CALL_RESPONSE_BODY, 0, size, data, returned)
+    });
+    bytes.unwrap_or_default()
+}
 
 /// Answers the request from the filter. The SDK's wrapper panics on any
 /// status but `Ok`, and a panic kills the worker's VM: here it is an error.

@@ -99,6 +99,7 @@ impl RootContext for Root {
             gate,
             metrics: self.metrics.clone(),
             response_headers: Vec::new(),
+            waiting: None,
         }))
     }
 
@@ -111,6 +112,8 @@ struct Request {
     gate: Rc<Gate>,
     metrics: Metrics,
     response_headers: Vec<(&'static str, String)>,
+    /// The decision waiting on a callout to the limiter's store.
+    waiting: Option<filter::Waiting>,
 }
 
 /// The host calls of the SDK behind the filter's [`Host`] trait.
@@ -152,6 +155,29 @@ impl Host for Wasm {
     fn source_address(&self) -> Option<String> {
         raw::get_property(b"source\0address")
     }
+    /// Through the SDK, whose dispatcher must know the call's token to route
+    /// its answer here. Its wrapper panics only on a status that neither
+    /// Envoy nor `serve` returns for this call (they answer Ok, BadArgument
+    /// or InternalFailure).
+    fn http_call(
+        &mut self,
+        cluster: &str,
+        path: &str,
+        body: &[u8],
+        timeout_ms: u32,
+    ) -> Result<(), String> {
+        let headers = vec![
+            (":method", "POST"),
+            (":path", path),
+            (":authority", cluster),
+            ("content-type", "application/json"),
+        ];
+        let timeout = std::time::Duration::from_millis(u64::from(timeout_ms));
+        proxy_wasm::hostcalls::dispatch_http_call(cluster, headers, Some(body), vec![], timeout)
+            .map(|_token| ())
+            .map_err(|status| format!("proxy_http_call: {status:?}"))
+    }
+
     fn set_credential(&mut self, name: &str) {
         raw::set_property("sessiongate_credential", name.as_bytes());
     }
@@ -168,15 +194,42 @@ impl Host for Wasm {
     }
 }
 
-impl Context for Request {}
+impl Context for Request {
+    fn on_http_call_response(
+        &mut self,
+        _token_id: u32,
+        num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let mut host = Wasm {
+            metrics: self.metrics.clone(),
+        };
+        // No headers: the call failed (reset, timeout, no host).
+        let status = if num_headers == 0 {
+            None
+        } else {
+            raw::http_call_response_status()
+        };
+        let body = raw::http_call_response_body(body_size);
+        let next =
+            filter::on_callout_response(&self.gate, &mut host, &mut self.waiting, status, &body);
+        if let Next::Continue(headers) = next {
+            self.response_headers = headers;
+            if let Err(e) = raw::continue_request() {
+                log(LogLevel::Error, &format!("cannot resume the request: {e}"));
+            }
+        }
+    }
+}
 
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let mut host = Wasm {
             metrics: self.metrics.clone(),
         };
-        match filter::on_request_headers(&self.gate, &mut host) {
-            Next::Stop => Action::Pause,
+        match filter::on_request_headers(&self.gate, &mut host, &mut self.waiting) {
+            Next::Stop | Next::Wait => Action::Pause,
             Next::Continue(headers) => {
                 self.response_headers = headers;
                 Action::Continue

@@ -1,0 +1,310 @@
+//! The gate's shared state on etcd, as etcd's v3 HTTP/JSON gateway speaks
+//! it: a step of a decision ([`Need`]) as one gateway call, and the
+//! gateway's answer as an [`Answer`]. Sans-IO: the filter sends the call
+//! with `proxy_http_call`, any other host with its own client.
+//!
+//! - A read is `POST /v3/kv/range {"key"}`; the version a decision sees is
+//!   the key's `mod_revision`.
+//! - A swap is `POST /v3/kv/txn` comparing `mod_revision` to that version; a
+//!   create compares `create_revision` to 0 (the key does not exist). The
+//!   txn's failure branch reads the key, so a lost write comes back with
+//!   what won: one round trip, not two.
+//! - Facts of the gateway (etcd 3.4 on): keys and values are base64, int64
+//!   fields are JSON strings, `succeeded` is left out when the compare
+//!   failed, `kvs` when no key matched.
+
+use std::borrow::Cow;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::Deserialize;
+
+use crate::kv::{Entry, KvError};
+use crate::pending::{Answer, Need};
+
+/// The gateway's paths.
+pub const RANGE: &str = "/v3/kv/range";
+pub const TXN: &str = "/v3/kv/txn";
+
+/// What a call was, to read its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    Read,
+    Write,
+}
+
+/// One gateway call: `POST path` with a JSON body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    pub path: &'static str,
+    pub body: String,
+    pub sent: Sent,
+}
+
+/// The call that performs `need` on the etcd key `key` (the host chooses
+/// the key a gate key lives under). `None` for what etcd does not hold (a
+/// revocation check).
+pub fn call(need: &Need<'_>, key: &str) -> Option<Call> {
+    let key = BASE64.encode(key);
+    let (path, body, sent) = match need {
+        Need::Read { .. } => (RANGE, format!(r#"{{"key":"{key}"}}"#), Sent::Read),
+        Need::Swap { version, value, .. } => (
+            TXN,
+            txn(
+                &key,
+                &format!(r#""target":"MOD","mod_revision":"{version}""#),
+                value,
+            ),
+            Sent::Write,
+        ),
+        Need::Create { value, .. } => (
+            TXN,
+            txn(&key, r#""target":"CREATE","create_revision":"0""#, value),
+            Sent::Write,
+        ),
+        Need::Revoked { .. } => return None,
+    };
+    Some(Call { path, body, sent })
+}
+
+fn txn(key: &str, compare: &str, value: &[u8]) -> String {
+    let value = BASE64.encode(value);
+    format!(
+        concat!(
+            r#"{{"compare":[{{"key":"{key}","result":"EQUAL",{compare}}}],"#,
+            r#""success":[{{"request_put":{{"key":"{key}","value":"{value}"}}}}],"#,
+            r#""failure":[{{"request_range":{{"key":"{key}"}}}}]}}"#
+        ),
+        key = key,
+        compare = compare,
+        value = value
+    )
+}
+
+/// What the gateway's answer to a call means for the decision. `status`
+/// is the HTTP status; `None` when the call got no response at all (reset,
+/// timeout, no member reachable).
+pub fn answer(sent: Sent, status: Option<u16>, body: &[u8]) -> Answer<'static> {
+    match status {
+        Some(200) => {}
+        Some(status) => return failed(format!("etcd answered {status}: {}", excerpt(body))),
+        None => return failed("etcd did not answer".to_owned()),
+    }
+    let parsed = match sent {
+        Sent::Read => serde_json::from_slice::<Range>(body)
+            .map_err(|e| e.to_string())
+            .and_then(|range| range.entry().map(Answer::Value)),
+        Sent::Write => serde_json::from_slice::<Txn>(body)
+            .map_err(|e| e.to_string())
+            .and_then(Txn::answer),
+    };
+    parsed.unwrap_or_else(|e| {
+        failed(format!(
+            "etcd's answer does not parse ({e}): {}",
+            excerpt(body)
+        ))
+    })
+}
+
+fn failed(message: String) -> Answer<'static> {
+    Answer::Failed(KvError(message))
+}
+
+fn excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    text.chars().take(200).collect()
+}
+
+#[derive(Deserialize)]
+struct Range {
+    #[serde(default)]
+    kvs: Vec<KeyValue>,
+}
+
+impl Range {
+    fn entry(self) -> Result<Option<Entry<'static>>, String> {
+        self.kvs.into_iter().next().map(KeyValue::entry).transpose()
+    }
+}
+
+#[derive(Deserialize)]
+struct KeyValue {
+    mod_revision: String,
+    /// Left out for an empty value.
+    #[serde(default)]
+    value: String,
+}
+
+impl KeyValue {
+    fn entry(self) -> Result<Entry<'static>, String> {
+        let version = self
+            .mod_revision
+            .parse()
+            .map_err(|_| format!("mod_revision {:?} is not a number", self.mod_revision))?;
+        let value = BASE64
+            .decode(&self.value)
+            .map_err(|e| format!("value is not base64: {e}"))?;
+        Ok(Entry {
+            value: Cow::Owned(value),
+            version,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct Txn {
+    #[serde(default)]
+    succeeded: bool,
+    #[serde(default)]
+    responses: Vec<TxnResponse>,
+    /// etcd 3.4's gateway puts the header first; a body with neither it nor
+    /// `responses` is not a txn answer.
+    header: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct TxnResponse {
+    response_range: Option<Range>,
+}
+
+impl Txn {
+    fn answer(self) -> Result<Answer<'static>, String> {
+        if self.header.is_none() {
+            return Err("no header".to_owned());
+        }
+        if self.succeeded {
+            return Ok(Answer::Written);
+        }
+        // Lost: the failure branch read what is there now.
+        match self.responses.into_iter().find_map(|r| r.response_range) {
+            Some(range) => range.entry().map(Answer::Value),
+            None => Ok(Answer::Conflict),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b64(s: &str) -> String {
+        BASE64.encode(s)
+    }
+
+    #[test]
+    fn a_read_is_a_range_of_the_key() {
+        let c = call(&Need::Read { key: "ignored" }, "sessiongate/limiter/v1").unwrap();
+        assert_eq!((c.path, c.sent), (RANGE, Sent::Read));
+        let body: serde_json::Value = serde_json::from_str(&c.body).unwrap();
+        assert_eq!(body["key"], b64("sessiongate/limiter/v1"));
+    }
+
+    #[test]
+    fn a_swap_compares_mod_revision_and_reads_on_failure() {
+        let need = Need::Swap {
+            key: "k",
+            version: 42,
+            value: b"log",
+        };
+        let c = call(&need, "sg/k").unwrap();
+        assert_eq!((c.path, c.sent), (TXN, Sent::Write));
+        let body: serde_json::Value = serde_json::from_str(&c.body).unwrap();
+        let compare = &body["compare"][0];
+        assert_eq!(compare["key"], b64("sg/k"));
+        assert_eq!(compare["target"], "MOD");
+        assert_eq!(compare["result"], "EQUAL");
+        assert_eq!(compare["mod_revision"], "42", "int64 as a JSON string");
+        assert_eq!(body["success"][0]["request_put"]["value"], b64("log"));
+        assert_eq!(body["failure"][0]["request_range"]["key"], b64("sg/k"));
+    }
+
+    #[test]
+    fn a_create_compares_create_revision_to_zero() {
+        let c = call(
+            &Need::Create {
+                key: "k",
+                value: b"v",
+            },
+            "sg/k",
+        )
+        .unwrap();
+        let body: serde_json::Value = serde_json::from_str(&c.body).unwrap();
+        assert_eq!(body["compare"][0]["target"], "CREATE");
+        assert_eq!(body["compare"][0]["create_revision"], "0");
+    }
+
+    #[test]
+    fn a_revocation_check_is_not_etcds() {
+        let hash = crate::hash_secret(b"x");
+        assert_eq!(call(&Need::Revoked { hash: &hash }, "k"), None);
+    }
+
+    #[test]
+    fn range_answers() {
+        let found = format!(
+            r#"{{"header":{{"revision":"9"}},"kvs":[{{"key":"{}","create_revision":"3","mod_revision":"8","version":"2","value":"{}"}}],"count":"1"}}"#,
+            b64("k"),
+            b64("SGL2")
+        );
+        assert_eq!(
+            answer(Sent::Read, Some(200), found.as_bytes()),
+            Answer::Value(Some(Entry {
+                value: Cow::Owned(b"SGL2".to_vec()),
+                version: 8
+            }))
+        );
+        let absent = br#"{"header":{"revision":"9"}}"#;
+        assert_eq!(answer(Sent::Read, Some(200), absent), Answer::Value(None));
+    }
+
+    #[test]
+    fn txn_answers() {
+        let won = br#"{"header":{"revision":"10"},"succeeded":true,"responses":[{"response_put":{"header":{}}}]}"#;
+        assert_eq!(answer(Sent::Write, Some(200), won), Answer::Written);
+        // `succeeded` left out: the compare failed; the failure branch read the winner.
+        let lost = format!(
+            r#"{{"header":{{"revision":"11"}},"responses":[{{"response_range":{{"header":{{}},"kvs":[{{"key":"{}","mod_revision":"11","value":"{}"}}],"count":"1"}}}}]}}"#,
+            b64("k"),
+            b64("theirs")
+        );
+        assert_eq!(
+            answer(Sent::Write, Some(200), lost.as_bytes()),
+            Answer::Value(Some(Entry {
+                value: Cow::Owned(b"theirs".to_vec()),
+                version: 11
+            }))
+        );
+        // A create that lost to a key deleted since: absent now.
+        let gone = br#"{"header":{},"responses":[{"response_range":{"header":{}}}]}"#;
+        assert_eq!(answer(Sent::Write, Some(200), gone), Answer::Value(None));
+    }
+
+    #[test]
+    fn failures_are_failures() {
+        for (status, body) in [
+            (None, &b""[..]),
+            (Some(503), b"{\"error\":\"etcdserver: request timed out\"}"),
+            (Some(200), b"not json"),
+            (Some(200), b"{}"),
+            (
+                Some(200),
+                b"{\"header\":{},\"kvs\":[{\"mod_revision\":\"x\"}]}",
+            ),
+            (
+                Some(200),
+                b"{\"header\":{},\"kvs\":[{\"mod_revision\":\"1\",\"value\":\"***\"}]}",
+            ),
+        ] {
+            let sent = if body.starts_with(b"{\"header\":{},\"kvs") {
+                Sent::Read
+            } else {
+                Sent::Write
+            };
+            assert!(
+                matches!(answer(sent, status, body), Answer::Failed(_)),
+                "{status:?} {}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+}
