@@ -56,7 +56,9 @@ fn filter(c: &mut Criterion) {
         b.iter(
             || match vm.on_request(black_box(headers()), None).unwrap() {
                 RequestPhase::Reply(reply, _) => assert_eq!(reply.status, 429),
-                RequestPhase::Continue { .. } => panic!("expected 429"),
+                RequestPhase::Continue { .. } | RequestPhase::Paused { .. } => {
+                    panic!("expected 429")
+                }
             },
         )
     });
@@ -80,6 +82,7 @@ fn filter(c: &mut Criterion) {
                     black_box(vm.on_response(context, response).unwrap());
                 }
                 RequestPhase::Reply(r, _) => panic!("expected a forward, got {}", r.status),
+                RequestPhase::Paused { .. } => panic!("shared data needs no callout"),
             },
         )
     });

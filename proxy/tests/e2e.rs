@@ -261,3 +261,29 @@ fn check_loads_a_store_or_names_the_wrong_record() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no token store at"));
 }
+
+/// `plugin/envoy-fleet.yaml`: its filter configuration is one the gate
+/// takes, with the limiter on etcd through a cluster the file defines.
+#[test]
+fn the_fleet_envoy_config_names_a_cluster_it_defines() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugin/envoy-fleet.yaml");
+    let yaml = std::fs::read_to_string(path).unwrap();
+    let start = yaml.find("value: |").unwrap() + "value: |".len();
+    let end = yaml.find("# END sessiongate configuration").unwrap();
+    let config = sessiongate_core::GateConfig::from_json(&yaml.as_bytes()[start..end]).unwrap();
+    let sessiongate_core::LimiterStore::Etcd {
+        cluster,
+        timeout_ms,
+        ..
+    } = &config.limiter
+    else {
+        panic!("the fleet file keeps the limiter in shared data");
+    };
+    assert!(*timeout_ms > 0, "Envoy reads 0 as no timeout");
+    assert!(
+        yaml.contains(&format!("  - name: {cluster}\n"))
+            && yaml.contains(&format!("cluster_name: {cluster}\n")),
+        "no cluster {cluster} in envoy-fleet.yaml"
+    );
+    assert_eq!(yaml.matches("socket_address: { address: etcd-").count(), 3);
+}

@@ -5,7 +5,7 @@
 
 use wasmtime::{Caller, Extern, Linker, Memory, TypedFunc};
 
-use super::{LocalReply, VmState};
+use super::{Callout, LocalReply, VmState};
 
 /// Status codes of the ABI.
 #[repr(u32)]
@@ -20,6 +20,10 @@ pub enum Status {
 
 const MAP_REQUEST_HEADERS: u32 = 0;
 const MAP_RESPONSE_HEADERS: u32 = 2;
+const MAP_HTTP_CALL_RESPONSE_HEADERS: u32 = 6;
+const MAP_HTTP_CALL_RESPONSE_TRAILERS: u32 = 7;
+const BUFFER_HTTP_CALL_RESPONSE_BODY: u32 = 4;
+const STREAM_HTTP_REQUEST: u32 = 0;
 const BUFFER_VM_CONFIGURATION: u32 = 6;
 const BUFFER_PLUGIN_CONFIGURATION: u32 = 7;
 
@@ -149,6 +153,8 @@ fn header_map(state: &mut VmState, map: u32) -> Option<&mut Vec<(String, Vec<u8>
     match map {
         MAP_REQUEST_HEADERS => Some(&mut stream.request_headers),
         MAP_RESPONSE_HEADERS => Some(&mut stream.response_headers),
+        MAP_HTTP_CALL_RESPONSE_HEADERS => stream.call_response.as_mut().map(|r| &mut r.headers),
+        MAP_HTTP_CALL_RESPONSE_TRAILERS => stream.call_response.as_mut().map(|r| &mut r.trailers),
         _ => None,
     }
 }
@@ -188,11 +194,80 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             status(Status::Ok)
         },
     )?;
-    for name in ["proxy_continue_stream", "proxy_close_stream"] {
-        linker.func_wrap("env", name, |_: Ctx<'_>, _t: u32| -> u32 {
-            status(Status::Ok)
-        })?;
-    }
+    // A paused request goes on upstream once the callback returns (Envoy
+    // resumes it then, not inside the call).
+    linker.func_wrap(
+        "env",
+        "proxy_continue_stream",
+        |mut c: Ctx<'_>, stream_type: u32| -> u32 {
+            if stream_type != STREAM_HTTP_REQUEST {
+                return status(Status::Ok);
+            }
+            let state = c.data_mut();
+            let ctx = state.effective;
+            match state.streams.get_mut(&ctx) {
+                Some(stream) => {
+                    stream.continued = true;
+                    status(Status::Ok)
+                }
+                None => status(Status::NotFound),
+            }
+        },
+    )?;
+    linker.func_wrap("env", "proxy_close_stream", |_: Ctx<'_>, _t: u32| -> u32 {
+        status(Status::Ok)
+    })?;
+    // As Envoy: an unknown cluster, or headers without `:method`, `:path`
+    // and `:authority`, is BadArgument; the call is made once the guest
+    // returns, and answered through `proxy_on_http_call_response`.
+    linker.func_wrap(
+        "env",
+        "proxy_http_call",
+        |mut c: Ctx<'_>,
+         up: u32,
+         ul: u32,
+         hp: u32,
+         hl: u32,
+         bp: u32,
+         bl: u32,
+         tp: u32,
+         tl: u32,
+         timeout_ms: u32,
+         token_ptr: u32|
+         -> u32 {
+            let cluster = read_string(&mut c, up, ul);
+            let headers = read(&mut c, hp, hl).and_then(|b| deserialize_map(&b));
+            let body = read(&mut c, bp, bl);
+            let trailers = read(&mut c, tp, tl).and_then(|b| deserialize_map(&b));
+            let (Some(cluster), Some(headers), Some(body), Some(_trailers)) =
+                (cluster, headers, body, trailers)
+            else {
+                return status(Status::BadArgument);
+            };
+            let has = |name: &str| headers.iter().any(|(k, v)| k == name && !v.is_empty());
+            if !c.data().clusters.contains(&cluster)
+                || !(has(":method") && has(":path") && has(":authority"))
+            {
+                return status(Status::BadArgument);
+            }
+            let state = c.data_mut();
+            let context = state.effective;
+            if !state.streams.contains_key(&context) {
+                return status(Status::BadArgument);
+            }
+            state.next_token = state.next_token.wrapping_add(1).max(1);
+            let token = state.next_token;
+            state.calls.push(Callout {
+                context,
+                token,
+                cluster,
+                headers,
+                body,
+                timeout_ms,
+            });
+            or_bad(write_u32(&mut c, token_ptr, token))
+        },
+    )?;
     linker.func_wrap("env", "proxy_done", |_: Ctx<'_>| -> u32 {
         status(Status::Ok)
     })?;
@@ -203,6 +278,18 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             let data = match kind {
                 BUFFER_PLUGIN_CONFIGURATION => c.data().plugin_config.clone(),
                 BUFFER_VM_CONFIGURATION => std::sync::Arc::new(Vec::new()),
+                BUFFER_HTTP_CALL_RESPONSE_BODY => {
+                    let state = c.data();
+                    let body = state
+                        .streams
+                        .get(&state.effective)
+                        .and_then(|s| s.call_response.as_ref())
+                        .map(|r| r.body.clone());
+                    match body {
+                        Some(body) => std::sync::Arc::new(body),
+                        None => return status(Status::NotFound),
+                    }
+                }
                 _ => return status(Status::NotFound),
             };
             let start = (start as usize).min(data.len());

@@ -7,7 +7,7 @@ mod abi;
 
 pub use crate::shared_data::{SharedData, SharedDataDown};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -79,6 +79,28 @@ pub struct LocalReply {
 /// Streams by context id.
 type Streams = HashMap<u32, Stream>;
 
+/// An HTTP call a filter made (`proxy_http_call`), for the host to send.
+#[derive(Debug, Clone)]
+pub struct Callout {
+    /// The stream that made it, and the token its answer goes back with.
+    pub context: u32,
+    pub token: u32,
+    pub cluster: String,
+    /// Pseudo-headers (`:method`, `:path`, `:authority`) and the rest.
+    pub headers: HeaderList,
+    pub body: Vec<u8>,
+    pub timeout_ms: u32,
+}
+
+/// A callout's answer as the filter reads it.
+#[derive(Debug, Clone, Default)]
+pub struct CallResponse {
+    /// With `:status`.
+    pub headers: HeaderList,
+    pub body: Vec<u8>,
+    pub trailers: HeaderList,
+}
+
 /// The host's view of one HTTP stream.
 #[derive(Default)]
 pub struct Stream {
@@ -88,6 +110,10 @@ pub struct Stream {
     pub source_address: Option<String>,
     /// What the filter set with `proxy_set_property` (path parts joined by `.`).
     pub properties: HashMap<String, Vec<u8>>,
+    /// The callout answer being delivered.
+    pub call_response: Option<CallResponse>,
+    /// The filter let the paused request go on (`proxy_continue_stream`).
+    pub continued: bool,
 }
 
 pub type LogSink = Arc<dyn Fn(u32, &str) + Send + Sync>;
@@ -120,6 +146,11 @@ pub struct VmState {
     metrics: Arc<Metrics>,
     log: LogSink,
     clock: Clock,
+    /// The clusters `proxy_http_call` may name.
+    clusters: Arc<HashSet<String>>,
+    /// Calls made during the current callback, for the host to send.
+    calls: Vec<Callout>,
+    next_token: u32,
 }
 
 /// The compiled filter and what every VM shares.
@@ -133,6 +164,8 @@ pub struct Plugin {
     log: LogSink,
     /// What `proxy_get_current_time_nanoseconds` answers in new VMs.
     pub clock: Clock,
+    /// The clusters `proxy_http_call` may name (Envoy's cluster names).
+    pub clusters: Arc<HashSet<String>>,
 }
 
 impl Plugin {
@@ -169,8 +202,8 @@ impl Plugin {
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut VmState| &mut s.wasi)
             .map_err(|e| anyhow!("{e:?}"))?;
         abi::add_to_linker(&mut linker).map_err(|e| anyhow!("{e:?}"))?;
-        // Imports the filter links but never calls (gRPC, queues, HTTP calls):
-        // calling one traps, and the host then replaces the VM.
+        // Imports the filter links but never calls (gRPC, queues): calling
+        // one traps, and the host then replaces the VM.
         linker
             .define_unknown_imports_as_traps(&module)
             .map_err(|e| anyhow!("{e:?}"))?;
@@ -182,6 +215,7 @@ impl Plugin {
             metrics: Arc::new(Metrics::default()),
             log,
             clock: system_clock(),
+            clusters: Arc::new(HashSet::new()),
         })
     }
 
@@ -198,6 +232,9 @@ impl Plugin {
             metrics: self.metrics.clone(),
             log: self.log.clone(),
             clock: self.clock.clone(),
+            clusters: self.clusters.clone(),
+            calls: Vec::new(),
+            next_token: 0,
         };
         let mut store = Store::new(&self.engine, state);
         let instance = self
@@ -284,6 +321,7 @@ struct Exports {
     on_configure: TypedFunc<(u32, u32), u32>,
     on_request_headers: TypedFunc<(u32, u32, u32), u32>,
     on_response_headers: TypedFunc<(u32, u32, u32), u32>,
+    on_http_call_response: TypedFunc<(u32, u32, u32, u32, u32), ()>,
     on_done: TypedFunc<u32, u32>,
     on_log: TypedFunc<u32, ()>,
     on_delete: TypedFunc<u32, ()>,
@@ -304,6 +342,7 @@ impl Exports {
             on_configure: get!("proxy_on_configure"),
             on_request_headers: get!("proxy_on_request_headers"),
             on_response_headers: get!("proxy_on_response_headers"),
+            on_http_call_response: get!("proxy_on_http_call_response"),
             on_done: get!("proxy_on_done"),
             on_log: get!("proxy_on_log"),
             on_delete: get!("proxy_on_delete"),
@@ -325,6 +364,9 @@ pub enum RequestPhase {
     Reply(LocalReply, HashMap<String, Vec<u8>>),
     /// Forward upstream with these (rewritten) headers; finish with `respond`.
     Continue { context: u32, headers: HeaderList },
+    /// The filter paused the request on these calls: send them, and hand
+    /// each answer back with [`Vm::on_call_response`].
+    Paused { context: u32, calls: Vec<Callout> },
 }
 
 impl Vm {
@@ -387,19 +429,74 @@ impl Vm {
                 return Err(e);
             }
         };
+        self.after_callback(context, action == ACTION_CONTINUE)
+    }
+
+    /// Delivers a callout's answer (`None`: the call failed: no response,
+    /// reset, timeout) to the filter, as Envoy does, and says what the
+    /// stream does next.
+    pub fn on_call_response(
+        &mut self,
+        context: u32,
+        token: u32,
+        response: Option<CallResponse>,
+    ) -> Result<RequestPhase> {
+        let (headers, body, trailers) = response.as_ref().map_or((0, 0, 0), |r| {
+            (r.headers.len(), r.body.len(), r.trailers.len())
+        });
+        match self.store.data_mut().streams.get_mut(&context) {
+            Some(stream) => stream.call_response = response,
+            None => bail!("no stream {context} for the callout's answer"),
+        }
+        self.store.data_mut().effective = context;
+        let result = self.call(|vm| {
+            vm.exports.on_http_call_response.call(
+                &mut vm.store,
+                (
+                    ROOT_CONTEXT,
+                    token,
+                    headers as u32,
+                    body as u32,
+                    trailers as u32,
+                ),
+            )
+        });
+        if let Some(stream) = self.store.data_mut().streams.get_mut(&context) {
+            stream.call_response = None;
+        }
+        if let Err(e) = result {
+            self.store.data_mut().streams.remove(&context);
+            return Err(e);
+        }
+        let continued = self
+            .store
+            .data_mut()
+            .streams
+            .get_mut(&context)
+            .is_some_and(|s| std::mem::take(&mut s.continued));
+        self.after_callback(context, continued)
+    }
+
+    /// After a callback on a request: its local reply, the calls it made, or
+    /// (if it let the request go on) the headers to forward with.
+    fn after_callback(&mut self, context: u32, continued: bool) -> Result<RequestPhase> {
         let reply = self
             .store
             .data_mut()
             .streams
             .get_mut(&context)
             .and_then(|s| s.local_reply.take());
+        let calls = std::mem::take(&mut self.store.data_mut().calls);
         if let Some(reply) = reply {
             let props = self.finish(context)?;
             return Ok(RequestPhase::Reply(reply, props));
         }
-        if action != ACTION_CONTINUE {
+        if !calls.is_empty() && !continued {
+            return Ok(RequestPhase::Paused { context, calls });
+        }
+        if !continued {
             self.finish(context)?;
-            bail!("the filter paused the request without answering it");
+            bail!("the filter paused the request without answering it or calling out");
         }
         let headers = self
             .store
@@ -508,6 +605,9 @@ mod tests {
                             .filter(|_| match vm.on_request(request(), None).unwrap() {
                                 RequestPhase::Reply(reply, _) => reply.status == 200,
                                 RequestPhase::Continue { .. } => panic!("stub backend forwarded"),
+                                RequestPhase::Paused { .. } => {
+                                    panic!("shared data needs no callout")
+                                }
                             })
                             .count()
                     })

@@ -147,7 +147,24 @@ async fn handle_filter(
     let method = req.method().clone();
     let headers = request_headers(&req);
     let vm = pool.pick();
-    let phase = pool.with_vm(vm, |v| v.on_request(headers, Some(peer.to_string())));
+    let mut phase = pool.with_vm(vm, |v| v.on_request(headers, Some(peer.to_string())));
+    // A paused request: its calls sent (the VM free for other requests
+    // meanwhile, as an Envoy worker is), each answer handed back, until the
+    // filter answers or lets the request go on.
+    while let Ok(RequestPhase::Paused { context, calls }) = phase {
+        phase = Err(anyhow!("the filter paused on no call"));
+        for call in calls {
+            let cluster = app.clusters.iter().find(|c| c.name() == call.cluster);
+            let response = match cluster {
+                Some(cluster) => cluster.send(&call).await,
+                None => None,
+            };
+            phase = pool.with_vm(vm, |v| v.on_call_response(context, call.token, response));
+            if !matches!(phase, Ok(RequestPhase::Paused { .. })) {
+                break;
+            }
+        }
+    }
     match phase {
         Ok(RequestPhase::Reply(reply, props)) => (
             build_response(reply.status, &reply.headers, Bytes::from(reply.body)),
@@ -180,7 +197,7 @@ async fn handle_filter(
                 Err(_) => (internal_error(), None),
             }
         }
-        Err(_) => (internal_error(), None),
+        Ok(RequestPhase::Paused { .. }) | Err(_) => (internal_error(), None),
     }
 }
 

@@ -9,6 +9,7 @@
 //! - [`access_log`]: off the request path.
 
 mod access_log;
+mod callout;
 mod handle;
 mod pool;
 mod settings;
@@ -85,6 +86,8 @@ struct App {
     backend: Backend,
     client: Client<HttpConnector, Full<Bytes>>,
     upstream_timeout: Duration,
+    /// The clusters the filter's `proxy_http_call`s go to (etcd's members).
+    clusters: Vec<callout::Cluster>,
 }
 
 impl App {
@@ -131,6 +134,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         backend: settings.gate.backend.clone(),
         client: Client::builder(TokioExecutor::new()).build_http(),
         upstream_timeout: settings.upstream_timeout,
+        clusters: clusters(&settings),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(settings.workers)
@@ -148,6 +152,16 @@ fn fail_shared_data_if_asked(shared: &crate::host::SharedData, settings: &Settin
     }
 }
 
+fn clusters(settings: &Settings) -> Vec<callout::Cluster> {
+    if settings.etcd.is_empty() {
+        return Vec::new();
+    }
+    vec![callout::Cluster::new(
+        settings::ETCD_CLUSTER,
+        settings.etcd.clone(),
+    )]
+}
+
 fn filter_runner(
     plugin: Option<&Path>,
     config: Arc<Vec<u8>>,
@@ -159,7 +173,14 @@ fn filter_runner(
         }
         None => EMBEDDED_PLUGIN.to_vec(),
     };
-    let plugin = Plugin::compile_cached(&wasm, Arc::new(log_line), module_cache_dir().as_deref())?;
+    let mut plugin =
+        Plugin::compile_cached(&wasm, Arc::new(log_line), module_cache_dir().as_deref())?;
+    plugin.clusters = Arc::new(
+        clusters(settings)
+            .iter()
+            .map(|c| c.name().to_owned())
+            .collect(),
+    );
     fail_shared_data_if_asked(&plugin.shared, settings);
     let vms = (0..settings.workers)
         .map(|i| plugin.start_vm(i, config.clone()).map(Mutex::new))

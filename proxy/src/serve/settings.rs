@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde::Deserialize;
-use sessiongate_core::{Backend, CredentialSet, GateConfig, LimitConfig};
+use sessiongate_core::{Backend, CredentialSet, GateConfig, LimitConfig, LimiterStore};
 
 use super::ServeArgs;
 
@@ -19,7 +19,7 @@ struct ServeConfig {
     listen: Option<String>,
     store: Option<PathBuf>,
     backend: Option<String>,
-    limit: Option<LimitConfig>,
+    limit: Option<LimitSection>,
     fail_open: Option<bool>,
     workers: Option<usize>,
     upstream_timeout_ms: Option<u64>,
@@ -29,6 +29,25 @@ struct ServeConfig {
     access_log: Option<bool>,
     testing: Option<Testing>,
 }
+
+/// `[limit]`: the budget, and where its state lives.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitSection {
+    requests: Option<u32>,
+    window_seconds: Option<u32>,
+    /// `"local"` (default: shared data inside this process) or `"etcd"`.
+    store: Option<String>,
+    /// The etcd members' client URLs (`store = "etcd"`).
+    etcd: Option<Vec<String>>,
+    /// The etcd key the log lives under.
+    key: Option<String>,
+    /// How long one call to etcd may take, failovers included.
+    timeout_ms: Option<u32>,
+}
+
+/// The cluster name the filter calls etcd by (as an Envoy cluster is named).
+pub(super) const ETCD_CLUSTER: &str = "sessiongate_etcd";
 
 /// Fault injection, for chaos tests of a deployment: never set in production.
 #[derive(Debug, Default, Deserialize)]
@@ -48,6 +67,8 @@ pub(super) struct Settings {
     pub(super) upstream_timeout: Duration,
     pub(super) fail_limiter_store: bool,
     pub(super) access_log: bool,
+    /// The etcd members, when the limiter lives there.
+    pub(super) etcd: Vec<String>,
 }
 
 pub(super) fn settings(args: &ServeArgs) -> Result<Settings> {
@@ -68,9 +89,49 @@ pub(super) fn settings(args: &ServeArgs) -> Result<Settings> {
     if backend == Backend::Upstream(None) {
         bail!("{name}: backend must be \"stub\" or an http:// URL for `serve`");
     }
+    let section = file.limit.unwrap_or_default();
+    let defaults = LimitConfig::default();
+    let limit = LimitConfig {
+        requests: section.requests.unwrap_or(defaults.requests),
+        window_seconds: section.window_seconds.unwrap_or(defaults.window_seconds),
+    };
+    let (limiter, etcd) = match section.store.as_deref().unwrap_or("local") {
+        "local" => {
+            if section.etcd.is_some() || section.key.is_some() || section.timeout_ms.is_some() {
+                bail!(
+                    "{name}: limit.etcd, limit.key and limit.timeout_ms need limit.store = \"etcd\""
+                );
+            }
+            (LimiterStore::SharedData, Vec::new())
+        }
+        "etcd" => {
+            let members = section.etcd.unwrap_or_default();
+            if members.is_empty() {
+                bail!("{name}: limit.store = \"etcd\" needs limit.etcd, the members' URLs");
+            }
+            for member in &members {
+                let uri: hyper::Uri = member
+                    .parse()
+                    .map_err(|e| anyhow!("{name}: limit.etcd: {member:?}: {e}"))?;
+                if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+                    bail!("{name}: limit.etcd: {member:?} is not an http://host:port URL");
+                }
+            }
+            let store = LimiterStore::Etcd {
+                cluster: ETCD_CLUSTER.to_owned(),
+                key: section
+                    .key
+                    .unwrap_or_else(|| "sessiongate/limiter/v1".to_owned()),
+                timeout_ms: section.timeout_ms.unwrap_or(250),
+            };
+            (store, members)
+        }
+        other => bail!("{name}: limit.store must be \"local\" or \"etcd\", not {other:?}"),
+    };
     let gate = GateConfig {
         credentials: CredentialSet::default(),
-        limit: file.limit.unwrap_or_default(),
+        limit,
+        limiter,
         backend,
         fail_open: file.fail_open.unwrap_or(false),
         stub_sessions_per_site: file
@@ -96,6 +157,7 @@ pub(super) fn settings(args: &ServeArgs) -> Result<Settings> {
         upstream_timeout: Duration::from_millis(file.upstream_timeout_ms.unwrap_or(10_000)),
         fail_limiter_store: file.testing.is_some_and(|t| t.fail_limiter_store),
         access_log: args.access_log || file.access_log.unwrap_or(false),
+        etcd,
     })
 }
 

@@ -1,0 +1,127 @@
+//! The filter's `proxy_http_call`s, sent as Envoy sends them to a cluster:
+//! to one member, failing over to the next on a connect error or a 503 (as
+//! outlier detection would), all within the call's timeout. The member that
+//! last answered is tried first.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::Request;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::host::{CallResponse, Callout};
+
+/// A call with no timeout (0, as Envoy reads it) still ends: etcd without a
+/// quorum holds a request for seconds, and a paused request must be answered.
+const LONGEST_CALL: Duration = Duration::from_secs(30);
+
+/// One named cluster: its members' base URLs.
+pub(super) struct Cluster {
+    name: String,
+    members: Vec<String>,
+    preferred: AtomicUsize,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Cluster {
+    pub(super) fn new(name: &str, members: Vec<String>) -> Cluster {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_millis(500)));
+        Cluster {
+            name: name.to_owned(),
+            members: members
+                .into_iter()
+                .map(|m| m.trim_end_matches('/').to_owned())
+                .collect(),
+            preferred: AtomicUsize::new(0),
+            client: Client::builder(TokioExecutor::new()).build(connector),
+        }
+    }
+
+    pub(super) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Sends `call` and reads its whole answer; `None` when no member
+    /// answered in time (the filter then sees a failed call).
+    pub(super) async fn send(&self, call: &Callout) -> Option<CallResponse> {
+        let timeout = match call.timeout_ms {
+            0 => LONGEST_CALL,
+            ms => Duration::from_millis(u64::from(ms)).min(LONGEST_CALL),
+        };
+        tokio::time::timeout(timeout, self.failover(call))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    async fn failover(&self, call: &Callout) -> Option<CallResponse> {
+        let first = self.preferred.load(Ordering::Relaxed);
+        let mut unavailable = None;
+        for i in 0..self.members.len() {
+            let at = (first + i) % self.members.len();
+            let Some(member) = self.members.get(at) else {
+                continue;
+            };
+            match self.exchange(member, call).await {
+                Some(response) if status(&response) != Some(503) => {
+                    self.preferred.store(at, Ordering::Relaxed);
+                    return Some(response);
+                }
+                // A 503 is kept in case every member answers so.
+                Some(response) => unavailable = Some(response),
+                None => {}
+            }
+        }
+        unavailable
+    }
+
+    async fn exchange(&self, member: &str, call: &Callout) -> Option<CallResponse> {
+        let header = |name: &str| {
+            call.headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        };
+        let path = header(":path")?;
+        let method = header(":method")?;
+        let mut builder = Request::builder()
+            .method(method.as_str())
+            .uri(format!("{member}{path}"));
+        for (name, value) in &call.headers {
+            if !name.starts_with(':') {
+                builder = builder.header(name.as_str(), value.as_slice());
+            }
+        }
+        let request = builder
+            .body(Full::new(Bytes::from(call.body.clone())))
+            .ok()?;
+        let response = self.client.request(request).await.ok()?;
+        let mut headers = vec![(
+            ":status".to_owned(),
+            response.status().as_u16().to_string().into_bytes(),
+        )];
+        headers.extend(
+            response
+                .headers()
+                .iter()
+                .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec())),
+        );
+        let body = response.into_body().collect().await.ok()?.to_bytes();
+        Some(CallResponse {
+            headers,
+            body: body.to_vec(),
+            trailers: Vec::new(),
+        })
+    }
+}
+
+fn status(response: &CallResponse) -> Option<u16> {
+    let (_, value) = response.headers.iter().find(|(k, _)| k == ":status")?;
+    std::str::from_utf8(value).ok()?.parse().ok()
+}

@@ -1,0 +1,388 @@
+//! The fleet: several `serve` processes, each running the filter with the
+//! limiter on a real three-member etcd cluster (Debian's `etcd-server`,
+//! started here on free loopback ports), share one exact limit, and keep
+//! answering within the timeout when members die.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+mod common;
+
+use common::{Fixture, Server, fixture};
+use sessiongate_conformance::http::{Response, get, send_raw};
+
+const SESSIONS: &str = "/v1/external/sessions/acme/site-a";
+const LIMIT: usize = 5;
+const WINDOW: Duration = Duration::from_secs(2);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real etcd cluster: one process per member, data in `dir`.
+struct Etcd {
+    dir: PathBuf,
+    token: String,
+    clients: Vec<u16>,
+    peers: Vec<u16>,
+    members: Vec<Option<Child>>,
+}
+
+impl Etcd {
+    fn start(dir: &Path, size: usize) -> Etcd {
+        let binary = Command::new("etcd").arg("--version").output();
+        assert!(
+            binary.is_ok_and(|o| o.status.success()),
+            "etcd is not installed: `apt-get install etcd-server` (.ci/run does)"
+        );
+        let mut etcd = Etcd {
+            dir: dir.join(format!("etcd-{}", free_port())),
+            token: format!("sessiongate-test-{}", free_port()),
+            clients: (0..size).map(|_| free_port()).collect(),
+            peers: (0..size).map(|_| free_port()).collect(),
+            members: (0..size).map(|_| None).collect(),
+        };
+        for i in 0..size {
+            etcd.start_member(i);
+        }
+        etcd.wait_healthy(&(0..size).collect::<Vec<_>>());
+        etcd
+    }
+
+    fn start_member(&mut self, i: usize) {
+        let cluster: Vec<String> = self
+            .peers
+            .iter()
+            .enumerate()
+            .map(|(j, p)| format!("m{j}=http://127.0.0.1:{p}"))
+            .collect();
+        let client = format!("http://127.0.0.1:{}", self.clients[i]);
+        let peer = format!("http://127.0.0.1:{}", self.peers[i]);
+        let child = Command::new("etcd")
+            .args(["--name", &format!("m{i}")])
+            .arg("--data-dir")
+            .arg(self.dir.join(format!("m{i}")))
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &cluster.join(",")])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--initial-cluster-token", &self.token])
+            // Fast elections, so a lost leader is replaced within a window.
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args(["--logger", "zap", "--log-level", "error"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start etcd");
+        self.members[i] = Some(child);
+    }
+
+    fn urls(&self) -> Vec<String> {
+        self.clients
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .collect()
+    }
+
+    fn addr(&self, i: usize) -> SocketAddr {
+        format!("127.0.0.1:{}", self.clients[i]).parse().unwrap()
+    }
+
+    /// `POST path` with a JSON body to member `i`, through etcd's gateway.
+    fn post(&self, i: usize, path: &str, body: &str) -> Option<serde_json::Value> {
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: etcd\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let response = send_raw(self.addr(i), request.as_bytes()).ok()?;
+        (response.status == 200)
+            .then(|| response.json().ok())
+            .flatten()
+    }
+
+    fn wait_healthy(&self, members: &[usize]) {
+        let start = Instant::now();
+        for &i in members {
+            loop {
+                let healthy = get(self.addr(i), "/health", None)
+                    .is_ok_and(|r| r.status == 200 && r.text().contains("true"));
+                if healthy {
+                    break;
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "etcd member {i} never became healthy"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    /// The member that leads now.
+    fn leader(&self) -> usize {
+        let start = Instant::now();
+        loop {
+            for i in 0..self.members.len() {
+                if self.members[i].is_none() {
+                    continue;
+                }
+                if let Some(status) = self.post(i, "/v3/maintenance/status", "{}")
+                    && status["leader"].as_str().is_some()
+                    && status["leader"] == status["header"]["member_id"]
+                {
+                    return i;
+                }
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "no leader");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
+
+fn config(etcd: &[String], fail_open: bool) -> String {
+    let members: Vec<String> = etcd.iter().map(|u| format!("{u:?}")).collect();
+    format!(
+        "fail_open = {fail_open}\n[limit]\nrequests = {LIMIT}\nwindow_seconds = {}\nstore = \"etcd\"\netcd = [{}]\ntimeout_ms = 500\n[guard]\nfailures = 0\n",
+        WINDOW.as_secs(),
+        members.join(", ")
+    )
+}
+
+fn serves(fx: &Fixture, etcd: &[String], n: usize, fail_open: bool) -> Vec<Server> {
+    let config = config(etcd, fail_open);
+    (0..n)
+        .map(|_| Server::start(&fx.dir, &fx.store, &config, 2))
+        .collect()
+}
+
+/// What many clients saw, spread over every server, for `run`.
+struct Load {
+    /// (sent, received) of each admitted request.
+    admitted: Vec<(Instant, Instant)>,
+    /// Status of every answer, and the slowest answer.
+    statuses: Vec<u16>,
+    slowest: Duration,
+}
+
+fn load(servers: &[SocketAddr], auth: &str, clients: usize, run: Duration) -> Load {
+    let admitted = Mutex::new(Vec::new());
+    let statuses = Mutex::new(Vec::new());
+    let slowest = Mutex::new(Duration::ZERO);
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for c in 0..clients {
+            let (admitted, statuses, slowest) = (&admitted, &statuses, &slowest);
+            s.spawn(move || {
+                let mut n = c;
+                while start.elapsed() < run {
+                    let addr = servers[n % servers.len()];
+                    n += 1;
+                    let sent = Instant::now();
+                    let status = get(addr, SESSIONS, Some(auth)).map_or(0, |r: Response| r.status);
+                    let received = Instant::now();
+                    {
+                        let mut slowest = slowest.lock().unwrap();
+                        *slowest = (*slowest).max(received - sent);
+                    }
+                    statuses.lock().unwrap().push(status);
+                    match status {
+                        200 => admitted.lock().unwrap().push((sent, received)),
+                        _ => std::thread::sleep(Duration::from_millis(20)),
+                    }
+                }
+            });
+        }
+    });
+    let mut admitted = admitted.into_inner().unwrap();
+    admitted.sort_by_key(|(_, received)| *received);
+    Load {
+        admitted,
+        statuses: statuses.into_inner().unwrap(),
+        slowest: slowest.into_inner().unwrap(),
+    }
+}
+
+/// Any LIMIT + 1 admissions span at least a window, measured from the first
+/// one's send to the last one's receipt (2 ms for the limiter's whole
+/// milliseconds, as in the hardening test).
+fn assert_no_window_over_the_limit(admitted: &[(Instant, Instant)]) {
+    for group in admitted.windows(LIMIT + 1) {
+        let span = group[LIMIT].1 - group[0].0;
+        assert!(
+            span + Duration::from_millis(2) >= WINDOW,
+            "{} admissions within {span:?} across the fleet",
+            LIMIT + 1
+        );
+    }
+}
+
+/// Three `serve`s, two VMs each, ~100 clients across them for several
+/// windows: one limit for the fleet, exact, and reached.
+#[test]
+fn three_serves_on_one_etcd_cluster_share_one_exact_limit() {
+    let fx = fixture();
+    let etcd = Etcd::start(&fx.dir, 3);
+    let servers = serves(&fx, &etcd.urls(), 3, false);
+    let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
+    let auth = format!("Bearer {}", fx.creds.token_all);
+    let run = Duration::from_millis(7_000);
+    let seen = load(&addrs, &auth, 96, run);
+    assert!(
+        seen.statuses.iter().all(|s| *s == 200 || *s == 429),
+        "only admissions and refusals: {:?}",
+        seen.statuses
+            .iter()
+            .filter(|s| **s != 200 && **s != 429)
+            .collect::<Vec<_>>()
+    );
+    assert_no_window_over_the_limit(&seen.admitted);
+    let windows = (run.as_millis() / WINDOW.as_millis()) as usize;
+    assert!(
+        seen.admitted.len() >= LIMIT * windows && seen.admitted.len() <= LIMIT * (windows + 1),
+        "{} admitted in {run:?} by the fleet: expected {}..={}",
+        seen.admitted.len(),
+        LIMIT * windows,
+        LIMIT * (windows + 1)
+    );
+}
+
+/// The leader dies mid-run: still exact, every request answered within the
+/// timeout (plus the fleet's own time), only 503 besides 200 and 429, and
+/// admissions go on once a new leader is elected.
+#[test]
+fn the_leader_dies_and_the_limit_stays_exact() {
+    let fx = fixture();
+    let mut etcd = Etcd::start(&fx.dir, 3);
+    let servers = serves(&fx, &etcd.urls(), 3, false);
+    let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
+    let auth = format!("Bearer {}", fx.creds.token_all);
+    let leader = etcd.leader();
+    let run = Duration::from_millis(8_000);
+    let seen = std::thread::scope(|s| {
+        let clients = s.spawn(|| load(&addrs, &auth, 96, run));
+        std::thread::sleep(Duration::from_millis(2_500));
+        etcd.kill(leader);
+        clients.join().unwrap()
+    });
+    let odd: Vec<&u16> = seen
+        .statuses
+        .iter()
+        .filter(|s| ![200, 429, 503].contains(*s))
+        .collect();
+    assert!(odd.is_empty(), "every request answered: {odd:?}");
+    assert!(
+        seen.slowest < Duration::from_millis(2_000),
+        "an answer took {:?} (timeout 500 ms)",
+        seen.slowest
+    );
+    assert_no_window_over_the_limit(&seen.admitted);
+    let last = seen.admitted.last().unwrap().1;
+    let first = seen.admitted.first().unwrap().0;
+    assert!(
+        last - first > run - WINDOW - WINDOW,
+        "admissions stopped after the leader died: {} admitted",
+        seen.admitted.len()
+    );
+}
+
+/// Quorum lost: 503 `limiter_unavailable` within the timeout, or admitted
+/// with fail_open; the members back, the fleet recovers without a restart.
+#[test]
+fn without_quorum_the_gate_fails_closed_and_recovers() {
+    let fx = fixture();
+    let mut etcd = Etcd::start(&fx.dir, 3);
+    let closed = serves(&fx, &etcd.urls(), 1, false).pop().unwrap();
+    let open = serves(&fx, &etcd.urls(), 1, true).pop().unwrap();
+    let auth = format!("Bearer {}", fx.creds.token_all);
+    assert_eq!(get(closed.addr, SESSIONS, Some(&auth)).unwrap().status, 200);
+    etcd.kill(1);
+    etcd.kill(2);
+    // Give the last member time to notice it leads nobody.
+    std::thread::sleep(Duration::from_millis(1_500));
+    let sent = Instant::now();
+    let r = get(closed.addr, SESSIONS, Some(&auth)).unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json().unwrap()["error"]["code"], "limiter_unavailable");
+    assert!(
+        sent.elapsed() < Duration::from_millis(1_500),
+        "{:?}",
+        sent.elapsed()
+    );
+    assert_eq!(get(open.addr, SESSIONS, Some(&auth)).unwrap().status, 200);
+    etcd.start_member(1);
+    etcd.start_member(2);
+    etcd.wait_healthy(&[0, 1, 2]);
+    let start = Instant::now();
+    loop {
+        let status = get(closed.addr, SESSIONS, Some(&auth)).unwrap().status;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the fleet did not recover: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// etcd not there yet when `serve` starts: it starts, fails closed, and
+/// admits once etcd appears.
+#[test]
+fn serve_starts_without_etcd_and_recovers_when_it_appears() {
+    let fx = fixture();
+    let clients: Vec<u16> = (0..1).map(|_| free_port()).collect();
+    let urls: Vec<String> = clients
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .collect();
+    let server = serves(&fx, &urls, 1, false).pop().unwrap();
+    let auth = format!("Bearer {}", fx.creds.token_all);
+    let r = get(server.addr, SESSIONS, Some(&auth)).unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(get(server.addr, "/me", Some(&auth)).unwrap().status, 200);
+    let mut etcd = Etcd {
+        dir: fx.dir.join("late-etcd"),
+        token: "sessiongate-late".to_owned(),
+        clients,
+        peers: vec![free_port()],
+        members: vec![None],
+    };
+    etcd.start_member(0);
+    etcd.wait_healthy(&[0]);
+    let start = Instant::now();
+    while get(server.addr, SESSIONS, Some(&auth)).unwrap().status != 200 {
+        assert!(start.elapsed() < Duration::from_secs(15), "never recovered");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
