@@ -624,4 +624,101 @@ mod tests {
             .map(|(_, v)| v);
         assert_eq!(denied, Some(1600 - 150));
     }
+
+    fn etcd_config() -> Arc<Vec<u8>> {
+        let config = GateConfig {
+            credentials: sessiongate_core::fixtures::token_set(TOKEN, "t").unwrap(),
+            limiter: sessiongate_core::LimiterStore::Etcd {
+                cluster: "etcd".into(),
+                key: "sg/limiter".into(),
+                timeout_ms: 250,
+            },
+            ..Default::default()
+        };
+        Arc::new(serde_json::to_vec(&config).unwrap())
+    }
+
+    fn plugin_with(clusters: &[&str]) -> Plugin {
+        let mut plugin =
+            Plugin::compile(crate::serve::EMBEDDED_PLUGIN, Arc::new(|_, _| {})).unwrap();
+        plugin.clusters = Arc::new(clusters.iter().map(|c| (*c).to_owned()).collect());
+        plugin
+    }
+
+    fn answer(status: &str, body: &str) -> Option<CallResponse> {
+        Some(CallResponse {
+            headers: vec![(":status".into(), status.as_bytes().to_vec())],
+            body: body.as_bytes().to_vec(),
+            trailers: Vec::new(),
+        })
+    }
+
+    /// The real filter on the host's callout half: a paused request, its
+    /// call as Envoy would send it, answers handed back, then the reply.
+    #[test]
+    fn a_callout_pauses_the_request_until_its_answer() {
+        let plugin = plugin_with(&["etcd"]);
+        let mut vm = plugin.start_vm(0, etcd_config()).unwrap();
+        let RequestPhase::Paused { context, calls } = vm.on_request(request(), None).unwrap()
+        else {
+            panic!("the filter should call etcd");
+        };
+        let [call] = &calls[..] else {
+            panic!("one call: {calls:?}")
+        };
+        let header = |n: &str| {
+            call.headers
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        };
+        assert_eq!(call.cluster, "etcd");
+        assert_eq!(header(":method").as_deref(), Some("POST"));
+        assert_eq!(header(":path").as_deref(), Some("/v3/kv/range"));
+        assert_eq!(header(":authority").as_deref(), Some("etcd"));
+        assert_eq!(call.timeout_ms, 250);
+        // Absent key: the filter creates it.
+        let phase = vm
+            .on_call_response(context, call.token, answer("200", r#"{"header":{}}"#))
+            .unwrap();
+        let RequestPhase::Paused { calls, .. } = phase else {
+            panic!("a write should follow");
+        };
+        let phase = vm
+            .on_call_response(
+                context,
+                calls[0].token,
+                answer("200", r#"{"header":{},"succeeded":true}"#),
+            )
+            .unwrap();
+        let RequestPhase::Reply(reply, _) = phase else {
+            panic!("the stub answers");
+        };
+        assert_eq!(reply.status, 200);
+    }
+
+    /// A call that fails (no answer) or a cluster the host does not know
+    /// (BadArgument, as Envoy answers): 503, the stream ended.
+    #[test]
+    fn failed_calls_and_unknown_clusters_fail_closed() {
+        let plugin = plugin_with(&["etcd"]);
+        let mut vm = plugin.start_vm(0, etcd_config()).unwrap();
+        let RequestPhase::Paused { context, calls } = vm.on_request(request(), None).unwrap()
+        else {
+            panic!("paused");
+        };
+        let RequestPhase::Reply(reply, _) =
+            vm.on_call_response(context, calls[0].token, None).unwrap()
+        else {
+            panic!("answered");
+        };
+        assert_eq!(reply.status, 503);
+        assert!(vm.store.data().streams.is_empty(), "the stream ended");
+
+        let mut vm = plugin_with(&[]).start_vm(0, etcd_config()).unwrap();
+        let RequestPhase::Reply(reply, _) = vm.on_request(request(), None).unwrap() else {
+            panic!("an unknown cluster is refused at once");
+        };
+        assert_eq!(reply.status, 503);
+    }
 }
