@@ -266,7 +266,13 @@ fn drive<H: Host>(gate: &Gate, host: &mut H, w: &mut Waiting) -> Next {
         authorization: &authorization,
         client: client.as_deref(),
     };
-    let mut progress = gate.replay(&req, *now, answers.iter());
+    // The first run may be answered by the "full until" memo (a 429 with no
+    // call at all); a replay follows the answers it was given.
+    let mut progress = if answers.is_empty() {
+        gate.start(&req, *now)
+    } else {
+        gate.replay(&req, *now, answers.iter())
+    };
     loop {
         let pending = match progress {
             Progress::Done(decision) => return carry_out(decision, host),
@@ -709,5 +715,44 @@ mod tests {
             Next::Stop
         );
         assert!(m.reply.is_none());
+    }
+
+    /// Once the window is known full, a 429 makes no call: the flood stays
+    /// local to the instance.
+    #[test]
+    fn a_known_full_window_is_answered_without_a_callout() {
+        let g = Gate::new(GateConfig {
+            credentials: sessiongate_core::fixtures::token_set(TOKEN, "t").unwrap(),
+            limit: sessiongate_core::LimitConfig {
+                requests: 1,
+                window_seconds: 3600,
+            },
+            limiter: LimiterStore::Etcd {
+                cluster: "etcd".into(),
+                key: "k".into(),
+                timeout_ms: 250,
+            },
+            ..Default::default()
+        })
+        .unwrap();
+        let now = 1_800_000_000_000u64;
+        let full = sessiongate_core::limiter_log::encode(&[now - 1]);
+        let found = format!(
+            r#"{{"header":{{}},"kvs":[{{"mod_revision":"3","value":"{}"}}]}}"#,
+            b64(&full)
+        );
+        let mut m = request(&[&format!("Bearer {TOKEN}")]);
+        let mut waiting = None;
+        assert_eq!(on_request_headers(&g, &mut m, &mut waiting), Next::Wait);
+        let next = on_callout_response(&g, &mut m, &mut waiting, Some(200), found.as_bytes());
+        assert_eq!(next, Next::Stop);
+        assert_eq!(m.reply.as_ref().map(|r| r.0), Some(429));
+        let mut again = request(&[&format!("Bearer {TOKEN}")]);
+        assert_eq!(on_request_headers(&g, &mut again, &mut None), Next::Stop);
+        assert_eq!(again.reply.as_ref().map(|r| r.0), Some(429));
+        assert!(
+            again.calls.is_empty(),
+            "no callout while the window is full"
+        );
     }
 }

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# The limiter on etcd against the limiter in shared data, one run, same machine:
+#
+#   scripts/bench-etcd.sh [FLOOD_SECONDS] [CONNECTIONS]   (default 10 s, 32)
+#
+# (a) the 429 flood (a limit of 1 a day, spent): wrk against each serve, and
+#     the etcd requests (range + txn) the flood caused, from etcd's /metrics;
+# (b) the admitted path at a contract-like pace (10 requests a second, a limit
+#     of 100 a second, one client): latency p50 / p99 through each store, and
+#     etcd requests per admitted request.
+# etcd here is one member on loopback (Debian's etcd-server); a real cluster
+# adds its network round trips to (b).
+set -euo pipefail
+duration="${1:-10}"
+connections="${2:-32}"
+root="$(cd "$(dirname "$0")/.." && pwd)"
+for tool in wrk etcd curl python3; do
+  command -v "$tool" >/dev/null || { echo "bench-etcd.sh: needs $tool (Debian: wrk, etcd-server, curl)" >&2; exit 2; }
+done
+target_dir="${CARGO_TARGET_DIR:-$root/target}"
+gate="$target_dir/release/sessiongate"
+[ -x "$gate" ] || (cd "$root" && cargo build --quiet --release -p sessiongate)
+
+work="$(mktemp -d)"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_url() { for _ in $(seq 100); do curl -s -o /dev/null "$1" && return 0; sleep 0.1; done; echo "$1 never answered" >&2; exit 1; }
+
+client="$(free_port)"; peer="$(free_port)"
+etcd --name m0 --data-dir "$work/etcd" --listen-client-urls "http://127.0.0.1:$client" \
+  --advertise-client-urls "http://127.0.0.1:$client" --listen-peer-urls "http://127.0.0.1:$peer" \
+  --initial-advertise-peer-urls "http://127.0.0.1:$peer" --initial-cluster "m0=http://127.0.0.1:$peer" \
+  --logger zap --log-level error >/dev/null 2>&1 & pids+=($!)
+wait_url "http://127.0.0.1:$client/health"
+# Range and Txn requests etcd's gRPC server handled (the gateway goes through it).
+etcd_requests() {
+  curl -s "http://127.0.0.1:$client/metrics" |
+    awk '/^grpc_server_handled_total.*grpc_method="Range"/ {r+=$2} /^grpc_server_handled_total.*grpc_method="Txn"/ {t+=$2} END {printf "%d %d\n", r, t}'
+}
+
+token="$("$gate" token create --store "$work/tokens.json" --name bench --customer acme --all-sites 2>/dev/null)"
+auth="Authorization: Bearer $token"
+path="/v1/external/sessions/acme/site-1"
+start_serve() { # name requests window store-lines; sets $port
+  port="$(free_port)"
+  printf '[limit]\nrequests = %s\nwindow_seconds = %s\n%b[guard]\nfailures = 0\n' "$2" "$3" "$4" > "$work/$1.toml"
+  "$gate" serve --config "$work/$1.toml" --store "$work/tokens.json" --listen "127.0.0.1:$port" --workers 2 >/dev/null 2>&1 & pids+=($!)
+  wait_url "http://127.0.0.1:$port/"
+}
+on_etcd="store = \"etcd\"\netcd = [\"http://127.0.0.1:$client\"]\ntimeout_ms = 250\n"
+
+echo "== (a) 429 flood: wrk -t2 -c$connections -d${duration}s, $(nproc) cores, $(date -u +%Y-%m-%d)"
+for store in local etcd; do
+  lines=""; [ "$store" = etcd ] && lines="$on_etcd"
+  start_serve "flood-$store" 1 86400 "$lines"
+  curl -s -o /dev/null -H "$auth" "http://127.0.0.1:$port$path"   # spends the day's one
+  before="$(etcd_requests)"
+  rps="$(wrk -t2 -c"$connections" -d"${duration}s" -H "$auth" "http://127.0.0.1:$port$path" | awk '/Requests\/sec/ {print $2}')"
+  after="$(etcd_requests)"
+  python3 - "$store" "$rps" "$before" "$after" "$duration" <<'PY'
+import sys
+store, rps, (r0, t0), (r1, t1), d = sys.argv[1], float(sys.argv[2]), map(int, sys.argv[3].split()), map(int, sys.argv[4].split()), float(sys.argv[5])
+print(f"{store:6} {rps:10.0f} req/s   etcd ranges {r1 - r0}, txns {t1 - t0} during the flood ({(r1 - r0 + t1 - t0) / d:.1f}/s)")
+PY
+done
+
+echo "== (b) admitted, 10 requests a second for 10 s, one client"
+for store in local etcd; do
+  lines=""; [ "$store" = etcd ] && lines="$on_etcd"
+  start_serve "paced-$store" 100 1 "$lines"
+  before="$(etcd_requests)"
+  python3 - "$store" "$port" "$token" "$path" "$before" "$client" <<'PY'
+import http.client, sys, time, urllib.request
+store, port, token, path, before, etcd = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
+conn = http.client.HTTPConnection("127.0.0.1", port)
+lat, admitted = [], 0
+start = time.monotonic()
+for i in range(100):
+    next_at = start + i * 0.1
+    time.sleep(max(0.0, next_at - time.monotonic()))
+    t = time.perf_counter()
+    conn.request("GET", path, headers={"Authorization": f"Bearer {token}"})
+    r = conn.getresponse(); r.read()
+    lat.append((time.perf_counter() - t) * 1e3)
+    admitted += r.status == 200
+lat.sort()
+m = urllib.request.urlopen(f"http://127.0.0.1:{etcd}/metrics").read().decode()
+def handled(method):
+    return sum(float(l.split()[-1]) for l in m.splitlines()
+               if l.startswith("grpc_server_handled_total") and f'grpc_method="{method}"' in l)
+r0, t0 = map(int, before.split())
+ranges, txns = handled("Range") - r0, handled("Txn") - t0
+calls = ranges + txns
+print(f"{store:6} admitted {admitted}/100   p50 {lat[49]:.2f} ms   p99 {lat[98]:.2f} ms   etcd requests per admitted {calls / max(admitted, 1):.2f} ({ranges:.0f} ranges, {txns:.0f} txns)")
+PY
+done
