@@ -3,6 +3,7 @@
 //! store and credential management.
 
 pub mod component;
+pub mod etcd_store;
 pub mod host;
 pub mod manage;
 pub mod parse_errors;

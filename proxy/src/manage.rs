@@ -116,8 +116,8 @@ pub fn update_key(
                 "{name:?} is a token: tokens cannot be renamed or changed; create a new one and delete the old"
             );
         }
-        if let Some(new) = rename {
-            record.name = new;
+        if let Some(new) = &rename {
+            record.name = new.clone();
         }
         if let Some(level) = level {
             record.level = level;

@@ -1,4 +1,5 @@
-//! The token store: one JSON file of credential records (hashes only).
+//! The token store: one JSON file of credential records (hashes only), or,
+//! for a fleet, keys in etcd ([`EtcdStore`], `--store etcd://…`).
 //!
 //! Every change holds an exclusive lock on a sidecar `FILE.lock` for the whole
 //! read-modify-write, and lands with write-temp, fsync, rename: two CLI calls
@@ -14,10 +15,15 @@ use anyhow::{Context as _, Result, bail};
 use sessiongate_core::store_format::{Splitter, parse_record};
 use sessiongate_core::{CredentialRecord, CredentialSet, CredentialSetBuilder};
 
+use crate::etcd_store::EtcdStore;
+
 /// Reads the store's records, in order (what the CLI edits). A missing file
 /// is an empty store; anything unreadable is an error naming the file, never
 /// silently treated as empty.
 pub fn load(path: &Path) -> Result<Vec<CredentialRecord>> {
+    if let Some(etcd) = EtcdStore::parse(path) {
+        return etcd?.load();
+    }
     load_set(path).map(|set| set.records())
 }
 
@@ -26,6 +32,9 @@ pub fn load(path: &Path) -> Result<Vec<CredentialRecord>> {
 /// its records parsed on every core: a million credentials load in well under
 /// a second, and the file is never in memory whole (BENCHMARKS.md, target 5).
 pub fn load_set(path: &Path) -> Result<CredentialSet> {
+    if let Some(etcd) = EtcdStore::parse(path) {
+        return etcd?.load_set();
+    }
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(CredentialSet::default()),
@@ -222,8 +231,12 @@ fn write_atomically(path: &Path, records: &[CredentialRecord]) -> Result<()> {
 /// the result atomically.
 pub fn update<T>(
     path: &Path,
-    change: impl FnOnce(&mut Vec<CredentialRecord>) -> Result<T>,
+    change: impl FnMut(&mut Vec<CredentialRecord>) -> Result<T>,
 ) -> Result<T> {
+    let mut change = change;
+    if let Some(etcd) = EtcdStore::parse(path) {
+        return etcd?.update(change);
+    }
     let lock = OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -241,6 +254,9 @@ pub fn update<T>(
 
 /// Adds a record; names are unique across the store.
 pub fn insert(path: &Path, record: CredentialRecord) -> Result<()> {
+    if let Some(etcd) = EtcdStore::parse(path) {
+        return etcd?.insert(record);
+    }
     update(path, |records| {
         if records.iter().any(|r| r.name == record.name) {
             bail!(
@@ -249,7 +265,7 @@ pub fn insert(path: &Path, record: CredentialRecord) -> Result<()> {
                 path.display()
             );
         }
-        records.push(record);
+        records.push(record.clone());
         CredentialSet::new(records.clone()).map_err(|e| anyhow::anyhow!(e))?;
         Ok(())
     })

@@ -386,3 +386,65 @@ fn serve_starts_without_etcd_and_recovers_when_it_appears() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// One token store for the fleet, in the same etcd: a credential created
+/// through the CLI on one machine is admitted by every `serve`, and refused
+/// by every one shortly after it is deleted (the watch polls every 200 ms).
+#[test]
+fn one_credential_store_for_the_fleet() {
+    let fx = fixture();
+    let etcd = Etcd::start(&fx.dir, 3);
+    let members: Vec<String> = etcd
+        .clients
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
+    let store = format!("etcd://{}/sessiongate-test", members.join(","));
+    let store_path = Path::new(&store);
+    let config = config(&etcd.urls(), false);
+    let servers: Vec<Server> = (0..3)
+        .map(|_| Server::start(&fx.dir, store_path, &config, 2))
+        .collect();
+    let token = common::mint_token(store_path, "fleet-ci", &[]);
+    let auth = format!("Bearer {token}");
+    // Names are unique across the fleet's store.
+    let again = Command::new(common::BIN)
+        .args(["token", "create", "--store", &store, "--name", "fleet-ci"])
+        .args(["--customer", "acme", "--all-sites"])
+        .output()
+        .unwrap();
+    assert!(!again.status.success(), "a second fleet-ci was created");
+    let listed = common::cli(&["token", "list", "--store", &store]);
+    assert!(
+        listed.contains("fleet-ci") && !listed.contains(&token),
+        "{listed}"
+    );
+    let until = |what: &str, ok: &dyn Fn(u16) -> bool| {
+        let start = Instant::now();
+        for server in &servers {
+            loop {
+                let status = get(server.addr, "/me", Some(&auth)).unwrap().status;
+                if ok(status) {
+                    break;
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(3),
+                    "{what}: {status} after {:?}",
+                    start.elapsed()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        start.elapsed()
+    };
+    let appeared = until("created", &|s| s == 200);
+    // The config commands render from the fleet's store as from a file.
+    for command in ["envoy-config", "worker-config", "spin-config"] {
+        let rendered = common::cli(&[command, "--store", &store]);
+        assert!(rendered.contains("fleet-ci"), "{command}: {rendered}");
+        assert!(!rendered.contains(&token), "{command} printed the secret");
+    }
+    common::cli(&["token", "delete", "--store", &store, "fleet-ci"]);
+    let gone = until("deleted", &|s| s == 401);
+    eprintln!("created: all three within {appeared:?}; deleted: within {gone:?}");
+}

@@ -114,7 +114,20 @@ impl App {
 pub fn run(args: ServeArgs) -> Result<()> {
     let settings = settings(&args)?;
     let started = Instant::now();
-    let credentials = store::load_set(&settings.store)?;
+    let credentials = match store::load_set(&settings.store) {
+        Ok(credentials) => credentials,
+        // A fleet's store that is down: start (every credential refused),
+        // and take the credentials as soon as etcd answers.
+        Err(e) if crate::etcd_store::EtcdStore::parse(&settings.store).is_some() => {
+            eprintln!(
+                "sessiongate ERROR: token store {} could not be loaded: {e:#}. \
+                 Starting with no credentials until it can.",
+                settings.store.display()
+            );
+            sessiongate_core::CredentialSet::default()
+        }
+        Err(e) => return Err(e),
+    };
     if credentials.is_empty() {
         eprintln!(
             "sessiongate: the token store {} has no credentials yet. Mint one (in another shell):\n  \

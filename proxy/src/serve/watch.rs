@@ -8,7 +8,12 @@ use anyhow::{Result, anyhow};
 use sessiongate_core::{CredentialSet, GateConfig};
 
 use super::App;
+use crate::etcd_store::EtcdStore;
 use crate::store;
+
+/// How often the store is looked at: the longest a change waits to reach
+/// the gate, besides loading it.
+const POLL: Duration = Duration::from_millis(200);
 
 pub(super) fn gate_config_json(base: &GateConfig, credentials: CredentialSet) -> Result<Vec<u8>> {
     let config = GateConfig {
@@ -22,6 +27,9 @@ pub(super) fn gate_config_json(base: &GateConfig, credentials: CredentialSet) ->
 /// An unreadable or corrupt store is logged loudly and the last good
 /// credentials stay in force: never everything, never nothing by accident.
 pub(super) async fn watch_store(app: Arc<App>, base: GateConfig, path: PathBuf) {
+    if let Some(Ok(etcd)) = EtcdStore::parse(&path) {
+        return watch_etcd(app, base, etcd, path).await;
+    }
     let stamp = |p: &Path| {
         std::fs::metadata(p).ok().map(|m| {
             #[cfg(unix)]
@@ -32,7 +40,7 @@ pub(super) async fn watch_store(app: Arc<App>, base: GateConfig, path: PathBuf) 
         })
     };
     let mut last = stamp(&path);
-    let mut interval = tokio::time::interval(Duration::from_millis(200));
+    let mut interval = tokio::time::interval(POLL);
     loop {
         interval.tick().await;
         let now = stamp(&path);
@@ -56,6 +64,70 @@ pub(super) async fn watch_store(app: Arc<App>, base: GateConfig, path: PathBuf) 
                  Keeping the last good credentials.",
                 path.display()
             ),
+        }
+    }
+}
+
+/// The same for a store in etcd: the credentials' keys (count and newest
+/// revision) are polled, and a change reloads them. A failure keeps the
+/// last good credentials and is logged once until it mends.
+async fn watch_etcd(app: Arc<App>, base: GateConfig, etcd: EtcdStore, path: PathBuf) {
+    let mut last = {
+        let etcd = etcd.clone();
+        tokio::task::spawn_blocking(move || etcd.signature())
+            .await
+            .ok()
+            .and_then(Result::ok)
+    };
+    let mut failing = false;
+    let mut interval = tokio::time::interval(POLL);
+    loop {
+        interval.tick().await;
+        let etcd = etcd.clone();
+        let polled = tokio::task::spawn_blocking(move || {
+            let now = etcd.signature()?;
+            Ok::<_, anyhow::Error>((now, etcd))
+        })
+        .await
+        .map_err(|e| anyhow!("{e}"))
+        .and_then(|r| r);
+        let (now, etcd) = match polled {
+            Ok(p) => p,
+            Err(e) => {
+                if !failing {
+                    eprintln!(
+                        "sessiongate ERROR: token store {} cannot be read: {e:#}. \
+                         Keeping the last good credentials.",
+                        path.display()
+                    );
+                }
+                failing = true;
+                continue;
+            }
+        };
+        if last == Some(now) && !failing {
+            continue;
+        }
+        let reloaded = tokio::task::spawn_blocking(move || etcd.load_set())
+            .await
+            .map_err(|e| anyhow!("{e}"))
+            .and_then(|r| r)
+            .and_then(|credentials| gate_config_json(&base, credentials))
+            .and_then(|config| app.reconfigure(config));
+        match reloaded {
+            Ok(()) => {
+                eprintln!("sessiongate: token store {} reloaded", path.display());
+                last = Some(now);
+                failing = false;
+            }
+            Err(e) => {
+                eprintln!(
+                    "sessiongate ERROR: token store {} could not be loaded: {e:#}. \
+                     Keeping the last good credentials.",
+                    path.display()
+                );
+                failing = true;
+            }
         }
     }
 }

@@ -1,0 +1,340 @@
+//! The token store in etcd, for a fleet: `--store etcd://HOST:PORT[,HOST:PORT…]/PREFIX`.
+//!
+//! One key per credential, `PREFIX/credentials/NAME`, holding the same JSON
+//! record as the file store (hashes only). A name is unique because its key
+//! is: a create is a txn that requires the key absent. A change (delete,
+//! rename, level) is one txn that requires every key it touches to be at the
+//! revision it was read at, so two CLI calls on two machines never lose each
+//! other's change; one that lost is retried on a fresh read.
+//!
+//! The CLI is synchronous, and so is this client: HTTP/1.1 to etcd's
+//! JSON gateway over a `TcpStream`, one member after another on failure.
+
+use std::io::{Read as _, Write as _};
+use std::net::{TcpStream, ToSocketAddrs as _};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde_json::{Value, json};
+use sessiongate_core::{CredentialRecord, CredentialSet};
+
+const SCHEME: &str = "etcd://";
+/// One member's share of a call.
+const MEMBER_TIMEOUT: Duration = Duration::from_secs(2);
+/// Retries of a change that lost to a concurrent one.
+const CHANGE_ATTEMPTS: usize = 5;
+
+/// A token store in etcd.
+#[derive(Debug, Clone)]
+pub struct EtcdStore {
+    members: Vec<String>,
+    prefix: String,
+}
+
+/// A credential as stored, and the revision it was read at.
+struct Stored {
+    key: String,
+    record: CredentialRecord,
+    mod_revision: String,
+}
+
+impl EtcdStore {
+    /// The store a `--store` value names, if it is an `etcd://` URL.
+    pub fn parse(location: &Path) -> Option<Result<EtcdStore>> {
+        let text = location.to_str()?;
+        let rest = text.strip_prefix(SCHEME)?;
+        Some(
+            Self::parse_rest(rest)
+                .with_context(|| format!("{text}: expected etcd://HOST:PORT[,HOST:PORT…]/PREFIX")),
+        )
+    }
+
+    fn parse_rest(rest: &str) -> Result<EtcdStore> {
+        let (hosts, prefix) = rest.split_once('/').ok_or_else(|| anyhow!("no /PREFIX"))?;
+        let prefix = prefix.trim_end_matches('/');
+        if prefix.is_empty() {
+            bail!("an empty prefix");
+        }
+        let members: Vec<String> = hosts
+            .split(',')
+            .filter(|h| !h.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if members.is_empty() || members.iter().any(|m| !m.contains(':')) {
+            bail!("members must be HOST:PORT");
+        }
+        Ok(EtcdStore {
+            members,
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    fn credentials_prefix(&self) -> String {
+        format!("{}/credentials/", self.prefix)
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.credentials_prefix())
+    }
+
+    /// The range covering every credential key (`/` + 1 is `0`).
+    fn range(&self, keys_only: bool) -> Value {
+        let prefix = self.credentials_prefix();
+        let end = format!("{}0", prefix.trim_end_matches('/'));
+        json!({
+            "key": BASE64.encode(prefix),
+            "range_end": BASE64.encode(end),
+            "keys_only": keys_only,
+        })
+    }
+
+    /// Every credential, in the order they were created.
+    pub fn load(&self) -> Result<Vec<CredentialRecord>> {
+        Ok(self.read()?.into_iter().map(|s| s.record).collect())
+    }
+
+    pub fn load_set(&self) -> Result<CredentialSet> {
+        CredentialSet::new(self.load()?).map_err(|e| anyhow!("the token store in etcd: {e}"))
+    }
+
+    fn read(&self) -> Result<Vec<Stored>> {
+        let answer = self.post("/v3/kv/range", &self.range(false))?;
+        let mut stored = Vec::new();
+        for kv in field(&answer, "kvs").as_array().into_iter().flatten() {
+            let key = decode(field(kv, "key"))?;
+            let value = decode(field(kv, "value"))?;
+            let record: CredentialRecord = serde_json::from_slice(value.as_bytes())
+                .with_context(|| format!("the record under {key:?} is corrupt"))?;
+            let created: u64 = field(kv, "create_revision")
+                .as_str()
+                .unwrap_or("0")
+                .parse()?;
+            stored.push((
+                created,
+                Stored {
+                    key,
+                    record,
+                    mod_revision: field(kv, "mod_revision").as_str().unwrap_or("0").to_owned(),
+                },
+            ));
+        }
+        stored.sort_by_key(|(created, _)| *created);
+        Ok(stored.into_iter().map(|(_, s)| s).collect())
+    }
+
+    /// What changes when any credential does: their count and newest
+    /// revision (keys only: nothing else of etcd, not the limiter's writes).
+    pub fn signature(&self) -> Result<(u64, u64)> {
+        let answer = self.post("/v3/kv/range", &self.range(true))?;
+        let kvs = field(&answer, "kvs")
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let newest = kvs
+            .iter()
+            .filter_map(|kv| field(kv, "mod_revision").as_str()?.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0);
+        Ok((kvs.len() as u64, newest))
+    }
+
+    /// Runs `change` on the records and writes what it changed in one txn,
+    /// again on a fresh read if another change got there first.
+    pub fn update<T>(
+        &self,
+        mut change: impl FnMut(&mut Vec<CredentialRecord>) -> Result<T>,
+    ) -> Result<T> {
+        for _ in 0..CHANGE_ATTEMPTS {
+            let before = self.read()?;
+            let mut records: Vec<CredentialRecord> =
+                before.iter().map(|s| s.record.clone()).collect();
+            let out = change(&mut records)?;
+            CredentialSet::new(records.clone()).map_err(|e| anyhow!(e))?;
+            if self.commit(&before, &records)? {
+                return Ok(out);
+            }
+        }
+        bail!("the token store in etcd kept changing; try again")
+    }
+
+    /// Adds a record; its name must be new.
+    pub fn insert(&self, record: CredentialRecord) -> Result<()> {
+        let name = record.name.clone();
+        self.update(move |records| {
+            if records.iter().any(|r| r.name == name) {
+                bail!("a credential named {name:?} already exists in etcd");
+            }
+            records.push(record.clone());
+            Ok(())
+        })
+    }
+
+    fn commit(&self, before: &[Stored], after: &[CredentialRecord]) -> Result<bool> {
+        let mut compare = Vec::new();
+        let mut success = Vec::new();
+        for old in before {
+            let kept = after.iter().find(|r| self.key(&r.name) == old.key);
+            if kept == Some(&old.record) {
+                continue;
+            }
+            compare.push(json!({
+                "key": BASE64.encode(&old.key), "target": "MOD", "result": "EQUAL",
+                "mod_revision": old.mod_revision,
+            }));
+            if kept.is_none() {
+                success.push(json!({ "request_delete_range": { "key": BASE64.encode(&old.key) } }));
+            }
+        }
+        for record in after {
+            let key = self.key(&record.name);
+            let old = before.iter().find(|s| s.key == key);
+            if old.is_some_and(|s| s.record == *record) {
+                continue;
+            }
+            if old.is_none() {
+                compare.push(json!({
+                    "key": BASE64.encode(&key), "target": "CREATE", "result": "EQUAL",
+                    "create_revision": "0",
+                }));
+            }
+            let value = serde_json::to_vec(record)?;
+            success.push(json!({ "request_put": {
+                "key": BASE64.encode(&key), "value": BASE64.encode(value),
+            }}));
+        }
+        if success.is_empty() {
+            return Ok(true);
+        }
+        let answer = self.post(
+            "/v3/kv/txn",
+            &json!({ "compare": compare, "success": success }),
+        )?;
+        Ok(field(&answer, "succeeded").as_bool().unwrap_or(false))
+    }
+
+    /// `POST path` with a JSON body to the first member that answers 200.
+    fn post(&self, path: &str, body: &Value) -> Result<Value> {
+        let body = body.to_string();
+        let mut errors = Vec::new();
+        for member in &self.members {
+            match exchange(member, path, &body) {
+                Ok((200, answer)) => {
+                    return serde_json::from_slice(&answer)
+                        .with_context(|| format!("etcd at {member} answered what is not JSON"));
+                }
+                Ok((status, answer)) => errors.push(format!(
+                    "{member}: {status} {}",
+                    String::from_utf8_lossy(&answer)
+                        .chars()
+                        .take(200)
+                        .collect::<String>()
+                )),
+                Err(e) => errors.push(format!("{member}: {e:#}")),
+            }
+        }
+        bail!("no etcd member answered: {}", errors.join("; "))
+    }
+}
+
+/// A field of a JSON object (`null` when absent).
+fn field<'v>(value: &'v Value, name: &str) -> &'v Value {
+    value.get(name).unwrap_or(&Value::Null)
+}
+
+fn decode(text: &Value) -> Result<String> {
+    let bytes = BASE64
+        .decode(text.as_str().unwrap_or(""))
+        .map_err(|e| anyhow!("etcd sent bad base64: {e}"))?;
+    String::from_utf8(bytes).map_err(|_| anyhow!("etcd sent a key or value that is not UTF-8"))
+}
+
+/// One HTTP/1.1 exchange, the connection closed after: status and body.
+fn exchange(member: &str, path: &str, body: &str) -> Result<(u16, Vec<u8>)> {
+    let addr = member
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| anyhow!("cannot resolve {member}"))?;
+    let mut stream = TcpStream::connect_timeout(&addr, MEMBER_TIMEOUT)?;
+    stream.set_read_timeout(Some(MEMBER_TIMEOUT))?;
+    stream.set_write_timeout(Some(MEMBER_TIMEOUT))?;
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {member}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| anyhow!("a response without headers"))?;
+    let (head, rest) = response.split_at(split);
+    let head = String::from_utf8_lossy(head);
+    let payload = rest.get(4..).unwrap_or_default();
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("no status line"))?;
+    let chunked = head.lines().any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("transfer-encoding:") && l.contains("chunked")
+    });
+    let body = if chunked {
+        dechunk(payload)?
+    } else {
+        payload.to_vec()
+    };
+    Ok((status, body))
+}
+
+fn dechunk(mut data: &[u8]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = data
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or_else(|| anyhow!("a chunk without its size"))?;
+        let size_text = String::from_utf8_lossy(data.get(..line_end).unwrap_or_default());
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)?;
+        data = data.get(line_end + 2..).unwrap_or_default();
+        if size == 0 {
+            return Ok(out);
+        }
+        out.extend_from_slice(
+            data.get(..size)
+                .ok_or_else(|| anyhow!("a chunk cut short"))?,
+        );
+        data = data.get(size + 2..).unwrap_or_default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_urls() {
+        let s = EtcdStore::parse(Path::new("etcd://10.0.0.1:2379,10.0.0.2:2379/sg/"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.members, ["10.0.0.1:2379", "10.0.0.2:2379"]);
+        assert_eq!(s.key("ci"), "sg/credentials/ci");
+        assert!(EtcdStore::parse(Path::new("tokens.json")).is_none());
+        for bad in ["etcd://", "etcd://host/p", "etcd://h:1", "etcd://h:1/"] {
+            assert!(EtcdStore::parse(Path::new(bad)).unwrap().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn chunked_bodies() {
+        assert_eq!(
+            dechunk(b"4\r\nWiki\r\n5\r\npedia\r\n0\r\n\r\n").unwrap(),
+            b"Wikipedia"
+        );
+        assert!(dechunk(b"9\r\nshort\r\n").is_err());
+    }
+}
