@@ -32,7 +32,7 @@ use wasmtime_wasi_http::{
     WasiHttpView,
 };
 
-use crate::host::{SharedData, SharedDataDown};
+use crate::backing::{Backing, Down};
 
 /// Host bindings of `wit/gate.wit`'s `host` world. wasi:http and wasi:clocks
 /// are wasmtime's own; only wasi:keyvalue is ours to provide.
@@ -67,7 +67,7 @@ pub struct BucketHandle;
 pub struct CasHandle {
     key: String,
     value: Option<Vec<u8>>,
-    version: u32,
+    version: u64,
 }
 
 /// How the bucket's `wasi:keyvalue/atomics.swap` behaves: strictly, or as
@@ -87,10 +87,11 @@ pub enum Semantics {
     SpinRedis,
 }
 
-/// The key-value side of the host: shared data, and the configuration.
+/// The key-value side of the host: the bucket (shared data or etcd), and
+/// the configuration.
 #[derive(Clone)]
 pub struct KeyValue {
-    pub shared: SharedData,
+    pub backing: Backing,
     pub config: Arc<RwLock<Arc<Vec<u8>>>>,
     pub semantics: Semantics,
 }
@@ -103,11 +104,38 @@ impl KeyValue {
             .unwrap_or_else(|p| p.into_inner().clone())
     }
 
-    fn read(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, store::Error> {
+    async fn read(&self, key: &str) -> Result<Option<(Vec<u8>, u64)>, store::Error> {
         if key == CONFIG_KEY {
             return Ok(Some((self.config().to_vec(), 1)));
         }
-        self.shared.get(key).map_err(down)
+        self.backing.get(key).await.map_err(down)
+    }
+
+    /// The swap as the chosen semantics make it: strict on any backing, or
+    /// as one of Spin's stores (on shared data: a rehearsal, never a fleet).
+    async fn swap(&self, cas: &CasHandle, value: Vec<u8>) -> Result<bool, store::Error> {
+        let shared = match (&self.backing, self.semantics) {
+            (backing, Semantics::Strict) => {
+                return backing
+                    .swap(&cas.key, value, cas.version)
+                    .await
+                    .map_err(down);
+            }
+            (Backing::Shared(shared), _) => shared,
+            (Backing::Etcd(_), _) => {
+                return Err(store::Error::Other(
+                    "Spin's semantics are rehearsed on shared data only".into(),
+                ));
+            }
+        };
+        let seen = u32::try_from(cas.version).unwrap_or(u32::MAX);
+        match (self.semantics, &cas.value) {
+            (Semantics::SpinSqlite, None) => shared.set(&cas.key, value, 0),
+            (Semantics::SpinSqlite, Some(old)) => shared.replace_if_equal(&cas.key, old, value),
+            (Semantics::SpinRedis, _) => shared.swap_if(&cas.key, value, seen).map(|_| false),
+            (Semantics::Strict, _) => shared.swap_if(&cas.key, value, seen),
+        }
+        .map_err(|_| down(Down("the shared store is unavailable".into())))
     }
 
     fn host_owned(key: &str) -> Result<(), store::Error> {
@@ -118,8 +146,8 @@ impl KeyValue {
     }
 }
 
-fn down(_: SharedDataDown) -> store::Error {
-    store::Error::Other("the shared store is unavailable".to_owned())
+fn down(Down(why): Down) -> store::Error {
+    store::Error::Other(why)
 }
 
 pub struct ComponentState {
@@ -209,7 +237,7 @@ impl store::HostBucket for ComponentState {
         key: String,
     ) -> Result<Option<Vec<u8>>, store::Error> {
         tokio::task::yield_now().await;
-        Ok(self.kv.read(&key)?.map(|(value, _)| value))
+        Ok(self.kv.read(&key).await?.map(|(value, _)| value))
     }
 
     async fn set(
@@ -219,13 +247,12 @@ impl store::HostBucket for ComponentState {
         value: Vec<u8>,
     ) -> Result<(), store::Error> {
         KeyValue::host_owned(&key)?;
-        // Envoy's cas 0: an unconditional write.
-        self.kv.shared.set(&key, value, 0).map_err(down).map(|_| ())
+        self.kv.backing.set(&key, value).await.map_err(down)
     }
 
     async fn delete(&mut self, _: Resource<BucketHandle>, key: String) -> Result<(), store::Error> {
         KeyValue::host_owned(&key)?;
-        self.kv.shared.delete(&key).map_err(down)
+        self.kv.backing.delete(&key).await.map_err(down)
     }
 
     async fn exists(
@@ -233,7 +260,7 @@ impl store::HostBucket for ComponentState {
         _: Resource<BucketHandle>,
         key: String,
     ) -> Result<bool, store::Error> {
-        Ok(self.kv.read(&key)?.is_some())
+        Ok(self.kv.read(&key).await?.is_some())
     }
 
     async fn list_keys(
@@ -241,7 +268,7 @@ impl store::HostBucket for ComponentState {
         _: Resource<BucketHandle>,
         cursor: Option<String>,
     ) -> Result<store::KeyResponse, store::Error> {
-        let mut keys = self.kv.shared.keys().map_err(down)?;
+        let mut keys = self.kv.backing.keys().map_err(down)?;
         keys.push(CONFIG_KEY.to_owned());
         keys.sort();
         if let Some(after) = cursor {
@@ -257,8 +284,8 @@ impl store::HostBucket for ComponentState {
 }
 
 impl ComponentState {
-    fn begin_cas(&mut self, key: String) -> Result<Resource<CasHandle>, store::Error> {
-        let (value, version) = match self.kv.read(&key)? {
+    async fn begin_cas(&mut self, key: String) -> Result<Resource<CasHandle>, store::Error> {
+        let (value, version) = match self.kv.read(&key).await? {
             Some((value, version)) => (Some(value), version),
             None => (None, 0),
         };
@@ -283,7 +310,7 @@ impl atomics::Host for ComponentState {
         KeyValue::host_owned(&key)?;
         // A CAS loop over an 8-byte little-endian counter.
         loop {
-            let (current, version) = match self.kv.shared.get(&key).map_err(down)? {
+            let (current, version) = match self.kv.backing.get(&key).await.map_err(down)? {
                 Some((bytes, version)) => {
                     let bytes: [u8; 8] = bytes.as_slice().try_into().map_err(|_| {
                         store::Error::Other(format!("{key:?} does not hold a counter"))
@@ -295,8 +322,9 @@ impl atomics::Host for ComponentState {
             let next = current.wrapping_add(delta);
             if self
                 .kv
-                .shared
-                .swap_if(&key, next.to_le_bytes().to_vec(), version)
+                .backing
+                .swap(&key, next.to_le_bytes().to_vec(), version)
+                .await
                 .map_err(down)?
             {
                 return Ok(next);
@@ -315,22 +343,18 @@ impl atomics::Host for ComponentState {
             .delete(cas)
             .map_err(|e| atomics::CasError::StoreError(store::Error::Other(e.to_string())))?;
         KeyValue::host_owned(&cas.key).map_err(atomics::CasError::StoreError)?;
-        let shared = &self.kv.shared;
-        let written = match (self.kv.semantics, &cas.value) {
-            (Semantics::SpinSqlite, None) => shared.set(&cas.key, value, 0),
-            (Semantics::SpinSqlite, Some(old)) => shared.replace_if_equal(&cas.key, old, value),
-            (Semantics::SpinRedis, _) => {
-                shared.swap_if(&cas.key, value, cas.version).map(|_| false)
-            }
-            (Semantics::Strict, _) => shared.swap_if(&cas.key, value, cas.version),
-        }
-        .map_err(|e| atomics::CasError::StoreError(down(e)))?;
+        let written = self
+            .kv
+            .swap(&cas, value)
+            .await
+            .map_err(atomics::CasError::StoreError)?;
         if written {
             return Ok(());
         }
         // The spec asks for a handle that has seen the latest version.
         let fresh = self
             .begin_cas(cas.key)
+            .await
             .map_err(atomics::CasError::StoreError)?;
         Err(atomics::CasError::CasFailed(fresh))
     }
@@ -343,7 +367,7 @@ impl atomics::HostCas for ComponentState {
         key: String,
     ) -> Result<Resource<CasHandle>, store::Error> {
         tokio::task::yield_now().await;
-        self.begin_cas(key)
+        self.begin_cas(key).await
     }
 
     async fn current(&mut self, cas: Resource<CasHandle>) -> Result<Option<Vec<u8>>, store::Error> {

@@ -2,6 +2,8 @@
 //! drive them: the proxy-wasm host on wasmtime, the HTTP server, the token
 //! store and credential management.
 
+pub mod backing;
+pub mod cluster;
 pub mod component;
 pub mod etcd_store;
 pub mod host;

@@ -448,3 +448,36 @@ fn one_credential_store_for_the_fleet() {
     let gone = until("deleted", &|s| s == 401);
     eprintln!("created: all three within {appeared:?}; deleted: within {gone:?}");
 }
+
+/// The Spin component under `serve --component`, two of them on one etcd:
+/// their key-value bucket lives there, so the fleet of components shares
+/// one exact limit too.
+#[test]
+fn components_on_one_etcd_share_one_exact_limit() {
+    let fx = fixture();
+    let etcd = Etcd::start(&fx.dir, 3);
+    let config = config(&etcd.urls(), false);
+    let component = env!("SESSIONGATE_COMPONENT_WASM");
+    let servers: Vec<Server> = (0..2)
+        .map(|_| Server::start_with(&fx.dir, &fx.store, &config, 2, &["--component", component]))
+        .collect();
+    let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
+    let auth = format!("Bearer {}", fx.creds.token_all);
+    let run = Duration::from_millis(6_000);
+    let seen = load(&addrs, &auth, 48, run);
+    let odd: Vec<&u16> = seen
+        .statuses
+        .iter()
+        .filter(|s| ![200, 429].contains(*s))
+        .collect();
+    assert!(odd.is_empty(), "only admissions and refusals: {odd:?}");
+    assert_no_window_over_the_limit(&seen.admitted);
+    let windows = (run.as_millis() / WINDOW.as_millis()) as usize;
+    assert!(
+        seen.admitted.len() >= LIMIT * windows && seen.admitted.len() <= LIMIT * (windows + 1),
+        "{} admitted in {run:?} by the components: expected {}..={}",
+        seen.admitted.len(),
+        LIMIT * windows,
+        LIMIT * (windows + 1)
+    );
+}

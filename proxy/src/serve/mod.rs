@@ -9,7 +9,6 @@
 //! - [`access_log`]: off the request path.
 
 mod access_log;
-mod callout;
 mod handle;
 mod pool;
 mod settings;
@@ -29,9 +28,10 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use sessiongate_core::Backend;
+use sessiongate_core::{Backend, LimiterStore};
 use tokio::net::TcpListener;
 
+use crate::backing::{Backing, EtcdBucket};
 use crate::component::{ComponentHost, KeyValue, Semantics};
 use crate::host::Plugin;
 use crate::parse_errors::JsonParseErrors;
@@ -87,7 +87,7 @@ struct App {
     client: Client<HttpConnector, Full<Bytes>>,
     upstream_timeout: Duration,
     /// The clusters the filter's `proxy_http_call`s go to (etcd's members).
-    clusters: Vec<callout::Cluster>,
+    clusters: Vec<Arc<crate::cluster::Cluster>>,
 }
 
 impl App {
@@ -137,8 +137,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
         );
     }
     let config = Arc::new(gate_config_json(&settings.gate, credentials)?);
+    let clusters = clusters(&settings);
     let runner = match &args.component {
-        Some(path) => component_runner(path, config, &settings, args.key_value_semantics)?,
+        Some(path) => {
+            component_runner(path, config, &settings, &clusters, args.key_value_semantics)?
+        }
         None => filter_runner(args.plugin.as_deref(), config, &settings)?,
     };
     let app = Arc::new(App {
@@ -147,7 +150,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         backend: settings.gate.backend.clone(),
         client: Client::builder(TokioExecutor::new()).build_http(),
         upstream_timeout: settings.upstream_timeout,
-        clusters: clusters(&settings),
+        clusters,
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(settings.workers)
@@ -165,14 +168,14 @@ fn fail_shared_data_if_asked(shared: &crate::host::SharedData, settings: &Settin
     }
 }
 
-fn clusters(settings: &Settings) -> Vec<callout::Cluster> {
+fn clusters(settings: &Settings) -> Vec<Arc<crate::cluster::Cluster>> {
     if settings.etcd.is_empty() {
         return Vec::new();
     }
-    vec![callout::Cluster::new(
+    vec![Arc::new(crate::cluster::Cluster::new(
         settings::ETCD_CLUSTER,
         settings.etcd.clone(),
-    )]
+    ))]
 }
 
 fn filter_runner(
@@ -210,16 +213,42 @@ fn component_runner(
     path: &Path,
     config: Arc<Vec<u8>>,
     settings: &Settings,
+    clusters: &[Arc<crate::cluster::Cluster>],
     semantics: Semantics,
 ) -> Result<Runner> {
     let engine = crate::component::engine()?;
     let component = crate::component::load(&engine, path)?;
+    // With the limit on etcd, the component's whole bucket lives there too
+    // (under the limiter's key + "/kv"), so a fleet of components is exact.
+    let backing = match (&settings.gate.limiter, clusters.first()) {
+        (
+            LimiterStore::Etcd {
+                key, timeout_ms, ..
+            },
+            Some(cluster),
+        ) => {
+            if semantics != Semantics::Strict {
+                anyhow::bail!(
+                    "--key-value-semantics rehearses Spin's stores on shared data: not with limit.store = \"etcd\""
+                );
+            }
+            Backing::Etcd(EtcdBucket {
+                cluster: cluster.clone(),
+                prefix: format!("{key}/kv"),
+                timeout_ms: *timeout_ms,
+            })
+        }
+        _ => {
+            let shared = crate::host::SharedData::default();
+            fail_shared_data_if_asked(&shared, settings);
+            Backing::Shared(shared)
+        }
+    };
     let kv = KeyValue {
-        shared: crate::host::SharedData::default(),
+        backing,
         config: Arc::new(RwLock::new(config)),
         semantics,
     };
-    fail_shared_data_if_asked(&kv.shared, settings);
     let host = ComponentHost::new(engine, &component, kv, settings.upstream_timeout)?;
     Ok(Runner::Component(host))
 }

@@ -1,7 +1,8 @@
-//! The filter's `proxy_http_call`s, sent as Envoy sends them to a cluster:
-//! to one member, failing over to the next on a connect error or a 503 (as
-//! outlier detection would), all within the call's timeout. The member that
-//! last answered is tried first.
+//! A named cluster of HTTP members (etcd's), reached as Envoy reaches a
+//! cluster: one member, the next on a connect error or a 503 (as outlier
+//! detection would), all within the call's timeout; the member that last
+//! answered is tried first. The filter's `proxy_http_call`s go through it, and
+//! so does the component host's key-value store on etcd.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -20,7 +21,7 @@ use crate::host::{CallResponse, Callout};
 const LONGEST_CALL: Duration = Duration::from_secs(30);
 
 /// One named cluster: its members' base URLs.
-pub(super) struct Cluster {
+pub struct Cluster {
     name: String,
     members: Vec<String>,
     preferred: AtomicUsize,
@@ -28,7 +29,7 @@ pub(super) struct Cluster {
 }
 
 impl Cluster {
-    pub(super) fn new(name: &str, members: Vec<String>) -> Cluster {
+    pub fn new(name: &str, members: Vec<String>) -> Cluster {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_millis(500)));
@@ -43,13 +44,13 @@ impl Cluster {
         }
     }
 
-    pub(super) fn name(&self) -> &str {
+    pub fn name(&self) -> &str {
         &self.name
     }
 
     /// Sends `call` and reads its whole answer; `None` when no member
     /// answered in time (the filter then sees a failed call).
-    pub(super) async fn send(&self, call: &Callout) -> Option<CallResponse> {
+    pub async fn send(&self, call: &Callout) -> Option<CallResponse> {
         let timeout = match call.timeout_ms {
             0 => LONGEST_CALL,
             ms => Duration::from_millis(u64::from(ms)).min(LONGEST_CALL),
@@ -58,6 +59,31 @@ impl Cluster {
             .await
             .ok()
             .flatten()
+    }
+
+    /// `POST path` with a JSON body: the status and body, or `None` when no
+    /// member answered in time.
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: String,
+        timeout_ms: u32,
+    ) -> Option<(u16, Vec<u8>)> {
+        let call = Callout {
+            context: 0,
+            token: 0,
+            cluster: self.name.clone(),
+            headers: vec![
+                (":method".to_owned(), b"POST".to_vec()),
+                (":path".to_owned(), path.as_bytes().to_vec()),
+                (":authority".to_owned(), self.name.as_bytes().to_vec()),
+                ("content-type".to_owned(), b"application/json".to_vec()),
+            ],
+            body: body.into_bytes(),
+            timeout_ms,
+        };
+        let response = self.send(&call).await?;
+        Some((status(&response)?, response.body))
     }
 
     async fn failover(&self, call: &Callout) -> Option<CallResponse> {
