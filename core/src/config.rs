@@ -146,6 +146,12 @@ pub enum LimiterStore {
         /// `503 limiter_unavailable` (or admitted with `fail_open`).
         #[serde(default = "default_etcd_timeout")]
         timeout_ms: u32,
+        /// etcd's own user, when the cluster has authentication on: the
+        /// filter logs in for a token and again when it expires.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        password: Option<String>,
     },
 }
 
@@ -210,8 +216,13 @@ impl GateConfig {
             cluster,
             key,
             timeout_ms,
+            user,
+            password,
         } = &self.limiter
         {
+            if user.is_some() != password.is_some() {
+                return Err(invalid("limiter", "user and password go together".into()));
+            }
             if cluster.is_empty() || key.is_empty() {
                 return Err(invalid(
                     "limiter",

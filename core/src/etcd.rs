@@ -26,11 +26,49 @@ use crate::pending::{Answer, Need};
 pub const RANGE: &str = "/v3/kv/range";
 pub const TXN: &str = "/v3/kv/txn";
 
+pub const AUTHENTICATE: &str = "/v3/auth/authenticate";
+
 /// What a call was, to read its answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sent {
     Read,
     Write,
+}
+
+/// The call that asks a cluster with authentication on for a token.
+pub fn authenticate(user: &str, password: &str) -> String {
+    serde_json::json!({ "name": user, "password": password }).to_string()
+}
+
+/// The token in an answer to [`authenticate`].
+pub fn token(status: Option<u16>, body: &[u8]) -> Result<String, String> {
+    #[derive(Deserialize)]
+    struct Authenticated {
+        token: String,
+    }
+    match status {
+        Some(200) => serde_json::from_slice::<Authenticated>(body)
+            .map(|a| a.token)
+            .map_err(|e| format!("etcd's authentication answer does not parse ({e})")),
+        Some(status) => Err(format!(
+            "etcd refused the login ({status}): {}",
+            excerpt(body)
+        )),
+        None => Err("etcd did not answer the login".to_owned()),
+    }
+}
+
+/// Whether an answer says the call's token is missing, expired or invalid
+/// (log in again and retry), rather than anything about the key.
+pub fn needs_login(status: Option<u16>, body: &[u8]) -> bool {
+    if status == Some(401) {
+        return true;
+    }
+    let text = String::from_utf8_lossy(body);
+    status != Some(200)
+        && (text.contains("invalid auth token")
+            || text.contains("user name is empty")
+            || text.contains("\"code\":16"))
 }
 
 /// One gateway call: `POST path` with a JSON body.
@@ -277,6 +315,35 @@ mod tests {
         // A create that lost to a key deleted since: absent now.
         let gone = br#"{"header":{},"responses":[{"response_range":{"header":{}}}]}"#;
         assert_eq!(answer(Sent::Write, Some(200), gone), Answer::Value(None));
+    }
+
+    #[test]
+    fn logins() {
+        let body: serde_json::Value = serde_json::from_str(&authenticate("root", "p\"w")).unwrap();
+        assert_eq!(
+            (body["name"].as_str(), body["password"].as_str()),
+            (Some("root"), Some("p\"w"))
+        );
+        assert_eq!(
+            token(Some(200), br#"{"header":{},"token":"abc.42"}"#),
+            Ok("abc.42".to_owned())
+        );
+        assert!(
+            token(
+                Some(400),
+                br#"{"error":"etcdserver: authentication failed"}"#
+            )
+            .is_err()
+        );
+        assert!(token(None, b"").is_err());
+        let expired = br#"{"error":"etcdserver: invalid auth token","code":16}"#;
+        assert!(needs_login(Some(401), expired));
+        assert!(needs_login(Some(400), expired));
+        assert!(!needs_login(Some(200), br#"{"header":{}}"#));
+        assert!(!needs_login(
+            Some(503),
+            br#"{"error":"etcdserver: request timed out","code":14}"#
+        ));
     }
 
     #[test]

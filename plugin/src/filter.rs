@@ -85,7 +85,11 @@ pub trait Host {
         path: &str,
         body: &[u8],
         timeout_ms: u32,
+        token: Option<&str>,
     ) -> Result<(), String>;
+    /// The etcd token this VM logged in for, if any (kept across requests).
+    fn etcd_token(&self) -> Option<String>;
+    fn set_etcd_token(&mut self, token: Option<String>);
 }
 
 /// Envoy's shared data as the gate's [`Kv`].
@@ -157,7 +161,16 @@ pub struct Waiting {
     client: Option<String>,
     now: u64,
     answers: Vec<Answer<'static>>,
-    sent: Option<etcd::Sent>,
+    sent: Option<Sent>,
+    /// Logged in again once for this request after etcd refused a token.
+    relogged: bool,
+}
+
+/// The call in flight for a waiting request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    Step(etcd::Sent),
+    Login,
 }
 
 /// The request-headers phase.
@@ -191,6 +204,7 @@ pub fn on_request_headers<H: Host>(
             now,
             answers: Vec::new(),
             sent: None,
+            relogged: false,
         };
         let next = drive(gate, host, &mut w);
         if next == Next::Wait {
@@ -228,7 +242,27 @@ pub fn on_callout_response<H: Host>(
         host.log(LogLevel::Warn, "a callout answered that was not sent");
         return Next::Stop;
     };
-    w.answers.push(etcd::answer(sent, status, body));
+    let login = match gate.limiter_store() {
+        LimiterStore::Etcd {
+            user: Some(_),
+            password: Some(_),
+            ..
+        } => true,
+        _ => false,
+    };
+    match sent {
+        Sent::Login => match etcd::token(status, body) {
+            Ok(token) => host.set_etcd_token(Some(token)),
+            Err(e) => w.answers.push(Answer::Failed(KvError(e))),
+        },
+        // The token expired (or etcd restarted): log in again, once, and
+        // send the same step.
+        Sent::Step(_) if login && !w.relogged && etcd::needs_login(status, body) => {
+            w.relogged = true;
+            host.set_etcd_token(None);
+        }
+        Sent::Step(sent) => w.answers.push(etcd::answer(sent, status, body)),
+    }
     let next = drive(gate, host, &mut w);
     if next == Next::Wait {
         *waiting = Some(w);
@@ -245,6 +279,8 @@ fn drive<H: Host>(gate: &Gate, host: &mut H, w: &mut Waiting) -> Next {
         cluster,
         key: etcd_key,
         timeout_ms,
+        user,
+        password,
     } = gate.limiter_store()
     else {
         return Next::Stop;
@@ -281,12 +317,22 @@ fn drive<H: Host>(gate: &Gate, host: &mut H, w: &mut Waiting) -> Next {
         let need = pending.need();
         let answer = match need.key() {
             Some(key) if key == LIMITER_KEY => {
-                let Some(call) = etcd::call(&need, etcd_key) else {
-                    return Next::Stop;
+                let token = host.etcd_token();
+                let (path, body, what) = match (user, password, &token) {
+                    (Some(user), Some(password), None) => (
+                        etcd::AUTHENTICATE,
+                        etcd::authenticate(user, password),
+                        Sent::Login,
+                    ),
+                    _ => match etcd::call(&need, etcd_key) {
+                        Some(call) => (call.path, call.body, Sent::Step(call.sent)),
+                        None => return Next::Stop,
+                    },
                 };
-                match host.http_call(cluster, call.path, call.body.as_bytes(), *timeout_ms) {
+                let token = token.as_deref().filter(|_| what != Sent::Login);
+                match host.http_call(cluster, path, body.as_bytes(), *timeout_ms, token) {
                     Ok(()) => {
-                        *sent = Some(call.sent);
+                        *sent = Some(what);
                         return Next::Wait;
                     }
                     Err(e) => Answer::Failed(KvError(format!("cannot call {cluster}: {e}"))),
@@ -374,7 +420,10 @@ mod tests {
         fail_shared: bool,
         /// Callouts sent: cluster, path, body, timeout.
         calls: Vec<(String, String, String, u32)>,
+        /// The token each callout carried.
+        tokens: Vec<Option<String>>,
         refuse_calls: bool,
+        etcd_token: Option<String>,
     }
 
     impl Host for Mock {
@@ -442,6 +491,7 @@ mod tests {
             path: &str,
             body: &[u8],
             timeout_ms: u32,
+            token: Option<&str>,
         ) -> Result<(), String> {
             if self.refuse_calls {
                 return Err("BadArgument".into());
@@ -449,7 +499,14 @@ mod tests {
             let body = String::from_utf8_lossy(body).into_owned();
             self.calls
                 .push((cluster.into(), path.into(), body, timeout_ms));
+            self.tokens.push(token.map(str::to_owned));
             Ok(())
+        }
+        fn etcd_token(&self) -> Option<String> {
+            self.etcd_token.clone()
+        }
+        fn set_etcd_token(&mut self, token: Option<String>) {
+            self.etcd_token = token;
         }
     }
 
@@ -601,6 +658,8 @@ mod tests {
                 cluster: "etcd".into(),
                 key: "sg/limiter".into(),
                 timeout_ms: 250,
+                user: None,
+                password: None,
             },
             fail_open,
             ..Default::default()
@@ -731,6 +790,8 @@ mod tests {
                 cluster: "etcd".into(),
                 key: "k".into(),
                 timeout_ms: 250,
+                user: None,
+                password: None,
             },
             ..Default::default()
         })
@@ -754,5 +815,52 @@ mod tests {
             again.calls.is_empty(),
             "no callout while the window is full"
         );
+    }
+
+    /// With etcd's authentication on: log in first, send the token with each
+    /// step, and when etcd refuses it (expired), log in again once and send
+    /// the same step.
+    #[test]
+    fn etcd_authentication_logs_in_and_again_when_the_token_expires() {
+        let g = Gate::new(GateConfig {
+            credentials: sessiongate_core::fixtures::token_set(TOKEN, "t").unwrap(),
+            limiter: LimiterStore::Etcd {
+                cluster: "etcd".into(),
+                key: "k".into(),
+                timeout_ms: 250,
+                user: Some("gate".into()),
+                password: Some("pw".into()),
+            },
+            ..Default::default()
+        })
+        .unwrap();
+        let mut m = request(&[&format!("Bearer {TOKEN}")]);
+        let mut waiting = None;
+        assert_eq!(on_request_headers(&g, &mut m, &mut waiting), Next::Wait);
+        assert_eq!(m.calls[0].1, "/v3/auth/authenticate");
+        assert_eq!(last_body(&m)["name"], "gate");
+        assert_eq!(m.tokens[0], None, "a login carries no token");
+        let login = br#"{"header":{},"token":"t1"}"#;
+        on_callout_response(&g, &mut m, &mut waiting, Some(200), login);
+        assert_eq!(m.calls[1].1, "/v3/kv/range");
+        assert_eq!(m.tokens[1].as_deref(), Some("t1"));
+        let expired = br#"{"error":"etcdserver: invalid auth token","code":16}"#;
+        on_callout_response(&g, &mut m, &mut waiting, Some(401), expired);
+        assert_eq!(m.calls[2].1, "/v3/auth/authenticate", "logged in again");
+        on_callout_response(&g, &mut m, &mut waiting, Some(200), br#"{"token":"t2"}"#);
+        assert_eq!(m.calls[3].1, "/v3/kv/range", "the same step again");
+        assert_eq!(m.tokens[3].as_deref(), Some("t2"));
+        // Refused again: no endless loop; the request fails closed.
+        let next = on_callout_response(&g, &mut m, &mut waiting, Some(401), expired);
+        assert_eq!(next, Next::Stop);
+        assert_eq!(m.reply.as_ref().map(|r| r.0), Some(503));
+        // A wrong password: 503 too.
+        let mut m = request(&[&format!("Bearer {TOKEN}")]);
+        let mut waiting = None;
+        on_request_headers(&g, &mut m, &mut waiting);
+        let refused = br#"{"error":"etcdserver: authentication failed"}"#;
+        let next = on_callout_response(&g, &mut m, &mut waiting, Some(400), refused);
+        assert_eq!(next, Next::Stop);
+        assert_eq!(m.reply.as_ref().map(|r| r.0), Some(503));
     }
 }

@@ -24,6 +24,7 @@ type Metrics = Rc<RefCell<[Option<u32>; Metric::COUNT]>>;
 struct Root {
     gate: Option<Rc<Gate>>,
     metrics: Metrics,
+    etcd_token: EtcdToken,
 }
 
 fn log(level: LogLevel, message: &str) {
@@ -89,6 +90,7 @@ impl RootContext for Root {
         drop(metrics);
         filter::init_shared_state(&mut Wasm {
             metrics: self.metrics.clone(),
+            etcd_token: self.etcd_token.clone(),
         });
         true
     }
@@ -98,6 +100,7 @@ impl RootContext for Root {
         Some(Box::new(Request {
             gate,
             metrics: self.metrics.clone(),
+            etcd_token: self.etcd_token.clone(),
             response_headers: Vec::new(),
             waiting: None,
         }))
@@ -111,6 +114,7 @@ impl RootContext for Root {
 struct Request {
     gate: Rc<Gate>,
     metrics: Metrics,
+    etcd_token: EtcdToken,
     response_headers: Vec<(&'static str, String)>,
     /// The decision waiting on a callout to the limiter's store.
     waiting: Option<filter::Waiting>,
@@ -119,7 +123,11 @@ struct Request {
 /// The host calls of the SDK behind the filter's [`Host`] trait.
 struct Wasm {
     metrics: Metrics,
+    /// The VM's etcd token, shared by its requests.
+    etcd_token: EtcdToken,
 }
+
+type EtcdToken = Rc<RefCell<Option<String>>>;
 
 impl Host for Wasm {
     fn request_headers(&self) -> HeaderBlock {
@@ -165,17 +173,29 @@ impl Host for Wasm {
         path: &str,
         body: &[u8],
         timeout_ms: u32,
+        token: Option<&str>,
     ) -> Result<(), String> {
-        let headers = vec![
+        let mut headers = vec![
             (":method", "POST"),
             (":path", path),
             (":authority", cluster),
             ("content-type", "application/json"),
         ];
+        if let Some(token) = token {
+            headers.push(("authorization", token));
+        }
         let timeout = std::time::Duration::from_millis(u64::from(timeout_ms));
         proxy_wasm::hostcalls::dispatch_http_call(cluster, headers, Some(body), vec![], timeout)
             .map(|_token| ())
             .map_err(|status| format!("proxy_http_call: {status:?}"))
+    }
+
+    fn etcd_token(&self) -> Option<String> {
+        self.etcd_token.borrow().clone()
+    }
+
+    fn set_etcd_token(&mut self, token: Option<String>) {
+        *self.etcd_token.borrow_mut() = token;
     }
 
     fn set_credential(&mut self, name: &str) {
@@ -204,6 +224,7 @@ impl Context for Request {
     ) {
         let mut host = Wasm {
             metrics: self.metrics.clone(),
+            etcd_token: self.etcd_token.clone(),
         };
         // No headers: the call failed (reset, timeout, no host).
         let status = if num_headers == 0 {
@@ -227,6 +248,7 @@ impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let mut host = Wasm {
             metrics: self.metrics.clone(),
+            etcd_token: self.etcd_token.clone(),
         };
         match filter::on_request_headers(&self.gate, &mut host, &mut self.waiting) {
             Next::Stop | Next::Wait => Action::Pause,
@@ -242,6 +264,7 @@ impl HttpContext for Request {
         filter::on_response_headers(
             &mut Wasm {
                 metrics: self.metrics.clone(),
+                etcd_token: self.etcd_token.clone(),
             },
             &headers,
         );

@@ -39,10 +39,16 @@ struct Etcd {
     clients: Vec<u16>,
     peers: Vec<u16>,
     members: Vec<Option<Child>>,
+    /// More flags for every member.
+    extra: Vec<String>,
 }
 
 impl Etcd {
     fn start(dir: &Path, size: usize) -> Etcd {
+        Etcd::start_with(dir, size, &[])
+    }
+
+    fn start_with(dir: &Path, size: usize, extra: &[&str]) -> Etcd {
         let binary = Command::new("etcd").arg("--version").output();
         assert!(
             binary.is_ok_and(|o| o.status.success()),
@@ -54,6 +60,7 @@ impl Etcd {
             clients: (0..size).map(|_| free_port()).collect(),
             peers: (0..size).map(|_| free_port()).collect(),
             members: (0..size).map(|_| None).collect(),
+            extra: extra.iter().map(|e| (*e).to_owned()).collect(),
         };
         for i in 0..size {
             etcd.start_member(i);
@@ -85,6 +92,7 @@ impl Etcd {
             // Fast elections, so a lost leader is replaced within a window.
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
             .args(["--logger", "zap", "--log-level", "error"])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -377,6 +385,7 @@ fn serve_starts_without_etcd_and_recovers_when_it_appears() {
         clients,
         peers: vec![free_port()],
         members: vec![None],
+        extra: Vec::new(),
     };
     etcd.start_member(0);
     etcd.wait_healthy(&[0]);
@@ -480,4 +489,88 @@ fn components_on_one_etcd_share_one_exact_limit() {
         LIMIT * windows,
         LIMIT * (windows + 1)
     );
+}
+
+/// etcd with authentication on (and tokens that live 2 s): the filter logs
+/// in as a user allowed the limiter's keys only, keeps admitting after its
+/// token expires (it logs in again), and a wrong password fails closed.
+#[test]
+fn the_limiter_logs_in_to_an_etcd_with_authentication() {
+    let fx = fixture();
+    let etcd = Etcd::start_with(
+        &fx.dir,
+        1,
+        &["--auth-token", "simple", "--auth-token-ttl", "2"],
+    );
+    let b64 = |s: &str| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(s)
+    };
+    let setup = [
+        (
+            "/v3/auth/user/add",
+            r#"{"name":"root","password":"rootpw"}"#.to_owned(),
+        ),
+        (
+            "/v3/auth/user/grant",
+            r#"{"user":"root","role":"root"}"#.to_owned(),
+        ),
+        ("/v3/auth/role/add", r#"{"name":"gate"}"#.to_owned()),
+        (
+            "/v3/auth/role/grant",
+            format!(
+                r#"{{"name":"gate","perm":{{"permType":"READWRITE","key":"{}","range_end":"{}"}}}}"#,
+                b64("sessiongate/"),
+                b64("sessiongate0")
+            ),
+        ),
+        (
+            "/v3/auth/user/add",
+            r#"{"name":"gate","password":"gatepw"}"#.to_owned(),
+        ),
+        (
+            "/v3/auth/user/grant",
+            r#"{"user":"gate","role":"gate"}"#.to_owned(),
+        ),
+        ("/v3/auth/enable", "{}".to_owned()),
+    ];
+    for (path, body) in &setup {
+        assert!(
+            etcd.post(0, path, body).is_some(),
+            "etcd refused {path} {body}"
+        );
+    }
+    let auth = format!("Bearer {}", fx.creds.token_all);
+    let with = |user: &str, password: &str| {
+        let config = config(&etcd.urls(), false).replace(
+            "timeout_ms = 500\n",
+            &format!("timeout_ms = 500\netcd_user = {user:?}\netcd_password = {password:?}\n"),
+        );
+        Server::start(&fx.dir, &fx.store, &config, 1)
+    };
+    let server = with("gate", "gatepw");
+    assert_eq!(get(server.addr, SESSIONS, Some(&auth)).unwrap().status, 200);
+    std::thread::sleep(Duration::from_millis(3_500));
+    let r = get(server.addr, SESSIONS, Some(&auth)).unwrap();
+    assert_eq!(r.status, 200, "after the token expired: {}", r.text());
+    // It did log in again: etcd counted two logins that succeeded.
+    let metrics = get(etcd.addr(0), "/metrics", None).unwrap().text();
+    let logins: f64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("grpc_server_handled_total")
+                && l.contains("grpc_method=\"Authenticate\"")
+                && l.contains("grpc_code=\"OK\"")
+        })
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        logins >= 2.0,
+        "{logins} logins: the expired token was not replaced"
+    );
+    // Without a login etcd refuses the limiter's calls: the gate fails closed.
+    let wrong = with("gate", "not-the-password");
+    let r = get(wrong.addr, SESSIONS, Some(&auth)).unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json().unwrap()["error"]["code"], "limiter_unavailable");
 }

@@ -632,6 +632,8 @@ mod tests {
                 cluster: "etcd".into(),
                 key: "sg/limiter".into(),
                 timeout_ms: 250,
+                user: None,
+                password: None,
             },
             ..Default::default()
         };

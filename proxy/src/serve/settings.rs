@@ -44,6 +44,9 @@ struct LimitSection {
     key: Option<String>,
     /// How long one call to etcd may take, failovers included.
     timeout_ms: Option<u32>,
+    /// etcd's user and password, when its authentication is on.
+    etcd_user: Option<String>,
+    etcd_password: Option<String>,
 }
 
 /// The cluster name the filter calls etcd by (as an Envoy cluster is named).
@@ -97,7 +100,11 @@ pub(super) fn settings(args: &ServeArgs) -> Result<Settings> {
     };
     let (limiter, etcd) = match section.store.as_deref().unwrap_or("local") {
         "local" => {
-            if section.etcd.is_some() || section.key.is_some() || section.timeout_ms.is_some() {
+            if section.etcd.is_some()
+                || section.key.is_some()
+                || section.timeout_ms.is_some()
+                || section.etcd_user.is_some()
+            {
                 bail!(
                     "{name}: limit.etcd, limit.key and limit.timeout_ms need limit.store = \"etcd\""
                 );
@@ -123,6 +130,8 @@ pub(super) fn settings(args: &ServeArgs) -> Result<Settings> {
                     .key
                     .unwrap_or_else(|| "sessiongate/limiter/v1".to_owned()),
                 timeout_ms: section.timeout_ms.unwrap_or(250),
+                user: section.etcd_user,
+                password: section.etcd_password,
             };
             (store, members)
         }
