@@ -242,14 +242,14 @@ pub fn on_callout_response<H: Host>(
         host.log(LogLevel::Warn, "a callout answered that was not sent");
         return Next::Stop;
     };
-    let login = match gate.limiter_store() {
+    let login = matches!(
+        gate.limiter_store(),
         LimiterStore::Etcd {
             user: Some(_),
             password: Some(_),
             ..
-        } => true,
-        _ => false,
-    };
+        }
+    );
     match sent {
         Sent::Login => match etcd::token(status, body) {
             Ok(token) => host.set_etcd_token(Some(token)),
