@@ -4,6 +4,7 @@
 //! answered is tried first. The filter's `proxy_http_call`s go through it, and
 //! so does the component host's key-value store on etcd.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -26,6 +27,10 @@ pub struct Cluster {
     members: Vec<String>,
     preferred: AtomicUsize,
     client: Client<HttpConnector, Full<Bytes>>,
+    /// etcd's user and password, for the host's own calls ([`Cluster::post_json`]);
+    /// the filter's callouts carry the filter's token.
+    login: Option<(String, String)>,
+    token: Mutex<Option<String>>,
 }
 
 impl Cluster {
@@ -41,7 +46,16 @@ impl Cluster {
                 .collect(),
             preferred: AtomicUsize::new(0),
             client: Client::builder(TokioExecutor::new()).build(connector),
+            login: None,
+            token: Mutex::new(None),
         }
+    }
+
+    /// The host's calls log in to etcd as `user` (and again when etcd
+    /// refuses the token).
+    pub fn with_login(mut self, user: String, password: String) -> Cluster {
+        self.login = Some((user, password));
+        self
     }
 
     pub fn name(&self) -> &str {
@@ -62,23 +76,75 @@ impl Cluster {
     }
 
     /// `POST path` with a JSON body: the status and body, or `None` when no
-    /// member answered in time.
+    /// member answered in time. Logged in, when the cluster has a login.
     pub async fn post_json(
         &self,
         path: &str,
         body: String,
         timeout_ms: u32,
     ) -> Option<(u16, Vec<u8>)> {
+        let Some((user, password)) = &self.login else {
+            return self.post_with(path, body, timeout_ms, None).await;
+        };
+        for _ in 0..2 {
+            let token = self.token.lock().ok().and_then(|t| t.clone());
+            let token = match token {
+                Some(token) => token,
+                None => {
+                    let login = sessiongate_core::etcd::authenticate(user, password);
+                    let answer = self
+                        .post_with(
+                            sessiongate_core::etcd::AUTHENTICATE,
+                            login,
+                            timeout_ms,
+                            None,
+                        )
+                        .await;
+                    let (status, body) = match answer {
+                        Some((status, body)) => (Some(status), body),
+                        None => (None, Vec::new()),
+                    };
+                    let token = sessiongate_core::etcd::token(status, &body).ok()?;
+                    if let Ok(mut slot) = self.token.lock() {
+                        *slot = Some(token.clone());
+                    }
+                    token
+                }
+            };
+            let answer = self
+                .post_with(path, body.clone(), timeout_ms, Some(&token))
+                .await?;
+            if !sessiongate_core::etcd::needs_login(Some(answer.0), &answer.1) {
+                return Some(answer);
+            }
+            if let Ok(mut slot) = self.token.lock() {
+                *slot = None;
+            }
+        }
+        None
+    }
+
+    async fn post_with(
+        &self,
+        path: &str,
+        body: String,
+        timeout_ms: u32,
+        token: Option<&str>,
+    ) -> Option<(u16, Vec<u8>)> {
+        let mut headers = vec![
+            (":method".to_owned(), b"POST".to_vec()),
+            (":path".to_owned(), path.as_bytes().to_vec()),
+            (":authority".to_owned(), self.name.as_bytes().to_vec()),
+            ("content-type".to_owned(), b"application/json".to_vec()),
+        ];
+        if let Some(token) = token {
+            headers.push(("authorization".to_owned(), token.as_bytes().to_vec()));
+        }
         let call = Callout {
             context: 0,
             token: 0,
             cluster: self.name.clone(),
-            headers: vec![
-                (":method".to_owned(), b"POST".to_vec()),
-                (":path".to_owned(), path.as_bytes().to_vec()),
-                (":authority".to_owned(), self.name.as_bytes().to_vec()),
-                ("content-type".to_owned(), b"application/json".to_vec()),
-            ],
+            headers,
             body: body.into_bytes(),
             timeout_ms,
         };

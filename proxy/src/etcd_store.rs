@@ -9,10 +9,15 @@
 //!
 //! The CLI is synchronous, and so is this client: HTTP/1.1 to etcd's
 //! JSON gateway over a `TcpStream`, one member after another on failure.
+//!
+//! With etcd's authentication on: `etcd://USER@HOST:PORT…/PREFIX`, the
+//! password in `SESSIONGATE_ETCD_PASSWORD` (never on a command line, where
+//! `ps` would show it).
 
 use std::io::{Read as _, Write as _};
 use std::net::{TcpStream, ToSocketAddrs as _};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -32,7 +37,13 @@ const CHANGE_ATTEMPTS: usize = 5;
 pub struct EtcdStore {
     members: Vec<String>,
     prefix: String,
+    /// etcd's user and password, and the token they got.
+    login: Option<(String, String)>,
+    token: Arc<Mutex<Option<String>>>,
 }
+
+/// Where the password of `etcd://USER@…` comes from.
+pub const PASSWORD_VARIABLE: &str = "SESSIONGATE_ETCD_PASSWORD";
 
 /// A credential as stored, and the revision it was read at.
 struct Stored {
@@ -54,6 +65,21 @@ impl EtcdStore {
 
     fn parse_rest(rest: &str) -> Result<EtcdStore> {
         let (hosts, prefix) = rest.split_once('/').ok_or_else(|| anyhow!("no /PREFIX"))?;
+        let (user, hosts) = match hosts.split_once('@') {
+            Some((user, hosts)) => (Some(user), hosts),
+            None => (None, hosts),
+        };
+        let login = match user {
+            Some(user) if user.is_empty() || user.contains(':') => {
+                bail!("USER@ takes no password: put it in {PASSWORD_VARIABLE}")
+            }
+            Some(user) => {
+                let password = std::env::var(PASSWORD_VARIABLE)
+                    .map_err(|_| anyhow!("{user}@ needs the password in {PASSWORD_VARIABLE}"))?;
+                Some((user.to_owned(), password))
+            }
+            None => None,
+        };
         let prefix = prefix.trim_end_matches('/');
         if prefix.is_empty() {
             bail!("an empty prefix");
@@ -69,6 +95,8 @@ impl EtcdStore {
         Ok(EtcdStore {
             members,
             prefix: prefix.to_owned(),
+            login,
+            token: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -215,28 +243,79 @@ impl EtcdStore {
         Ok(field(&answer, "succeeded").as_bool().unwrap_or(false))
     }
 
-    /// `POST path` with a JSON body to the first member that answers 200.
+    /// `POST path` with a JSON body, logged in when the store has a user:
+    /// the answer of the first member that answers 200.
     fn post(&self, path: &str, body: &Value) -> Result<Value> {
         let body = body.to_string();
+        let Some((user, password)) = &self.login else {
+            return self.post_as(path, &body, None);
+        };
+        let mut last = None;
+        for _ in 0..2 {
+            let cached = self.token.lock().ok().and_then(|t| t.clone());
+            let token = match cached {
+                Some(token) => token,
+                None => {
+                    let login = sessiongate_core::etcd::authenticate(user, password);
+                    let (status, answer) =
+                        self.exchange_any(sessiongate_core::etcd::AUTHENTICATE, &login, None)?;
+                    let token = sessiongate_core::etcd::token(Some(status), &answer)
+                        .map_err(|e| anyhow!("{user}@: {e}"))?;
+                    if let Ok(mut slot) = self.token.lock() {
+                        *slot = Some(token.clone());
+                    }
+                    token
+                }
+            };
+            let (status, answer) = self.exchange_any(path, &body, Some(&token))?;
+            if !sessiongate_core::etcd::needs_login(Some(status), &answer) {
+                return answered(status, &answer);
+            }
+            if let Ok(mut slot) = self.token.lock() {
+                *slot = None;
+            }
+            last = Some(String::from_utf8_lossy(&answer).into_owned());
+        }
+        bail!("etcd refused {user}'s token: {}", last.unwrap_or_default())
+    }
+
+    fn post_as(&self, path: &str, body: &str, token: Option<&str>) -> Result<Value> {
+        let (status, answer) = self.exchange_any(path, body, token)?;
+        answered(status, &answer)
+    }
+
+    /// The first member's answer that is not a 503 (the others are tried
+    /// on a connect error or a 503).
+    fn exchange_any(&self, path: &str, body: &str, token: Option<&str>) -> Result<(u16, Vec<u8>)> {
         let mut errors = Vec::new();
         for member in &self.members {
-            match exchange(member, path, &body) {
-                Ok((200, answer)) => {
-                    return serde_json::from_slice(&answer)
-                        .with_context(|| format!("etcd at {member} answered what is not JSON"));
-                }
-                Ok((status, answer)) => errors.push(format!(
-                    "{member}: {status} {}",
+            match exchange(member, path, body, token) {
+                Ok((503, answer)) => errors.push(format!(
+                    "{member}: 503 {}",
                     String::from_utf8_lossy(&answer)
                         .chars()
                         .take(200)
                         .collect::<String>()
                 )),
+                Ok(answer) => return Ok(answer),
                 Err(e) => errors.push(format!("{member}: {e:#}")),
             }
         }
         bail!("no etcd member answered: {}", errors.join("; "))
     }
+}
+
+fn answered(status: u16, answer: &[u8]) -> Result<Value> {
+    if status != 200 {
+        bail!(
+            "etcd answered {status}: {}",
+            String::from_utf8_lossy(answer)
+                .chars()
+                .take(200)
+                .collect::<String>()
+        );
+    }
+    serde_json::from_slice(answer).context("etcd answered what is not JSON")
 }
 
 /// A field of a JSON object (`null` when absent).
@@ -252,7 +331,7 @@ fn decode(text: &Value) -> Result<String> {
 }
 
 /// One HTTP/1.1 exchange, the connection closed after: status and body.
-fn exchange(member: &str, path: &str, body: &str) -> Result<(u16, Vec<u8>)> {
+fn exchange(member: &str, path: &str, body: &str, token: Option<&str>) -> Result<(u16, Vec<u8>)> {
     let addr = member
         .to_socket_addrs()?
         .next()
@@ -260,9 +339,10 @@ fn exchange(member: &str, path: &str, body: &str) -> Result<(u16, Vec<u8>)> {
     let mut stream = TcpStream::connect_timeout(&addr, MEMBER_TIMEOUT)?;
     stream.set_read_timeout(Some(MEMBER_TIMEOUT))?;
     stream.set_write_timeout(Some(MEMBER_TIMEOUT))?;
+    let authorization = token.map_or(String::new(), |t| format!("Authorization: {t}\r\n"));
     write!(
         stream,
-        "POST {path} HTTP/1.1\r\nHost: {member}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nHost: {member}\r\nContent-Type: application/json\r\n{authorization}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )?;
     let mut response = Vec::new();
@@ -324,7 +404,13 @@ mod tests {
         assert_eq!(s.members, ["10.0.0.1:2379", "10.0.0.2:2379"]);
         assert_eq!(s.key("ci"), "sg/credentials/ci");
         assert!(EtcdStore::parse(Path::new("tokens.json")).is_none());
-        for bad in ["etcd://", "etcd://host/p", "etcd://h:1", "etcd://h:1/"] {
+        for bad in [
+            "etcd://",
+            "etcd://host/p",
+            "etcd://h:1",
+            "etcd://h:1/",
+            "etcd://u:pw@h:1/p",
+        ] {
             assert!(EtcdStore::parse(Path::new(bad)).unwrap().is_err(), "{bad}");
         }
     }

@@ -573,4 +573,99 @@ fn the_limiter_logs_in_to_an_etcd_with_authentication() {
     let r = get(wrong.addr, SESSIONS, Some(&auth)).unwrap();
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.json().unwrap()["error"]["code"], "limiter_unavailable");
+
+    // The fleet's token store on the same etcd, as `gate` (the password in
+    // the environment), and a component whose bucket is there too.
+    let store = format!(
+        "etcd://gate@127.0.0.1:{}/sessiongate/tokens",
+        etcd.clients[0]
+    );
+    let cli = |args: &[&str], password: &str| {
+        Command::new(common::BIN)
+            .args(args)
+            .env("SESSIONGATE_ETCD_PASSWORD", password)
+            .output()
+            .unwrap()
+    };
+    let created = cli(
+        &[
+            "token",
+            "create",
+            "--store",
+            &store,
+            "--name",
+            "authed",
+            "--customer",
+            "acme",
+            "--all-sites",
+        ],
+        "gatepw",
+    );
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let token = String::from_utf8(created.stdout).unwrap().trim().to_owned();
+    let refused = cli(&["token", "list", "--store", &store], "wrong");
+    assert!(
+        !refused.status.success(),
+        "a wrong password listed the store"
+    );
+    let config = config(&etcd.urls(), false).replace(
+        "timeout_ms = 500\n",
+        "timeout_ms = 500\netcd_user = \"gate\"\netcd_password = \"gatepw\"\n",
+    );
+    let config_path = fx.dir.join("authed.toml");
+    std::fs::write(&config_path, &config).unwrap();
+    let component = env!("SESSIONGATE_COMPONENT_WASM");
+    let mut child = Command::new(common::BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--store",
+            &store,
+        ])
+        .arg("--config")
+        .arg(&config_path)
+        .args(["--component", component])
+        .env("SESSIONGATE_ETCD_PASSWORD", "gatepw")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let _ = tx.send(
+                    rest.split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned(),
+                );
+            }
+        }
+    });
+    let addr: SocketAddr = rx
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let r = get(addr, SESSIONS, Some(&format!("Bearer {token}"))).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        r.status,
+        200,
+        "the component on an authenticated etcd: {}",
+        r.text()
+    );
 }

@@ -172,10 +172,16 @@ fn clusters(settings: &Settings) -> Vec<Arc<crate::cluster::Cluster>> {
     if settings.etcd.is_empty() {
         return Vec::new();
     }
-    vec![Arc::new(crate::cluster::Cluster::new(
-        settings::ETCD_CLUSTER,
-        settings.etcd.clone(),
-    ))]
+    let cluster = crate::cluster::Cluster::new(settings::ETCD_CLUSTER, settings.etcd.clone());
+    let cluster = match &settings.gate.limiter {
+        LimiterStore::Etcd {
+            user: Some(user),
+            password: Some(password),
+            ..
+        } => cluster.with_login(user.clone(), password.clone()),
+        _ => cluster,
+    };
+    vec![Arc::new(cluster)]
 }
 
 fn filter_runner(
