@@ -1,6 +1,6 @@
 //! Builds the WebAssembly the binary runs: the proxy-wasm filter for
-//! `wasm32-wasip1` (embedded, so one `cargo build -p sessiongate` yields a
-//! binary that carries the very `.wasm` Envoy loads) and the two wasi:http
+//! `wasm32-wasip1`, its fleet build (embedded, so one `cargo build -p
+//! sessiongate` yields a binary that carries the very `.wasm` Envoy loads) and the two wasi:http
 //! components (0.3 and 0.2) for `wasm32-wasip2` (their paths exported for
 //! the tests of `serve --component`). Each nested build has its own target directory (as
 //! substrate's wasm builder does) so it never waits on the outer build's
@@ -26,6 +26,8 @@ struct WasmBuild {
     artifact: &'static str,
     /// What it is built from, relative to the workspace.
     sources: &'static [&'static str],
+    /// Cargo features to build it with.
+    features: &'static str,
 }
 
 const BUILDS: &[WasmBuild] = &[
@@ -37,6 +39,8 @@ const BUILDS: &[WasmBuild] = &[
         dir: "sessiongate-plugin",
         artifact: "sessiongate_plugin.wasm",
         sources: &["plugin/src", "plugin/Cargo.toml"],
+        // `serve` can keep its limit on etcd: it embeds the fleet build.
+        features: "fleet",
     },
     WasmBuild {
         env: "SESSIONGATE_COMPONENT_WASM",
@@ -46,6 +50,7 @@ const BUILDS: &[WasmBuild] = &[
         dir: "sessiongate-component",
         artifact: "sessiongate_spin.wasm",
         sources: &["spin/src", "spin/Cargo.toml", "wit"],
+        features: "",
     },
     // The wasi:http 0.2 build. Its own directory: it builds `sessiongate-spin`
     // as a dependency, whose cdylib there is not the 0.3 build.
@@ -57,6 +62,7 @@ const BUILDS: &[WasmBuild] = &[
         dir: "sessiongate-component-p2",
         artifact: "sessiongate_spin_wasip2.wasm",
         sources: &["spin/src", "spin/Cargo.toml", "spin/wasip2", "wit"],
+        features: "",
     },
 ];
 
@@ -105,6 +111,11 @@ fn nested_build(build: &WasmBuild, workspace: &Path, out_dir: &Path) -> PathBuf 
         ])
         .args(["--profile", build.profile, "--target-dir"])
         .arg(&target_dir)
+        .args(if build.features.is_empty() {
+            vec![]
+        } else {
+            vec!["--features", build.features]
+        })
         // The outer build's flags and wrappers (clippy, coverage) are for the host target.
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")

@@ -2,28 +2,33 @@
 # Builds the proxy-wasm filter for shipping: the `plugin` profile, then
 # binaryen's `wasm-opt` (from npm, pinned in plugin/package.json).
 #
-#   scripts/build-plugin.sh [--fast] [OUT]   (default OUT: $CARGO_TARGET_DIR/sessiongate_plugin.wasm)
+#   scripts/build-plugin.sh [--fast] [--fleet] [OUT]   (default OUT: $CARGO_TARGET_DIR/sessiongate_plugin[_fleet].wasm)
 #
 # Default: `opt-level = "s"`, then `wasm-opt -Oz --converge`: under 250 KB
 # and under 5 us a request under wasmtime (`"z"` is 9 % smaller and 30 %
 # slower; BENCHMARKS.md has the table). `--fast`: `opt-level = 3`, then
 # `wasm-opt -O3`, ~10 % larger and ~15 % faster again. Prints the path and
-# the sizes.
+# the sizes. `--fleet`: with the limiter on etcd (the `fleet` feature;
+# plugin/envoy-fleet.yaml loads it), ~30 KB larger.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 target="${CARGO_TARGET_DIR:-$root/target}"
 level=s
 wasm_opt=(-Oz --converge)
-if [ "${1:-}" = "--fast" ]; then
-  level=3
-  wasm_opt=(-O3)
-  shift
-fi
-out="${1:-$target/sessiongate_plugin.wasm}"
+features=()
+name=sessiongate_plugin
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --fast) level=3; wasm_opt=(-O3); shift ;;
+    --fleet) features=(--features fleet); name=sessiongate_plugin_fleet; shift ;;
+    *) break ;;
+  esac
+done
+out="${1:-$target/$name.wasm}"
 # Its own target directory: `cargo test` may hold the lock of the outer one.
-build="$target/sessiongate-plugin-ship-$level"
+build="$target/sessiongate-plugin-ship-$level${features:+-fleet}"
 (cd "$root" && CARGO_TARGET_DIR="$build" CARGO_PROFILE_PLUGIN_OPT_LEVEL="$level" \
-  cargo build --quiet -p sessiongate-plugin --target wasm32-wasip1 --profile plugin)
+  cargo build --quiet -p sessiongate-plugin --target wasm32-wasip1 --profile plugin "${features[@]}")
 raw="$build/wasm32-wasip1/plugin/sessiongate_plugin.wasm"
 # One install at a time: two builds at once (the tests run both) would
 # otherwise race on node_modules, one seeing it half-written.

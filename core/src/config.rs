@@ -120,15 +120,22 @@ pub struct GateConfig {
     /// The failed-credential guard (per client address).
     #[serde(default)]
     pub guard: GuardConfig,
-    /// Where a proxy-wasm host keeps the limiter's state.
-    #[serde(default)]
+    /// Where a proxy-wasm host keeps the limiter's state. Only in builds
+    /// with the `etcd` feature (the fleet filter, the CLI and `serve`, the
+    /// component): elsewhere the field is unknown, so a filter built for one
+    /// Envoy refuses a fleet configuration instead of ignoring it, and
+    /// carries no code to parse it.
+    #[cfg(feature = "etcd")]
+    #[serde(default, skip_serializing_if = "LimiterStore::is_shared_data")]
     pub limiter: LimiterStore,
 }
 
 /// Where the filter keeps the limiter's state (the guard's buckets stay in
-/// the host's shared data either way: a brake, per instance).
+/// the host's shared data either way: a brake, per instance). In JSON a flat
+/// object, `{"store": "shared_data"}` or `{"store": "etcd", "cluster": …}`
+/// (read through [`LimiterRepr`]: serde's tagged enums cost the filter ~40 KB).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(tag = "store", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(try_from = "LimiterRepr", into = "LimiterRepr")]
 pub enum LimiterStore {
     /// Proxy-wasm shared data: every VM of one proxy (one Envoy, one `serve`).
     #[default]
@@ -137,22 +144,104 @@ pub enum LimiterStore {
     /// (see [`crate::etcd`]): every proxy that shares the cluster.
     Etcd {
         /// The host's name for the etcd members (an Envoy cluster).
-        #[serde(default = "default_etcd_cluster")]
         cluster: String,
         /// The etcd key the limiter's log lives under.
-        #[serde(default = "default_etcd_key")]
         key: String,
         /// How long one call may take before the request is answered
         /// `503 limiter_unavailable` (or admitted with `fail_open`).
-        #[serde(default = "default_etcd_timeout")]
         timeout_ms: u32,
         /// etcd's own user, when the cluster has authentication on: the
         /// filter logs in for a token and again when it expires.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         user: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         password: Option<String>,
     },
+}
+
+/// [`LimiterStore`] as JSON has it.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimiterRepr {
+    #[serde(default)]
+    store: StoreName,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cluster: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    timeout_ms: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    password: Option<String>,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum StoreName {
+    #[default]
+    SharedData,
+    Etcd,
+}
+
+impl LimiterStore {
+    pub fn is_shared_data(&self) -> bool {
+        *self == LimiterStore::SharedData
+    }
+}
+
+impl TryFrom<LimiterRepr> for LimiterStore {
+    type Error = String;
+
+    fn try_from(r: LimiterRepr) -> Result<LimiterStore, String> {
+        match r.store {
+            StoreName::SharedData => {
+                let etcd = [r.cluster.is_some(), r.key.is_some(), r.timeout_ms.is_some()];
+                if etcd.into_iter().any(|set| set) || r.user.is_some() || r.password.is_some() {
+                    return Err(
+                        "cluster, key, timeout_ms, user and password need \"store\": \"etcd\""
+                            .into(),
+                    );
+                }
+                Ok(LimiterStore::SharedData)
+            }
+            StoreName::Etcd => Ok(LimiterStore::Etcd {
+                cluster: r.cluster.unwrap_or_else(default_etcd_cluster),
+                key: r.key.unwrap_or_else(default_etcd_key),
+                timeout_ms: r.timeout_ms.unwrap_or_else(default_etcd_timeout),
+                user: r.user,
+                password: r.password,
+            }),
+        }
+    }
+}
+
+impl From<LimiterStore> for LimiterRepr {
+    fn from(store: LimiterStore) -> LimiterRepr {
+        match store {
+            LimiterStore::SharedData => LimiterRepr {
+                store: StoreName::SharedData,
+                cluster: None,
+                key: None,
+                timeout_ms: None,
+                user: None,
+                password: None,
+            },
+            LimiterStore::Etcd {
+                cluster,
+                key,
+                timeout_ms,
+                user,
+                password,
+            } => LimiterRepr {
+                store: StoreName::Etcd,
+                cluster: Some(cluster),
+                key: Some(key),
+                timeout_ms: Some(timeout_ms),
+                user,
+                password,
+            },
+        }
+    }
 }
 
 fn default_etcd_cluster() -> String {
@@ -178,6 +267,7 @@ impl Default for GateConfig {
             fail_open: false,
             stub_sessions_per_site: DEFAULT_SESSIONS_PER_SITE,
             guard: GuardConfig::default(),
+            #[cfg(feature = "etcd")]
             limiter: LimiterStore::default(),
         }
     }
@@ -212,6 +302,7 @@ impl GateConfig {
         if self.guard.enabled() && self.guard.window_seconds == 0 {
             return Err(invalid("guard.window_seconds", "must be at least 1".into()));
         }
+        #[cfg(feature = "etcd")]
         if let LimiterStore::Etcd {
             cluster,
             key,

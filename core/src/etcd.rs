@@ -17,7 +17,6 @@ use std::borrow::Cow;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use serde::Deserialize;
 
 use crate::kv::{Entry, KvError};
 use crate::pending::{Answer, Need};
@@ -37,19 +36,20 @@ pub enum Sent {
 
 /// The call that asks a cluster with authentication on for a token.
 pub fn authenticate(user: &str, password: &str) -> String {
-    serde_json::json!({ "name": user, "password": password }).to_string()
+    let mut body = String::from(r#"{"name":"#);
+    crate::error::push_json_string(&mut body, user);
+    body.push_str(r#","password":"#);
+    crate::error::push_json_string(&mut body, password);
+    body.push('}');
+    body
 }
 
 /// The token in an answer to [`authenticate`].
 pub fn token(status: Option<u16>, body: &[u8]) -> Result<String, String> {
-    #[derive(Deserialize)]
-    struct Authenticated {
-        token: String,
-    }
     match status {
-        Some(200) => serde_json::from_slice::<Authenticated>(body)
-            .map(|a| a.token)
-            .map_err(|e| format!("etcd's authentication answer does not parse ({e})")),
+        Some(200) => string_field(text(body)?, "token")
+            .map(str::to_owned)
+            .ok_or_else(|| format!("etcd's login answer has no token: {}", excerpt(body))),
         Some(status) => Err(format!(
             "etcd refused the login ({status}): {}",
             excerpt(body)
@@ -128,20 +128,92 @@ pub fn answer(sent: Sent, status: Option<u16>, body: &[u8]) -> Answer<'static> {
         Some(status) => return failed(format!("etcd answered {status}: {}", excerpt(body))),
         None => return failed("etcd did not answer".to_owned()),
     }
-    let parsed = match sent {
-        Sent::Read => serde_json::from_slice::<Range>(body)
-            .map_err(|e| e.to_string())
-            .and_then(|range| range.entry().map(Answer::Value)),
-        Sent::Write => serde_json::from_slice::<Txn>(body)
-            .map_err(|e| e.to_string())
-            .and_then(Txn::answer),
-    };
+    let parsed = text(body).and_then(|json| match sent {
+        Sent::Read => range(json).map(Answer::Value),
+        Sent::Write => txn_answer(json),
+    });
     parsed.unwrap_or_else(|e| {
         failed(format!(
             "etcd's answer does not parse ({e}): {}",
             excerpt(body)
         ))
     })
+}
+
+// The gateway's answers are read with a few string searches, not serde: the
+// fields read here are strings without escapes (base64, decimal numbers,
+// tokens), and serde's code for five answer shapes was ~15 KB of the filter
+// (BENCHMARKS.md, size target). Tested on the gateway's own output, and
+// against a real etcd in proxy/tests/fleet.rs.
+
+fn text(body: &[u8]) -> Result<&str, String> {
+    let text = std::str::from_utf8(body).map_err(|_| "not UTF-8".to_owned())?;
+    let trimmed = text.trim();
+    if !(trimmed.starts_with('{') && trimmed.ends_with('}')) {
+        return Err("not a JSON object".to_owned());
+    }
+    Ok(trimmed)
+}
+
+/// The value of the first `"name": "…"` in `json`.
+fn string_field<'a>(json: &'a str, name: &str) -> Option<&'a str> {
+    let pattern = format!("\"{name}\"");
+    let after = json.get(json.find(&pattern)? + pattern.len()..)?;
+    let after = after.trim_start().strip_prefix(':')?.trim_start();
+    let value = after.strip_prefix('"')?;
+    value.get(..value.find('"')?)
+}
+
+/// The first key-value of a range answer (its `kvs`), if any.
+fn range(json: &str) -> Result<Option<Entry<'static>>, String> {
+    let Some(at) = json.find("\"kvs\"") else {
+        return Ok(None);
+    };
+    let kvs = json.get(at..).unwrap_or_default();
+    let list = kvs
+        .find('[')
+        .and_then(|open| kvs.get(open + 1..))
+        .ok_or_else(|| "kvs is not a list".to_owned())?;
+    if list.trim_start().starts_with(']') {
+        return Ok(None);
+    }
+    let first = list
+        .find('{')
+        .and_then(|open| Some((open, kvs.get(open..)?.find('}')?)))
+        .and_then(|(open, len)| kvs.get(open..=open + len))
+        .ok_or_else(|| "kvs without an entry".to_owned())?;
+    let revision = string_field(first, "mod_revision").ok_or("no mod_revision")?;
+    let version = revision
+        .parse()
+        .map_err(|_| format!("mod_revision {revision:?} is not a number"))?;
+    // Left out for an empty value.
+    let value = string_field(first, "value").unwrap_or("");
+    let value = BASE64
+        .decode(value)
+        .map_err(|e| format!("value is not base64: {e}"))?;
+    Ok(Some(Entry {
+        value: Cow::Owned(value),
+        version,
+    }))
+}
+
+fn txn_answer(json: &str) -> Result<Answer<'static>, String> {
+    if !json.contains("\"header\"") {
+        return Err("no header".to_owned());
+    }
+    let succeeded = json
+        .find("\"succeeded\"")
+        .and_then(|at| json.get(at + "\"succeeded\"".len()..))
+        .and_then(|rest| rest.trim_start().strip_prefix(':'))
+        .is_some_and(|rest| rest.trim_start().starts_with("true"));
+    if succeeded {
+        return Ok(Answer::Written);
+    }
+    // Lost: the failure branch read what is there now.
+    match json.find("\"response_range\"") {
+        Some(at) => range(json.get(at..).unwrap_or_default()).map(Answer::Value),
+        None => Ok(Answer::Conflict),
+    }
 }
 
 fn failed(message: String) -> Answer<'static> {
@@ -151,74 +223,6 @@ fn failed(message: String) -> Answer<'static> {
 fn excerpt(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
     text.chars().take(200).collect()
-}
-
-#[derive(Deserialize)]
-struct Range {
-    #[serde(default)]
-    kvs: Vec<KeyValue>,
-}
-
-impl Range {
-    fn entry(self) -> Result<Option<Entry<'static>>, String> {
-        self.kvs.into_iter().next().map(KeyValue::entry).transpose()
-    }
-}
-
-#[derive(Deserialize)]
-struct KeyValue {
-    mod_revision: String,
-    /// Left out for an empty value.
-    #[serde(default)]
-    value: String,
-}
-
-impl KeyValue {
-    fn entry(self) -> Result<Entry<'static>, String> {
-        let version = self
-            .mod_revision
-            .parse()
-            .map_err(|_| format!("mod_revision {:?} is not a number", self.mod_revision))?;
-        let value = BASE64
-            .decode(&self.value)
-            .map_err(|e| format!("value is not base64: {e}"))?;
-        Ok(Entry {
-            value: Cow::Owned(value),
-            version,
-        })
-    }
-}
-
-#[derive(Deserialize)]
-struct Txn {
-    #[serde(default)]
-    succeeded: bool,
-    #[serde(default)]
-    responses: Vec<TxnResponse>,
-    /// etcd 3.4's gateway puts the header first; a body with neither it nor
-    /// `responses` is not a txn answer.
-    header: Option<serde_json::Value>,
-}
-
-#[derive(Deserialize)]
-struct TxnResponse {
-    response_range: Option<Range>,
-}
-
-impl Txn {
-    fn answer(self) -> Result<Answer<'static>, String> {
-        if self.header.is_none() {
-            return Err("no header".to_owned());
-        }
-        if self.succeeded {
-            return Ok(Answer::Written);
-        }
-        // Lost: the failure branch read what is there now.
-        match self.responses.into_iter().find_map(|r| r.response_range) {
-            Some(range) => range.entry().map(Answer::Value),
-            None => Ok(Answer::Conflict),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -293,6 +297,17 @@ mod tests {
         );
         let absent = br#"{"header":{"revision":"9"}}"#;
         assert_eq!(answer(Sent::Read, Some(200), absent), Answer::Value(None));
+        let empty = br#"{"header":{"revision":"9"},"kvs":[],"count":"0"}"#;
+        assert_eq!(answer(Sent::Read, Some(200), empty), Answer::Value(None));
+        // Spaces where a JSON writer may put them, and an empty value left out.
+        let spaced = br#"{ "header": {}, "kvs": [ { "key": "aw==", "mod_revision": "4" } ] }"#;
+        assert_eq!(
+            answer(Sent::Read, Some(200), spaced),
+            Answer::Value(Some(Entry {
+                value: Cow::Owned(Vec::new()),
+                version: 4
+            }))
+        );
     }
 
     #[test]

@@ -99,7 +99,10 @@ impl Gate {
             fail_open: config.fail_open,
             stub_sessions_per_site: config.stub_sessions_per_site,
             guard: config.guard,
+            #[cfg(feature = "etcd")]
             limiter: config.limiter,
+            #[cfg(not(feature = "etcd"))]
+            limiter: LimiterStore::SharedData,
             revocation_list: false,
         })
     }

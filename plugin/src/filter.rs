@@ -5,8 +5,7 @@
 use std::borrow::Cow;
 
 use sessiongate_core::{
-    Action, Answer, Decision, Entry, ErrorCode, Forward, Gate, Kv, KvError, LimiterStore, Outcome,
-    Progress, Request, Version, etcd,
+    Action, Decision, Entry, ErrorCode, Forward, Gate, Kv, KvError, Outcome, Request, Version,
 };
 
 use crate::header_block::HeaderBlock;
@@ -93,7 +92,7 @@ pub trait Host {
 }
 
 /// Envoy's shared data as the gate's [`Kv`].
-struct SharedData<'h, H: Host>(&'h mut H);
+pub(crate) struct SharedData<'h, H: Host>(pub(crate) &'h mut H);
 
 impl<H: Host> Kv for SharedData<'_, H> {
     fn get(&mut self, key: &str) -> Result<Option<Entry<'_>>, KvError> {
@@ -150,28 +149,13 @@ pub enum Next {
     Wait,
 }
 
-/// A request waiting on the limiter's store: what it needs to decide again
-/// when the answer comes (the decision is replayed from the answers so far,
-/// as a paused stream cannot keep one that borrows its request).
-#[derive(Debug)]
-pub struct Waiting {
-    method: String,
-    target: String,
-    authorization: Vec<Vec<u8>>,
-    client: Option<String>,
-    now: u64,
-    answers: Vec<Answer<'static>>,
-    sent: Option<Sent>,
-    /// Logged in again once for this request after etcd refused a token.
-    relogged: bool,
-}
+#[cfg(feature = "fleet")]
+pub use crate::fleet::{Waiting, on_callout_response};
 
-/// The call in flight for a waiting request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Sent {
-    Step(etcd::Sent),
-    Login,
-}
+/// Without the fleet feature no request ever waits on a callout.
+#[cfg(not(feature = "fleet"))]
+#[derive(Debug)]
+pub enum Waiting {}
 
 /// The request-headers phase.
 pub fn on_request_headers<H: Host>(
@@ -195,21 +179,20 @@ pub fn on_request_headers<H: Host>(
         .collect();
     let now = host.now_ms();
     let client = host.source_address();
-    if let LimiterStore::Etcd { .. } = gate.limiter_store() {
-        let mut w = Waiting {
-            method: method.to_owned(),
-            target: target.to_owned(),
-            authorization: authorization.iter().map(|v| v.to_vec()).collect(),
-            client,
-            now,
-            answers: Vec::new(),
-            sent: None,
-            relogged: false,
-        };
-        let next = drive(gate, host, &mut w);
-        if next == Next::Wait {
-            *waiting = Some(w);
-        }
+    // Without the fleet feature the root context refuses an etcd limiter.
+    #[cfg(not(feature = "fleet"))]
+    let _: &mut Option<Waiting> = waiting;
+    #[cfg(feature = "fleet")]
+    if let Some(next) = crate::fleet::begin(
+        gate,
+        host,
+        waiting,
+        method,
+        target,
+        &authorization,
+        now,
+        &client,
+    ) {
         return next;
     }
     let decision = gate.decide(
@@ -225,128 +208,8 @@ pub fn on_request_headers<H: Host>(
     carry_out(decision, host)
 }
 
-/// A callout's answer (`status`: `None` when the call failed): the decision
-/// goes on. [`Next::Continue`]: the host lets the paused request go on.
-pub fn on_callout_response<H: Host>(
-    gate: &Gate,
-    host: &mut H,
-    waiting: &mut Option<Waiting>,
-    status: Option<u16>,
-    body: &[u8],
-) -> Next {
-    let Some(mut w) = waiting.take() else {
-        host.log(LogLevel::Warn, "a callout answered for no waiting request");
-        return Next::Stop;
-    };
-    let Some(sent) = w.sent.take() else {
-        host.log(LogLevel::Warn, "a callout answered that was not sent");
-        return Next::Stop;
-    };
-    let login = matches!(
-        gate.limiter_store(),
-        LimiterStore::Etcd {
-            user: Some(_),
-            password: Some(_),
-            ..
-        }
-    );
-    match sent {
-        Sent::Login => match etcd::token(status, body) {
-            Ok(token) => host.set_etcd_token(Some(token)),
-            Err(e) => w.answers.push(Answer::Failed(KvError(e))),
-        },
-        // The token expired (or etcd restarted): log in again, once, and
-        // send the same step.
-        Sent::Step(_) if login && !w.relogged && etcd::needs_login(status, body) => {
-            w.relogged = true;
-            host.set_etcd_token(None);
-        }
-        Sent::Step(sent) => w.answers.push(etcd::answer(sent, status, body)),
-    }
-    let next = drive(gate, host, &mut w);
-    if next == Next::Wait {
-        *waiting = Some(w);
-    }
-    next
-}
-
-/// Replays the decision through the answers so far and takes it on: steps
-/// on the guard's buckets on shared data at once, a step on the limiter's
-/// log as a callout to etcd (then [`Next::Wait`]), and the decision, once
-/// made, carried out.
-fn drive<H: Host>(gate: &Gate, host: &mut H, w: &mut Waiting) -> Next {
-    let LimiterStore::Etcd {
-        cluster,
-        key: etcd_key,
-        timeout_ms,
-        user,
-        password,
-    } = gate.limiter_store()
-    else {
-        return Next::Stop;
-    };
-    let Waiting {
-        method,
-        target,
-        authorization,
-        client,
-        now,
-        answers,
-        sent,
-        ..
-    } = w;
-    let authorization: Vec<&[u8]> = authorization.iter().map(Vec::as_slice).collect();
-    let req = Request {
-        method,
-        target,
-        authorization: &authorization,
-        client: client.as_deref(),
-    };
-    // The first run may be answered by the "full until" memo (a 429 with no
-    // call at all); a replay follows the answers it was given.
-    let mut progress = if answers.is_empty() {
-        gate.start(&req, *now)
-    } else {
-        gate.replay(&req, *now, answers.iter())
-    };
-    loop {
-        let pending = match progress {
-            Progress::Done(decision) => return carry_out(decision, host),
-            Progress::Pending(pending) => pending,
-        };
-        let need = pending.need();
-        let answer = match need.key() {
-            Some(key) if key == LIMITER_KEY => {
-                let token = host.etcd_token();
-                let (path, body, what) = match (user, password, &token) {
-                    (Some(user), Some(password), None) => (
-                        etcd::AUTHENTICATE,
-                        etcd::authenticate(user, password),
-                        Sent::Login,
-                    ),
-                    _ => match etcd::call(&need, etcd_key) {
-                        Some(call) => (call.path, call.body, Sent::Step(call.sent)),
-                        None => return Next::Stop,
-                    },
-                };
-                let token = token.as_deref().filter(|_| what != Sent::Login);
-                match host.http_call(cluster, path, body.as_bytes(), *timeout_ms, token) {
-                    Ok(()) => {
-                        *sent = Some(what);
-                        return Next::Wait;
-                    }
-                    Err(e) => Answer::Failed(KvError(format!("cannot call {cluster}: {e}"))),
-                }
-            }
-            _ => need.perform(&mut SharedData(host)).into_owned(),
-        };
-        answers.push(answer.clone());
-        progress = pending.resume(answer);
-    }
-}
-
 /// Counts the decision, and answers the request or lets it through.
-fn carry_out<H: Host>(decision: Decision<'_>, host: &mut H) -> Next {
+pub(crate) fn carry_out<H: Host>(decision: Decision<'_>, host: &mut H) -> Next {
     if let Some(name) = &decision.credential {
         host.set_credential(name);
     }
@@ -402,6 +265,7 @@ pub fn on_response_headers<H: Host>(host: &mut H, headers: &[(&'static str, Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sessiongate_core::LimiterStore;
     use sessiongate_core::{Backend, GateConfig};
     use std::collections::HashMap;
 

@@ -3,6 +3,8 @@
 //! it to the proxy-wasm SDK when built for `wasm32-wasip1`.
 
 pub mod filter;
+#[cfg(feature = "fleet")]
+pub mod fleet;
 pub mod header_block;
 
 #[cfg(target_arch = "wasm32")]

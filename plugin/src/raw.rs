@@ -70,6 +70,7 @@ unsafe extern "C" {
         return_buffer_size: *mut usize,
     ) -> u32;
     fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
+    #[cfg(feature = "fleet")]
     fn proxy_continue_stream(stream_type: u32) -> u32;
     fn proxy_log(level: u32, message_data: *const u8, message_size: usize) -> u32;
     fn proxy_define_metric(
@@ -181,11 +182,15 @@ pub fn increment(id: u32) {
 }
 
 const MAP_REQUEST_HEADERS: u32 = 0;
+#[cfg(feature = "fleet")]
 const MAP_HTTP_CALL_RESPONSE_HEADERS: u32 = 6;
+#[cfg(feature = "fleet")]
 const BUFFER_HTTP_CALL_RESPONSE_BODY: u32 = 4;
+#[cfg(feature = "fleet")]
 const STREAM_HTTP_REQUEST: u32 = 0;
 
 /// Lets a paused request go on upstream (`proxy_continue_stream`).
+#[cfg(feature = "fleet")]
 pub fn continue_request() -> Result<(), String> {
     // SAFETY: no pointers.
     let status = unsafe { proxy_continue_stream(STREAM_HTTP_REQUEST) };
@@ -194,6 +199,7 @@ pub fn continue_request() -> Result<(), String> {
 
 /// The `:status` of the callout response being delivered; `None` when the
 /// call got no response (the host gives no headers then).
+#[cfg(feature = "fleet")]
 pub fn http_call_response_status() -> Option<u16> {
     // SAFETY: the return pointers are the helper's live locals.
     let (_, bytes) = with_returned_buffer(|data, size| unsafe {
@@ -205,6 +211,7 @@ pub fn http_call_response_status() -> Option<u16> {
 }
 
 /// The body of the callout response being delivered (empty if none).
+#[cfg(feature = "fleet")]
 pub fn http_call_response_body(size: usize) -> Vec<u8> {
     if size == 0 {
         return Vec::new();

@@ -60,6 +60,20 @@ impl RootContext for Root {
             }
         };
         match Gate::from_json(&bytes) {
+            Ok(gate)
+                if !cfg!(feature = "fleet")
+                    && matches!(
+                        gate.limiter_store(),
+                        sessiongate_core::LimiterStore::Etcd { .. }
+                    ) =>
+            {
+                log(
+                    LogLevel::Error,
+                    "limiter.store is \"etcd\", but this filter was built without the fleet \
+                     feature: load the fleet build (scripts/build-plugin.sh --fleet)",
+                );
+                return false;
+            }
             Ok(gate) => {
                 log(
                     LogLevel::Info,
@@ -215,6 +229,7 @@ impl Host for Wasm {
 }
 
 impl Context for Request {
+    #[cfg(feature = "fleet")]
     fn on_http_call_response(
         &mut self,
         _token_id: u32,

@@ -78,6 +78,14 @@ fn conformance_suite_against_the_shipped_plugin() {
     assert!(size <= 250_000, "the shipped filter is {size} bytes");
 }
 
+/// The fleet build (`--fleet`: the limiter on etcd too), for
+/// `plugin/envoy-fleet.yaml`: its own budget, 30 KB over the single-Envoy one.
+#[test]
+fn conformance_suite_against_the_fleet_shipped_plugin() {
+    let size = shipped_plugin_passes_the_suite(&["--fleet"]);
+    assert!(size <= 290_000, "the fleet filter is {size} bytes");
+}
+
 /// The speed-optimised build (`--fast`: opt-level 3, `wasm-opt -O3`).
 #[test]
 fn conformance_suite_against_the_fast_shipped_plugin() {

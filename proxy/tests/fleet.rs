@@ -669,3 +669,25 @@ fn the_limiter_logs_in_to_an_etcd_with_authentication() {
         r.text()
     );
 }
+
+/// The fleet's token store goes away: `serve` keeps the last good
+/// credentials (and says so), and the limiter, kept locally here, goes on.
+#[test]
+fn a_token_store_that_goes_away_keeps_the_last_good_credentials() {
+    let fx = fixture();
+    let mut etcd = Etcd::start(&fx.dir, 1);
+    let store = format!("etcd://127.0.0.1:{}/sessiongate-keep", etcd.clients[0]);
+    let token = common::mint_token(Path::new(&store), "kept", &[]);
+    let config = "[limit]\nrequests = 100\nwindow_seconds = 60\n[guard]\nfailures = 0\n";
+    let server = Server::start(&fx.dir, Path::new(&store), config, 1);
+    let auth = format!("Bearer {token}");
+    assert_eq!(get(server.addr, SESSIONS, Some(&auth)).unwrap().status, 200);
+    etcd.kill(0);
+    server.wait_for_log("cannot be read", "serve did not say the store is gone");
+    assert_eq!(get(server.addr, SESSIONS, Some(&auth)).unwrap().status, 200);
+    assert!(
+        server
+            .log_text()
+            .contains("Keeping the last good credentials")
+    );
+}
