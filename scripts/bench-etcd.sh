@@ -100,3 +100,32 @@ calls = ranges + txns
 print(f"{store:6} admitted {admitted}/100   p50 {lat[49]:.2f} ms   p99 {lat[98]:.2f} ms   etcd requests per admitted {calls / max(admitted, 1):.2f} ({ranges:.0f} ranges, {txns:.0f} txns)")
 PY
 done
+
+echo "== (c) contention: three serves on the one etcd, wrk -t1 -c16 -d5s against each at once, a limit of 200 a second"
+ports=()
+for i in 1 2 3; do
+  start_serve "contended-$i" 200 1 "$on_etcd"
+  ports+=("$port")
+done
+before="$(etcd_requests)"
+wrks=()
+for p in "${ports[@]}"; do
+  wrk -t1 -c16 -d5s -H "$auth" "http://127.0.0.1:$p$path" > "$work/wrk-$p.txt" & wrks+=($!)
+done
+wait "${wrks[@]}"
+after="$(etcd_requests)"
+python3 - "$before" "$after" "$work" "${ports[@]}" <<'PY'
+import re, sys
+(r0, t0), (r1, t1) = (map(int, a.split()) for a in sys.argv[1:3])
+work, ports = sys.argv[3], sys.argv[4:]
+total = refused = 0
+for p in ports:
+    out = open(f"{work}/wrk-{p}.txt").read()
+    total += int(re.search(r"(\d+) requests in", out).group(1))
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    refused += int(m.group(1)) if m else 0
+admitted = total - refused
+ranges, txns = r1 - r0, t1 - t0
+print(f"admitted {admitted} of {total} (limit 200/s for 5 s: at most ~1,000)   etcd ranges {ranges}, txns {txns}: "
+      f"{(ranges + txns) / max(admitted, 1):.2f} requests and {txns / max(admitted, 1):.2f} txns per admitted")
+PY
