@@ -389,4 +389,31 @@ mod tests {
             );
         }
     }
+
+    proptest::proptest! {
+        /// Whatever a member (or something posing as one) sends back, the
+        /// answer is an answer: a proxy-wasm VM must not panic on it.
+        #[test]
+        fn any_answer_is_read_without_a_panic(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            status in proptest::option::of(100u16..600),
+        ) {
+            let _ = answer(Sent::Read, status, &body);
+            let _ = answer(Sent::Write, status, &body);
+            let _ = token(status, &body);
+            let _ = needs_login(status, &body);
+        }
+
+        /// And answers shaped like etcd's, cut or spliced anywhere.
+        #[test]
+        fn etcd_like_answers_are_read_without_a_panic(cut in 0usize..200, splice in "[{}\\[\\]\":,a-z0-9= ]{0,12}") {
+            let whole = r#"{"header":{},"responses":[{"response_range":{"kvs":[{"key":"aw==","mod_revision":"7","value":"U0dMMg=="}]}}],"kvs":[],"token":"t"}"#;
+            let cut = cut.min(whole.len());
+            let (a, b) = whole.split_at(cut);
+            let body = format!("{a}{splice}{b}");
+            let _ = answer(Sent::Read, Some(200), body.as_bytes());
+            let _ = answer(Sent::Write, Some(200), body.as_bytes());
+            let _ = token(Some(200), body.as_bytes());
+        }
+    }
 }
