@@ -417,16 +417,7 @@ fn a_replay_follows_its_answers_past_the_memo() {
     let mut answers = Vec::new();
     let mut progress = g.start(&req, 1_000);
     while let Progress::Pending(p) = progress {
-        let answer = match p.need() {
-            Need::Read { key } => Answer::Value(kv.get(key).unwrap().map(|e| e.into_owned())),
-            Need::Swap {
-                key,
-                version,
-                value,
-            } => Answer::written(kv.swap(key, version, value)),
-            Need::Create { key, value } => Answer::written(kv.create(key, value)),
-            other => panic!("{other:?}"),
-        };
+        let answer = p.need().perform(&mut kv).into_owned();
         answers.push(answer.clone());
         progress = p.resume(answer);
     }

@@ -35,13 +35,20 @@ pub struct EtcdBucket {
 #[derive(Debug)]
 pub struct Down(pub String);
 
+impl Down {
+    /// This process's shared data failed (injected, or a poisoned lock).
+    pub fn shared(_: crate::host::SharedDataDown) -> Down {
+        Down("the shared store is unavailable".into())
+    }
+}
+
 impl Backing {
     pub async fn get(&self, key: &str) -> Result<Option<Versioned>, Down> {
         match self {
             Backing::Shared(shared) => shared
                 .get(key)
                 .map(|v| v.map(|(value, version)| (value, u64::from(version))))
-                .map_err(|_| Down("the shared store is unavailable".into())),
+                .map_err(Down::shared),
             Backing::Etcd(bucket) => match bucket.step(&Need::Read { key }).await {
                 Answer::Value(entry) => Ok(entry.map(|e| (e.value.into_owned(), e.version))),
                 other => Err(Down(format!("{other:?}"))),
@@ -56,9 +63,7 @@ impl Backing {
                 let Ok(seen) = u32::try_from(seen) else {
                     return Ok(false);
                 };
-                shared
-                    .swap_if(key, value, seen)
-                    .map_err(|_| Down("the shared store is unavailable".into()))
+                shared.swap_if(key, value, seen).map_err(Down::shared)
             }
             Backing::Etcd(bucket) => {
                 let need = match seen {
@@ -81,10 +86,7 @@ impl Backing {
     /// Writes `value` whatever is there.
     pub async fn set(&self, key: &str, value: Vec<u8>) -> Result<(), Down> {
         match self {
-            Backing::Shared(shared) => shared
-                .set(key, value, 0)
-                .map(drop)
-                .map_err(|_| Down("the shared store is unavailable".into())),
+            Backing::Shared(shared) => shared.set(key, value, 0).map(drop).map_err(Down::shared),
             Backing::Etcd(bucket) => {
                 let body = format!(
                     r#"{{"success":[{{"request_put":{{"key":"{}","value":"{}"}}}}]}}"#,
@@ -98,9 +100,7 @@ impl Backing {
 
     pub async fn delete(&self, key: &str) -> Result<(), Down> {
         match self {
-            Backing::Shared(shared) => shared
-                .delete(key)
-                .map_err(|_| Down("the shared store is unavailable".into())),
+            Backing::Shared(shared) => shared.delete(key).map_err(Down::shared),
             Backing::Etcd(bucket) => {
                 let body = format!(r#"{{"key":"{}"}}"#, BASE64.encode(bucket.key(key)));
                 bucket.plain("/v3/kv/deleterange", body).await
@@ -112,9 +112,7 @@ impl Backing {
     /// component's alone, and listing it is not something it does).
     pub fn keys(&self) -> Result<Vec<String>, Down> {
         match self {
-            Backing::Shared(shared) => shared
-                .keys()
-                .map_err(|_| Down("the shared store is unavailable".into())),
+            Backing::Shared(shared) => shared.keys().map_err(Down::shared),
             Backing::Etcd(_) => Err(Down("listing keys in etcd is not supported".into())),
         }
     }

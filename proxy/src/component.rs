@@ -135,7 +135,7 @@ impl KeyValue {
             (Semantics::SpinRedis, _) => shared.swap_if(&cas.key, value, seen).map(|_| false),
             (Semantics::Strict, _) => shared.swap_if(&cas.key, value, seen),
         }
-        .map_err(|_| down(Down("the shared store is unavailable".into())))
+        .map_err(|e| down(Down::shared(e)))
     }
 
     fn host_owned(key: &str) -> Result<(), store::Error> {
