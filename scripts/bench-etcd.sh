@@ -50,7 +50,7 @@ path="/v1/external/sessions/acme/site-1"
 start_serve() { # name requests window store-lines; sets $port
   port="$(free_port)"
   printf '[limit]\nrequests = %s\nwindow_seconds = %s\n%b[guard]\nfailures = 0\n' "$2" "$3" "$4" > "$work/$1.toml"
-  "$gate" serve --config "$work/$1.toml" --store "$work/tokens.json" --listen "127.0.0.1:$port" --workers 2 >/dev/null 2>&1 & pids+=($!)
+  "$gate" serve --config "$work/$1.toml" --store "$work/tokens.json" --listen "127.0.0.1:$port" --admin off --workers 2 >/dev/null 2>&1 & pids+=($!)
   wait_url "http://127.0.0.1:$port/"
 }
 on_etcd="store = \"etcd\"\netcd = [\"http://127.0.0.1:$client\"]\ntimeout_ms = 250\n"

@@ -60,9 +60,9 @@ printf '[limit]\nrequests = 100000\nwindow_seconds = 1\n[guard]\nfailures = 0\n'
 plugin_args=()
 if [ -n "${SESSIONGATE_BENCH_PLUGIN:-}" ]; then plugin_args=(--plugin "$SESSIONGATE_BENCH_PLUGIN"); fi
 if [ -n "${SESSIONGATE_BENCH_COMPONENT:-}" ]; then plugin_args=(--component "$SESSIONGATE_BENCH_COMPONENT"); fi
-"$gate" serve "${plugin_args[@]}" --config "$work/limited.toml" --store "$work/tokens.json" --listen "127.0.0.1:$gate_port_limited" 2>/dev/null & pids+=($!)
+"$gate" serve "${plugin_args[@]}" --config "$work/limited.toml" --store "$work/tokens.json" --listen "127.0.0.1:$gate_port_limited" --admin off 2>/dev/null & pids+=($!)
 gate_limited=$!
-"$gate" serve "${plugin_args[@]}" --config "$work/open.toml" --store "$work/tokens.json" --listen "127.0.0.1:$gate_port_open" 2>/dev/null & pids+=($!)
+"$gate" serve "${plugin_args[@]}" --config "$work/open.toml" --store "$work/tokens.json" --listen "127.0.0.1:$gate_port_open" --admin off 2>/dev/null & pids+=($!)
 gate_open=$!
 wait_port "$gate_port_limited"; wait_port "$gate_port_open"
 path="/v1/external/sessions/acme/site-1"

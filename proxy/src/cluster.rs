@@ -5,7 +5,7 @@
 //! so does the component host's key-value store on etcd.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -31,6 +31,8 @@ pub struct Cluster {
     /// the filter's callouts carry the filter's token.
     login: Option<(String, String)>,
     token: Mutex<Option<String>>,
+    /// Calls no member answered in time, for the limiter-store error metric.
+    failures: AtomicU64,
 }
 
 impl Cluster {
@@ -48,6 +50,7 @@ impl Cluster {
             client: Client::builder(TokioExecutor::new()).build(connector),
             login: None,
             token: Mutex::new(None),
+            failures: AtomicU64::new(0),
         }
     }
 
@@ -69,10 +72,19 @@ impl Cluster {
             0 => LONGEST_CALL,
             ms => Duration::from_millis(u64::from(ms)).min(LONGEST_CALL),
         };
-        tokio::time::timeout(timeout, self.failover(call))
+        let answer = tokio::time::timeout(timeout, self.failover(call))
             .await
             .ok()
-            .flatten()
+            .flatten();
+        if answer.is_none() {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        answer
+    }
+
+    /// Calls no member answered in time, so far.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
     }
 
     /// `POST path` with a JSON body: the status and body, or `None` when no

@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod component;
 pub mod etcd_store;
 pub mod host;
+pub mod log;
 pub mod manage;
 pub mod parse_errors;
 pub mod secret;

@@ -18,6 +18,8 @@ pub struct JsonParseErrors<T> {
     /// A replacement being written: its bytes, how far, and the length of the
     /// buffer it stands for (what the caller is told was written).
     pending: Option<(Vec<u8>, usize, usize)>,
+    /// Told of each replacement (a response the host did not see otherwise).
+    on_replace: Option<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl<T> JsonParseErrors<T> {
@@ -25,7 +27,14 @@ impl<T> JsonParseErrors<T> {
         JsonParseErrors {
             inner,
             pending: None,
+            on_replace: None,
         }
+    }
+
+    /// Calls `f` for each of hyper's errors replaced (for metrics).
+    pub fn on_replace(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
+        self.on_replace = Some(Box::new(f));
+        self
     }
 }
 
@@ -83,6 +92,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for JsonParseErrors<T> {
     ) -> Poll<io::Result<usize>> {
         if self.pending.is_none() && hypers_own_error(buf) {
             self.pending = Some((replacement(), 0, buf.len()));
+            if let Some(f) = &self.on_replace {
+                f();
+            }
         }
         let this = &mut *self;
         if let Some((data, written, stands_for)) = this.pending.as_mut() {

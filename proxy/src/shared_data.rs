@@ -2,8 +2,8 @@
 //! filter host and for the component host's `wasi:keyvalue` bucket.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// A shared-data value and its CAS version.
 type Versioned = (Vec<u8>, u32);
@@ -15,6 +15,8 @@ pub struct SharedData {
     inner: Arc<Mutex<HashMap<String, Versioned>>>,
     /// Fault injection for tests: every call fails while set.
     failing: Arc<AtomicBool>,
+    /// Calls that failed, for the limiter-store error metric.
+    failures: Arc<AtomicU64>,
 }
 
 /// The shared-data store failed (injected, or a poisoned lock).
@@ -22,19 +24,34 @@ pub struct SharedData {
 pub struct SharedDataDown;
 
 impl SharedData {
-    pub fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, SharedDataDown> {
-        if self.failing.load(Ordering::Relaxed) {
-            return Err(SharedDataDown);
+    /// The map, unless the store is failing (injected, or a poisoned lock).
+    fn map(&self) -> Result<MutexGuard<'_, HashMap<String, Versioned>>, SharedDataDown> {
+        let map = match self.failing.load(Ordering::Relaxed) {
+            true => Err(SharedDataDown),
+            false => self.inner.lock().map_err(|_| SharedDataDown),
+        };
+        if map.is_err() {
+            self.failures.fetch_add(1, Ordering::Relaxed);
         }
-        let map = self.inner.lock().map_err(|_| SharedDataDown)?;
+        map
+    }
+
+    /// Calls that failed so far.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Whether the store answers now (for readiness).
+    pub fn answers(&self) -> bool {
+        self.map().is_ok()
+    }
+    pub fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, SharedDataDown> {
+        let map = self.map()?;
         Ok(map.get(key).cloned())
     }
 
     pub fn set(&self, key: &str, value: Vec<u8>, cas: u32) -> Result<bool, SharedDataDown> {
-        if self.failing.load(Ordering::Relaxed) {
-            return Err(SharedDataDown);
-        }
-        let mut map = self.inner.lock().map_err(|_| SharedDataDown)?;
+        let mut map = self.map()?;
         let current = map.get(key).map_or(0, |(_, c)| *c);
         if cas != 0 && cas != current {
             return Ok(false);
@@ -48,10 +65,7 @@ impl SharedData {
     /// the version is still `seen`, where 0 means "absent" (unlike Envoy's
     /// cas 0, which writes unconditionally).
     pub fn swap_if(&self, key: &str, value: Vec<u8>, seen: u32) -> Result<bool, SharedDataDown> {
-        if self.failing.load(Ordering::Relaxed) {
-            return Err(SharedDataDown);
-        }
-        let mut map = self.inner.lock().map_err(|_| SharedDataDown)?;
+        let mut map = self.map()?;
         let current = map.get(key).map_or(0, |(_, c)| *c);
         if seen != current {
             return Ok(false);
@@ -68,10 +82,7 @@ impl SharedData {
         expected: &[u8],
         value: Vec<u8>,
     ) -> Result<bool, SharedDataDown> {
-        if self.failing.load(Ordering::Relaxed) {
-            return Err(SharedDataDown);
-        }
-        let mut map = self.inner.lock().map_err(|_| SharedDataDown)?;
+        let mut map = self.map()?;
         match map.get_mut(key) {
             Some((current, version)) if current.as_slice() == expected => {
                 *current = value;
@@ -83,20 +94,14 @@ impl SharedData {
     }
 
     pub fn delete(&self, key: &str) -> Result<(), SharedDataDown> {
-        if self.failing.load(Ordering::Relaxed) {
-            return Err(SharedDataDown);
-        }
-        let mut map = self.inner.lock().map_err(|_| SharedDataDown)?;
+        let mut map = self.map()?;
         map.remove(key);
         Ok(())
     }
 
     /// Every key, sorted.
     pub fn keys(&self) -> Result<Vec<String>, SharedDataDown> {
-        if self.failing.load(Ordering::Relaxed) {
-            return Err(SharedDataDown);
-        }
-        let map = self.inner.lock().map_err(|_| SharedDataDown)?;
+        let map = self.map()?;
         let mut keys: Vec<String> = map.keys().cloned().collect();
         keys.sort();
         Ok(keys)

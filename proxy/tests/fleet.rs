@@ -333,10 +333,22 @@ fn without_quorum_the_gate_fails_closed_and_recovers() {
     let open = serves(&fx, &etcd.urls(), 1, true).pop().unwrap();
     let auth = format!("Bearer {}", fx.creds.token_all);
     assert_eq!(get(closed.addr, SESSIONS, Some(&auth)).unwrap().status, 200);
+    let ready = closed.admin_get("/readyz");
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    assert_eq!(
+        ready.json().unwrap()["checks"]["limiter"]["detail"],
+        "etcd: a quorum answered"
+    );
     etcd.kill(1);
     etcd.kill(2);
     // Give the last member time to notice it leads nobody.
     std::thread::sleep(Duration::from_millis(1_500));
+    // One member alive is no quorum: not ready, and saying why.
+    let unready = closed.admin_get("/readyz");
+    assert_eq!(unready.status, 503, "{}", unready.text());
+    let checks = &unready.json().unwrap()["checks"];
+    assert_eq!(checks["limiter"]["ok"], false);
+    assert_eq!(checks["credentials"]["ok"], true);
     let sent = Instant::now();
     let r = get(closed.addr, SESSIONS, Some(&auth)).unwrap();
     assert_eq!(r.status, 503, "{}", r.text());
@@ -362,6 +374,7 @@ fn without_quorum_the_gate_fails_closed_and_recovers() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    assert_eq!(closed.admin_get("/readyz").status, 200);
 }
 
 /// etcd not there yet when `serve` starts: it starts, fails closed, and
@@ -631,7 +644,7 @@ fn the_limiter_logs_in_to_an_etcd_with_authentication() {
         ])
         .arg("--config")
         .arg(&config_path)
-        .args(["--component", component])
+        .args(["--component", component, "--admin", "off"])
         .env("SESSIONGATE_ETCD_PASSWORD", "gatepw")
         .stderr(Stdio::piped())
         .spawn()

@@ -289,10 +289,10 @@ fn load_or_compile(
         // this exact module and engine configuration (both are in its name).
         match unsafe { Module::deserialize_file(engine, &path) } {
             Ok(module) => return Ok(module),
-            Err(e) => eprintln!(
-                "sessiongate warn: ignoring the module cache {}: {e:?}",
+            Err(e) => crate::log::warn(format_args!(
+                "ignoring the module cache {}: {e:?}",
                 path.display()
-            ),
+            )),
         }
     }
     let module = compile()?;
@@ -307,10 +307,10 @@ fn load_or_compile(
             Ok(())
         });
     if let Err(e) = written {
-        eprintln!(
-            "sessiongate warn: cannot write the module cache {}: {e:#}",
+        crate::log::warn(format_args!(
+            "cannot write the module cache {}: {e:#}",
             path.display()
-        );
+        ));
     }
     Ok(module)
 }

@@ -28,7 +28,7 @@ impl AccessLog {
         match spawned {
             Ok(_) => AccessLog(Some(tx)),
             Err(e) => {
-                eprintln!("sessiongate warn: no access log: {e}");
+                crate::log::warn(format_args!("no access log: {e}"));
                 AccessLog(None)
             }
         }

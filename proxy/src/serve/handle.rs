@@ -18,6 +18,7 @@ use super::pool::Pool;
 use super::{App, Runner};
 use crate::component::ComponentHost;
 use crate::host::{HeaderList, RequestPhase};
+use crate::log;
 
 fn request_headers<B>(req: &Request<B>) -> HeaderList {
     let path = req
@@ -77,29 +78,32 @@ pub(super) async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Full<Bytes>> {
+    let started = Instant::now();
     // Nothing is kept for the log unless it is on.
-    let logged = app.access_log.enabled().then(|| {
-        (
-            Instant::now(),
-            req.method().clone(),
-            req.uri().path().to_owned(),
-        )
-    });
+    let logged = app
+        .access_log
+        .enabled()
+        .then(|| (req.method().clone(), req.uri().path().to_owned()));
     let (response, credential) = match &app.runner {
         Runner::Filter(pool) => handle_filter(&app, pool, req, peer).await,
         Runner::Component(host) => (handle_component(host, req, peer).await, None),
     };
-    if let Some((started, method, path)) = logged {
-        app.access_log.write(format!(
-            "access method={} path={} status={} credential={} latency_us={}",
-            method,
-            sanitize(&path),
-            response.status().as_u16(),
-            credential
-                .as_deref()
-                .map_or("-".to_owned(), |c| sanitize(&String::from_utf8_lossy(c))),
-            started.elapsed().as_micros()
-        ));
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    app.metrics.responded(status);
+    app.metrics.took(elapsed);
+    if let Some((method, path)) = logged {
+        let credential = credential.as_deref().map(String::from_utf8_lossy);
+        app.access_log.write(
+            log::Access {
+                method: method.as_str(),
+                path: &path,
+                status,
+                credential: credential.as_deref(),
+                latency_us: elapsed.as_micros(),
+            }
+            .line(),
+        );
     }
     response
 }
@@ -129,7 +133,7 @@ async fn handle_component(
             out
         }
         Err(e) => {
-            eprintln!("sessiongate error: {e:#}");
+            log::error(format_args!("{e:#}"));
             internal_error()
         }
     }
@@ -175,7 +179,7 @@ async fn handle_filter(
             let (status, response_headers, body) = match upstream {
                 Ok(r) => r,
                 Err(e) => {
-                    eprintln!("sessiongate warn: upstream unavailable: {e:#}");
+                    log::warn(format_args!("upstream unavailable: {e:#}"));
                     // The filter's response phase adds the rate-limit headers.
                     let reply = sessiongate_core::Gate::upstream_unavailable(None);
                     let headers = reply.headers.iter();
@@ -201,21 +205,14 @@ async fn handle_filter(
     }
 }
 
-/// Log fields stay on one line and printable.
-fn sanitize(s: &str) -> String {
-    s.chars()
-        .take(256)
-        .map(|c| if c.is_control() || c == ' ' { '_' } else { c })
-        .collect()
-}
-
 /// Sends the rewritten request to the upstream and reads its whole response.
 async fn forward(
     app: &App,
     method: &hyper::Method,
     headers: &HeaderList,
 ) -> Result<(u16, HeaderList, Bytes)> {
-    let Backend::Upstream(Some(base)) = &app.backend else {
+    let live = app.live();
+    let Backend::Upstream(Some(base)) = &live.backend else {
         bail!("the filter forwarded but no upstream URL is configured");
     };
     let path = headers
@@ -244,7 +241,7 @@ async fn forward(
         let body = response.into_body().collect().await?.to_bytes();
         anyhow::Ok((status, headers, body))
     };
-    tokio::time::timeout(app.upstream_timeout, exchange)
+    tokio::time::timeout(live.upstream_timeout, exchange)
         .await
-        .map_err(|_| anyhow!("timed out after {:?}", app.upstream_timeout))?
+        .map_err(|_| anyhow!("timed out after {:?}", live.upstream_timeout))?
 }

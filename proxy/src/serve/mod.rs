@@ -5,17 +5,25 @@
 //! - [`settings`]: the TOML and the flags over it;
 //! - [`pool`]: the filter's VMs;
 //! - [`handle`]: one request, and hyper's types to the host's;
+//! - [`connections`]: caps, header and idle timeouts, `accept` failures;
 //! - [`watch`]: the token store, reloaded when it changes;
+//! - [`reload`]: the configuration file, reloaded on SIGHUP;
+//! - [`admin`]: `/metrics` ([`metrics`]), `/healthz`, `/readyz`;
 //! - [`access_log`]: off the request path.
 
 mod access_log;
+mod admin;
+mod connections;
 mod handle;
+mod metrics;
 mod pool;
+mod reload;
 mod settings;
 mod watch;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -28,15 +36,21 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use sessiongate_core::{Backend, LimiterStore};
-use tokio::net::TcpListener;
+use hyper_util::server::graceful::GracefulShutdown;
+use sessiongate_core::{Backend, CredentialSet, GateConfig, LimiterStore};
+use tokio::net::TcpStream;
 
 use crate::backing::{Backing, EtcdBucket};
 use crate::component::{ComponentHost, KeyValue, Semantics};
 use crate::host::Plugin;
+use crate::log;
 use crate::parse_errors::JsonParseErrors;
 use crate::store;
 use access_log::AccessLog;
+use connections::{
+    AcceptErrors, Activity, Admission, Limits, Phase, Refusal, Ticket, Tracked, supervise,
+};
+use metrics::Metrics;
 use pool::{Pool, log_line};
 use settings::{Settings, module_cache_dir, settings};
 use watch::{gate_config_json, watch_store};
@@ -44,14 +58,19 @@ use watch::{gate_config_json, watch_store};
 /// The filter built by `build.rs` for wasm32-wasip1.
 pub static EMBEDDED_PLUGIN: &[u8] = include_bytes!(env!("SESSIONGATE_PLUGIN_WASM"));
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub struct ServeArgs {
     /// TOML configuration (default: the embedded one, shown in the README).
+    /// Reloaded on SIGHUP.
     #[arg(long, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
     /// Address to listen on (overrides `listen`).
     #[arg(long, value_name = "ADDR")]
     pub(crate) listen: Option<String>,
+    /// The admin listener for /metrics, /healthz and /readyz (overrides
+    /// `admin`; default 127.0.0.1:9901), or `off`.
+    #[arg(long, value_name = "ADDR|off")]
+    pub(crate) admin: Option<String>,
     /// Load this filter instead of the embedded one.
     #[arg(long, value_name = "FILE")]
     pub(crate) plugin: Option<PathBuf>,
@@ -72,6 +91,10 @@ pub struct ServeArgs {
     /// Log one line per request (overrides `access_log`).
     #[arg(long)]
     pub(crate) access_log: bool,
+    /// `plain` lines for people, or `json`: one object a line, for log
+    /// pipelines (overrides `log_format`).
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub(crate) log_format: Option<log::Format>,
 }
 
 /// What runs the gate: the proxy-wasm filter's VMs, or a component.
@@ -80,17 +103,109 @@ enum Runner {
     Component(ComponentHost),
 }
 
+/// What a reload can change besides the gate's own configuration.
+struct Live {
+    backend: Backend,
+    upstream_timeout: Duration,
+    limits: Limits,
+}
+
+/// The gate's configuration in its two halves: the settings' and the
+/// store's. Either changes alone, and the gate is handed both.
+struct GateParts {
+    base: GateConfig,
+    credentials: CredentialSet,
+}
+
+/// Whether the token store has been loaded, and its last failure.
+#[derive(Default)]
+struct StoreHealth {
+    loaded: AtomicBool,
+    error: Mutex<Option<String>>,
+}
+
 struct App {
     runner: Runner,
     access_log: AccessLog,
-    backend: Backend,
     client: Client<HttpConnector, Full<Bytes>>,
-    upstream_timeout: Duration,
     /// The clusters the filter's `proxy_http_call`s go to (etcd's members).
     clusters: Vec<Arc<crate::cluster::Cluster>>,
+    metrics: Arc<Metrics>,
+    admission: Arc<Admission>,
+    live: RwLock<Arc<Live>>,
+    gate: Mutex<GateParts>,
+    store_path: PathBuf,
+    store: StoreHealth,
 }
 
 impl App {
+    fn live(&self) -> Arc<Live> {
+        self.live
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_live(&self, live: Live) {
+        *self
+            .live
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(live);
+    }
+
+    fn gate_parts(&self) -> std::sync::MutexGuard<'_, GateParts> {
+        self.gate
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// New credentials from the store, with the settings in force.
+    fn set_credentials(&self, credentials: CredentialSet) -> Result<()> {
+        let mut parts = self.gate_parts();
+        let config = GateConfig {
+            credentials,
+            ..parts.base.clone()
+        };
+        self.reconfigure(serde_json::to_vec(&config)?)?;
+        parts.credentials = config.credentials;
+        Ok(())
+    }
+
+    /// New settings (a reload), with the credentials in force.
+    fn set_base(&self, base: GateConfig) -> Result<()> {
+        let mut parts = self.gate_parts();
+        let config = GateConfig {
+            credentials: parts.credentials.clone(),
+            ..base
+        };
+        self.reconfigure(serde_json::to_vec(&config)?)?;
+        parts.base = GateConfig {
+            credentials: CredentialSet::default(),
+            ..config
+        };
+        Ok(())
+    }
+
+    fn credential_count(&self) -> usize {
+        self.gate_parts().credentials.len()
+    }
+
+    /// The limiter's shared data, when the limit lives in this process.
+    fn shared_data(&self) -> Option<&crate::host::SharedData> {
+        match &self.runner {
+            Runner::Filter(pool) => Some(&pool.plugin.shared),
+            Runner::Component(host) => match &host.kv.backing {
+                Backing::Shared(shared) => Some(shared),
+                Backing::Etcd(_) => None,
+            },
+        }
+    }
+
+    fn limiter_store_errors(&self) -> u64 {
+        let shared = self.shared_data().map_or(0, |s| s.failures());
+        shared + self.clusters.iter().map(|c| c.failures()).sum::<u64>()
+    }
+
     /// Hands the gate a new configuration; on refusal the old one stays.
     fn reconfigure(&self, config: Vec<u8>) -> Result<()> {
         match &self.runner {
@@ -112,60 +227,89 @@ impl App {
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
-    let settings = settings(&args)?;
+    let file_limit = connections::raise_file_limit();
+    let settings = settings(&args, file_limit)?;
+    log::set_format(settings.log_format);
     let started = Instant::now();
+    let store_health = StoreHealth::default();
     let credentials = match store::load_set(&settings.store) {
-        Ok(credentials) => credentials,
-        // A fleet's store that is down: start (every credential refused),
-        // and take the credentials as soon as etcd answers.
-        Err(e) if crate::etcd_store::EtcdStore::parse(&settings.store).is_some() => {
-            eprintln!(
-                "sessiongate ERROR: token store {} could not be loaded: {e:#}. \
-                 Starting with no credentials until it can.",
-                settings.store.display()
-            );
-            sessiongate_core::CredentialSet::default()
+        Ok(credentials) => {
+            store_health.loaded.store(true, Ordering::Relaxed);
+            credentials
         }
-        Err(e) => return Err(e),
+        // A store that cannot be read: serve (every credential refused,
+        // /readyz not ready) and take the credentials as soon as it can be.
+        Err(e) => {
+            log::error(format_args!(
+                "token store {} could not be loaded: {e:#}. \
+                 Starting with no credentials (not ready) until it can.",
+                settings.store.display()
+            ));
+            *store_health
+                .error
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(format!("{e:#}"));
+            CredentialSet::default()
+        }
     };
-    if credentials.is_empty() {
-        eprintln!(
-            "sessiongate: the token store {} has no credentials yet. Mint one (in another shell):\n  \
+    if credentials.is_empty() && store_health.loaded.load(Ordering::Relaxed) {
+        log::info(format_args!(
+            "the token store {} has no credentials yet. Mint one (in another shell):\n  \
              TOKEN=$(sessiongate token create --store {} --name demo --customer acme --all-sites)",
             settings.store.display(),
             settings.store.display()
-        );
+        ));
     }
-    let config = Arc::new(gate_config_json(&settings.gate, credentials)?);
+    let config = Arc::new(gate_config_json(&settings.gate, credentials.clone())?);
     let clusters = clusters(&settings);
+    let metrics = Arc::new(Metrics::default());
     let runner = match &args.component {
         Some(path) => {
             component_runner(path, config, &settings, &clusters, args.key_value_semantics)?
         }
-        None => filter_runner(args.plugin.as_deref(), config, &settings)?,
+        None => filter_runner(args.plugin.as_deref(), config, &settings, &metrics)?,
     };
     let app = Arc::new(App {
         runner,
         access_log: AccessLog::start(settings.access_log),
-        backend: settings.gate.backend.clone(),
         client: Client::builder(TokioExecutor::new()).build_http(),
-        upstream_timeout: settings.upstream_timeout,
         clusters,
+        metrics,
+        admission: Arc::new(Admission::default()),
+        live: RwLock::new(Arc::new(Live {
+            backend: settings.gate.backend.clone(),
+            upstream_timeout: settings.upstream_timeout,
+            limits: settings.limits,
+        })),
+        gate: Mutex::new(GateParts {
+            base: GateConfig {
+                credentials: CredentialSet::default(),
+                ..settings.gate.clone()
+            },
+            credentials,
+        }),
+        store_path: settings.store.clone(),
+        store: store_health,
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(settings.workers)
         .enable_all()
         .build()?;
-    runtime.block_on(serve(app, settings, started))
+    runtime.block_on(serve(app, args, settings, started, file_limit))
 }
 
-fn fail_shared_data_if_asked(shared: &crate::host::SharedData, settings: &Settings) {
-    if settings.fail_limiter_store {
-        eprintln!(
-            "sessiongate WARNING: [testing] fail_limiter_store is set: every shared-data call fails"
-        );
-        shared.set_failing(true);
+fn describe(backend: &Backend) -> String {
+    match backend {
+        Backend::Stub => "stub".to_owned(),
+        Backend::Upstream(u) => u.clone().unwrap_or_default(),
     }
+}
+
+fn fail_shared_data_if_asked(shared: &crate::host::SharedData, failing: bool) {
+    if failing {
+        log::warn("[testing] fail_limiter_store is set: every shared-data call fails");
+    }
+    shared.set_failing(failing);
 }
 
 fn clusters(settings: &Settings) -> Vec<Arc<crate::cluster::Cluster>> {
@@ -188,6 +332,7 @@ fn filter_runner(
     plugin: Option<&Path>,
     config: Arc<Vec<u8>>,
     settings: &Settings,
+    metrics: &Arc<Metrics>,
 ) -> Result<Runner> {
     let wasm = match plugin {
         Some(path) => {
@@ -203,7 +348,7 @@ fn filter_runner(
             .map(|c| c.name().to_owned())
             .collect(),
     );
-    fail_shared_data_if_asked(&plugin.shared, settings);
+    fail_shared_data_if_asked(&plugin.shared, settings.fail_limiter_store);
     let vms = (0..settings.workers)
         .map(|i| plugin.start_vm(i, config.clone()).map(Mutex::new))
         .collect::<Result<Vec<_>>>()?;
@@ -212,6 +357,7 @@ fn filter_runner(
         vms,
         next: AtomicUsize::new(0),
         config: RwLock::new(config),
+        metrics: metrics.clone(),
     }))
 }
 
@@ -246,7 +392,7 @@ fn component_runner(
         }
         _ => {
             let shared = crate::host::SharedData::default();
-            fail_shared_data_if_asked(&shared, settings);
+            fail_shared_data_if_asked(&shared, settings.fail_limiter_store);
             Backing::Shared(shared)
         }
     };
@@ -259,81 +405,128 @@ fn component_runner(
     Ok(Runner::Component(host))
 }
 
-async fn serve(app: Arc<App>, settings: Settings, started: Instant) -> Result<()> {
-    let listener = TcpListener::bind(&settings.listen)
+async fn serve(
+    app: Arc<App>,
+    args: ServeArgs,
+    settings: Settings,
+    started: Instant,
+    file_limit: u64,
+) -> Result<()> {
+    let listener = connections::listen(&settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let local = listener.local_addr()?;
-    eprintln!(
-        "sessiongate: listening on http://{local} ({}, backend {}, limit {}/{}s, store {}, ready in {} ms)",
+    let admin = match &settings.admin {
+        Some(addr) => Some(admin::bind(addr).await?),
+        None => None,
+    };
+    log::info(format_args!(
+        "listening on http://{local} ({}, backend {}, limit {}/{}s, store {}, admin {}, ready in {} ms)",
         match &app.runner {
             Runner::Filter(_) => format!("{} VMs", settings.workers),
             Runner::Component(host) => host.describe().to_owned(),
         },
-        match &app.backend {
-            Backend::Stub => "stub".to_owned(),
-            Backend::Upstream(u) => u.clone().unwrap_or_default(),
-        },
+        describe(&settings.gate.backend),
         settings.gate.limit.requests,
         settings.gate.limit.window_seconds,
         settings.store.display(),
+        match &admin {
+            Some(listener) => listener
+                .local_addr()
+                .map_or("?".to_owned(), |a| format!("http://{a}")),
+            None => "off".to_owned(),
+        },
         started.elapsed().as_millis()
-    );
-    tokio::spawn(watch_store(
-        app.clone(),
-        settings.gate.clone(),
-        settings.store.clone(),
     ));
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    if let Some(listener) = admin {
+        tokio::spawn(admin::serve(app.clone(), listener));
+    }
+    tokio::spawn(watch_store(app.clone()));
+    tokio::spawn(reload::on_hangup(
+        app.clone(),
+        args,
+        settings.restart_only(),
+        file_limit,
+    ));
+    let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown_signal());
+    let mut accept_errors = AcceptErrors::new();
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        eprintln!("sessiongate warn: accept failed: {e}");
-                        continue;
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    match app.admission.admit(peer.ip(), &app.live().limits) {
+                        Ok(ticket) => connection(&app, stream, peer, ticket, &graceful),
+                        // Closed at once: the connections being served keep
+                        // their share, and the client learns now, not later.
+                        Err(Refusal::Full) => metrics::bump(&app.metrics.refused_full),
+                        Err(Refusal::AddressFull) => metrics::bump(&app.metrics.refused_address),
                     }
-                };
-                let app = app.clone();
-                let service = service_fn(move |req| {
-                    let app = app.clone();
-                    async move { Ok::<_, std::convert::Infallible>(handle::handle(app, req, peer).await) }
-                });
-                // Room for hostile header counts: the gate, not the parser,
-                // answers many Authorization headers (400 invalid_request).
-                let conn = http1::Builder::new()
-                    .max_headers(1024)
-                    .serve_connection(TokioIo::new(JsonParseErrors::new(stream)), service);
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-            }
+                }
+                Err(e) => {
+                    metrics::bump(&app.metrics.accept_errors);
+                    let (pause, warning) = accept_errors.failed(&e, Instant::now());
+                    if let Some(warning) = warning {
+                        log::warn(warning);
+                    }
+                    if !pause.is_zero() {
+                        tokio::time::sleep(pause).await;
+                    }
+                }
+            },
             () = &mut shutdown => break,
         }
     }
-    eprintln!("sessiongate: shutting down, finishing requests in flight");
+    log::info("shutting down, finishing requests in flight");
     drop(listener);
     if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
         .await
         .is_err()
     {
-        eprintln!("sessiongate warn: some connections did not finish within 10 s");
-    }
-    match &app.runner {
-        Runner::Filter(pool) => {
-            for (name, value) in pool.plugin.metrics.snapshot() {
-                eprintln!("sessiongate metric: {name} {value}");
-            }
-        }
-        Runner::Component(host) => eprintln!(
-            "sessiongate metric: component_instances_created {}",
-            host.instances_created()
-        ),
+        log::warn("some connections did not finish within 10 s");
     }
     Ok(())
+}
+
+/// Serves one admitted connection until it ends or runs out of time.
+fn connection(
+    app: &Arc<App>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    ticket: Ticket,
+    graceful: &GracefulShutdown,
+) {
+    metrics::bump(&app.metrics.connections_accepted);
+    let activity = Activity::new();
+    let service = {
+        let (app, activity) = (app.clone(), activity.clone());
+        service_fn(move |req| {
+            let (app, activity) = (app.clone(), activity.clone());
+            activity.request_started();
+            async move {
+                let response = handle::handle(app, req, peer).await;
+                activity.request_finished();
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        })
+    };
+    let counted = app.metrics.clone();
+    let io = JsonParseErrors::new(stream).on_replace(move || counted.responded(400));
+    // Room for hostile header counts: the gate, not the parser, answers
+    // many Authorization headers (400 invalid_request).
+    let conn = http1::Builder::new()
+        .max_headers(1024)
+        .serve_connection(TokioIo::new(Tracked::new(io, activity.clone())), service);
+    let conn = graceful.watch(conn);
+    let app = app.clone();
+    tokio::spawn(async move {
+        let _ticket = ticket;
+        match supervise(conn, &activity, || app.live().limits).await {
+            Some(Phase::Reading) => metrics::bump(&app.metrics.header_timeouts),
+            Some(Phase::Idle) => metrics::bump(&app.metrics.idle_timeouts),
+            Some(Phase::Busy) | None => {}
+        }
+    });
 }
 
 async fn shutdown_signal() {

@@ -6,19 +6,17 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use anyhow::{Result, anyhow};
 
+use super::metrics::{Metrics, bump};
 use crate::host::{Plugin, Vm};
+use crate::log;
 
+/// The filter's `proxy_log`: info and above, as Envoy logs by default.
 pub(super) fn log_line(level: u32, msg: &str) {
-    let tag = match level {
-        0 => "trace",
-        1 => "debug",
-        2 => "info",
-        3 => "warn",
-        4 => "error",
-        _ => "critical",
-    };
-    if level >= 2 {
-        eprintln!("sessiongate {tag}: {msg}");
+    match level {
+        0 | 1 => {}
+        2 => log::info(msg),
+        3 => log::warn(msg),
+        _ => log::error(msg),
     }
 }
 
@@ -28,6 +26,7 @@ pub(super) struct Pool {
     pub(super) vms: Vec<Mutex<Vm>>,
     pub(super) next: AtomicUsize,
     pub(super) config: RwLock<Arc<Vec<u8>>>,
+    pub(super) metrics: Arc<Metrics>,
 }
 
 impl Pool {
@@ -42,11 +41,18 @@ impl Pool {
         let mut vm = slot.lock().map_err(|_| anyhow!("VM {i} lock poisoned"))?;
         let result = f(&mut vm);
         if let Err(e) = &result {
-            eprintln!("sessiongate error: VM {i} failed: {e:#}; starting a fresh one");
+            bump(&self.metrics.vm_traps);
+            log::error(format_args!("VM {i} failed: {e:#}; starting a fresh one"));
             let config = self.current_config();
             match self.plugin.start_vm(i, config) {
-                Ok(fresh) => *vm = fresh,
-                Err(e) => eprintln!("sessiongate error: cannot restart VM {i}: {e:#}"),
+                Ok(fresh) => {
+                    bump(&self.metrics.vm_replacements_ok);
+                    *vm = fresh;
+                }
+                Err(e) => {
+                    bump(&self.metrics.vm_replacements_failed);
+                    log::error(format_args!("cannot restart VM {i}: {e:#}"));
+                }
             }
         }
         result

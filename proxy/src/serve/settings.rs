@@ -9,6 +9,7 @@ use serde::Deserialize;
 use sessiongate_core::{Backend, CredentialSet, GateConfig, LimitConfig, LimiterStore};
 
 use super::ServeArgs;
+use super::connections::{Limits, default_max_connections};
 
 const DEFAULT_CONFIG: &str = include_str!("../default-config.toml");
 
@@ -27,8 +28,26 @@ struct ServeConfig {
     guard: Option<sessiongate_core::GuardConfig>,
     /// One line per request on stderr, written by a logging thread.
     access_log: Option<bool>,
+    /// `"plain"` (default) or `"json"`.
+    log_format: Option<crate::log::Format>,
+    /// The admin listener (metrics, health): an address, or `"off"`.
+    admin: Option<String>,
+    connections: Option<ConnectionsSection>,
     testing: Option<Testing>,
 }
+
+/// `[connections]`: timeouts and caps for client connections.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConnectionsSection {
+    header_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    max: Option<usize>,
+    max_per_address: Option<usize>,
+}
+
+/// The admin listener's default, Envoy's admin port.
+pub(super) const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
 
 /// `[limit]`: the budget, and where its state lives.
 #[derive(Debug, Default, Deserialize)]
@@ -72,9 +91,67 @@ pub(super) struct Settings {
     pub(super) access_log: bool,
     /// The etcd members, when the limiter lives there.
     pub(super) etcd: Vec<String>,
+    /// Where the admin listener is; `None`: off.
+    pub(super) admin: Option<String>,
+    pub(super) log_format: crate::log::Format,
+    pub(super) limits: Limits,
 }
 
-pub(super) fn settings(args: &ServeArgs) -> Result<Settings> {
+/// What only a restart changes: a reload that changes any of it says so
+/// and applies the rest.
+#[derive(PartialEq, Eq)]
+pub(super) struct RestartOnly {
+    listen: String,
+    admin: Option<String>,
+    store: PathBuf,
+    workers: usize,
+    limiter: LimiterStore,
+    etcd: Vec<String>,
+    log_format: crate::log::Format,
+    access_log: bool,
+}
+
+impl Settings {
+    pub(super) fn restart_only(&self) -> RestartOnly {
+        RestartOnly {
+            listen: self.listen.clone(),
+            admin: self.admin.clone(),
+            store: self.store.clone(),
+            workers: self.workers,
+            limiter: self.gate.limiter.clone(),
+            etcd: self.etcd.clone(),
+            log_format: self.log_format,
+            access_log: self.access_log,
+        }
+    }
+}
+
+impl RestartOnly {
+    /// The names of the settings that differ.
+    pub(super) fn changed(&self, other: &RestartOnly) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        let mut differs = |name, same: bool| {
+            if !same {
+                changed.push(name);
+            }
+        };
+        differs("listen", self.listen == other.listen);
+        differs("admin", self.admin == other.admin);
+        differs("store", self.store == other.store);
+        differs("workers", self.workers == other.workers);
+        differs(
+            "limit.store/etcd/key/timeout_ms/etcd_user/etcd_password",
+            self.limiter == other.limiter && self.etcd == other.etcd,
+        );
+        differs("log_format", self.log_format == other.log_format);
+        differs("access_log", self.access_log == other.access_log);
+        changed
+    }
+}
+
+/// Reads the settings: the file (or the embedded default), then `args` over
+/// it; `file_limit` sizes the default connection cap.
+pub(super) fn settings(args: &ServeArgs, file_limit: u64) -> Result<Settings> {
     let text = match &args.config {
         Some(path) => std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config {}", path.display()))?,
@@ -150,6 +227,26 @@ pub(super) fn settings(args: &ServeArgs) -> Result<Settings> {
     };
     gate.validate().map_err(|e| anyhow!("{name}: {e}"))?;
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let admin = match args.admin.clone().or(file.admin) {
+        None => Some(DEFAULT_ADMIN.to_owned()),
+        Some(off) if off == "off" => None,
+        Some(addr) => Some(addr),
+    };
+    let connections = file.connections.unwrap_or_default();
+    let limits = Limits {
+        header_timeout: Duration::from_millis(connections.header_timeout_ms.unwrap_or(10_000)),
+        idle_timeout: Duration::from_millis(connections.idle_timeout_ms.unwrap_or(60_000)),
+        max_connections: connections
+            .max
+            .unwrap_or_else(|| default_max_connections(file_limit)),
+        max_per_address: connections.max_per_address.unwrap_or(0),
+    };
+    if limits.header_timeout.is_zero()
+        || limits.idle_timeout.is_zero()
+        || limits.max_connections == 0
+    {
+        bail!("{name}: connections.header_timeout_ms, idle_timeout_ms and max must be above 0");
+    }
     Ok(Settings {
         listen: args
             .listen
@@ -167,6 +264,9 @@ pub(super) fn settings(args: &ServeArgs) -> Result<Settings> {
         fail_limiter_store: file.testing.is_some_and(|t| t.fail_limiter_store),
         access_log: args.access_log || file.access_log.unwrap_or(false),
         etcd,
+        admin,
+        log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+        limits,
     })
 }
 

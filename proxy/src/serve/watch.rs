@@ -4,11 +4,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::atomic::Ordering;
+
 use anyhow::{Result, anyhow};
 use sessiongate_core::{CredentialSet, GateConfig};
 
 use super::App;
+use super::metrics::bump;
 use crate::etcd_store::EtcdStore;
+use crate::log;
 use crate::store;
 
 /// How often the store is looked at: the longest a change waits to reach
@@ -26,9 +30,10 @@ pub(super) fn gate_config_json(base: &GateConfig, credentials: CredentialSet) ->
 /// Polls the token store; a change reaches every VM within the poll period.
 /// An unreadable or corrupt store is logged loudly and the last good
 /// credentials stay in force: never everything, never nothing by accident.
-pub(super) async fn watch_store(app: Arc<App>, base: GateConfig, path: PathBuf) {
+pub(super) async fn watch_store(app: Arc<App>) {
+    let path = app.store_path.clone();
     if let Some(Ok(etcd)) = EtcdStore::parse(&path) {
-        return watch_etcd(app, base, etcd, path).await;
+        return watch_etcd(app, etcd, path).await;
     }
     let stamp = |p: &Path| {
         std::fs::metadata(p).ok().map(|m| {
@@ -53,17 +58,40 @@ pub(super) async fn watch_store(app: Arc<App>, base: GateConfig, path: PathBuf) 
         let reloaded = if now.is_none() {
             Err(anyhow!("the file is gone"))
         } else {
-            store::load_set(&path)
-                .and_then(|credentials| gate_config_json(&base, credentials))
-                .and_then(|config| app.reconfigure(config))
+            store::load_set(&path).and_then(|credentials| app.set_credentials(credentials))
         };
-        match reloaded {
-            Ok(()) => eprintln!("sessiongate: token store {} reloaded", path.display()),
-            Err(e) => eprintln!(
-                "sessiongate ERROR: token store {} could not be loaded: {e:#}. \
-                 Keeping the last good credentials.",
+        reported(&app, &path, reloaded);
+    }
+}
+
+/// Logs and counts a reload, and keeps what `/readyz` says of the store.
+fn reported(app: &App, path: &Path, reloaded: Result<()>) -> bool {
+    let mut error = app
+        .store
+        .error
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match reloaded {
+        Ok(()) => {
+            bump(&app.metrics.store_reloads_ok);
+            app.store.loaded.store(true, Ordering::Relaxed);
+            *error = None;
+            log::info(format_args!("token store {} reloaded", path.display()));
+            true
+        }
+        Err(e) => {
+            bump(&app.metrics.store_reloads_failed);
+            let kept = if app.store.loaded.load(Ordering::Relaxed) {
+                "Keeping the last good credentials."
+            } else {
+                "Still no credentials (not ready)."
+            };
+            log::error(format_args!(
+                "token store {} could not be loaded: {e:#}. {kept}",
                 path.display()
-            ),
+            ));
+            *error = Some(format!("{e:#}"));
+            false
         }
     }
 }
@@ -71,7 +99,7 @@ pub(super) async fn watch_store(app: Arc<App>, base: GateConfig, path: PathBuf) 
 /// The same for a store in etcd: the credentials' keys (count and newest
 /// revision) are polled, and a change reloads them. A failure keeps the
 /// last good credentials and is logged once until it mends.
-async fn watch_etcd(app: Arc<App>, base: GateConfig, etcd: EtcdStore, path: PathBuf) {
+async fn watch_etcd(app: Arc<App>, etcd: EtcdStore, path: PathBuf) {
     let mut last = {
         let etcd = etcd.clone();
         tokio::task::spawn_blocking(move || etcd.signature())
@@ -79,7 +107,7 @@ async fn watch_etcd(app: Arc<App>, base: GateConfig, etcd: EtcdStore, path: Path
             .ok()
             .and_then(Result::ok)
     };
-    let mut failing = false;
+    let mut failing = !app.store.loaded.load(Ordering::Relaxed);
     let mut interval = tokio::time::interval(POLL);
     loop {
         interval.tick().await;
@@ -95,11 +123,7 @@ async fn watch_etcd(app: Arc<App>, base: GateConfig, etcd: EtcdStore, path: Path
             Ok(p) => p,
             Err(e) => {
                 if !failing {
-                    eprintln!(
-                        "sessiongate ERROR: token store {} cannot be read: {e:#}. \
-                         Keeping the last good credentials.",
-                        path.display()
-                    );
+                    reported(&app, &path, Err(e.context("cannot be read")));
                 }
                 failing = true;
                 continue;
@@ -112,22 +136,12 @@ async fn watch_etcd(app: Arc<App>, base: GateConfig, etcd: EtcdStore, path: Path
             .await
             .map_err(|e| anyhow!("{e}"))
             .and_then(|r| r)
-            .and_then(|credentials| gate_config_json(&base, credentials))
-            .and_then(|config| app.reconfigure(config));
-        match reloaded {
-            Ok(()) => {
-                eprintln!("sessiongate: token store {} reloaded", path.display());
-                last = Some(now);
-                failing = false;
-            }
-            Err(e) => {
-                eprintln!(
-                    "sessiongate ERROR: token store {} could not be loaded: {e:#}. \
-                     Keeping the last good credentials.",
-                    path.display()
-                );
-                failing = true;
-            }
+            .and_then(|credentials| app.set_credentials(credentials));
+        if reported(&app, &path, reloaded) {
+            last = Some(now);
+            failing = false;
+        } else {
+            failing = true;
         }
     }
 }

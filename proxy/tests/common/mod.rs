@@ -116,6 +116,9 @@ pub fn assert_no_secret(what: &str, haystack: &str, secrets: &[String]) {
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The admin listener (every test server has its own port).
+    pub admin: Option<SocketAddr>,
+    pub config: PathBuf,
     pub log: Arc<Mutex<Vec<String>>>,
 }
 
@@ -134,7 +137,8 @@ impl Server {
     ) -> Server {
         let config_path = dir.join(format!("config-{}.toml", rand_suffix()));
         std::fs::write(&config_path, config).unwrap();
-        let mut child = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        command
             .args([
                 "serve",
                 "--listen",
@@ -147,6 +151,18 @@ impl Server {
             .arg("--store")
             .arg(store)
             .args(extra)
+            .args(if extra.contains(&"--admin") {
+                &[][..]
+            } else {
+                &["--admin", "127.0.0.1:0"][..]
+            });
+        Server::spawn(command, config_path)
+    }
+
+    /// Runs a prepared `serve` command (its config at `config_path`) and
+    /// waits for it to listen.
+    pub fn spawn(mut command: Command, config_path: PathBuf) -> Server {
+        let mut child = command
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -158,24 +174,43 @@ impl Server {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let addr = rest
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned();
-                    let _ = tx.send(addr);
+                    let word = |s: &str| {
+                        s.split(|c: char| c.is_whitespace() || c == ',' || c == '"')
+                            .next()
+                            .unwrap_or_default()
+                            .to_owned()
+                    };
+                    let admin = rest.split("admin http://").nth(1).map(word);
+                    let _ = tx.send((word(rest), admin));
                 }
                 sink.lock().unwrap().push(line);
             }
         });
-        let addr = rx
+        let (addr, admin) = rx
             .recv_timeout(Duration::from_secs(60))
             .unwrap_or_else(|_| panic!("server did not start: {:?}", log.lock().unwrap()));
         Server {
             child,
             addr: addr.parse().unwrap(),
+            admin: admin.map(|a| a.parse().unwrap()),
+            config: config_path,
             log,
         }
+    }
+
+    /// `GET` on the admin listener.
+    pub fn admin_get(&self, path: &str) -> suite::http::Response {
+        let admin = self.admin.expect("the admin listener is off");
+        suite::http::get(admin, path, None).unwrap()
+    }
+
+    /// Sends SIGHUP (reload the configuration file).
+    pub fn hangup(&self) {
+        let status = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
     }
 
     /// Waits until the server has logged `needle`; panics with `what` if it
@@ -360,4 +395,59 @@ pub fn assert_relayed(r: &sessiongate_conformance::http::Response) {
         r.header("ratelimit")
             .is_some_and(|v| v.contains("remaining=999"))
     );
+}
+
+/// One response at the start of `raw`: status, headers' text, body, and
+/// the bytes it took; `None` until it is all there.
+pub fn parse_response(raw: &[u8]) -> Option<(u16, String, Vec<u8>, usize)> {
+    let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    // A response to HEAD has a length and no body: the next response
+    // starts where its body would.
+    if raw[head_end..].starts_with(b"HTTP/1.1 ") {
+        return Some((status, head, Vec::new(), head_end));
+    }
+    let body = raw.get(head_end..head_end + length)?.to_vec();
+    Some((status, head, body, head_end + length))
+}
+
+/// The scrape, parsed by the text format's rules (`prometheus-parse`).
+pub fn scrape(server: &Server) -> prometheus_parse::Scrape {
+    let r = server.admin_get("/metrics");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let text = r.text();
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap()
+}
+
+/// The value of `name` with the label `key=value` (or no labels: `None`).
+pub fn sample(scrape: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &str)>) -> f64 {
+    let found = scrape.samples.iter().find(|s| {
+        s.metric == name
+            && match label {
+                Some((k, v)) => s.labels.get(k) == Some(v),
+                None => true,
+            }
+    });
+    match found.map(|s| &s.value) {
+        Some(
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v),
+        ) => *v,
+        Some(other) => panic!("{name}: not a number: {other:?}"),
+        None => 0.0,
+    }
 }

@@ -1,0 +1,238 @@
+//! The admin listener, off the public port as Envoy's admin is: `GET
+//! /metrics` (Prometheus text), `/healthz` (the process serves) and
+//! `/readyz` (it can do its job: credentials loaded, the limiter's store
+//! answering). Its connections have their own small cap and timeouts, so a
+//! flood of the public port never locks an operator out, nor the reverse.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use sessiongate_core::{ErrorCode, LimiterStore, error_body};
+use tokio::net::TcpListener;
+
+use super::connections::{Activity, Admission, Limits, Tracked, supervise};
+use super::metrics::Scrape;
+use super::{App, Runner};
+use crate::log;
+
+/// The admin listener's connections: a handful of scrapers and probes.
+const LIMITS: Limits = Limits {
+    header_timeout: Duration::from_secs(10),
+    idle_timeout: Duration::from_secs(60),
+    max_connections: 64,
+    max_per_address: 0,
+};
+
+pub(super) async fn bind(addr: &str) -> Result<TcpListener> {
+    super::connections::listen(addr).await.with_context(|| {
+        format!(
+            "cannot listen on {addr} for the admin listener (another serve on this machine? \
+             give each its own with --admin ADDR, or --admin off)"
+        )
+    })
+}
+
+pub(super) async fn serve(app: Arc<App>, listener: TcpListener) {
+    let admission = Arc::new(Admission::default());
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                log::warn(format_args!("admin accept failed: {e}"));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(ticket) = admission.admit(peer.ip(), &LIMITS) else {
+            continue;
+        };
+        let activity = Activity::new();
+        let service = {
+            let (app, activity) = (app.clone(), activity.clone());
+            service_fn(move |req| {
+                let (app, activity) = (app.clone(), activity.clone());
+                activity.request_started();
+                async move {
+                    let response = route(&app, &req).await;
+                    activity.request_finished();
+                    Ok::<_, std::convert::Infallible>(response)
+                }
+            })
+        };
+        let conn = http1::Builder::new().serve_connection(
+            TokioIo::new(Tracked::new(stream, activity.clone())),
+            service,
+        );
+        tokio::spawn(async move {
+            let _ticket = ticket;
+            supervise(conn, &activity, || LIMITS).await;
+        });
+    }
+}
+
+async fn route(app: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    let known = matches!(path, "/metrics" | "/healthz" | "/readyz");
+    if !known {
+        return error(
+            404,
+            ErrorCode::NotFound,
+            "The admin listener serves /metrics, /healthz and /readyz.",
+        );
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = error(
+            405,
+            ErrorCode::MethodNotAllowed,
+            "The admin listener answers GET only.",
+        );
+        r.headers_mut().insert(
+            "allow",
+            hyper::header::HeaderValue::from_static("GET, HEAD"),
+        );
+        return r;
+    }
+    match path {
+        "/metrics" => respond(
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            app.metrics.render(&scrape(app)),
+        ),
+        "/healthz" => respond(
+            200,
+            "application/json",
+            json!({"status": "serving"}).to_string(),
+        ),
+        _ => {
+            let (ready, body) = readiness(app).await;
+            respond(
+                if ready { 200 } else { 503 },
+                "application/json",
+                body.to_string(),
+            )
+        }
+    }
+}
+
+fn scrape(app: &App) -> Scrape {
+    let (filter, component_instances) = match &app.runner {
+        Runner::Filter(pool) => (pool.plugin.metrics.snapshot(), None),
+        Runner::Component(host) => (Vec::new(), Some(host.instances_created())),
+    };
+    Scrape {
+        filter,
+        component_instances,
+        connections_open: app.admission.open(),
+        credentials: app.credential_count(),
+        limiter_store_errors: app.limiter_store_errors(),
+    }
+}
+
+/// Each check, and whether all pass.
+async fn readiness(app: &App) -> (bool, Value) {
+    let credentials = {
+        let loaded = app.store.loaded.load(Ordering::Relaxed);
+        let error = app
+            .store
+            .error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let store = app.store_path.display();
+        let count = app.credential_count();
+        match (loaded, error) {
+            (true, None) => check(true, format!("{count} credential(s) from {store}")),
+            // Serving the last good set is ready: taking every instance out
+            // of rotation for a bad write to the store would be the outage.
+            (true, Some(e)) => check(
+                true,
+                format!(
+                    "serving the last good {count} credential(s); {store} could not be reloaded: {e}"
+                ),
+            ),
+            (false, e) => check(
+                false,
+                format!(
+                    "the token store {store} could not be loaded: {}",
+                    e.unwrap_or_default()
+                ),
+            ),
+        }
+    };
+    let limiter = limiter_check(app).await;
+    let ready = [&credentials, &limiter]
+        .iter()
+        .all(|c| c["ok"] == Value::Bool(true));
+    (
+        ready,
+        json!({"ready": ready, "checks": {"credentials": credentials, "limiter": limiter}}),
+    )
+}
+
+async fn limiter_check(app: &App) -> Value {
+    let limiter = app.gate_parts().base.limiter.clone();
+    match (limiter, app.clusters.first()) {
+        (
+            LimiterStore::Etcd {
+                key, timeout_ms, ..
+            },
+            Some(cluster),
+        ) => {
+            // A linearizable read (etcd's default) needs a quorum: a
+            // minority member alone does not answer it.
+            let body = json!({
+                "key": base64::engine::general_purpose::STANDARD.encode(&key),
+                "count_only": true,
+            });
+            match cluster
+                .post_json("/v3/kv/range", body.to_string(), timeout_ms)
+                .await
+            {
+                Some((200, _)) => check(true, "etcd: a quorum answered".to_owned()),
+                Some((status, _)) => check(false, format!("etcd answered {status}")),
+                None => check(
+                    false,
+                    format!("etcd: no quorum answered within {timeout_ms} ms"),
+                ),
+            }
+        }
+        _ => match app.shared_data() {
+            Some(shared) if shared.answers() => check(true, "shared data answers".to_owned()),
+            Some(_) => check(false, "shared data does not answer".to_owned()),
+            None => check(false, "no limiter store".to_owned()),
+        },
+    }
+}
+
+fn check(ok: bool, detail: String) -> Value {
+    json!({"ok": ok, "detail": detail})
+}
+
+fn error(status: u16, code: ErrorCode, message: &str) -> Response<Full<Bytes>> {
+    respond(status, "application/json", error_body(code, message))
+}
+
+fn respond(status: u16, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    r.headers_mut().insert(
+        hyper::header::CACHE_CONTROL,
+        hyper::header::HeaderValue::from_static("no-store"),
+    );
+    r
+}
