@@ -345,6 +345,22 @@ fn trim_ows(b: &[u8]) -> &[u8] {
 
 /// Parses one `Authorization` value: a case-insensitive scheme, one or more
 /// spaces, the credential.
+/// The digests a request's `Authorization` could name, for a host that
+/// looks credentials up by digest before it decides: none when there is not
+/// exactly one header or it presents nothing well-formed (the decision then
+/// refuses it with no lookup), one for `Bearer`, up to two for `Basic` (the
+/// raw key, and the secret inside its RFC 7617 form).
+pub fn presented_hashes(authorization: &[&[u8]]) -> Vec<SecretHash> {
+    let [value] = authorization else {
+        return Vec::new();
+    };
+    match parse_authorization(value) {
+        Ok(Presented::Bearer(hash)) => vec![hash],
+        Ok(Presented::Basic { raw, decoded }) => std::iter::once(raw).chain(decoded).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
 pub fn parse_authorization(value: &[u8]) -> Result<Presented, Malformed> {
     let value = trim_ows(value);
     let split = value

@@ -3,7 +3,7 @@
 //! decision's ([`crate::Pending`]).
 
 use std::borrow::Cow;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::config::LimiterStore;
 use crate::config::{Backend, ConfigError, GateConfig};
@@ -36,8 +36,9 @@ pub struct Gate {
     revocation_list: bool,
     /// `RateLimit-Policy`, the same on every answer: written once.
     policy: String,
-    pages: Mutex<PageCache>,
-    pub(crate) full_until: FullUntil,
+    /// Shared by the gates [`Gate::with_credentials`] makes.
+    pages: Arc<Mutex<PageCache>>,
+    pub(crate) full_until: Arc<FullUntil>,
 }
 
 const JSON: &str = "application/json";
@@ -93,8 +94,8 @@ impl Gate {
             credentials: config.credentials,
             limit,
             policy: headers::policy(limit),
-            pages: Mutex::new(PageCache::default()),
-            full_until: FullUntil::default(),
+            pages: Arc::new(Mutex::new(PageCache::default())),
+            full_until: Arc::new(FullUntil::default()),
             backend: config.backend,
             fail_open: config.fail_open,
             stub_sessions_per_site: config.stub_sessions_per_site,
@@ -109,6 +110,26 @@ impl Gate {
 
     pub fn from_json(bytes: &[u8]) -> Result<Gate, ConfigError> {
         Gate::new(GateConfig::from_json(bytes)?)
+    }
+
+    /// This gate with other credentials: for hosts that look the presented
+    /// credential up elsewhere ([`crate::presented_hashes`], then a store by
+    /// digest) and decide over just what they found. The limiter's memo and
+    /// the stub's page cache are this gate's, shared.
+    pub fn with_credentials(&self, credentials: CredentialSet) -> Gate {
+        Gate {
+            credentials,
+            limit: self.limit,
+            backend: self.backend.clone(),
+            fail_open: self.fail_open,
+            stub_sessions_per_site: self.stub_sessions_per_site,
+            guard: self.guard,
+            limiter: self.limiter.clone(),
+            revocation_list: self.revocation_list,
+            policy: self.policy.clone(),
+            pages: self.pages.clone(),
+            full_until: self.full_until.clone(),
+        }
     }
 
     /// A gate whose decisions ask whether each authenticated credential was

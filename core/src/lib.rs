@@ -12,6 +12,7 @@ mod config;
 mod credential;
 mod credential_set;
 mod decision;
+mod digest_filter;
 mod error;
 pub mod etcd;
 mod gate;
@@ -37,13 +38,14 @@ pub use config::{Backend, ConfigError, GateConfig, LimitConfig, LimiterStore};
 pub use credential::{
     CredentialRecord, KEY_MIN_BODY_LEN, KEY_SUFFIX_LEN, Kind, Level, Malformed, Presented,
     SecretHash, Sites, TOKEN_BODY_LEN, TOKEN_PREFIX, hash_hex, hash_secret, hint, is_key, is_token,
-    parse_authorization, parse_hash_hex, split_joined,
+    parse_authorization, parse_hash_hex, presented_hashes, split_joined,
 };
 pub use credential_set::{Credential, CredentialSet, CredentialSetBuilder, SiteScope};
 pub use decision::{
     Action, Body, CREDENTIAL_HEADER, CUSTOMER_HEADER, Decision, Forward, Headers, Outcome, Reply,
     Request, WWW_AUTHENTICATE, is_per_hop,
 };
+pub use digest_filter::DigestFilter;
 pub use error::{ErrorCode, GateError, error_body};
 pub use gate::Gate;
 pub use guard::{GuardConfig, client_of};

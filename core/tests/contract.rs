@@ -637,3 +637,61 @@ fn the_guards_refusal_claims_no_budget() {
         "the global budget is untouched"
     );
 }
+
+/// A host that keeps credentials in a store it looks up by digest decides
+/// exactly as a gate holding them all: the digests a request presents,
+/// then `with_credentials` over what the store had under them. The
+/// limiter's memo is shared with the gate it came from.
+#[test]
+fn deciding_over_credentials_looked_up_by_digest_is_the_same_decision() {
+    use sessiongate_core::{CredentialRecord, presented_hashes};
+    let all = gate();
+    let store: Vec<CredentialRecord> = all.credentials().records();
+    let empty = Gate::new(GateConfig {
+        credentials: CredentialSet::default(),
+        ..config(Backend::Stub, 20)
+    })
+    .unwrap();
+    let raw_basic = format!("Basic {KEY_STD}");
+    let rfc7617 = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!(":{KEY_ARCH}"))
+    );
+    let cases = [
+        bearer(TOKEN),
+        bearer(SITE_TOKEN),
+        raw_basic,
+        rfc7617,
+        format!("Basic {TOKEN}"),
+        bearer(KEY_ADMIN),
+        bearer("fus_0000000000000000000000000000000000000000"),
+        "Bearer".to_owned(),
+    ];
+    for auth in cases {
+        let values = [auth.as_bytes()];
+        let digests = presented_hashes(&values);
+        assert!(digests.len() <= 2, "{auth}");
+        let found: Vec<CredentialRecord> = store
+            .iter()
+            .filter(|r| {
+                digests
+                    .iter()
+                    .any(|d| sessiongate_core::hash_hex(d) == r.hash)
+            })
+            .cloned()
+            .collect();
+        let looked_up = empty.with_credentials(CredentialSet::new(found).unwrap());
+        for target in [SESSIONS, "/me"] {
+            let req = Request {
+                method: "GET",
+                target,
+                authorization: &values,
+                client: None,
+            };
+            let whole = all.decide(&req, NOW, &mut MemoryKv::default());
+            let by_digest = looked_up.decide(&req, NOW, &mut MemoryKv::default());
+            assert_eq!(reply(&whole), reply(&by_digest), "{auth} {target}");
+        }
+    }
+    assert!(presented_hashes(&[b"Bearer a", b"Bearer b"]).is_empty());
+}
