@@ -39,6 +39,7 @@ pub struct Gate {
     /// Shared by the gates [`Gate::with_credentials`] makes.
     pages: Arc<Mutex<PageCache>>,
     pub(crate) full_until: Arc<FullUntil>,
+    pub(crate) held: Arc<crate::guard::HeldClients>,
 }
 
 const JSON: &str = "application/json";
@@ -96,6 +97,7 @@ impl Gate {
             policy: headers::policy(limit),
             pages: Arc::new(Mutex::new(PageCache::default())),
             full_until: Arc::new(FullUntil::default()),
+            held: Arc::default(),
             backend: config.backend,
             fail_open: config.fail_open,
             stub_sessions_per_site: config.stub_sessions_per_site,
@@ -129,6 +131,7 @@ impl Gate {
             policy: self.policy.clone(),
             pages: self.pages.clone(),
             full_until: self.full_until.clone(),
+            held: self.held.clone(),
         }
     }
 

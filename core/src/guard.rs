@@ -92,6 +92,21 @@ pub(crate) fn held(
     now: u64,
     cfg: &GuardConfig,
 ) -> Option<u64> {
+    held_until(bytes, address, now, cfg).map(|until| seconds_until(until, now))
+}
+
+fn seconds_until(until: u64, now: u64) -> u64 {
+    until.saturating_sub(now).div_ceil(1000).max(1)
+}
+
+/// The instant (Unix ms) `address` may present credentials again, if its
+/// bucket holds it now.
+pub(crate) fn held_until(
+    bytes: Option<&[u8]>,
+    address: &str,
+    now: u64,
+    cfg: &GuardConfig,
+) -> Option<u64> {
     if !cfg.enabled() {
         return None;
     }
@@ -103,8 +118,7 @@ pub(crate) fn held(
         .filter(|t| t.saturating_add(cfg.window_ms()) > now)
         .collect();
     let over = live.len().checked_sub(cfg.failures as usize)?;
-    let frees = live.get(over)?.saturating_add(cfg.window_ms());
-    Some(frees.saturating_sub(now).div_ceil(1000).max(1))
+    live.get(over).map(|t| t.saturating_add(cfg.window_ms()))
 }
 
 /// The bucket `bytes` (absent: empty) with one more failed credential from
@@ -227,5 +241,33 @@ mod tests {
         assert_eq!(client_of("[::1]:80"), "::1");
         assert_eq!(client_of("::1"), "::1");
         assert_eq!(client_of("host"), "host");
+    }
+}
+
+/// Clients the guard is known to hold, and until when (Unix ms): a held
+/// client is refused again with no read of its bucket, so a guesser's
+/// requests cost no call to the shared state. Exact: a client's failures
+/// only age out, so no other gate can shorten a hold. Bounded: when full it
+/// starts over (a forgotten hold costs one read).
+#[derive(Debug, Default)]
+pub(crate) struct HeldClients(std::sync::Mutex<std::collections::HashMap<String, u64>>);
+
+const HELD_CLIENTS_MAX: usize = 4_096;
+
+impl HeldClients {
+    /// Seconds `address` is still held at `now`, if it is known to be.
+    pub(crate) fn seconds(&self, address: &str, now: u64) -> Option<u64> {
+        let map = self.0.lock().ok()?;
+        let until = *map.get(address)?;
+        (until > now).then(|| seconds_until(until, now))
+    }
+
+    pub(crate) fn remember(&self, address: &str, until: u64) {
+        if let Ok(mut map) = self.0.lock() {
+            if map.len() >= HELD_CLIENTS_MAX {
+                map.clear();
+            }
+            map.insert(address.to_owned(), until);
+        }
     }
 }

@@ -269,6 +269,9 @@ impl Gate {
         match client {
             Some(source) if !routed.authorization.is_empty() => {
                 let address = guard::client_of(source);
+                if let Some(seconds) = self.held.seconds(address, now_ms).filter(|_| memo) {
+                    return Progress::Done(self.guard_refusal(seconds, routed.limited));
+                }
                 pending(Phase::Guard {
                     routed,
                     client: Client {
@@ -461,6 +464,10 @@ impl<'g, 'r> Pending<'g, 'r> {
                     Answer::Value(entry) => {
                         let bytes = entry.as_ref().map(|e| e.value.as_ref());
                         client.bucket = entry.as_ref().map(|e| (e.value.to_vec(), e.version));
+                        let until = guard::held_until(bytes, &client.address, now, gate.guard());
+                        if let Some(until) = until.filter(|_| routed.memo) {
+                            gate.held.remember(&client.address, until);
+                        }
                         guard::held(bytes, &client.address, now, gate.guard())
                     }
                     // The guard is a brake, the limiter is the lock: a

@@ -695,3 +695,81 @@ fn deciding_over_credentials_looked_up_by_digest_is_the_same_decision() {
     }
     assert!(presented_hashes(&[b"Bearer a", b"Bearer b"]).is_empty());
 }
+
+/// Counts the calls a decision makes to its shared state.
+struct Counting<'k> {
+    inner: &'k mut MemoryKv,
+    calls: usize,
+}
+
+impl Kv for Counting<'_> {
+    fn get(&mut self, key: &str) -> Result<Option<Entry<'_>>, KvError> {
+        self.calls += 1;
+        self.inner.get(key)
+    }
+    fn swap(
+        &mut self,
+        key: &str,
+        version: sessiongate_core::Version,
+        value: &[u8],
+    ) -> Result<bool, KvError> {
+        self.calls += 1;
+        self.inner.swap(key, version, value)
+    }
+    fn create(&mut self, key: &str, value: &[u8]) -> Result<bool, KvError> {
+        self.calls += 1;
+        self.inner.create(key, value)
+    }
+}
+
+/// Once the guard holds a client, the gate remembers until when: the same
+/// refusal with no call to the shared state (a guesser's requests cost the
+/// store nothing), and the client free again exactly when its oldest
+/// failure leaves the window, as a gate that remembers nothing would say.
+#[test]
+fn a_held_client_is_refused_without_a_call_until_exactly_its_hold_ends() {
+    let remembering = gate();
+    let mut state = MemoryKv::default();
+    let wrong = [b"Bearer fus_0000000000000000000000000000000000000000".as_slice()];
+    let req = Request {
+        method: "GET",
+        target: SESSIONS,
+        authorization: &wrong,
+        client: Some("192.0.2.44:5000"),
+    };
+    for i in 0..10 {
+        expect_error(
+            &remembering.decide(&req, NOW + i, &mut state),
+            ErrorCode::InvalidCredentials,
+        );
+    }
+    // The first refusal reads the bucket; every later one calls nothing.
+    let mut counting = Counting {
+        inner: &mut state,
+        calls: 0,
+    };
+    expect_error(
+        &remembering.decide(&req, NOW + 10, &mut counting),
+        ErrorCode::RateLimited,
+    );
+    assert!(counting.calls > 0);
+    for at in [NOW + 11, NOW + 30_000, NOW + 59_999] {
+        let mut counting = Counting {
+            inner: &mut state,
+            calls: 0,
+        };
+        let memo = reply(&remembering.decide(&req, at, &mut counting));
+        assert_eq!(counting.calls, 0, "a call at {at}");
+        let fresh = Gate::new(config(Backend::Stub, 20)).unwrap();
+        assert_eq!(
+            memo,
+            reply(&fresh.decide(&req, at, &mut state.clone())),
+            "at {at}"
+        );
+    }
+    // The first failure (at NOW) leaves the window at NOW + 60 s.
+    expect_error(
+        &remembering.decide(&req, NOW + 60_000, &mut state),
+        ErrorCode::InvalidCredentials,
+    );
+}
