@@ -6,6 +6,7 @@
 //! runtime-free so it is tested natively; `sdk` binds it and the fetch
 //! handler to the `worker` crate when built for `wasm32-unknown-unknown`.
 
+pub mod credential_store;
 pub mod shared_object;
 
 #[cfg(target_arch = "wasm32")]

@@ -3,12 +3,13 @@
 //! carries requests to it, each step it needs to the object, and its
 //! decisions back.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use sessiongate_core::{
-    Action, Answer, Backend, Decision, Forward, Gate, KvError, Progress, Request as GateRequest,
-    hash_secret, parse_hash_hex, split_joined,
+    Action, Answer, Backend, CredentialRecord, CredentialSet, Decision, DigestFilter, Forward,
+    Gate, KvError, Need, Progress, Request as GateRequest, SecretHash, hash_hex, hash_secret,
+    parse_hash_hex, presented_hashes, split_joined,
 };
 use worker::wasm_bindgen::JsValue;
 use worker::{
@@ -16,6 +17,7 @@ use worker::{
     Result, State, console_error, durable_object, event,
 };
 
+use crate::credential_store::{self, Applied, Batch, FILTER_TTL_MS, LISTING_PAGE, Table};
 use crate::shared_object::{Call, Dirty, Said, SharedObject};
 
 /// The gate's configuration JSON (`sessiongate worker-config`): a secret or a var.
@@ -26,10 +28,17 @@ const LIMITER_BINDING: &str = "LIMITER";
 /// The one instance every location talks to.
 const LIMITER_NAME: &str = "global";
 const REVOKE_PREFIX: &str = "/__sessiongate/revoke/";
+/// The admin API of the credential store (`sessiongate worker-sync`).
+const CREDENTIALS_PATH: &str = "/__sessiongate/credentials";
+const STATS_PATH: &str = "/__sessiongate/stats";
+/// The object's own paths: its limiter calls at `/`, the store's below.
+const OBJECT: &str = "https://limiter.internal";
 
 thread_local! {
     /// The parsed configuration, rebuilt only when the binding's text changes.
     static GATE: RefCell<Option<(String, Rc<Gate>)>> = const { RefCell::new(None) };
+    /// The stored digests' filter and when it was fetched (ms).
+    static FILTER: RefCell<Option<(u64, Rc<DigestFilter>)>> = const { RefCell::new(None) };
 }
 
 fn binding_text(env: &Env, name: &str) -> Option<String> {
@@ -73,18 +82,26 @@ fn internal_error(message: &str) -> Result<Response> {
     respond(reply.status, &reply.headers, reply.body.into_string())
 }
 
-async fn call_object(env: &Env, call: &Call) -> std::result::Result<Said, String> {
+/// One request to the object: `POST path` with a JSON body, or `GET`.
+async fn object_request(
+    env: &Env,
+    path: &str,
+    body: Option<String>,
+) -> std::result::Result<Response, String> {
     let stub = env
         .durable_object(LIMITER_BINDING)
         .and_then(|ns| ns.id_from_name(LIMITER_NAME)?.get_stub())
         .map_err(|e| format!("no limiter object: {e}"))?;
-    let body = serde_json::to_string(call).map_err(|e| e.to_string())?;
     let mut init = RequestInit::new();
-    init.with_method(Method::Post)
-        .with_body(Some(JsValue::from_str(&body)));
+    match body {
+        Some(body) => init
+            .with_method(Method::Post)
+            .with_body(Some(JsValue::from_str(&body))),
+        None => init.with_method(Method::Get),
+    };
     let req =
-        Request::new_with_init("https://limiter.internal/", &init).map_err(|e| e.to_string())?;
-    let mut resp = stub
+        Request::new_with_init(&format!("{OBJECT}{path}"), &init).map_err(|e| e.to_string())?;
+    let resp = stub
         .fetch_with_request(req)
         .await
         .map_err(|e| e.to_string())?;
@@ -94,17 +111,107 @@ async fn call_object(env: &Env, call: &Call) -> std::result::Result<Said, String
             resp.status_code()
         ));
     }
+    Ok(resp)
+}
+
+async fn call_object(env: &Env, call: &Call) -> std::result::Result<Said, String> {
+    let body = serde_json::to_string(call).map_err(|e| e.to_string())?;
+    let mut resp = object_request(env, "/", Some(body)).await?;
     resp.json::<Said>().await.map_err(|e| e.to_string())
 }
 
+/// The stored digests' filter, fetched again once it is older than
+/// [`FILTER_TTL_MS`]. Without one (the object unreachable) every lookup
+/// goes to the object, which then fails it.
+async fn digest_filter(env: &Env) -> Option<Rc<DigestFilter>> {
+    let now = Date::now().as_millis();
+    let cached = FILTER.with(|f| f.borrow().clone());
+    if let Some((at, filter)) = &cached
+        && now.saturating_sub(*at) < FILTER_TTL_MS
+    {
+        return Some(filter.clone());
+    }
+    let fetched = match object_request(env, "/credentials/filter", None).await {
+        Ok(mut resp) => resp.bytes().await.ok(),
+        Err(e) => {
+            console_error!("sessiongate: no credential filter: {e}");
+            None
+        }
+    };
+    match fetched.and_then(DigestFilter::from_bytes) {
+        Some(filter) => {
+            let filter = Rc::new(filter);
+            FILTER.with(|f| *f.borrow_mut() = Some((now, filter.clone())));
+            Some(filter)
+        }
+        None => cached.map(|(_, f)| f),
+    }
+}
+
+/// The credentials a request presents that the binding does not hold,
+/// from the object's store: the gate to decide with, and the digests just
+/// read there (already known not revoked: the store is the truth for them).
+/// A digest the filter rules out costs no call.
+async fn looked_up(
+    env: &Env,
+    gate: &Rc<Gate>,
+    authorization: &[&[u8]],
+) -> (Rc<Gate>, Vec<SecretHash>) {
+    let digests = presented_hashes(authorization);
+    let in_binding = digests
+        .iter()
+        .any(|d| gate.credentials().iter().any(|c| c.hash == d));
+    if digests.is_empty() || in_binding {
+        return (gate.clone(), Vec::new());
+    }
+    let filter = digest_filter(env).await;
+    let candidates: Vec<String> = digests
+        .iter()
+        .filter(|d| filter.as_ref().is_none_or(|f| f.may_contain(d)))
+        .map(hash_hex)
+        .collect();
+    if candidates.is_empty() {
+        return (
+            Rc::new(gate.with_credentials(CredentialSet::default())),
+            Vec::new(),
+        );
+    }
+    let body = serde_json::json!({ "hashes": candidates }).to_string();
+    let records: Vec<CredentialRecord> =
+        match object_request(env, "/credentials/lookup", Some(body)).await {
+            Ok(mut resp) => resp.json().await.unwrap_or_default(),
+            Err(e) => {
+                console_error!("sessiongate: credential lookup failed: {e}");
+                Vec::new()
+            }
+        };
+    let fresh = records
+        .iter()
+        .filter_map(|r| parse_hash_hex(&r.hash))
+        .collect();
+    let set = CredentialSet::new(records).unwrap_or_default();
+    (Rc::new(gate.with_credentials(set)), fresh)
+}
+
 /// The driver: every step the decision needs is one call to the object.
-async fn decide<'g>(env: &Env, gate: &'g Gate, request: &GateRequest<'_>) -> Decision<'g> {
+async fn decide<'g>(
+    env: &Env,
+    gate: &'g Gate,
+    request: &GateRequest<'_>,
+    fresh: &[SecretHash],
+) -> Decision<'g> {
     let mut progress = gate.start(request, Date::now().as_millis());
     loop {
         let pending = match progress {
             Progress::Done(decision) => return decision,
             Progress::Pending(pending) => pending,
         };
+        if let Need::Revoked { hash } = pending.need()
+            && fresh.contains(hash)
+        {
+            progress = pending.resume(Answer::Revoked(false));
+            continue;
+        }
         let said = call_object(env, &Call::for_need(pending.need())).await;
         progress = match &said {
             Ok(said) => pending.resume(said.answer()),
@@ -148,43 +255,118 @@ async fn forward(req: &Request, gate: &Gate, target: &str, f: Forward<'_>) -> Re
     }
 }
 
-/// `POST /__sessiongate/revoke/{name}` with the admin secret: revokes at once.
-/// Anything not exactly that, with the right secret, is left to the contract
-/// (and so is a 404).
-async fn admin(req: &Request, env: &Env, gate: &Gate, path: &str) -> Option<Result<Response>> {
-    let name = path.strip_prefix(REVOKE_PREFIX)?;
-    let expected = parse_hash_hex(binding_text(env, ADMIN_BINDING)?.trim())?;
-    let auth = req.headers().get("authorization").ok()??;
-    let (scheme, secret) = auth.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("bearer")
-        || hash_secret(secret.trim().as_bytes()) != expected
-        || req.method() != Method::Post
-    {
-        return None;
-    }
-    let json = [("content-type", "application/json".to_owned())];
-    let Some(record) = gate.credentials().iter().find(|r| r.name == name) else {
-        let body = sessiongate_core::error_body(
-            sessiongate_core::ErrorCode::NotFound,
-            "No credential has that name.",
-        );
-        return Some(respond(404, &json, body));
+/// Whether `req` carries the admin secret (`Authorization: Bearer …`
+/// whose SHA-256 is `SESSIONGATE_ADMIN_HASH`).
+fn is_admin(req: &Request, env: &Env) -> bool {
+    let Some(expected) = binding_text(env, ADMIN_BINDING).and_then(|h| parse_hash_hex(h.trim()))
+    else {
+        return false;
     };
-    let call = Call::Revoke {
-        hash: record.hash_hex(),
+    let Ok(Some(auth)) = req.headers().get("authorization") else {
+        return false;
     };
-    Some(match call_object(env, &call).await {
-        Ok(_) => respond(
-            200,
-            &json,
-            serde_json::json!({"revoked": record.name}).to_string(),
-        ),
-        Err(e) => internal_error(&format!("revocation failed: {e}")),
+    auth.split_once(' ').is_some_and(|(scheme, secret)| {
+        scheme.eq_ignore_ascii_case("bearer") && hash_secret(secret.trim().as_bytes()) == expected
     })
 }
 
+/// The admin API, with the admin secret only; anything else is left to the
+/// contract (and so is a 404):
+/// - `POST /__sessiongate/revoke/{name}`: revokes at once (a credential of
+///   the binding through the revocation list, a stored one by deleting it);
+/// - `GET /__sessiongate/credentials?after=HASH`: stored digests and
+///   fingerprints, a page at a time;
+/// - `POST /__sessiongate/credentials`: a [`Batch`] to store and delete;
+/// - `GET /__sessiongate/stats`: the object's call count and store size.
+async fn admin(
+    req: &mut Request,
+    env: &Env,
+    gate: &Gate,
+    url: &worker::Url,
+) -> Option<Result<Response>> {
+    let path = url.path();
+    let known = path.starts_with(REVOKE_PREFIX) || path == CREDENTIALS_PATH || path == STATS_PATH;
+    if !known || !is_admin(req, env) {
+        return None;
+    }
+    let json = [("content-type", "application/json".to_owned())];
+    let relay = |result: std::result::Result<Response, String>| match result {
+        Ok(resp) => Ok(resp),
+        Err(e) => internal_error(&format!("credential store: {e}")),
+    };
+    match (req.method(), path) {
+        (Method::Post, _) if path.starts_with(REVOKE_PREFIX) => {
+            let name = path.strip_prefix(REVOKE_PREFIX)?;
+            Some(revoke(env, gate, name).await)
+        }
+        (Method::Get, CREDENTIALS_PATH) => {
+            let after = url
+                .query_pairs()
+                .find(|(k, _)| k == "after")
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default();
+            let body = serde_json::json!({ "after": after }).to_string();
+            Some(relay(
+                object_request(env, "/credentials/list", Some(body)).await,
+            ))
+        }
+        (Method::Post, CREDENTIALS_PATH) => {
+            let batch: Batch = match req.json().await {
+                Ok(b) => b,
+                Err(e) => {
+                    let body = sessiongate_core::error_body(
+                        sessiongate_core::ErrorCode::InvalidRequest,
+                        &format!("The body is not a credential batch: {e}"),
+                    );
+                    return Some(respond(400, &json, body));
+                }
+            };
+            // The revocation list only covers credentials of the binding:
+            // what it holds beyond them, the store has caught up with.
+            let binding: Vec<String> = gate.credentials().iter().map(|c| c.hash_hex()).collect();
+            let body = serde_json::json!({ "batch": batch, "binding": binding }).to_string();
+            Some(relay(
+                object_request(env, "/credentials/sync", Some(body)).await,
+            ))
+        }
+        (Method::Get, STATS_PATH) => Some(relay(object_request(env, "/stats", None).await)),
+        _ => None,
+    }
+}
+
+async fn revoke(env: &Env, gate: &Gate, name: &str) -> Result<Response> {
+    let json = [("content-type", "application/json".to_owned())];
+    let revoked = serde_json::json!({ "revoked": name }).to_string();
+    if let Some(record) = gate.credentials().iter().find(|r| r.name == name) {
+        let call = Call::Revoke {
+            hash: record.hash_hex(),
+        };
+        return match call_object(env, &call).await {
+            Ok(_) => respond(200, &json, revoked),
+            Err(e) => internal_error(&format!("revocation failed: {e}")),
+        };
+    }
+    let body = serde_json::json!({ "name": name }).to_string();
+    match object_request(env, "/credentials/delete-name", Some(body)).await {
+        Ok(mut resp) => match resp.json::<serde_json::Value>().await {
+            Ok(v) if v.get("deleted") == Some(&serde_json::Value::Bool(true)) => {
+                respond(200, &json, revoked)
+            }
+            _ => respond(
+                404,
+                &json,
+                sessiongate_core::error_body(
+                    sessiongate_core::ErrorCode::NotFound,
+                    "No credential has that name.",
+                ),
+            ),
+        },
+        Err(e) => internal_error(&format!("revocation failed: {e}")),
+    }
+}
+
 #[event(fetch)]
-async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
+async fn fetch(mut req: Request, env: Env, _ctx: Context) -> Result<Response> {
     let gate = match load_gate(&env) {
         Ok(g) => g,
         Err(e) => return internal_error(&format!("invalid configuration, refusing requests: {e}")),
@@ -194,7 +376,7 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
         Some(q) => format!("{}?{q}", url.path()),
         None => url.path().to_owned(),
     };
-    if let Some(resp) = admin(&req, &env, &gate, url.path()).await {
+    if let Some(resp) = admin(&mut req, &env, &gate, &url).await {
         return resp;
     }
     let joined = req.headers().get("authorization")?;
@@ -211,7 +393,8 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
         authorization: &authorization,
         client: client.as_deref(),
     };
-    let decision = decide(&env, &gate, &request).await;
+    let (gate, fresh) = looked_up(&env, &gate, &authorization).await;
+    let decision = decide(&env, &gate, &request, &fresh).await;
     match decision.action {
         Action::Reply(reply) => respond(reply.status, &reply.headers, reply.body.into_string()),
         Action::Forward(f) => forward(&req, &gate, &target, f).await,
@@ -226,6 +409,125 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
 pub struct GlobalLimiter {
     state: State,
     inner: RefCell<Option<(SharedObject, std::collections::BTreeSet<String>)>>,
+    /// Calls this instance served (`/__sessiongate/stats`).
+    calls: Cell<u64>,
+    /// The credential table exists.
+    table_ready: Cell<bool>,
+    /// The stored digests' filter, until the store changes.
+    filter: RefCell<Option<Vec<u8>>>,
+}
+
+/// The credential table in the object's SQLite storage.
+struct SqlTable(worker::SqlStorage);
+
+#[derive(serde::Deserialize)]
+struct RecordRow {
+    record: String,
+}
+
+#[derive(serde::Deserialize)]
+struct HashRow {
+    hash: String,
+}
+
+#[derive(serde::Deserialize)]
+struct ListedRow {
+    hash: String,
+    fingerprint: String,
+}
+
+#[derive(serde::Deserialize)]
+struct CountRow {
+    n: u64,
+}
+
+fn sql_error(e: worker::Error) -> String {
+    e.to_string()
+}
+
+impl Table for SqlTable {
+    fn get(&mut self, hashes: &[String]) -> std::result::Result<Vec<CredentialRecord>, String> {
+        let mut records = Vec::new();
+        for hash in hashes {
+            let rows: Vec<RecordRow> = self
+                .0
+                .exec(
+                    "SELECT record FROM credentials WHERE hash = ?",
+                    vec![hash.as_str().into()],
+                )
+                .and_then(|c| c.to_array())
+                .map_err(sql_error)?;
+            for row in rows {
+                records.push(serde_json::from_str(&row.record).map_err(|e| e.to_string())?);
+            }
+        }
+        Ok(records)
+    }
+
+    fn put(
+        &mut self,
+        record: &CredentialRecord,
+        fingerprint: &str,
+    ) -> std::result::Result<(), String> {
+        let json = serde_json::to_string(record).map_err(|e| e.to_string())?;
+        self.0
+            .exec(
+                "INSERT OR REPLACE INTO credentials (hash, name, record, fingerprint) VALUES (?, ?, ?, ?)",
+                vec![
+                    record.hash.as_str().into(),
+                    record.name.as_str().into(),
+                    json.into(),
+                    fingerprint.into(),
+                ],
+            )
+            .map(|_| ())
+            .map_err(sql_error)
+    }
+
+    fn delete(&mut self, hash: &str) -> std::result::Result<bool, String> {
+        self.0
+            .exec("DELETE FROM credentials WHERE hash = ?", vec![hash.into()])
+            .map(|c| c.rows_written() > 0)
+            .map_err(sql_error)
+    }
+
+    fn named(&mut self, name: &str) -> std::result::Result<Option<String>, String> {
+        let rows: Vec<HashRow> = self
+            .0
+            .exec(
+                "SELECT hash FROM credentials WHERE name = ?",
+                vec![name.into()],
+            )
+            .and_then(|c| c.to_array())
+            .map_err(sql_error)?;
+        Ok(rows.into_iter().next().map(|r| r.hash))
+    }
+
+    fn list(
+        &mut self,
+        after: &str,
+        limit: usize,
+    ) -> std::result::Result<Vec<(String, String)>, String> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows: Vec<ListedRow> = self
+            .0
+            .exec(
+                "SELECT hash, fingerprint FROM credentials WHERE hash > ? ORDER BY hash LIMIT ?",
+                vec![after.into(), limit.into()],
+            )
+            .and_then(|c| c.to_array())
+            .map_err(sql_error)?;
+        Ok(rows.into_iter().map(|r| (r.hash, r.fingerprint)).collect())
+    }
+
+    fn digests(&mut self) -> std::result::Result<Vec<String>, String> {
+        let rows: Vec<HashRow> = self
+            .0
+            .exec("SELECT hash FROM credentials", None)
+            .and_then(|c| c.to_array())
+            .map_err(sql_error)?;
+        Ok(rows.into_iter().map(|r| r.hash).collect())
+    }
 }
 
 /// Where the revocation list is persisted.
@@ -237,24 +539,27 @@ impl DurableObject for GlobalLimiter {
         Self {
             state,
             inner: RefCell::new(None),
+            calls: Cell::new(0),
+            table_ready: Cell::new(false),
+            filter: RefCell::new(None),
         }
     }
 
     async fn fetch(&self, mut req: Request) -> Result<Response> {
+        self.calls.set(self.calls.get() + 1);
+        self.load().await?;
+        let path = req.path();
+        if path != "/" {
+            return match self.store(&mut req, &path).await {
+                Ok(resp) => Ok(resp),
+                Err(e) => Response::error(e, 500),
+            };
+        }
         let call: Call = match req.json().await {
             Ok(c) => c,
             Err(e) => return Response::error(format!("bad limiter call: {e}"), 400),
         };
         let storage = self.state.storage();
-        if self.inner.borrow().is_none() {
-            // Storage calls hold the input gate: no other call runs meanwhile.
-            let revoked: Option<Vec<String>> = storage.get(REVOKED_KEY).await?;
-            // Versions in microseconds of this start: above any an earlier
-            // instance handed out.
-            let mut object = SharedObject::new(Date::now().as_millis().saturating_mul(1000));
-            object.revoked = revoked.unwrap_or_default().into_iter().collect();
-            *self.inner.borrow_mut() = Some((object, Default::default()));
-        }
         if let Some(key) = call.key() {
             let loaded = self
                 .inner
@@ -303,6 +608,131 @@ impl DurableObject for GlobalLimiter {
             Persist::Revoked(list) => storage.put(REVOKED_KEY, list).await?,
         }
         Response::from_json(&said)
+    }
+}
+
+impl GlobalLimiter {
+    /// The revocation list, loaded on the object's first call. Storage
+    /// calls hold the input gate: no other call runs meanwhile.
+    async fn load(&self) -> Result<()> {
+        if self.inner.borrow().is_some() {
+            return Ok(());
+        }
+        let revoked: Option<Vec<String>> = self.state.storage().get(REVOKED_KEY).await?;
+        // Versions in microseconds of this start: above any an earlier
+        // instance handed out.
+        let mut object = SharedObject::new(Date::now().as_millis().saturating_mul(1000));
+        object.revoked = revoked.unwrap_or_default().into_iter().collect();
+        *self.inner.borrow_mut() = Some((object, Default::default()));
+        Ok(())
+    }
+
+    /// The credential store's calls (see [`admin`] for the API over them).
+    async fn store(&self, req: &mut Request, path: &str) -> std::result::Result<Response, String> {
+        let sql = self.state.storage().sql();
+        if !self.table_ready.get() {
+            sql.exec(
+                "CREATE TABLE IF NOT EXISTS credentials (hash TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, \
+                 record TEXT NOT NULL, fingerprint TEXT NOT NULL)",
+                None,
+            )
+            .map_err(sql_error)?;
+            self.table_ready.set(true);
+        }
+        let mut table = SqlTable(sql.clone());
+        let body = |v: serde_json::Value| Response::from_json(&v).map_err(|e| e.to_string());
+        match path {
+            "/credentials/filter" => {
+                let cached = self.filter.borrow().clone();
+                let bits = match cached {
+                    Some(bits) => bits,
+                    None => {
+                        let bits = credential_store::filter(&mut table)?.as_bytes().to_vec();
+                        *self.filter.borrow_mut() = Some(bits.clone());
+                        bits
+                    }
+                };
+                Response::from_bytes(bits).map_err(|e| e.to_string())
+            }
+            "/credentials/lookup" => {
+                #[derive(serde::Deserialize)]
+                struct Lookup {
+                    hashes: Vec<String>,
+                }
+                let lookup: Lookup = req.json().await.map_err(|e| e.to_string())?;
+                let records = table.get(&lookup.hashes)?;
+                Response::from_json(&records).map_err(|e| e.to_string())
+            }
+            "/credentials/list" => {
+                #[derive(serde::Deserialize)]
+                struct After {
+                    after: String,
+                }
+                let after: After = req.json().await.map_err(|e| e.to_string())?;
+                let page = table.list(&after.after, LISTING_PAGE)?;
+                Response::from_json(&page).map_err(|e| e.to_string())
+            }
+            "/credentials/sync" => {
+                #[derive(serde::Deserialize)]
+                struct Sync {
+                    batch: Batch,
+                    binding: Vec<String>,
+                }
+                let sync: Sync = req.json().await.map_err(|e| e.to_string())?;
+                let applied: Applied = credential_store::apply(&mut table, &sync.batch)?;
+                *self.filter.borrow_mut() = None;
+                // Trim the revocation list to what the binding still holds.
+                let trimmed = {
+                    let mut inner = self.inner.borrow_mut();
+                    inner.as_mut().and_then(|(object, _)| {
+                        let before = object.revoked.len();
+                        object.revoked.retain(|h| sync.binding.contains(h));
+                        (object.revoked.len() != before)
+                            .then(|| object.revoked.iter().cloned().collect::<Vec<_>>())
+                    })
+                };
+                if let Some(list) = trimmed {
+                    self.state
+                        .storage()
+                        .put(REVOKED_KEY, list)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                Response::from_json(&applied).map_err(|e| e.to_string())
+            }
+            "/credentials/delete-name" => {
+                #[derive(serde::Deserialize)]
+                struct Name {
+                    name: String,
+                }
+                let name: Name = req.json().await.map_err(|e| e.to_string())?;
+                let deleted = match table.named(&name.name)? {
+                    Some(hash) => table.delete(&hash)?,
+                    None => false,
+                };
+                if deleted {
+                    *self.filter.borrow_mut() = None;
+                }
+                body(serde_json::json!({ "deleted": deleted }))
+            }
+            "/stats" => {
+                let count: CountRow = sql
+                    .exec("SELECT COUNT(*) AS n FROM credentials", None)
+                    .and_then(|c| c.one())
+                    .map_err(sql_error)?;
+                let revoked = self
+                    .inner
+                    .borrow()
+                    .as_ref()
+                    .map_or(0, |(o, _)| o.revoked.len());
+                body(serde_json::json!({
+                    "calls": self.calls.get(),
+                    "credentials": count.n,
+                    "revoked": revoked,
+                }))
+            }
+            other => Err(format!("no such call {other}")),
+        }
     }
 }
 
