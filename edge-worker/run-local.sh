@@ -4,6 +4,10 @@
 #
 #   edge-worker/run-local.sh --store FILE --port PORT [--requests N] [--window-seconds S]
 #                            [--backend stub|URL] [--admin-hash HEX] [--state-dir DIR]
+#                            [--credentials-in-store]
+#
+# --credentials-in-store: the binding holds no credentials; they live in the
+# Durable Object's store, filled with `sessiongate worker-sync` (README, "Edge").
 #
 # Builds the Worker first if it is not built or its sources changed. Needs only
 # crates.io and npm: worker-build and wasm-bindgen-cli are installed into
@@ -14,7 +18,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(dirname "$here")"
 
-store="" port="" requests=20 window=60 backend=stub state="" admin_hash="${SESSIONGATE_ADMIN_HASH:-}"
+store="" port="" requests=20 window=60 backend=stub state="" admin_hash="${SESSIONGATE_ADMIN_HASH:-}" without=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --store) store="$2"; shift 2 ;;
@@ -24,7 +28,8 @@ while [ $# -gt 0 ]; do
     --backend) backend="$2"; shift 2 ;;
     --admin-hash) admin_hash="$2"; shift 2 ;;
     --state-dir) state="$2"; shift 2 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    --credentials-in-store) without="--without-credentials"; shift ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "run-local.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -61,7 +66,8 @@ workerd="$here/node_modules/.bin/workerd"
 stamp="$here/build/.sessiongate-stamp"
 # The Worker's own target directory: `cargo test` may hold the lock of the
 # outer one while its tests run this script.
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}/sessiongate-edge-worker"
+workspace_target="${CARGO_TARGET_DIR:-$root/target}"
+export CARGO_TARGET_DIR="$workspace_target/sessiongate-edge-worker"
 if [ ! -f "$stamp" ] || [ -n "$(find "$root/core/src" "$root/core/Cargo.toml" "$here/src" "$here/Cargo.toml" "$root/Cargo.lock" "$0" -newer "$stamp" -print -quit)" ]; then
   log "building the Worker (worker-build --release)"
   # Stripped, as wrangler.toml builds it: the wasm's `name` section is
@@ -70,17 +76,23 @@ if [ ! -f "$stamp" ] || [ -n "$(find "$root/core/src" "$root/core/Cargo.toml" "$
   touch "$stamp"
 fi
 
+# The CLI only renders the binding: the workspace's own build (release if
+# there is one, else debug), never a second one of its own (wasmtime takes
+# ~15 minutes cold).
 sessiongate="${SESSIONGATE_BIN:-}"
+for built in "$workspace_target/release/sessiongate" "$workspace_target/debug/sessiongate"; do
+  [ -z "$sessiongate" ] && [ -x "$built" ] && sessiongate="$built"
+done
 if [ -z "$sessiongate" ]; then
-  log "building the sessiongate CLI"
-  (cd "$root" && cargo build --quiet --release -p sessiongate >&2)
-  sessiongate="$CARGO_TARGET_DIR/release/sessiongate"
+  log "building the sessiongate CLI (the workspace's debug build)"
+  (cd "$root" && CARGO_TARGET_DIR="$workspace_target" cargo build --quiet -p sessiongate >&2)
+  sessiongate="$workspace_target/debug/sessiongate"
 fi
 
 state="${state:-$(mktemp -d)}"
 mkdir -p "$state/do"
 cp "$here/build/index.js" "$here/build/index_bg.wasm" "$state/"
-"$sessiongate" worker-config --store "$store" --requests "$requests" --window-seconds "$window" --backend "$backend" > "$state/config.json"
+"$sessiongate" worker-config --store "$store" --requests "$requests" --window-seconds "$window" --backend "$backend" $without > "$state/config.json"
 printf '%s' "$admin_hash" > "$state/admin-hash"
 
 cat > "$state/config.capnp" <<CAPNP

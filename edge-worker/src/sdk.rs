@@ -39,6 +39,38 @@ thread_local! {
     static GATE: RefCell<Option<(String, Rc<Gate>)>> = const { RefCell::new(None) };
     /// The stored digests' filter and when it was fetched (ms).
     static FILTER: RefCell<Option<(u64, Rc<DigestFilter>)>> = const { RefCell::new(None) };
+    /// The limiter's log as this isolate last read it: when (ms), the value
+    /// (absent: `None`) and its version.
+    static LOG: RefCell<Option<LogCopy>> = const { RefCell::new(None) };
+}
+
+/// When a copy of the log was read (ms), its value (absent: `None`), its version.
+type LogCopy = (u64, Option<Vec<u8>>, sessiongate_core::Version);
+
+/// How long this isolate answers a read of the limiter's log from its last
+/// copy. Safe for the limit: a write made on a stale copy loses its
+/// compare-and-swap and is retried on the current value the object returns.
+/// What it saves is the read behind a refusal's `RateLimit` header (a 401
+/// costs no call), whose `remaining` may then miss admissions made
+/// elsewhere in the last second.
+const LOG_COPY_MS: u64 = 1_000;
+
+fn log_copy(now: u64) -> Option<(Option<Vec<u8>>, sessiongate_core::Version)> {
+    LOG.with(|l| {
+        l.borrow()
+            .as_ref()
+            .filter(|(at, _, _)| now.saturating_sub(*at) < LOG_COPY_MS)
+            .map(|(_, value, version)| (value.clone(), *version))
+    })
+}
+
+fn remember_log(now: u64, said: &Said) {
+    LOG.with(|l| {
+        *l.borrow_mut() = match said {
+            Said::Value { value, version } => Some((now, value.clone(), *version)),
+            _ => None,
+        }
+    });
 }
 
 fn binding_text(env: &Env, name: &str) -> Option<String> {
@@ -212,7 +244,22 @@ async fn decide<'g>(
             progress = pending.resume(Answer::Revoked(false));
             continue;
         }
+        let now = Date::now().as_millis();
+        let on_log = pending.need().key() == Some(sessiongate_core::LIMITER_KEY);
+        if on_log
+            && matches!(pending.need(), Need::Read { .. })
+            && let Some((value, version)) = log_copy(now)
+        {
+            let entry = value
+                .as_deref()
+                .map(|v| sessiongate_core::Entry::borrowed(v, version));
+            progress = pending.resume(Answer::Value(entry));
+            continue;
+        }
         let said = call_object(env, &Call::for_need(pending.need())).await;
+        if on_log && let Ok(said) = &said {
+            remember_log(now, said);
+        }
         progress = match &said {
             Ok(said) => pending.resume(said.answer()),
             Err(e) => {

@@ -14,3 +14,4 @@ pub mod secret;
 pub mod serve;
 pub mod shared_data;
 pub mod store;
+pub mod worker_sync;

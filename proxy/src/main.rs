@@ -43,6 +43,20 @@ enum Command {
     /// `sessiongate.config.v1` of a Spin app's default key-value store
     /// (`spin up --key-value`). The same JSON; backend stub or a URL.
     SpinConfig(ConfigArgs),
+    /// Make the Worker's credential store (its Durable Object) hold exactly
+    /// this token store's records: writes what is new or changed, deletes
+    /// what is gone. Idempotent. The admin secret is read from
+    /// SESSIONGATE_ADMIN_SECRET.
+    WorkerSync {
+        #[command(flatten)]
+        store: StoreArg,
+        /// The Worker's origin, e.g. https://sessiongate.example.workers.dev
+        #[arg(long, value_name = "URL")]
+        url: String,
+        /// Print what would change, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Load a token store as `serve` does: how many credentials it holds and
     /// how long loading took, or what is wrong with it (exit status 1).
     Check(StoreArg),
@@ -169,6 +183,10 @@ struct ConfigArgs {
     /// Print the whole plugin/envoy.yaml with this configuration inlined.
     #[arg(long)]
     envoy_yaml: bool,
+    /// Leave the credentials out (the Worker's binding, when they live in
+    /// its credential store: `worker-sync`).
+    #[arg(long)]
+    without_credentials: bool,
 }
 
 fn create(kind: Kind, args: CreateArgs, level: Level) -> Result<()> {
@@ -243,6 +261,11 @@ fn run(cli: Cli) -> Result<()> {
             print_config(a, "stub", &mut stdout)
         }
         Command::Check(a) => check(&a.store, &mut stdout),
+        Command::WorkerSync {
+            store,
+            url,
+            dry_run,
+        } => sessiongate::worker_sync::run(&store.store, &url, dry_run, &mut stdout),
         Command::Serve(a) => serve::run(a),
     }
 }
@@ -269,8 +292,13 @@ fn check(path: &std::path::Path, out: &mut dyn std::io::Write) -> Result<()> {
 }
 
 fn print_config(a: ConfigArgs, default_backend: &str, out: &mut dyn std::io::Write) -> Result<()> {
+    let credentials = if a.without_credentials {
+        sessiongate_core::CredentialSet::default()
+    } else {
+        store::load_set(&a.store.store)?
+    };
     let config = GateConfig {
-        credentials: store::load_set(&a.store.store)?,
+        credentials,
         limit: LimitConfig {
             requests: a.requests,
             window_seconds: a.window_seconds,
