@@ -399,6 +399,14 @@ fn wait_for_reloads(server: &Server, n: usize) {
     }
 }
 
+/// Writes `config` over the server's file, sends SIGHUP, and waits for the
+/// `n`th reload to be logged.
+fn reload(server: &Server, config: &str, n: usize) {
+    std::fs::write(&server.config, config).unwrap();
+    server.hangup();
+    wait_for_reloads(server, n);
+}
+
 #[test]
 fn sighup_applies_a_changed_limit_keeping_the_count_and_refuses_an_invalid_file() {
     let fx = fixture();
@@ -409,13 +417,7 @@ fn sighup_applies_a_changed_limit_keeping_the_count_and_refuses_an_invalid_file(
         assert_eq!(get(server.addr, SESSIONS, Some(&auth)).unwrap().status, 200);
     }
     // Limit 5: the 3 already spent still count, so 2 more pass.
-    std::fs::write(
-        &server.config,
-        "[limit]\nrequests = 5\n[guard]\nfailures = 0\n",
-    )
-    .unwrap();
-    server.hangup();
-    wait_for_reloads(&server, 1);
+    reload(&server, "[limit]\nrequests = 5\n[guard]\nfailures = 0\n", 1);
     assert!(
         server.log_text().contains("reloaded: limit 5/60s"),
         "{}",
@@ -426,22 +428,18 @@ fn sighup_applies_a_changed_limit_keeping_the_count_and_refuses_an_invalid_file(
         .collect();
     assert_eq!(statuses, [200, 200, 429]);
     // An invalid file: nothing changes, and the error names it.
-    std::fs::write(&server.config, "[limit]\nrequests = \"many\"\n").unwrap();
-    server.hangup();
-    wait_for_reloads(&server, 2);
+    reload(&server, "[limit]\nrequests = \"many\"\n", 2);
     let log = server.log_text();
     assert!(log.contains("not reloaded, nothing changed"), "{log}");
     assert!(log.contains(server.config.to_str().unwrap()), "{log}");
     assert_eq!(get(server.addr, SESSIONS, Some(&auth)).unwrap().status, 429);
     // A valid file that changes a restart-only setting: the rest applies,
     // and the warning names what waits for a restart.
-    std::fs::write(
-        &server.config,
+    reload(
+        &server,
         "log_format = \"json\"\n[limit]\nrequests = 1000\n[guard]\nfailures = 0\n",
-    )
-    .unwrap();
-    server.hangup();
-    wait_for_reloads(&server, 3);
+        3,
+    );
     assert!(
         server.log_text().contains("log_format changed in the file"),
         "{}",

@@ -322,13 +322,7 @@ impl Harness for Stored<'_> {
         Ok(secret)
     }
     fn revoke(&mut self, name: &str) -> Result<(), String> {
-        cli(&[
-            "token",
-            "delete",
-            "--store",
-            self.fixture.store.to_str().unwrap(),
-            name,
-        ]);
+        common::delete_token(&self.fixture.store, name);
         worker_sync(&self.fixture.store, self.addr(), &[]);
         Ok(())
     }

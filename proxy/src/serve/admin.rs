@@ -14,14 +14,13 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use sessiongate_core::{ErrorCode, LimiterStore, error_body};
 use tokio::net::TcpListener;
 
-use super::connections::{Activity, Admission, Limits, Tracked, supervise};
+use super::connections::{Activity, Admission, Limits, Tracked, supervise, tracked_service};
 use super::metrics::Scrape;
 use super::{App, Runner};
 use crate::log;
@@ -58,18 +57,11 @@ pub(super) async fn serve(app: Arc<App>, listener: TcpListener) {
             continue;
         };
         let activity = Activity::new();
-        let service = {
-            let (app, activity) = (app.clone(), activity.clone());
-            service_fn(move |req| {
-                let (app, activity) = (app.clone(), activity.clone());
-                activity.request_started();
-                async move {
-                    let response = route(&app, &req).await;
-                    activity.request_finished();
-                    Ok::<_, std::convert::Infallible>(response)
-                }
-            })
-        };
+        let app = app.clone();
+        let service = tracked_service(activity.clone(), move |req| {
+            let app = app.clone();
+            async move { route(&app, &req).await }
+        });
         let conn = http1::Builder::new().serve_connection(
             TokioIo::new(Tracked::new(stream, activity.clone())),
             service,

@@ -251,6 +251,38 @@ impl Activity {
     }
 }
 
+/// `handle` as a hyper service that moves `activity` through its phases:
+/// busy from the call (the headers are in) to the answer, idle after.
+pub(crate) fn tracked_service<H, F>(
+    activity: Arc<Activity>,
+    handle: H,
+) -> impl hyper::service::Service<
+    hyper::Request<hyper::body::Incoming>,
+    Response = hyper::Response<http_body_util::Full<bytes::Bytes>>,
+    Error = std::convert::Infallible,
+    Future = impl Future<
+        Output = Result<
+            hyper::Response<http_body_util::Full<bytes::Bytes>>,
+            std::convert::Infallible,
+        >,
+    > + Send
+             + 'static,
+>
+where
+    H: Fn(hyper::Request<hyper::body::Incoming>) -> F,
+    F: Future<Output = hyper::Response<http_body_util::Full<bytes::Bytes>>> + Send + 'static,
+{
+    hyper::service::service_fn(move |req| {
+        activity.request_started();
+        let (activity, answer) = (activity.clone(), handle(req));
+        async move {
+            let response = answer.await;
+            activity.request_finished();
+            Ok(response)
+        }
+    })
+}
+
 /// How often a busy connection's supervisor looks again: a request's end
 /// does not wake it, so this bounds how late an idle deadline can start.
 const BUSY_RECHECK: Duration = Duration::from_millis(500);

@@ -32,7 +32,6 @@ use bytes::Bytes;
 use clap::Args;
 use http_body_util::Full;
 use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -49,6 +48,7 @@ use crate::store;
 use access_log::AccessLog;
 use connections::{
     AcceptErrors, Activity, Admission, Limits, Phase, Refusal, Ticket, Tracked, supervise,
+    tracked_service,
 };
 use metrics::Metrics;
 use pool::{Pool, log_line};
@@ -499,15 +499,9 @@ fn connection(
     metrics::bump(&app.metrics.connections_accepted);
     let activity = Activity::new();
     let service = {
-        let (app, activity) = (app.clone(), activity.clone());
-        service_fn(move |req| {
-            let (app, activity) = (app.clone(), activity.clone());
-            activity.request_started();
-            async move {
-                let response = handle::handle(app, req, peer).await;
-                activity.request_finished();
-                Ok::<_, std::convert::Infallible>(response)
-            }
+        let app = app.clone();
+        tracked_service(activity.clone(), move |req| {
+            handle::handle(app.clone(), req, peer)
         })
     };
     let counted = app.metrics.clone();

@@ -62,6 +62,11 @@ pub fn mint_key(store: &Path, name: &str, level: &str) -> String {
     ])
 }
 
+/// Deletes a token from a store with the real CLI.
+pub fn delete_token(store: &Path, name: &str) {
+    cli(&["token", "delete", "--store", store.to_str().unwrap(), name]);
+}
+
 pub struct Fixture {
     pub _dir: tempfile::TempDir,
     pub dir: PathBuf,
@@ -309,13 +314,7 @@ impl Harness for Local<'_> {
         Ok(secret)
     }
     fn revoke(&mut self, name: &str) -> Result<(), String> {
-        cli(&[
-            "token",
-            "delete",
-            "--store",
-            self.fixture.store.to_str().unwrap(),
-            name,
-        ]);
+        delete_token(&self.fixture.store, name);
         Ok(())
     }
 }
