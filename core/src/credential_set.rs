@@ -176,6 +176,19 @@ impl CredentialSet {
         self.iter().map(|c| c.to_record()).collect()
     }
 
+    /// A set from a JSON list of records (what a host answers under
+    /// [`crate::CREDENTIAL_KEY_PREFIX`]: a list of one), read by the same
+    /// code as a configuration's list.
+    pub fn from_json(bytes: &[u8]) -> Result<CredentialSet, String> {
+        serde_json::from_slice(bytes).map_err(|e| e.to_string())
+    }
+
+    /// The credential with this digest, of either kind.
+    pub fn by_hash(&self, hash: &SecretHash) -> Option<Credential<'_>> {
+        self.get(hash, Kind::Token)
+            .or_else(|| self.get(hash, Kind::Key))
+    }
+
     fn get(&self, hash: &SecretHash, kind: Kind) -> Option<Credential<'_>> {
         let mask = self.slots.len() - 1;
         let tag = fingerprint(hash);

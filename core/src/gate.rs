@@ -5,6 +5,8 @@
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 
+use crate::credential::SecretHash;
+
 use crate::config::LimiterStore;
 use crate::config::{Backend, ConfigError, GateConfig};
 use crate::credential::{Level, parse_authorization};
@@ -22,11 +24,19 @@ use crate::route::{Route, route};
 use crate::stub::PageCache;
 
 /// A configured gate: immutable but for the stub's page cache and the
-/// limiter's "full until" memo, the only state it keeps. Neither is shared
-/// between gates, so a reconfiguration starts both afresh.
+/// memos (the limiter's "full until", the guard's holds), the only state it
+/// keeps. Neither is shared between configurations, so a reconfiguration
+/// starts them afresh.
 #[derive(Debug)]
 pub struct Gate {
     credentials: CredentialSet,
+    /// Shared by the gates [`Gate::with_credentials`] makes.
+    pub(crate) common: Arc<Common>,
+}
+
+/// Everything of a gate but its credentials.
+#[derive(Debug)]
+pub(crate) struct Common {
     limit: Limit,
     backend: Backend,
     fail_open: bool,
@@ -36,10 +46,9 @@ pub struct Gate {
     revocation_list: bool,
     /// `RateLimit-Policy`, the same on every answer: written once.
     policy: String,
-    /// Shared by the gates [`Gate::with_credentials`] makes.
-    pages: Arc<Mutex<PageCache>>,
-    pub(crate) full_until: Arc<FullUntil>,
-    pub(crate) held: Arc<crate::guard::HeldClients>,
+    pages: Mutex<PageCache>,
+    pub(crate) full_until: FullUntil,
+    pub(crate) held: crate::guard::HeldClients,
 }
 
 const JSON: &str = "application/json";
@@ -93,25 +102,39 @@ impl Gate {
         let limit = Limit::new(config.limit.requests, config.limit.window_seconds);
         Ok(Gate {
             credentials: config.credentials,
-            limit,
-            policy: headers::policy(limit),
-            pages: Arc::new(Mutex::new(PageCache::default())),
-            full_until: Arc::new(FullUntil::default()),
-            held: Arc::default(),
-            backend: config.backend,
-            fail_open: config.fail_open,
-            stub_sessions_per_site: config.stub_sessions_per_site,
-            guard: config.guard,
-            #[cfg(feature = "etcd")]
-            limiter: config.limiter,
-            #[cfg(not(feature = "etcd"))]
-            limiter: LimiterStore::SharedData,
-            revocation_list: false,
+            common: Arc::new(Common {
+                limit,
+                policy: headers::policy(limit),
+                pages: Mutex::new(PageCache::default()),
+                full_until: FullUntil::default(),
+                held: crate::guard::HeldClients::default(),
+                backend: config.backend,
+                fail_open: config.fail_open,
+                stub_sessions_per_site: config.stub_sessions_per_site,
+                guard: config.guard,
+                #[cfg(feature = "etcd")]
+                limiter: config.limiter,
+                #[cfg(not(feature = "etcd"))]
+                limiter: LimiterStore::SharedData,
+                revocation_list: false,
+            }),
         })
     }
 
     pub fn from_json(bytes: &[u8]) -> Result<Gate, ConfigError> {
         Gate::new(GateConfig::from_json(bytes)?)
+    }
+
+    /// The digests a request presents that this gate does not hold: what a
+    /// host that keeps credentials elsewhere looks up before deciding
+    /// (empty: decide as is; the gate holds it, or nothing well-formed was
+    /// presented).
+    pub fn missing_digests(&self, authorization: &[&[u8]]) -> Vec<SecretHash> {
+        let digests = crate::credential::presented_hashes(authorization);
+        let held = digests
+            .iter()
+            .any(|d| self.credentials.by_hash(d).is_some());
+        if held { Vec::new() } else { digests }
     }
 
     /// This gate with other credentials: for hosts that look the presented
@@ -121,34 +144,28 @@ impl Gate {
     pub fn with_credentials(&self, credentials: CredentialSet) -> Gate {
         Gate {
             credentials,
-            limit: self.limit,
-            backend: self.backend.clone(),
-            fail_open: self.fail_open,
-            stub_sessions_per_site: self.stub_sessions_per_site,
-            guard: self.guard,
-            limiter: self.limiter.clone(),
-            revocation_list: self.revocation_list,
-            policy: self.policy.clone(),
-            pages: self.pages.clone(),
-            full_until: self.full_until.clone(),
-            held: self.held.clone(),
+            common: self.common.clone(),
         }
     }
 
     /// A gate whose decisions ask whether each authenticated credential was
     /// revoked ([`crate::Need::Revoked`]): for hosts that keep a revocation
     /// list ahead of the configuration (the Worker's Durable Object).
+    /// Called on a gate just made (the only time its common part is not
+    /// shared yet).
     pub fn with_revocation_list(mut self) -> Gate {
-        self.revocation_list = true;
+        if let Some(common) = Arc::get_mut(&mut self.common) {
+            common.revocation_list = true;
+        }
         self
     }
 
     pub fn limit(&self) -> Limit {
-        self.limit
+        self.common.limit
     }
 
     pub fn backend(&self) -> &Backend {
-        &self.backend
+        &self.common.backend
     }
 
     pub fn credentials(&self) -> &CredentialSet {
@@ -157,19 +174,19 @@ impl Gate {
 
     /// Where its host keeps the limiter's state.
     pub fn limiter_store(&self) -> &LimiterStore {
-        &self.limiter
+        &self.common.limiter
     }
 
     pub(crate) fn fail_open(&self) -> bool {
-        self.fail_open
+        self.common.fail_open
     }
 
     pub(crate) fn guard(&self) -> &GuardConfig {
-        &self.guard
+        &self.common.guard
     }
 
     pub(crate) fn revocation_list(&self) -> bool {
-        self.revocation_list
+        self.common.revocation_list
     }
 
     /// Route, method and query, in the contract's order.
@@ -299,7 +316,7 @@ impl Gate {
         Ok(Scoped::Sessions(Admission {
             record,
             // Only the stub reads the site; a forward keeps it in the path.
-            site: match self.backend {
+            site: match self.common.backend {
                 Backend::Stub => site.to_owned(),
                 Backend::Upstream(_) => String::new(),
             },
@@ -368,16 +385,16 @@ impl Gate {
                 }
                 return d;
             }
-            Err(_) if self.fail_open => (None, Outcome::AllowedFailOpen),
+            Err(_) if self.common.fail_open => (None, Outcome::AllowedFailOpen),
             Err(_) => return self.limiter_unavailable(name),
         };
         let rate_headers = self.rate_headers(verdict.as_ref());
-        let action = match &self.backend {
+        let action = match &self.common.backend {
             Backend::Stub => {
                 let mut headers = json_headers();
                 headers.extend(rate_headers);
-                let per_site = self.stub_sessions_per_site;
-                let body = match self.pages.lock() {
+                let per_site = self.common.stub_sessions_per_site;
+                let body = match self.common.pages.lock() {
                     Ok(mut pages) => {
                         Body::Shared(pages.page_json(record.customer, &site, per_site, &query))
                     }
@@ -411,9 +428,15 @@ impl Gate {
     /// `RateLimit-Policy` always; `RateLimit` when the state is known.
     fn rate_headers(&self, verdict: Option<&Verdict>) -> Headers<'_> {
         let mut h = Vec::with_capacity(2);
-        h.push(("ratelimit-policy", Cow::Borrowed(self.policy.as_str())));
+        h.push((
+            "ratelimit-policy",
+            Cow::Borrowed(self.common.policy.as_str()),
+        ));
         if let Some(v) = verdict {
-            h.push(("ratelimit", Cow::Owned(headers::ratelimit(self.limit, v))));
+            h.push((
+                "ratelimit",
+                Cow::Owned(headers::ratelimit(self.common.limit, v)),
+            ));
         }
         h
     }
@@ -421,7 +444,7 @@ impl Gate {
     /// Adds the `RateLimit` header to a reply that never reached the limiter.
     pub(crate) fn add_limit_state(&self, decision: &mut Decision<'_>, state: &Verdict) {
         if let Action::Reply(reply) = &mut decision.action {
-            let value = headers::ratelimit(self.limit, state);
+            let value = headers::ratelimit(self.common.limit, state);
             reply.headers.push(("ratelimit", Cow::Owned(value)));
         }
     }

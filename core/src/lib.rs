@@ -46,6 +46,11 @@ pub use decision::{
     Request, WWW_AUTHENTICATE, is_per_hop,
 };
 pub use digest_filter::DigestFilter;
+
+/// The shared-data key under which a host that keeps credentials itself
+/// (`serve` with a large store) answers a credential, by its digest in hex
+/// (`sessiongate/credential/<sha-256 hex>`): a JSON list of its one record.
+pub const CREDENTIAL_KEY_PREFIX: &str = "sessiongate/credential/";
 pub use error::{ErrorCode, GateError, error_body};
 pub use gate::Gate;
 pub use guard::{GuardConfig, client_of};

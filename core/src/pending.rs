@@ -269,7 +269,7 @@ impl Gate {
         match client {
             Some(source) if !routed.authorization.is_empty() => {
                 let address = guard::client_of(source);
-                if let Some(seconds) = self.held.seconds(address, now_ms).filter(|_| memo) {
+                if let Some(seconds) = self.common.held.seconds(address, now_ms).filter(|_| memo) {
                     return Progress::Done(self.guard_refusal(seconds, routed.limited));
                 }
                 pending(Phase::Guard {
@@ -372,7 +372,7 @@ impl Gate {
             Err(error) => self.finish(error, Some(record.name), routed.limited, now),
             Ok(Scoped::Me(decision)) => Progress::Done(decision),
             Ok(Scoped::Sessions(admission)) => {
-                match self.full_until.verdict(now).filter(|_| routed.memo) {
+                match self.common.full_until.verdict(now).filter(|_| routed.memo) {
                     Some(full) => Progress::Done(self.complete(admission, Ok(full))),
                     None => Progress::Pending(Pending {
                         gate: self,
@@ -409,7 +409,7 @@ impl Gate {
         if !limited {
             return Progress::Done(decision);
         }
-        if let Some(full) = self.full_until.verdict(now) {
+        if let Some(full) = self.common.full_until.verdict(now) {
             self.add_limit_state(&mut decision, &full);
             return Progress::Done(decision);
         }
@@ -466,7 +466,7 @@ impl<'g, 'r> Pending<'g, 'r> {
                         client.bucket = entry.as_ref().map(|e| (e.value.to_vec(), e.version));
                         let until = guard::held_until(bytes, &client.address, now, gate.guard());
                         if let Some(until) = until.filter(|_| routed.memo) {
-                            gate.held.remember(&client.address, until);
+                            gate.common.held.remember(&client.address, until);
                         }
                         guard::held(bytes, &client.address, now, gate.guard())
                     }
@@ -491,7 +491,7 @@ impl<'g, 'r> Pending<'g, 'r> {
             },
             Phase::Limiter { admission, mut cas } => match cas.answer(&answer) {
                 CasStep::Won((verdict, full_until)) => {
-                    gate.full_until.remember(full_until);
+                    gate.common.full_until.remember(full_until);
                     Progress::Done(gate.complete(admission, Ok(verdict)))
                 }
                 CasStep::Reread => Progress::Pending(Pending {
@@ -501,7 +501,7 @@ impl<'g, 'r> Pending<'g, 'r> {
                 }),
                 CasStep::Read(bytes, version) => match limiter::step(bytes, now, gate.limit()) {
                     Ok((Step::Full(verdict), full_until)) => {
-                        gate.full_until.remember(full_until);
+                        gate.common.full_until.remember(full_until);
                         Progress::Done(gate.complete(admission, Ok(verdict)))
                     }
                     Ok((Step::Admit { next, verdict }, full_until)) => {
@@ -535,7 +535,7 @@ impl<'g, 'r> Pending<'g, 'r> {
                 if let Answer::Value(entry) = &answer {
                     let bytes = entry.as_ref().map(|e| e.value.as_ref());
                     if let Ok((state, full_until)) = limiter::peek(bytes, now, gate.limit()) {
-                        gate.full_until.remember(full_until);
+                        gate.common.full_until.remember(full_until);
                         gate.add_limit_state(&mut decision, &state);
                     }
                 }

@@ -9,7 +9,7 @@ use std::rc::Rc;
 use sessiongate_core::{
     Action, Answer, Backend, CredentialRecord, CredentialSet, Decision, DigestFilter, Forward,
     Gate, KvError, Need, Progress, Request as GateRequest, SecretHash, hash_hex, hash_secret,
-    parse_hash_hex, presented_hashes, split_joined,
+    parse_hash_hex, split_joined,
 };
 use worker::wasm_bindgen::JsValue;
 use worker::{
@@ -189,11 +189,8 @@ async fn looked_up(
     gate: &Rc<Gate>,
     authorization: &[&[u8]],
 ) -> (Rc<Gate>, Vec<SecretHash>) {
-    let digests = presented_hashes(authorization);
-    let in_binding = digests
-        .iter()
-        .any(|d| gate.credentials().iter().any(|c| c.hash == d));
-    if digests.is_empty() || in_binding {
+    let digests = gate.missing_digests(authorization);
+    if digests.is_empty() {
         return (gate.clone(), Vec::new());
     }
     let filter = digest_filter(env).await;

@@ -5,7 +5,8 @@
 use std::borrow::Cow;
 
 use sessiongate_core::{
-    Action, Decision, Entry, ErrorCode, Forward, Gate, Kv, KvError, Outcome, Request, Version,
+    Action, CREDENTIAL_KEY_PREFIX, CredentialSet, Decision, Entry, ErrorCode, Forward, Gate, Kv,
+    KvError, Outcome, Request, Version, hash_hex,
 };
 
 use crate::header_block::HeaderBlock;
@@ -157,6 +158,42 @@ pub use crate::fleet::{Waiting, on_callout_response};
 #[derive(Debug)]
 pub enum Waiting {}
 
+/// The gate a request is decided with: the configured one, or one over the
+/// records the host keeps by digest in shared data
+/// ([`CREDENTIAL_KEY_PREFIX`]: `serve` with a large store keeps them itself
+/// rather than copying them into every VM's configuration) when the
+/// request presents a credential the configuration does not hold. Under
+/// Envoy nothing is kept there, so the configuration decides alone.
+pub(crate) enum Chosen<'g> {
+    Configured(&'g Gate),
+    LookedUp(Box<Gate>),
+}
+
+impl std::ops::Deref for Chosen<'_> {
+    type Target = Gate;
+
+    fn deref(&self) -> &Gate {
+        match self {
+            Chosen::Configured(gate) => gate,
+            Chosen::LookedUp(gate) => gate,
+        }
+    }
+}
+
+pub(crate) fn choose<'g, H: Host>(gate: &'g Gate, host: &H, authorization: &[&[u8]]) -> Chosen<'g> {
+    // Bearer presents one digest; Basic two at most, of which one can be a key.
+    for digest in gate.missing_digests(authorization) {
+        let key = CREDENTIAL_KEY_PREFIX.to_owned() + &hash_hex(&digest);
+        let Ok((Some(value), _)) = host.shared_get(&key) else {
+            continue;
+        };
+        if let Ok(set) = CredentialSet::from_json(&value) {
+            return Chosen::LookedUp(Box::new(gate.with_credentials(set)));
+        }
+    }
+    Chosen::Configured(gate)
+}
+
 /// The request-headers phase.
 pub fn on_request_headers<H: Host>(
     gate: &Gate,
@@ -195,6 +232,7 @@ pub fn on_request_headers<H: Host>(
     ) {
         return next;
     }
+    let gate = choose(gate, host, &authorization);
     let decision = gate.decide(
         &Request {
             method,
@@ -414,6 +452,36 @@ mod tests {
             Metric::ALLOWED_FAIL_OPEN.name(),
             "sessiongate_allowed_fail_open"
         );
+    }
+
+    /// A credential the configuration lacks, kept by the host under its
+    /// digest: admitted as if configured; a digest the host lacks too, and
+    /// a record that does not parse, are refused.
+    #[test]
+    fn credentials_the_host_keeps_by_digest_are_looked_up() {
+        const KEPT: &str = "fus_kept0kept0kept0kept0kept0kept0kept0kept0";
+        let record = sessiongate_core::fixtures::record(
+            KEPT,
+            sessiongate_core::Kind::Token,
+            "kept",
+            sessiongate_core::Sites::All,
+            sessiongate_core::Level::Standard,
+        );
+        let key = format!("{CREDENTIAL_KEY_PREFIX}{}", record.hash);
+        let json = serde_json::to_vec(&[&record]).unwrap();
+        let gate = gate(Backend::Stub);
+        let mut m = request(&[&format!("Bearer {KEPT}")]);
+        m.shared.insert(key.clone(), (json, 1));
+        assert_eq!(on_request_headers(&gate, &mut m, &mut None), Next::Stop);
+        assert_eq!(m.reply.clone().unwrap().0, 200);
+        assert_eq!(m.logs, ["credential=kept"]);
+        let mut m = request(&[&format!("Bearer {KEPT}")]);
+        on_request_headers(&gate, &mut m, &mut None);
+        assert_eq!(m.reply.clone().unwrap().0, 401);
+        let mut m = request(&[&format!("Bearer {KEPT}")]);
+        m.shared.insert(key, (b"{ not a record".to_vec(), 1));
+        on_request_headers(&gate, &mut m, &mut None);
+        assert_eq!(m.reply.clone().unwrap().0, 401);
     }
 
     #[test]

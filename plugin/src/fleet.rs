@@ -137,6 +137,7 @@ fn drive<H: Host>(gate: &Gate, host: &mut H, w: &mut Waiting) -> Next {
         ..
     } = w;
     let authorization: Vec<&[u8]> = authorization.iter().map(Vec::as_slice).collect();
+    let gate = crate::filter::choose(gate, host, &authorization);
     let req = Request {
         method,
         target,

@@ -283,3 +283,31 @@ fn the_fleet_envoy_config_names_a_cluster_it_defines() {
     );
     assert_eq!(yaml.matches("socket_address: { address: etcd-").count(), 3);
 }
+
+/// A store past the inline limit (10,000): the host keeps the set and every
+/// VM looks credentials up by digest through shared data. The whole suite,
+/// revocation included (a reload replaces the host's set).
+#[test]
+fn a_store_past_the_inline_limit_is_kept_by_the_host() {
+    let mut fx = fixture();
+    let mut store: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&fx.store).unwrap()).unwrap();
+    let generated = sessiongate_core::fixtures::numbered(10_000);
+    store["credentials"]
+        .as_array_mut()
+        .unwrap()
+        .extend(generated.iter().map(|r| serde_json::to_value(r).unwrap()));
+    std::fs::write(&fx.store, serde_json::to_vec(&store).unwrap()).unwrap();
+    let config = "[limit]\nrequests = 100000\n[guard]\nfailures = 0\n";
+    let server = Server::start(&fx.dir, &fx.store, config, 2);
+    server.wait_for_log(
+        "10005 credentials (more than 10000): kept by the host",
+        "the host did not keep the set",
+    );
+    run_functional_suite(&server, &mut fx);
+    let metrics = server.admin_get("/metrics").text();
+    assert!(
+        metrics.contains("\nsessiongate_credentials 10005\n"),
+        "{metrics}"
+    );
+}

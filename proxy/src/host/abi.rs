@@ -437,6 +437,15 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             let Some(key) = read_string(&mut c, kp, kl) else {
                 return status(Status::BadArgument);
             };
+            if let Some(hex) = key.strip_prefix(sessiongate_core::CREDENTIAL_KEY_PREFIX) {
+                return match c.data().credentials.record_json(hex) {
+                    None => status(Status::NotFound),
+                    Some(json) => or_bad(
+                        return_bytes(&mut c, &json, ret_ptr, ret_len)
+                            .and_then(|()| write_u32(&mut c, ret_cas, 1)),
+                    ),
+                };
+            }
             match c.data().shared.get(&key) {
                 Err(_) => status(Status::InternalFailure),
                 Ok(None) => status(Status::NotFound),

@@ -23,6 +23,31 @@ const ACTION_CONTINUE: u32 = 0;
 
 pub type HeaderList = Vec<(String, Vec<u8>)>;
 
+/// Credentials the host keeps for every VM, answered by digest through
+/// shared data ([`sessiongate_core::CREDENTIAL_KEY_PREFIX`]) instead of
+/// being parsed into each VM's configuration: one compact set for the whole
+/// process, however many VMs (`serve` with a large store).
+#[derive(Clone, Default)]
+pub struct HostCredentials(Arc<std::sync::RwLock<Arc<sessiongate_core::CredentialSet>>>);
+
+impl HostCredentials {
+    pub fn set(&self, credentials: Arc<sessiongate_core::CredentialSet>) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = credentials;
+    }
+
+    /// The credential whose digest is `hex`, if held, as a JSON list of its
+    /// one record.
+    fn record_json(&self, hex: &str) -> Option<Vec<u8>> {
+        let digest = sessiongate_core::parse_hash_hex(hex)?;
+        let set = self.0.read().ok()?.clone();
+        let record = set.by_hash(&digest)?.to_record();
+        serde_json::to_vec(&[record]).ok()
+    }
+}
+
 /// Metrics shared by every VM, by name (as Envoy's stats are).
 #[derive(Default)]
 pub struct Metrics {
@@ -143,6 +168,7 @@ pub struct VmState {
     plugin_config: Arc<Vec<u8>>,
     streams: Streams,
     shared: SharedData,
+    credentials: HostCredentials,
     metrics: Arc<Metrics>,
     log: LogSink,
     clock: Clock,
@@ -160,6 +186,7 @@ pub struct Plugin {
     module: Module,
     linker: Arc<Linker<VmState>>,
     pub shared: SharedData,
+    pub credentials: HostCredentials,
     pub metrics: Arc<Metrics>,
     log: LogSink,
     /// What `proxy_get_current_time_nanoseconds` answers in new VMs.
@@ -212,6 +239,7 @@ impl Plugin {
             module,
             linker: Arc::new(linker),
             shared: SharedData::default(),
+            credentials: HostCredentials::default(),
             metrics: Arc::new(Metrics::default()),
             log,
             clock: system_clock(),
@@ -229,6 +257,7 @@ impl Plugin {
             plugin_config: config,
             streams: Streams::default(),
             shared: self.shared.clone(),
+            credentials: self.credentials.clone(),
             metrics: self.metrics.clone(),
             log: self.log.clone(),
             clock: self.clock.clone(),

@@ -114,7 +114,30 @@ struct Live {
 /// store's. Either changes alone, and the gate is handed both.
 struct GateParts {
     base: GateConfig,
-    credentials: CredentialSet,
+    credentials: Arc<CredentialSet>,
+}
+
+/// Above this many credentials the filter's VMs do not get them in their
+/// configuration: the host keeps one set and answers each lookup by digest
+/// (`HostCredentials`). Below it, inline is a little faster a request and
+/// costs little memory; above, parsing the set into every VM costs seconds
+/// and a copy per VM (BENCHMARKS.md, a million credentials).
+const INLINE_MAX: usize = 10_000;
+
+/// Whether `credentials` are kept by the host rather than each VM.
+fn hosted(runner_is_filter: bool, credentials: &CredentialSet) -> bool {
+    runner_is_filter && credentials.len() > INLINE_MAX
+}
+
+/// The configuration JSON the gate runs: with the credentials, or without
+/// when the host keeps them.
+fn gate_config(base: &GateConfig, credentials: &CredentialSet, hosted: bool) -> Result<Vec<u8>> {
+    let credentials = if hosted {
+        CredentialSet::default()
+    } else {
+        credentials.clone()
+    };
+    gate_config_json(base, credentials)
 }
 
 /// Whether the token store has been loaded, and its last failure.
@@ -162,27 +185,55 @@ impl App {
     /// New credentials from the store, with the settings in force.
     fn set_credentials(&self, credentials: CredentialSet) -> Result<()> {
         let mut parts = self.gate_parts();
-        let config = GateConfig {
-            credentials,
-            ..parts.base.clone()
-        };
-        self.reconfigure(serde_json::to_vec(&config)?)?;
-        parts.credentials = config.credentials;
-        Ok(())
+        let base = parts.base.clone();
+        self.apply(&mut parts, base, Arc::new(credentials))
     }
 
     /// New settings (a reload), with the credentials in force.
     fn set_base(&self, base: GateConfig) -> Result<()> {
         let mut parts = self.gate_parts();
-        let config = GateConfig {
-            credentials: parts.credentials.clone(),
-            ..base
+        let credentials = parts.credentials.clone();
+        self.apply(&mut parts, base, credentials)
+    }
+
+    /// Hands the gate `base` and `credentials`, and keeps them in `parts`;
+    /// on refusal nothing changes. A credential is never in neither place:
+    /// the host's set is filled before the VMs drop theirs, and emptied
+    /// after they take them.
+    fn apply(
+        &self,
+        parts: &mut GateParts,
+        base: GateConfig,
+        credentials: Arc<CredentialSet>,
+    ) -> Result<()> {
+        let host = match &self.runner {
+            Runner::Filter(pool) => Some(&pool.plugin.credentials),
+            Runner::Component(_) => None,
         };
-        self.reconfigure(serde_json::to_vec(&config)?)?;
+        let was_hosted = hosted(host.is_some(), &parts.credentials);
+        let hosted = hosted(host.is_some(), &credentials);
+        if let (Some(host), true) = (host, hosted) {
+            host.set(credentials.clone());
+        }
+        let configured = gate_config(&base, &credentials, hosted).and_then(|c| self.reconfigure(c));
+        if let Err(e) = configured {
+            if let Some(host) = host {
+                host.set(if was_hosted {
+                    parts.credentials.clone()
+                } else {
+                    Arc::default()
+                });
+            }
+            return Err(e);
+        }
+        if let (Some(host), false) = (host, hosted) {
+            host.set(Arc::default());
+        }
         parts.base = GateConfig {
             credentials: CredentialSet::default(),
-            ..config
+            ..base
         };
+        parts.credentials = credentials;
         Ok(())
     }
 
@@ -260,14 +311,25 @@ pub fn run(args: ServeArgs) -> Result<()> {
             settings.store.display()
         ));
     }
-    let config = Arc::new(gate_config_json(&settings.gate, credentials.clone())?);
+    let credentials = Arc::new(credentials);
+    let hosted = hosted(args.component.is_none(), &credentials);
+    if hosted {
+        log::info(format_args!(
+            "{} credentials (more than {INLINE_MAX}): kept by the host, looked up by digest",
+            credentials.len()
+        ));
+    }
+    let config = Arc::new(gate_config(&settings.gate, &credentials, hosted)?);
     let clusters = clusters(&settings);
     let metrics = Arc::new(Metrics::default());
     let runner = match &args.component {
         Some(path) => {
             component_runner(path, config, &settings, &clusters, args.key_value_semantics)?
         }
-        None => filter_runner(args.plugin.as_deref(), config, &settings, &metrics)?,
+        None => {
+            let host = hosted.then(|| credentials.clone());
+            filter_runner(args.plugin.as_deref(), config, &settings, &metrics, host)?
+        }
     };
     let app = Arc::new(App {
         runner,
@@ -333,6 +395,7 @@ fn filter_runner(
     config: Arc<Vec<u8>>,
     settings: &Settings,
     metrics: &Arc<Metrics>,
+    hosted: Option<Arc<CredentialSet>>,
 ) -> Result<Runner> {
     let wasm = match plugin {
         Some(path) => {
@@ -349,6 +412,9 @@ fn filter_runner(
             .collect(),
     );
     fail_shared_data_if_asked(&plugin.shared, settings.fail_limiter_store);
+    if let Some(credentials) = hosted {
+        plugin.credentials.set(credentials);
+    }
     let vms = (0..settings.workers)
         .map(|i| plugin.start_vm(i, config.clone()).map(Mutex::new))
         .collect::<Result<Vec<_>>>()?;
