@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# End-to-end load on loopback: `sessiongate serve` beside nginx, same machine,
-# same run, wrk with fixed connections and duration. Prints one table.
+# End-to-end load on loopback: `sessiongate serve` beside nginx and beside a
+# Kong-like gate built from OpenResty's parts, same machine, same run, wrk
+# with fixed connections and duration, ROUNDS rounds with the servers
+# alternating inside each. Prints one table of medians.
 #
-#   scripts/bench-load.sh [DURATION_SECONDS] [CONNECTIONS]     (default 10 s, 32 connections)
+#   scripts/bench-load.sh [DURATION_SECONDS] [CONNECTIONS] [ROUNDS]   (default 10 s, 32, 3)
 #   SESSIONGATE_BENCH_PLUGIN=FILE / SESSIONGATE_BENCH_COMPONENT=FILE: another
 #   filter build, or a Spin component under `serve --component`.
 #
@@ -10,8 +12,17 @@
 # per request (user + system, from /proc): wrk runs on the same cores, so
 # this is what separates the servers' costs from the load generator's.
 #
-# Needs (and installs nothing itself): wrk and nginx (Debian: apt-get install
-# wrk nginx), and a release build of sessiongate (built here if missing).
+# Needs (and installs nothing itself): wrk, nginx and its Lua module (Debian:
+# apt-get install wrk nginx libnginx-mod-http-lua), and a release build of
+# sessiongate (built here if missing).
+#
+# The Kong-like gate is what a platform team on Kong or OpenResty runs for
+# this job: a content_by_lua_block that matches the route with ngx.re.match
+# (PCRE JIT), parses Bearer, hashes the secret with SHA-256 through LuaJIT's
+# FFI into OpenSSL's libcrypto, looks the digest up in a Lua table, checks the
+# customer, counts the request in a lua_shared_dict window counter (Kong's
+# "local" policy), and answers the JSON error or the page held in memory;
+# two worker processes, as nginx.
 #   (a) the 429 flood: nginx `return 429` with a small JSON body, vs the gate
 #       over its limit;
 #   (b) the admitted path: nginx serving one static JSON page of 1,000
@@ -19,12 +30,15 @@
 set -euo pipefail
 duration="${1:-10}"
 connections="${2:-32}"
+rounds="${3:-3}"
 root="$(cd "$(dirname "$0")/.." && pwd)"
 
 missing=""
 for tool in wrk nginx curl; do
   command -v "$tool" >/dev/null || missing="$missing $tool"
 done
+lua_module=/usr/lib/nginx/modules/ngx_http_lua_module.so
+[ -f "$lua_module" ] || missing="$missing libnginx-mod-http-lua"
 if [ -n "$missing" ]; then
   echo "bench-load.sh: needs:$missing (Debian: apt-get install$missing)" >&2
   exit 2
@@ -92,6 +106,86 @@ nginx_master=$!
 wait_port "$nginx_port"
 mapfile -t nginx_workers < <(pgrep -P "$nginx_master")
 
+# The Kong-like gate: OpenResty's parts on Debian's nginx.
+kong_limited_port="$(free_port)"; kong_open_port="$(free_port)"
+mkdir -p "$work/kong/logs"
+token_digest="$(printf %s "$token" | sha256sum | cut -d' ' -f1)"
+kong_server() { # port requests window
+  cat <<KONG
+  server {
+    listen 127.0.0.1:$1;
+    location / {
+      content_by_lua_block {
+        local m = ngx.re.match(ngx.var.uri, [[^/v1/external/sessions/([A-Za-z0-9_-]{1,64})/([A-Za-z0-9_-]{1,64})\$]], "jo")
+        local json = "application/json"
+        if not m then
+          ngx.status = 404; ngx.header.content_type = json
+          return ngx.print('{"error":{"code":"not_found","message":"No such route."}}')
+        end
+        local auth = ngx.var.http_authorization
+        local secret = auth and auth:match("^Bearer (fus_[A-Za-z0-9]+)\$")
+        local record = secret and credentials[sha256(secret)]
+        if not record then
+          ngx.status = 401; ngx.header.content_type = json
+          return ngx.print('{"error":{"code":"invalid_credentials","message":"The credential is malformed, unknown or revoked."}}')
+        end
+        if record.customer ~= m[1] then
+          ngx.status = 403; ngx.header.content_type = json
+          return ngx.print('{"error":{"code":"forbidden","message":"This credential does not grant access to this customer."}}')
+        end
+        local now = ngx.now()
+        local window = math.floor(now / $3)
+        local count = ngx.shared.limits:incr("w" .. window, 1, 0, $3)
+        local reset = math.ceil((window + 1) * $3 - now)
+        ngx.header["RateLimit-Policy"] = "$2;w=$3"
+        ngx.header["RateLimit"] = "limit=$2, remaining=" .. math.max($2 - count, 0) .. ", reset=" .. reset
+        ngx.header.content_type = json
+        if count > $2 then
+          ngx.status = 429; ngx.header["Retry-After"] = reset
+          return ngx.print('{"error":{"code":"rate_limited","message":"The global limit of this API is reached."}}')
+        end
+        ngx.print(page)
+      }
+    }
+  }
+KONG
+}
+cat > "$work/kong/nginx.conf" <<KONG
+load_module /usr/lib/nginx/modules/ndk_http_module.so;
+load_module $lua_module;
+worker_processes 2;
+pid $work/kong/nginx.pid;
+error_log $work/kong/logs/error.log;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  lua_shared_dict limits 1m;
+  init_by_lua_block {
+    local ffi = require "ffi"
+    ffi.cdef[[ unsigned char *SHA256(const unsigned char *d, size_t n, unsigned char *md); ]]
+    local crypto = ffi.load("libcrypto.so.3")
+    local digest = ffi.new("unsigned char[32]")
+    function sha256(s)
+      crypto.SHA256(s, #s, digest)
+      return ffi.string(digest, 32)
+    end
+    local hex = "$token_digest"
+    credentials = { [(hex:gsub("..", function(b) return string.char(tonumber(b, 16)) end))] = { customer = "acme" } }
+    page = io.open("$work/www/page.json"):read("*a")
+  }
+$(kong_server "$kong_limited_port" 1 86400)
+$(kong_server "$kong_open_port" 100000 1)
+}
+KONG
+nginx -p "$work/kong" -c "$work/kong/nginx.conf" -g 'daemon off;' & pids+=($!)
+kong_master=$!
+wait_port "$kong_open_port"
+mapfile -t kong_workers < <(pgrep -P "$kong_master")
+curl -s -H "Authorization: Bearer $token" "http://127.0.0.1:$kong_limited_port$path" -o /dev/null
+kong_check="$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "http://127.0.0.1:$kong_open_port$path")"
+[ "$kong_check" = 200 ] || { echo "the Kong-like gate answered $kong_check: $(cat "$work/kong/logs/error.log")" >&2; exit 1; }
+
 # CPU the server spent (user + system, all its threads or worker processes),
 # in clock ticks: read from /proc around each wrk run.
 cpu_ticks() {
@@ -123,19 +217,40 @@ run() { # name url header-or-empty server-pid...
 }
 
 auth="Authorization: Bearer $token"
-flood_nginx="$(run nginx-429 "http://127.0.0.1:$nginx_port/flood" "" "${nginx_workers[@]}")"
-flood_gate="$(run gate-429 "http://127.0.0.1:$gate_port_limited$path" "$auth" "$gate_limited")"
-page_nginx="$(run nginx-page "http://127.0.0.1:$nginx_port/page" "" "${nginx_workers[@]}")"
-page_gate="$(run gate-page "http://127.0.0.1:$gate_port_open$path" "$auth" "$gate_open")"
+flood=(); page=()
+for round in $(seq "$rounds"); do
+  echo "round $round of $rounds" >&2
+  flood+=("$(run nginx "http://127.0.0.1:$nginx_port/flood" "" "${nginx_workers[@]}")")
+  flood+=("$(run kong "http://127.0.0.1:$kong_limited_port$path" "$auth" "${kong_workers[@]}")")
+  flood+=("$(run sessiongate "http://127.0.0.1:$gate_port_limited$path" "$auth" "$gate_limited")")
+  page+=("$(run nginx "http://127.0.0.1:$nginx_port/page" "" "${nginx_workers[@]}")")
+  page+=("$(run kong "http://127.0.0.1:$kong_open_port$path" "$auth" "${kong_workers[@]}")")
+  page+=("$(run sessiongate "http://127.0.0.1:$gate_port_open$path" "$auth" "$gate_open")")
+done
 
 echo
-echo "wrk -t2 -c$connections -d${duration}s, $(nproc) cores, $(date -u +%Y-%m-%d)"
-printf '%-28s %14s %10s %8s %14s\n' "path" "requests/s" "p99" "ratio" "server CPU/req"
-row() { # label nginx-line gate-line
-  local n g
-  n="$(echo "$2" | awk '{print $2}')"; g="$(echo "$3" | awk '{print $2}')"
-  printf '%-28s %14s %10s %8s %11s us\n' "$1 nginx" "$n" "$(echo "$2" | awk '{print $3}')" "" "$(echo "$2" | awk '{print $4}')"
-  printf '%-28s %14s %10s %8s %11s us\n' "$1 sessiongate" "$g" "$(echo "$3" | awk '{print $3}')" "$(python3 -c "print(f'{$g/$n:.2f}x')")" "$(echo "$3" | awk '{print $4}')"
-}
-row "(a) 429 flood" "$flood_nginx" "$flood_gate"
-row "(b) admitted page" "$page_nginx" "$page_gate"
+echo "wrk -t2 -c$connections -d${duration}s, $rounds alternating rounds (medians), $(nproc) cores, $(date -u +%Y-%m-%d)"
+# Lines "name rps p99 cpu", every round: medians per server, ratios of
+# sessiongate to each other server.
+printf '%s\n' "${flood[@]}" > "$work/flood.txt"
+printf '%s\n' "${page[@]}" > "$work/page.txt"
+python3 - "$work/flood.txt" "$work/page.txt" <<'PY'
+import statistics, sys
+def ms(p99):
+    for unit, f in (("us", 1e-3), ("ms", 1.0), ("s", 1e3)):
+        if p99.endswith(unit):
+            return float(p99[: -len(unit)]) * f
+    return float(p99)
+print(f"{'path':<24}{'server':<14}{'requests/s':>12}{'p99':>10}{'CPU/req':>10}{'sessiongate is':>16}")
+for label, path in (("(a) 429 flood", sys.argv[1]), ("(b) admitted page", sys.argv[2])):
+    rows = {}
+    for line in open(path):
+        name, rps, p99, cpu = line.split()
+        rows.setdefault(name, []).append((float(rps), ms(p99), float(cpu)))
+    med = {n: tuple(statistics.median(v[i] for v in r) for i in range(3)) for n, r in rows.items()}
+    gate = med["sessiongate"][0]
+    for name in ("nginx", "kong", "sessiongate"):
+        rps, p99, cpu = med[name]
+        ratio = "" if name == "sessiongate" else f"{gate / rps:.2f}x"
+        print(f"{label:<24}{name:<14}{rps:>12.0f}{p99:>8.2f}ms{cpu:>8.1f}us{ratio:>16}")
+PY
