@@ -34,12 +34,14 @@ const LIMITS: Limits = Limits {
 };
 
 pub(super) async fn bind(addr: &str) -> Result<TcpListener> {
-    super::connections::listen(addr).await.with_context(|| {
-        format!(
-            "cannot listen on {addr} for the admin listener (another serve on this machine? \
+    super::connections::listen(addr, false)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {addr} for the admin listener (another serve on this machine? \
              give each its own with --admin ADDR, or --admin off)"
-        )
-    })
+            )
+        })
 }
 
 pub(super) async fn serve(app: Arc<App>, listener: TcpListener) {

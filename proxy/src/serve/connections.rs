@@ -88,8 +88,10 @@ pub(crate) fn raise_file_limit() -> u64 {
 /// Listens on `addr` with the backlog Envoy uses on Linux, the kernel's
 /// `somaxconn`: std's (and so tokio's) `bind` asks for 128, and a burst of
 /// connects while the accept loop is busy overflows that, so the kernel
-/// drops SYNs and clients wait a whole second to retransmit.
-pub(crate) async fn listen(addr: &str) -> io::Result<tokio::net::TcpListener> {
+/// drops SYNs and clients wait a whole second to retransmit. `shared`: one
+/// of several listeners on the same port (SO_REUSEPORT), one per worker,
+/// among which the kernel spreads the connections.
+pub(crate) async fn listen(addr: &str, shared: bool) -> io::Result<tokio::net::TcpListener> {
     let backlog = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())
@@ -102,6 +104,12 @@ pub(crate) async fn listen(addr: &str) -> io::Result<tokio::net::TcpListener> {
         };
         #[cfg(unix)]
         socket.set_reuseaddr(true)?;
+        #[cfg(unix)]
+        if shared {
+            socket.set_reuseport(true)?;
+        }
+        #[cfg(not(unix))]
+        let _ = shared;
         match socket.bind(addr).and_then(|()| socket.listen(backlog)) {
             Ok(listener) => return Ok(listener),
             Err(e) => last = e,
@@ -142,15 +150,16 @@ impl Admission {
         address: IpAddr,
         limits: &Limits,
     ) -> Result<Ticket, Refusal> {
-        // Only the accept loop admits, so the check and the count cannot race
-        // another admission; closes only ever lower the count.
-        if self.open.load(Ordering::Relaxed) >= limits.max_connections {
-            return Err(Refusal::Full);
-        }
+        // Every worker's accept loop admits: the check and the count happen
+        // under the one lock, so no two admissions pass one last place;
+        // closes only ever lower the count.
         let mut by_address = self
             .by_address
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if self.open.load(Ordering::Relaxed) >= limits.max_connections {
+            return Err(Refusal::Full);
+        }
         let mine = by_address.entry(address).or_insert(0);
         if limits.max_per_address > 0 && *mine >= limits.max_per_address {
             return Err(Refusal::AddressFull);

@@ -155,6 +155,7 @@ struct App {
     clusters: Vec<Arc<crate::cluster::Cluster>>,
     metrics: Arc<Metrics>,
     admission: Arc<Admission>,
+    accept_errors: Mutex<AcceptErrors>,
     live: RwLock<Arc<Live>>,
     gate: Mutex<GateParts>,
     store_path: PathBuf,
@@ -338,6 +339,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         clusters,
         metrics,
         admission: Arc::new(Admission::default()),
+        accept_errors: Mutex::new(AcceptErrors::new()),
         live: RwLock::new(Arc::new(Live {
             backend: settings.gate.backend.clone(),
             upstream_timeout: settings.upstream_timeout,
@@ -353,11 +355,50 @@ pub fn run(args: ServeArgs) -> Result<()> {
         store_path: settings.store.clone(),
         store: store_health,
     });
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(settings.workers)
+    // One single-threaded runtime per worker, each with its own listener on
+    // the same port (SO_REUSEPORT, as nginx's workers) and its own VM: no
+    // work stealing, no VM shared between threads (BENCHMARKS.md).
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (bound, bound_rx) = tokio::sync::watch::channel::<Option<SocketAddr>>(None);
+    let mut others = Vec::new();
+    for worker in 1..settings.workers {
+        let (app, stopped, mut bound_rx) = (app.clone(), stopped.clone(), bound_rx.clone());
+        others.push(
+            std::thread::Builder::new()
+                .name(format!("worker-{worker}"))
+                .spawn(move || -> Result<()> {
+                    pool::set_home_vm(worker);
+                    let runtime = single_threaded()?;
+                    runtime.block_on(async move {
+                        // The first worker's address (its port, when asked for 0).
+                        let Ok(addr) = bound_rx.wait_for(Option::is_some).await.map(|a| *a) else {
+                            return Ok(());
+                        };
+                        let Some(addr) = addr else { return Ok(()) };
+                        let listener = connections::listen(&addr.to_string(), true)
+                            .await
+                            .with_context(|| format!("worker {worker} cannot listen on {addr}"))?;
+                        accept_loop(&app, listener, stopped).await;
+                        Ok(())
+                    })
+                })?,
+        );
+    }
+    pool::set_home_vm(0);
+    let runtime = single_threaded()?;
+    let served = runtime.block_on(serve(app, args, settings, started, file_limit, stop, bound));
+    for thread in others {
+        if let Ok(Err(e)) = thread.join() {
+            log::error(format_args!("{e:#}"));
+        }
+    }
+    served
+}
+
+fn single_threaded() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()?;
-    runtime.block_on(serve(app, args, settings, started, file_limit))
+        .build()?)
 }
 
 fn describe(backend: &Backend) -> String {
@@ -471,17 +512,30 @@ fn component_runner(
     Ok(Runner::Component(host))
 }
 
+/// The first worker: its listener, whose address the others then share, the
+/// admin listener, the watchers, the signals; and, on SIGINT or SIGTERM,
+/// the stop of every worker.
+#[allow(clippy::too_many_arguments)]
 async fn serve(
     app: Arc<App>,
     args: ServeArgs,
     settings: Settings,
     started: Instant,
     file_limit: u64,
+    stop: tokio::sync::watch::Sender<bool>,
+    bound: tokio::sync::watch::Sender<Option<SocketAddr>>,
 ) -> Result<()> {
-    let listener = connections::listen(&settings.listen)
+    // The port is this process's alone: a plain bind first fails when
+    // anyone holds it (SO_REUSEPORT would let a second serve share it), and
+    // names the port when 0 was asked for.
+    let listen = std::net::TcpListener::bind(&settings.listen)
+        .and_then(|probe| probe.local_addr())
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let listener = connections::listen(&listen.to_string(), settings.workers > 1)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let local = listener.local_addr()?;
+    let _ = bound.send(Some(local));
     let admin = match &settings.admin {
         Some(addr) => Some(admin::bind(addr).await?),
         None => None,
@@ -508,21 +562,40 @@ async fn serve(
         tokio::spawn(admin::serve(app.clone(), listener));
     }
     tokio::spawn(watch_store(app.clone()));
+    for cluster in &app.clusters {
+        let cluster = cluster.clone();
+        tokio::spawn(async move { cluster.log_in_early().await });
+    }
     tokio::spawn(reload::on_hangup(
         app.clone(),
         args,
         settings.restart_only(),
         file_limit,
     ));
+    let stop_receiver = stop.subscribe();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        log::info("shutting down, finishing requests in flight");
+        let _ = stop.send(true);
+    });
+    accept_loop(&app, listener, stop_receiver).await;
+    Ok(())
+}
+
+/// One worker's accept loop, until the stop; then its connections finish
+/// (10 s at most).
+async fn accept_loop(
+    app: &Arc<App>,
+    listener: tokio::net::TcpListener,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
     let graceful = GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown_signal());
-    let mut accept_errors = AcceptErrors::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     match app.admission.admit(peer.ip(), &app.live().limits) {
-                        Ok(ticket) => connection(&app, stream, peer, ticket, &graceful),
+                        Ok(ticket) => connection(app, stream, peer, ticket, &graceful),
                         // Closed at once: the connections being served keep
                         // their share, and the client learns now, not later.
                         Err(Refusal::Full) => metrics::bump(&app.metrics.refused_full),
@@ -531,7 +604,12 @@ async fn serve(
                 }
                 Err(e) => {
                     metrics::bump(&app.metrics.accept_errors);
-                    let (pause, warning) = accept_errors.failed(&e, Instant::now());
+                    // One count for every worker: a warning a second at most.
+                    let (pause, warning) = app
+                        .accept_errors
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .failed(&e, Instant::now());
                     if let Some(warning) = warning {
                         log::warn(warning);
                     }
@@ -540,10 +618,9 @@ async fn serve(
                     }
                 }
             },
-            () = &mut shutdown => break,
+            _ = stopped.wait_for(|stop| *stop) => break,
         }
     }
-    log::info("shutting down, finishing requests in flight");
     drop(listener);
     if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
         .await
@@ -551,7 +628,6 @@ async fn serve(
     {
         log::warn("some connections did not finish within 10 s");
     }
-    Ok(())
 }
 
 /// Serves one admitted connection until it ends or runs out of time.

@@ -29,9 +29,24 @@ pub(super) struct Pool {
     pub(super) metrics: Arc<Metrics>,
 }
 
+thread_local! {
+    /// The VM of this worker thread, when each worker has its own.
+    static HOME_VM: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Gives this thread its own VM: its requests go to VM `i` (as an Envoy
+/// worker thread has its VM), so no two threads wait on one VM.
+pub(super) fn set_home_vm(i: usize) {
+    HOME_VM.with(|h| h.set(Some(i)));
+}
+
 impl Pool {
+    /// This thread's VM, or the next in turn (a thread with none).
     pub(super) fn pick(&self) -> usize {
-        self.next.fetch_add(1, Ordering::Relaxed) % self.vms.len()
+        match HOME_VM.with(std::cell::Cell::get) {
+            Some(i) if i < self.vms.len() => i,
+            _ => self.next.fetch_add(1, Ordering::Relaxed) % self.vms.len(),
+        }
     }
 
     /// Runs `f` on VM `i`. A trap kills a VM, as in Envoy; here it is replaced
