@@ -26,7 +26,10 @@
 #   (a) the 429 flood: nginx `return 429` with a small JSON body, vs the gate
 #       over its limit;
 #   (b) the admitted path: nginx serving one static JSON page of 1,000
-#       sessions, vs the gate admitting everything from its stub backend.
+#       sessions, vs the gate admitting everything from its stub backend;
+#   (c) the production path, forwarding: the gate with that nginx as its
+#       upstream, vs nginx proxy_pass (keep-alive upstream) to the same.
+#       CPU per request is the front server's (the upstream is the same).
 set -euo pipefail
 duration="${1:-10}"
 connections="${2:-32}"
@@ -98,6 +101,8 @@ http {
     listen 127.0.0.1:$nginx_port;
     location = /flood { default_type application/json; return 429 '{"error":{"code":"rate_limited","message":"The global limit of this API is reached."}}'; }
     location = /page { default_type application/json; alias $work/www/page.json; }
+    # The upstream of (c): the page under the API's path.
+    location ^~ /v1/external/sessions/ { default_type application/json; root $work/www; try_files /page.json =404; }
   }
 }
 NGINX
@@ -105,6 +110,33 @@ nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -g 'daemon off;' & pids+=($!)
 nginx_master=$!
 wait_port "$nginx_port"
 mapfile -t nginx_workers < <(pgrep -P "$nginx_master")
+
+# (c) forwarding, the production path: serve with the nginx above as its
+# upstream, beside nginx proxy_pass (keep-alive upstream) to the same.
+forward_port="$(free_port)"; proxy_port="$(free_port)"
+printf 'backend = "http://127.0.0.1:%s"\n[limit]\nrequests = 100000\nwindow_seconds = 1\n[guard]\nfailures = 0\n' "$nginx_port" > "$work/forward.toml"
+"$gate" serve --config "$work/forward.toml" --store "$work/tokens.json" --listen "127.0.0.1:$forward_port" --admin off 2>/dev/null & pids+=($!)
+gate_forward=$!
+mkdir -p "$work/proxy/logs"
+cat > "$work/proxy/nginx.conf" <<PROXY
+worker_processes 2;
+pid $work/proxy/nginx.pid;
+error_log $work/proxy/logs/error.log;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream page { server 127.0.0.1:$nginx_port; keepalive 64; }
+  server {
+    listen 127.0.0.1:$proxy_port;
+    location / { proxy_pass http://page; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+PROXY
+nginx -p "$work/proxy" -c "$work/proxy/nginx.conf" -g 'daemon off;' & pids+=($!)
+proxy_master=$!
+wait_port "$proxy_port"; wait_port "$forward_port"
+mapfile -t proxy_workers < <(pgrep -P "$proxy_master")
 
 # The Kong-like gate: OpenResty's parts on Debian's nginx.
 kong_limited_port="$(free_port)"; kong_open_port="$(free_port)"
@@ -217,7 +249,7 @@ run() { # name url header-or-empty server-pid...
 }
 
 auth="Authorization: Bearer $token"
-flood=(); page=()
+flood=(); page=(); forward=()
 for round in $(seq "$rounds"); do
   echo "round $round of $rounds" >&2
   flood+=("$(run nginx "http://127.0.0.1:$nginx_port/flood" "" "${nginx_workers[@]}")")
@@ -226,6 +258,8 @@ for round in $(seq "$rounds"); do
   page+=("$(run nginx "http://127.0.0.1:$nginx_port/page" "" "${nginx_workers[@]}")")
   page+=("$(run kong "http://127.0.0.1:$kong_open_port$path" "$auth" "${kong_workers[@]}")")
   page+=("$(run sessiongate "http://127.0.0.1:$gate_port_open$path" "$auth" "$gate_open")")
+  forward+=("$(run nginx "http://127.0.0.1:$proxy_port$path" "$auth" "${proxy_workers[@]}")")
+  forward+=("$(run sessiongate "http://127.0.0.1:$forward_port$path" "$auth" "$gate_forward")")
 done
 
 echo
@@ -234,7 +268,8 @@ echo "wrk -t2 -c$connections -d${duration}s, $rounds alternating rounds (medians
 # sessiongate to each other server.
 printf '%s\n' "${flood[@]}" > "$work/flood.txt"
 printf '%s\n' "${page[@]}" > "$work/page.txt"
-python3 - "$work/flood.txt" "$work/page.txt" <<'PY'
+printf '%s\n' "${forward[@]}" > "$work/forward.txt"
+python3 - "$work/flood.txt" "$work/page.txt" "$work/forward.txt" <<'PY'
 import statistics, sys
 def ms(p99):
     for unit, f in (("us", 1e-3), ("ms", 1.0), ("s", 1e3)):
@@ -242,7 +277,9 @@ def ms(p99):
             return float(p99[: -len(unit)]) * f
     return float(p99)
 print(f"{'path':<24}{'server':<14}{'requests/s':>12}{'p99':>10}{'CPU/req':>10}{'sessiongate is':>16}")
-for label, path in (("(a) 429 flood", sys.argv[1]), ("(b) admitted page", sys.argv[2])):
+paths = (("(a) 429 flood", sys.argv[1]), ("(b) admitted page", sys.argv[2]),
+         ("(c) forwarded page", sys.argv[3]))
+for label, path in paths:
     rows = {}
     for line in open(path):
         name, rps, p99, cpu = line.split()
@@ -250,6 +287,8 @@ for label, path in (("(a) 429 flood", sys.argv[1]), ("(b) admitted page", sys.ar
     med = {n: tuple(statistics.median(v[i] for v in r) for i in range(3)) for n, r in rows.items()}
     gate = med["sessiongate"][0]
     for name in ("nginx", "kong", "sessiongate"):
+        if name not in med:
+            continue
         rps, p99, cpu = med[name]
         ratio = "" if name == "sessiongate" else f"{gate / rps:.2f}x"
         print(f"{label:<24}{name:<14}{rps:>12.0f}{p99:>8.2f}ms{cpu:>8.1f}us{ratio:>16}")
