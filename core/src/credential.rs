@@ -240,6 +240,10 @@ pub struct CredentialRecord {
     pub level: Level,
     /// Creation time, Unix milliseconds.
     pub created: u64,
+    /// The name of the user who created it (contract section 7); none for
+    /// what the operator's CLI created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 impl CredentialRecord {
@@ -265,6 +269,7 @@ impl CredentialRecord {
             sites,
             level,
             created,
+            owner: None,
         }
     }
 

@@ -19,10 +19,11 @@ struct Entry {
     hash: SecretHash,
     created: u64,
     /// Where the name starts in the set's text; customer, sites (joined with
-    /// commas, which no site id holds), hint and description follow it.
+    /// commas, which no site id holds), hint, description and owner follow it.
     start: u32,
-    /// Lengths of name, customer, sites, hint and description.
-    lens: [u32; 5],
+    /// Lengths of name, customer, sites, hint, description and owner (no
+    /// owner: 0, as a user's name is never empty).
+    lens: [u32; 6],
     kind: Kind,
     level: Level,
     all_sites: bool,
@@ -41,6 +42,8 @@ pub struct Credential<'a> {
     pub sites: SiteScope<'a>,
     pub level: Level,
     pub created: u64,
+    /// The name of the user who created it (none: the operator's CLI).
+    pub owner: Option<&'a str>,
 }
 
 /// The sites a credential may read, borrowed from its set.
@@ -83,6 +86,7 @@ impl Credential<'_> {
             sites: self.sites.to_sites(),
             level: self.level,
             created: self.created,
+            owner: self.owner.map(str::to_owned),
         }
     }
 }
@@ -149,7 +153,7 @@ impl CredentialSet {
             at += len as usize;
             s
         };
-        let [name, customer, sites, hint, description] = entry.lens.map(&mut next);
+        let [name, customer, sites, hint, description, owner] = entry.lens.map(&mut next);
         Credential {
             name,
             description: entry.has_description.then_some(description),
@@ -164,6 +168,7 @@ impl CredentialSet {
             },
             level: entry.level,
             created: entry.created,
+            owner: (!owner.is_empty()).then_some(owner),
         }
     }
 
@@ -291,12 +296,13 @@ impl CredentialSetBuilder {
         let sites = u32::try_from(self.text.len() - sites_start).map_err(|_| TOO_LARGE)?;
         let hint = len(&mut self.text, &record.hint)?;
         let description = len(&mut self.text, record.description.as_deref().unwrap_or(""))?;
+        let owner = len(&mut self.text, record.owner.as_deref().unwrap_or(""))?;
         u32::try_from(self.text.len()).map_err(|_| TOO_LARGE)?;
         self.entries.push(Entry {
             hash,
             created: record.created,
             start,
-            lens: [name, customer, sites, hint, description],
+            lens: [name, customer, sites, hint, description, owner],
             kind: record.kind,
             level: record.level,
             all_sites: record.sites == Sites::All,

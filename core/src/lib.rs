@@ -20,6 +20,7 @@ mod guard;
 mod headers;
 mod kv;
 mod limiter;
+mod management;
 mod pending;
 mod query;
 mod route;
@@ -51,10 +52,11 @@ pub use digest_filter::DigestFilter;
 /// (`serve` with a large store) answers a credential, by its digest in hex
 /// (`sessiongate/credential/<sha-256 hex>`): a JSON list of its one record.
 pub const CREDENTIAL_KEY_PREFIX: &str = "sessiongate/credential/";
-pub use error::{ErrorCode, GateError, error_body};
+pub use error::{ErrorCode, GateError, error_body, internal_error_body};
 pub use gate::Gate;
 pub use guard::{GuardConfig, client_of};
 pub use kv::{Entry, Kv, KvError, MemoryKv, Version};
+pub use management::{Manager, Permission, Refusal, Role};
 pub use limiter::{LIMITER_KEY, Limit, LimiterError, MAX_REQUESTS, Verdict};
 pub use pending::{Answer, Need, Pending, Progress};
 pub use query::SessionQuery;

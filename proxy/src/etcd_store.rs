@@ -42,13 +42,27 @@ pub struct EtcdStore {
     token: Arc<Mutex<Option<String>>>,
 }
 
+/// What the store keeps one key per: a JSON document under
+/// `PREFIX/COLLECTION/NAME`.
+pub trait Document: serde::Serialize + serde::de::DeserializeOwned + PartialEq + Clone {
+    const COLLECTION: &'static str;
+    fn name(&self) -> &str;
+}
+
+impl Document for CredentialRecord {
+    const COLLECTION: &'static str = "credentials";
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
 /// Where the password of `etcd://USER@…` comes from.
 pub const PASSWORD_VARIABLE: &str = "SESSIONGATE_ETCD_PASSWORD";
 
-/// A credential as stored, and the revision it was read at.
-struct Stored {
+/// A document as stored, and the revision it was read at.
+struct Stored<T> {
     key: String,
-    record: CredentialRecord,
+    record: T,
     mod_revision: String,
 }
 
@@ -100,17 +114,17 @@ impl EtcdStore {
         })
     }
 
-    fn credentials_prefix(&self) -> String {
-        format!("{}/credentials/", self.prefix)
+    fn collection_prefix(&self, collection: &str) -> String {
+        format!("{}/{collection}/", self.prefix)
     }
 
-    fn key(&self, name: &str) -> String {
-        format!("{}{name}", self.credentials_prefix())
+    fn key<T: Document>(&self, name: &str) -> String {
+        format!("{}{name}", self.collection_prefix(T::COLLECTION))
     }
 
-    /// The range covering every credential key (`/` + 1 is `0`).
-    fn range(&self, keys_only: bool) -> Value {
-        let prefix = self.credentials_prefix();
+    /// The range covering every key of a collection (`/` + 1 is `0`).
+    fn range(&self, collection: &str, keys_only: bool) -> Value {
+        let prefix = self.collection_prefix(collection);
         let end = format!("{}0", prefix.trim_end_matches('/'));
         json!({
             "key": BASE64.encode(prefix),
@@ -121,20 +135,25 @@ impl EtcdStore {
 
     /// Every credential, in the order they were created.
     pub fn load(&self) -> Result<Vec<CredentialRecord>> {
-        Ok(self.read()?.into_iter().map(|s| s.record).collect())
+        self.load_documents()
+    }
+
+    /// Every document of `T`'s collection, in the order they were created.
+    pub fn load_documents<T: Document>(&self) -> Result<Vec<T>> {
+        Ok(self.read::<T>()?.into_iter().map(|s| s.record).collect())
     }
 
     pub fn load_set(&self) -> Result<CredentialSet> {
         CredentialSet::new(self.load()?).map_err(|e| anyhow!("the token store in etcd: {e}"))
     }
 
-    fn read(&self) -> Result<Vec<Stored>> {
-        let answer = self.post("/v3/kv/range", &self.range(false))?;
+    fn read<T: Document>(&self) -> Result<Vec<Stored<T>>> {
+        let answer = self.post("/v3/kv/range", &self.range(T::COLLECTION, false))?;
         let mut stored = Vec::new();
         for kv in field(&answer, "kvs").as_array().into_iter().flatten() {
             let key = decode(field(kv, "key"))?;
             let value = decode(field(kv, "value"))?;
-            let record: CredentialRecord = serde_json::from_slice(value.as_bytes())
+            let record: T = serde_json::from_slice(value.as_bytes())
                 .with_context(|| format!("the record under {key:?} is corrupt"))?;
             let created: u64 = field(kv, "create_revision")
                 .as_str()
@@ -156,7 +175,7 @@ impl EtcdStore {
     /// What changes when any credential does: their count and newest
     /// revision (keys only: nothing else of etcd, not the limiter's writes).
     pub fn signature(&self) -> Result<(u64, u64)> {
-        let answer = self.post("/v3/kv/range", &self.range(true))?;
+        let answer = self.post("/v3/kv/range", &self.range(CredentialRecord::COLLECTION, true))?;
         let kvs = field(&answer, "kvs")
             .as_array()
             .cloned()
@@ -175,17 +194,63 @@ impl EtcdStore {
         &self,
         mut change: impl FnMut(&mut Vec<CredentialRecord>) -> Result<T>,
     ) -> Result<T> {
-        for _ in 0..CHANGE_ATTEMPTS {
-            let before = self.read()?;
-            let mut records: Vec<CredentialRecord> =
-                before.iter().map(|s| s.record.clone()).collect();
-            let out = change(&mut records)?;
+        self.update_documents(|records| {
+            let out = change(records)?;
             CredentialSet::new(records.clone()).map_err(|e| anyhow!(e))?;
+            Ok(out)
+        })
+    }
+
+    /// Runs `change` on the documents of `T`'s collection and writes what
+    /// it changed in one txn, again on a fresh read if another change got
+    /// there first.
+    pub fn update_documents<T: Document, R>(
+        &self,
+        mut change: impl FnMut(&mut Vec<T>) -> Result<R>,
+    ) -> Result<R> {
+        for _ in 0..CHANGE_ATTEMPTS {
+            let before = self.read::<T>()?;
+            let mut records: Vec<T> = before.iter().map(|s| s.record.clone()).collect();
+            let out = change(&mut records)?;
             if self.commit(&before, &records)? {
                 return Ok(out);
             }
         }
-        bail!("the token store in etcd kept changing; try again")
+        bail!("the store in etcd kept changing; try again")
+    }
+
+    /// Adds `line` under a new key of `collection`, after every earlier one
+    /// (keys sort by time, then by a random tail): an append-only log.
+    pub fn append(&self, collection: &str, at_ms: u64, line: &[u8]) -> Result<()> {
+        let mut tail = [0u8; 4];
+        getrandom::fill(&mut tail).map_err(|e| anyhow!("the system CSPRNG failed: {e}"))?;
+        let key = format!(
+            "{}{at_ms:020}-{:08x}",
+            self.collection_prefix(collection),
+            u32::from_le_bytes(tail)
+        );
+        let answer = self.post(
+            "/v3/kv/txn",
+            &json!({
+                "compare": [{ "key": BASE64.encode(&key), "target": "CREATE", "result": "EQUAL", "create_revision": "0" }],
+                "success": [{ "request_put": { "key": BASE64.encode(&key), "value": BASE64.encode(line) } }],
+            }),
+        )?;
+        if field(&answer, "succeeded").as_bool() != Some(true) {
+            bail!("{key} exists already");
+        }
+        Ok(())
+    }
+
+    /// Every value of `collection`, in key order.
+    pub fn lines(&self, collection: &str) -> Result<Vec<Vec<u8>>> {
+        let answer = self.post("/v3/kv/range", &self.range(collection, false))?;
+        field(&answer, "kvs")
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|kv| decode(field(kv, "value")).map(String::into_bytes))
+            .collect()
     }
 
     /// Adds a record; its name must be new.
@@ -200,11 +265,11 @@ impl EtcdStore {
         })
     }
 
-    fn commit(&self, before: &[Stored], after: &[CredentialRecord]) -> Result<bool> {
+    fn commit<T: Document>(&self, before: &[Stored<T>], after: &[T]) -> Result<bool> {
         let mut compare = Vec::new();
         let mut success = Vec::new();
         for old in before {
-            let kept = after.iter().find(|r| self.key(&r.name) == old.key);
+            let kept = after.iter().find(|r| self.key::<T>(r.name()) == old.key);
             if kept == Some(&old.record) {
                 continue;
             }
@@ -217,7 +282,7 @@ impl EtcdStore {
             }
         }
         for record in after {
-            let key = self.key(&record.name);
+            let key = self.key::<T>(record.name());
             let old = before.iter().find(|s| s.key == key);
             if old.is_some_and(|s| s.record == *record) {
                 continue;

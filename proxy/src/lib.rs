@@ -2,9 +2,11 @@
 //! drive them: the proxy-wasm host on wasmtime, the HTTP server, the token
 //! store and credential management.
 
+pub mod audit;
 pub mod backing;
 pub mod cluster;
 pub mod component;
+pub mod console;
 pub mod etcd_store;
 pub mod host;
 pub mod log;
@@ -14,4 +16,5 @@ pub mod secret;
 pub mod serve;
 pub mod shared_data;
 pub mod store;
+pub mod users;
 pub mod worker_sync;

@@ -7,9 +7,10 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sessiongate_core::{Backend, GateConfig, GuardConfig, LimitConfig};
-use sessiongate_core::{Kind, Level};
+use sessiongate_core::{Kind, Level, Permission, Role};
 
-use sessiongate::{manage, serve, store};
+use sessiongate::audit::{self, Action, Event};
+use sessiongate::{manage, serve, store, users};
 
 #[derive(Parser)]
 #[command(
@@ -34,6 +35,15 @@ enum Command {
         #[command(subcommand)]
         action: KeyAction,
     },
+    /// The people of a customer's account who manage its credentials in
+    /// `sessiongate console`, each with a role and token permissions.
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+    },
+    /// Serve the management API and web page (API Tokens, API Keys, audit
+    /// log) for the users of each account, over the token store.
+    Console(sessiongate::console::ConsoleArgs),
     /// Print the plugin configuration JSON (hashes only) for envoy.yaml.
     EnvoyConfig(ConfigArgs),
     /// Print the Worker configuration JSON (hashes only) for the
@@ -157,6 +167,80 @@ enum KeyAction {
     Delete(DeleteArgs),
 }
 
+#[derive(Subcommand)]
+enum UserAction {
+    /// Create a user: their login secret is printed once on stdout, only
+    /// its hash is kept.
+    Create {
+        #[command(flatten)]
+        store: StoreArg,
+        /// The account the user belongs to.
+        #[arg(long, value_name = "ID")]
+        customer: String,
+        /// Unique name of the user ([A-Za-z0-9._-]).
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        /// A token permission; repeat for more.
+        #[arg(long = "permission", value_name = "PERMISSION", value_parser = parse_permission)]
+        permissions: Vec<Permission>,
+    },
+    List(ListArgs),
+    /// Delete a user: their login stops working at once; what they created stays.
+    Delete(DeleteArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RoleArg {
+    Standard,
+    Architect,
+    Admin,
+}
+
+impl From<RoleArg> for Role {
+    fn from(r: RoleArg) -> Role {
+        match r {
+            RoleArg::Standard => Role::Standard,
+            RoleArg::Architect => Role::Architect,
+            RoleArg::Admin => Role::Admin,
+        }
+    }
+}
+
+fn parse_permission(s: &str) -> Result<Permission, String> {
+    Permission::parse(s).ok_or_else(|| {
+        let all: Vec<&str> = Permission::ALL.iter().map(|p| p.as_str()).collect();
+        format!("expected one of {}", all.join(", "))
+    })
+}
+
+fn user(action: UserAction, out: &mut dyn std::io::Write) -> Result<()> {
+    match action {
+        UserAction::Create {
+            store,
+            customer,
+            name,
+            role,
+            permissions,
+        } => {
+            let (secret, user) =
+                users::create(&store.store, &name, &customer, role.into(), permissions)?;
+            audit::record(&store.store, &Event::on_user(Action::Create, &user))?;
+            writeln!(out, "{secret}")?;
+            eprintln!(
+                "Created user {name:?} of {customer:?}. This is the only time their login secret is shown: hand it over now."
+            );
+            Ok(())
+        }
+        UserAction::List(a) => users::list(&a.store.store, a.json, out),
+        UserAction::Delete(a) => {
+            let user = users::delete(&a.store.store, &a.name)?;
+            audit::record(&a.store.store, &Event::on_user(Action::Delete, &user))
+        }
+    }
+}
+
 #[derive(Args)]
 struct ConfigArgs {
     #[command(flatten)]
@@ -191,7 +275,7 @@ struct ConfigArgs {
 
 fn create(kind: Kind, args: CreateArgs, level: Level) -> Result<()> {
     let sites = manage::sites_from_args(args.all_sites, args.site)?;
-    let secret = manage::create(
+    let (secret, record) = manage::create(
         &args.store.store,
         kind,
         manage::NewCredential {
@@ -200,8 +284,10 @@ fn create(kind: Kind, args: CreateArgs, level: Level) -> Result<()> {
             customer: args.customer,
             sites,
             level,
+            owner: None,
         },
     )?;
+    audit::record(&args.store.store, &Event::by_operator(Action::Create, &record, None))?;
     println!("{secret}");
     eprintln!(
         "Created {} {:?}. This is the only time its secret is shown: store it now.",
@@ -209,6 +295,11 @@ fn create(kind: Kind, args: CreateArgs, level: Level) -> Result<()> {
         args.name
     );
     Ok(())
+}
+
+fn delete(store: &std::path::Path, kind: Kind, name: &str) -> Result<()> {
+    let record = manage::delete(store, kind, name, &manage::anyone)?;
+    audit::record(store, &Event::by_operator(Action::Delete, &record, None))
 }
 
 /// `plugin/envoy.yaml`, with the block between its markers replaced.
@@ -240,7 +331,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Token { action } => match action {
             TokenAction::Create(a) => create(Kind::Token, a, Level::Standard),
             TokenAction::List(a) => manage::list(&a.store.store, Kind::Token, a.json, &mut stdout),
-            TokenAction::Delete(a) => manage::delete(&a.store.store, Kind::Token, &a.name),
+            TokenAction::Delete(a) => delete(&a.store.store, Kind::Token, &a.name),
         },
         Command::Key { action } => match action {
             KeyAction::Create { create: a, level } => create(Kind::Key, a, level.into()),
@@ -250,9 +341,21 @@ fn run(cli: Cli) -> Result<()> {
                 name,
                 rename,
                 level,
-            } => manage::update_key(&store.store, &name, rename, level.map(Into::into)),
-            KeyAction::Delete(a) => manage::delete(&a.store.store, Kind::Key, &a.name),
+            } => {
+                let (before, after) = manage::update_key(
+                    &store.store,
+                    &name,
+                    rename,
+                    level.map(Into::into),
+                    &manage::anyone,
+                )?;
+                let event = Event::by_operator(Action::Update, &after, Some(&before));
+                audit::record(&store.store, &event)
+            }
+            KeyAction::Delete(a) => delete(&a.store.store, Kind::Key, &a.name),
         },
+        Command::User { action } => user(action, &mut stdout),
+        Command::Console(a) => sessiongate::console::run(a),
         Command::EnvoyConfig(a) => print_config(a, "upstream", &mut stdout),
         Command::WorkerConfig(a) | Command::SpinConfig(a) => {
             if a.envoy_yaml {

@@ -16,6 +16,47 @@ pub struct NewCredential {
     pub customer: String,
     pub sites: Sites,
     pub level: Level,
+    /// The user creating it (none: the operator's CLI).
+    pub owner: Option<String>,
+}
+
+/// Why a change was not made, for a caller that answers each differently
+/// (the console: 404, 400, and the refusal's 403). Carried in the
+/// [`anyhow::Error`] the functions here return.
+#[derive(Debug)]
+pub enum Problem {
+    /// No credential of that kind and name (that the caller may see).
+    NotFound(String),
+    /// The name is taken (names are unique across the store).
+    NameTaken(String),
+    /// A field is not acceptable; the message says which and why.
+    Invalid(String),
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Problem::NotFound(what) => write!(f, "no {what}"),
+            Problem::NameTaken(name) => write!(f, "a credential named {name:?} already exists"),
+            Problem::Invalid(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for Problem {}
+
+/// A check run under the store's lock on the record about to change
+/// (the console's rules); the operator's CLI passes [`anyone`].
+pub type Check<'a> = &'a dyn Fn(&CredentialRecord) -> Result<()>;
+
+pub fn anyone(_: &CredentialRecord) -> Result<()> {
+    Ok(())
+}
+
+/// Unix milliseconds as RFC 3339 in UTC, to the second.
+pub fn rfc3339(ms: u64) -> String {
+    let at = UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(at).to_string()
 }
 
 pub fn now_ms() -> u64 {
@@ -39,22 +80,24 @@ pub fn sites_from_args(all_sites: bool, sites: Vec<String>) -> Result<Sites> {
     }
 }
 
-/// Mints a secret, stores its hash, returns the secret (shown once).
-pub fn create(path: &Path, kind: Kind, new: NewCredential) -> Result<String> {
+/// Mints a secret, stores its hash; returns the secret (shown once) and
+/// the record kept.
+pub fn create(path: &Path, kind: Kind, new: NewCredential) -> Result<(String, CredentialRecord)> {
     if new.name.trim().is_empty() {
-        bail!("--name must not be empty");
+        return Err(Problem::Invalid("the name must not be empty".into()).into());
     }
     if !is_valid_id(&new.customer) {
-        bail!(
+        return Err(Problem::Invalid(format!(
             "customer id {:?} is not valid: use [A-Za-z0-9._-], 1 to 128 characters",
             new.customer
-        );
+        ))
+        .into());
     }
     let secret = match kind {
         Kind::Token => secret::new_token()?,
         Kind::Key => secret::new_key()?,
     };
-    let record = CredentialRecord::for_secret(
+    let mut record = CredentialRecord::for_secret(
         &secret,
         kind,
         new.name,
@@ -68,61 +111,77 @@ pub fn create(path: &Path, kind: Kind, new: NewCredential) -> Result<String> {
         },
         now_ms(),
     );
-    store::insert(path, record)?;
-    Ok(secret)
+    record.owner = new.owner;
+    record.checked_hash().map_err(Problem::Invalid)?;
+    let name = record.name.clone();
+    store::update(path, |records| {
+        if records.iter().any(|r| r.name == name) {
+            return Err(Problem::NameTaken(name.clone()).into());
+        }
+        records.push(record.clone());
+        Ok(())
+    })?;
+    Ok((secret, record))
 }
 
-pub fn delete(path: &Path, kind: Kind, name: &str) -> Result<()> {
+/// Deletes (revokes) a credential that `check` accepts; returns it.
+pub fn delete(path: &Path, kind: Kind, name: &str, check: Check<'_>) -> Result<CredentialRecord> {
     store::update(path, |records| {
         let Some(pos) = records
             .iter()
             .position(|r| r.name == name && r.kind == kind)
         else {
-            bail!(
-                "no {} named {name:?} in {}",
-                kind_word(kind),
-                path.display()
-            );
+            return Err(Problem::NotFound(format!("{} named {name:?}", kind_word(kind))).into());
         };
-        records.remove(pos);
-        Ok(())
+        if let Some(record) = records.get(pos) {
+            check(record)?;
+        }
+        Ok(records.remove(pos))
     })
 }
 
-/// Renames a key and/or changes its level; its secret stays the same.
+/// Renames a key and/or changes its level, if `check` accepts it; its
+/// secret stays the same. Returns the key before and after.
 pub fn update_key(
     path: &Path,
     name: &str,
     rename: Option<String>,
     level: Option<Level>,
-) -> Result<()> {
+    check: Check<'_>,
+) -> Result<(CredentialRecord, CredentialRecord)> {
     if rename.is_none() && level.is_none() {
-        bail!("nothing to change: give --rename NEW and/or --level LEVEL");
+        return Err(Problem::Invalid("nothing to change: give a new name and/or a level".into()).into());
     }
     store::update(path, |records| {
         if let Some(new) = &rename {
             if new.trim().is_empty() {
-                bail!("--rename must not be empty");
+                return Err(Problem::Invalid("the new name must not be empty".into()).into());
             }
             if new != name && records.iter().any(|r| &r.name == new) {
-                bail!("a credential named {new:?} already exists");
+                return Err(Problem::NameTaken(new.clone()).into());
             }
         }
-        let Some(record) = records.iter_mut().find(|r| r.name == name) else {
-            bail!("no key named {name:?} in {}", path.display());
+        let Some(record) = records
+            .iter_mut()
+            .find(|r| r.name == name && r.kind == Kind::Key)
+        else {
+            if records.iter().any(|r| r.name == name) {
+                return Err(Problem::Invalid(format!(
+                    "{name:?} is a token: tokens cannot be renamed or changed; create a new one and delete the old"
+                ))
+                .into());
+            }
+            return Err(Problem::NotFound(format!("key named {name:?}")).into());
         };
-        if record.kind == Kind::Token {
-            bail!(
-                "{name:?} is a token: tokens cannot be renamed or changed; create a new one and delete the old"
-            );
-        }
+        check(record)?;
+        let before = record.clone();
         if let Some(new) = &rename {
             record.name = new.clone();
         }
         if let Some(level) = level {
             record.level = level;
         }
-        Ok(())
+        Ok((before, record.clone()))
     })
 }
 
@@ -133,6 +192,22 @@ fn kind_word(kind: Kind) -> &'static str {
     }
 }
 
+/// A credential as listed (`list --json`, the console's API): every
+/// field but the hash, never a secret.
+pub fn listed(r: &CredentialRecord) -> serde_json::Value {
+    serde_json::json!({
+        "name": r.name,
+        "description": r.description,
+        "kind": r.kind,
+        "customer": r.customer,
+        "sites": r.sites,
+        "level": r.level,
+        "hint": r.hint,
+        "created": r.created,
+        "owner": r.owner,
+    })
+}
+
 /// The listing: every field but the hash, never a secret.
 pub fn list(path: &Path, kind: Kind, json: bool, out: &mut dyn std::io::Write) -> Result<()> {
     let records: Vec<CredentialRecord> = store::load(path)?
@@ -140,34 +215,21 @@ pub fn list(path: &Path, kind: Kind, json: bool, out: &mut dyn std::io::Write) -
         .filter(|r| r.kind == kind)
         .collect();
     if json {
-        let rows: Vec<serde_json::Value> = records
-            .iter()
-            .map(|r| {
-                serde_json::json!({
-                    "name": r.name,
-                    "description": r.description,
-                    "kind": r.kind,
-                    "customer": r.customer,
-                    "sites": r.sites,
-                    "level": r.level,
-                    "hint": r.hint,
-                    "created": r.created,
-                })
-            })
-            .collect();
+        let rows: Vec<serde_json::Value> = records.iter().map(listed).collect();
         writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
         return Ok(());
     }
-    let rows: Vec<[String; 7]> = records
+    let rows: Vec<Vec<String>> = records
         .iter()
         .map(|r| {
-            [
+            vec![
                 r.name.clone(),
                 r.customer.clone(),
                 r.sites.to_string(),
                 r.level.to_string(),
                 r.hint.clone(),
-                r.created.to_string(),
+                rfc3339(r.created),
+                r.owner.clone().unwrap_or_else(|| "-".into()),
                 r.description.clone().unwrap_or_default(),
             ]
         })
@@ -179,28 +241,32 @@ pub fn list(path: &Path, kind: Kind, json: bool, out: &mut dyn std::io::Write) -
         "LEVEL",
         "HINT",
         "CREATED",
+        "OWNER",
         "DESCRIPTION",
     ];
-    let mut widths = head.map(str::len);
-    for row in &rows {
+    table(&head, &rows, out)
+}
+
+/// Columns padded to their widest cell, two spaces apart.
+pub fn table(head: &[&str], rows: &[Vec<String>], out: &mut dyn std::io::Write) -> Result<()> {
+    let mut widths: Vec<usize> = head.iter().map(|h| h.len()).collect();
+    for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let line = |cells: &[&str]| {
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
         cells
-            .iter()
-            .zip(widths)
+            .zip(&widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect::<Vec<_>>()
             .join("  ")
             .trim_end()
             .to_owned()
     };
-    writeln!(out, "{}", line(&head))?;
-    for row in &rows {
-        let cells: Vec<&str> = row.iter().map(String::as_str).collect();
-        writeln!(out, "{}", line(&cells))?;
+    writeln!(out, "{}", line(&mut head.iter().copied()))?;
+    for row in rows {
+        writeln!(out, "{}", line(&mut row.iter().map(String::as_str)))?;
     }
     Ok(())
 }
@@ -216,6 +282,7 @@ mod tests {
             customer: "acme".into(),
             sites: Sites::All,
             level: Level::Admin,
+            owner: None,
         }
     }
 
@@ -223,8 +290,8 @@ mod tests {
     fn lifecycle_keeps_no_secret() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.json");
-        let token = create(&path, Kind::Token, new("t")).unwrap();
-        let key = create(&path, Kind::Key, new("k")).unwrap();
+        let (token, _) = create(&path, Kind::Token, new("t")).unwrap();
+        let (key, _) = create(&path, Kind::Key, new("k")).unwrap();
         let raw = std::fs::read_to_string(&path).unwrap();
         assert!(!raw.contains(&token) && !raw.contains(&key));
         assert!(!raw.contains(&token[4..]) && !raw.contains(key.split('/').next().unwrap()));
@@ -240,10 +307,10 @@ mod tests {
             "names are unique across kinds"
         );
         assert!(
-            update_key(&path, "t", Some("x".into()), None).is_err(),
+            update_key(&path, "t", Some("x".into()), None, &anyone).is_err(),
             "tokens cannot be renamed"
         );
-        update_key(&path, "k", Some("k2".into()), Some(Level::Architect)).unwrap();
+        update_key(&path, "k", Some("k2".into()), Some(Level::Architect), &anyone).unwrap();
         let records = store::load(&path).unwrap();
         assert_eq!(records[1].name, "k2");
         assert_eq!(records[1].level, Level::Architect);
@@ -252,8 +319,8 @@ mod tests {
             sessiongate_core::hash_hex(&sessiongate_core::hash_secret(key.as_bytes())),
             "the key's value stays the same"
         );
-        delete(&path, Kind::Token, "t").unwrap();
-        assert!(delete(&path, Kind::Token, "t").is_err());
+        delete(&path, Kind::Token, "t", &anyone).unwrap();
+        assert!(delete(&path, Kind::Token, "t", &anyone).is_err());
         assert_eq!(store::load(&path).unwrap().len(), 1);
     }
 

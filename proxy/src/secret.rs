@@ -35,6 +35,15 @@ pub fn new_token() -> Result<String> {
     ))
 }
 
+/// A console user's login secret: `sgu_` + 40 base62 characters.
+pub fn new_login() -> Result<String> {
+    Ok(format!(
+        "{}{}",
+        crate::users::LOGIN_PREFIX,
+        random_string(BASE62, 40)?
+    ))
+}
+
 /// 40 base62 characters, `/`, a 7-character uppercase alphanumeric suffix.
 pub fn new_key() -> Result<String> {
     let body = random_string(BASE62, KEY_MIN_BODY_LEN + 8)?;

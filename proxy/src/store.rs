@@ -15,6 +15,7 @@ use anyhow::{Context as _, Result, bail};
 use sessiongate_core::store_format::{Splitter, parse_record};
 use sessiongate_core::{CredentialRecord, CredentialSet, CredentialSetBuilder};
 
+pub use crate::etcd_store::Document;
 use crate::etcd_store::EtcdStore;
 
 /// Reads the store's records, in order (what the CLI edits). A missing file
@@ -197,8 +198,7 @@ fn lock_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-fn write_atomically(path: &Path, records: &[CredentialRecord]) -> Result<()> {
-    let json = sessiongate_core::store_format::serialize(records);
+fn write_atomically(path: &Path, json: &[u8]) -> Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -217,7 +217,7 @@ fn write_atomically(path: &Path, records: &[CredentialRecord]) -> Result<()> {
         let mut f = opts
             .open(&tmp)
             .with_context(|| format!("cannot write {}", tmp.display()))?;
-        f.write_all(&json)?;
+        f.write_all(json)?;
         f.sync_all()?;
     }
     fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
@@ -237,6 +237,16 @@ pub fn update<T>(
     if let Some(etcd) = EtcdStore::parse(path) {
         return etcd?.update(change);
     }
+    let lock = lock(path)?;
+    let mut records = load(path)?;
+    let out = change(&mut records)?;
+    write_atomically(path, &sessiongate_core::store_format::serialize(&records))?;
+    drop(lock);
+    Ok(out)
+}
+
+/// Holds the exclusive lock of `path` (its sidecar `.lock`) until dropped.
+fn lock(path: &Path) -> Result<File> {
     let lock = OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -245,11 +255,95 @@ pub fn update<T>(
         .with_context(|| format!("cannot open the lock file of {}", path.display()))?;
     lock.lock()
         .with_context(|| format!("cannot lock {}", path.display()))?;
-    let mut records = load(path)?;
-    let out = change(&mut records)?;
-    write_atomically(path, &records)?;
+    Ok(lock)
+}
+
+/// Beside a file store `DIR/NAME.json`: `DIR/NAME.{what}`.
+fn beside(store: &Path, what: &str) -> PathBuf {
+    let stem = store
+        .file_stem()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    let mut name = stem;
+    name.push(format!(".{what}"));
+    store.with_file_name(name)
+}
+
+/// The documents of `T`'s collection kept with the store: in etcd beside the
+/// credentials, or for a file store in `NAME.COLLECTION.json` next to it
+/// (a JSON list). Missing: none.
+pub fn load_documents<T: Document>(store: &Path) -> Result<Vec<T>> {
+    if let Some(etcd) = EtcdStore::parse(store) {
+        return etcd?.load_documents();
+    }
+    let path = beside(store, &format!("{}.json", T::COLLECTION));
+    match fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is corrupt", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Runs `change` on the documents of `T`'s collection under the same
+/// locking and atomic writes as the credentials.
+pub fn update_documents<T: Document, R>(
+    store: &Path,
+    mut change: impl FnMut(&mut Vec<T>) -> Result<R>,
+) -> Result<R> {
+    if let Some(etcd) = EtcdStore::parse(store) {
+        return etcd?.update_documents(change);
+    }
+    let path = beside(store, &format!("{}.json", T::COLLECTION));
+    let lock = lock(&path)?;
+    let mut documents = load_documents(store)?;
+    let out = change(&mut documents)?;
+    let mut json = serde_json::to_vec_pretty(&documents)?;
+    json.push(b'\n');
+    write_atomically(&path, &json)?;
     drop(lock);
     Ok(out)
+}
+
+/// Appends one line (no newline in it) to the store's log `collection`: in
+/// etcd a key per line, for a file store `NAME.COLLECTION.jsonl` next to
+/// it, written and synced under its lock.
+pub fn append_line(store: &Path, collection: &str, at_ms: u64, line: &[u8]) -> Result<()> {
+    if let Some(etcd) = EtcdStore::parse(store) {
+        return etcd?.append(collection, at_ms, line);
+    }
+    let path = beside(store, &format!("{collection}.jsonl"));
+    let lock = lock(&path)?;
+    let mut opts = OpenOptions::new();
+    opts.append(true).create(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut file = opts
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let mut bytes = line.to_vec();
+    bytes.push(b'\n');
+    file.write_all(&bytes)?;
+    file.sync_all()?;
+    drop(lock);
+    Ok(())
+}
+
+/// The lines of the store's log `collection`, oldest first.
+pub fn lines(store: &Path, collection: &str) -> Result<Vec<Vec<u8>>> {
+    if let Some(etcd) = EtcdStore::parse(store) {
+        return etcd?.lines(collection);
+    }
+    let path = beside(store, &format!("{collection}.jsonl"));
+    match fs::read(&path) {
+        Ok(bytes) => Ok(bytes
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
 }
 
 /// Adds a record; names are unique across the store.
