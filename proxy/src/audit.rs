@@ -78,9 +78,7 @@ impl Event {
             previous_name: before
                 .filter(|b| b.name != record.name)
                 .map(|b| b.name.clone()),
-            previous_level: before
-                .filter(|b| b.level != record.level)
-                .map(|b| b.level),
+            previous_level: before.filter(|b| b.level != record.level).map(|b| b.level),
         }
     }
 

@@ -175,7 +175,10 @@ impl EtcdStore {
     /// What changes when any credential does: their count and newest
     /// revision (keys only: nothing else of etcd, not the limiter's writes).
     pub fn signature(&self) -> Result<(u64, u64)> {
-        let answer = self.post("/v3/kv/range", &self.range(CredentialRecord::COLLECTION, true))?;
+        let answer = self.post(
+            "/v3/kv/range",
+            &self.range(CredentialRecord::COLLECTION, true),
+        )?;
         let kvs = field(&answer, "kvs")
             .as_array()
             .cloned()
@@ -467,7 +470,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(s.members, ["10.0.0.1:2379", "10.0.0.2:2379"]);
-        assert_eq!(s.key("ci"), "sg/credentials/ci");
+        assert_eq!(s.key::<CredentialRecord>("ci"), "sg/credentials/ci");
         assert!(EtcdStore::parse(Path::new("tokens.json")).is_none());
         for bad in [
             "etcd://",

@@ -287,7 +287,10 @@ fn create(kind: Kind, args: CreateArgs, level: Level) -> Result<()> {
             owner: None,
         },
     )?;
-    audit::record(&args.store.store, &Event::by_operator(Action::Create, &record, None))?;
+    audit::record(
+        &args.store.store,
+        &Event::by_operator(Action::Create, &record, None),
+    )?;
     println!("{secret}");
     eprintln!(
         "Created {} {:?}. This is the only time its secret is shown: store it now.",

@@ -150,7 +150,9 @@ pub fn update_key(
     check: Check<'_>,
 ) -> Result<(CredentialRecord, CredentialRecord)> {
     if rename.is_none() && level.is_none() {
-        return Err(Problem::Invalid("nothing to change: give a new name and/or a level".into()).into());
+        return Err(
+            Problem::Invalid("nothing to change: give a new name and/or a level".into()).into(),
+        );
     }
     store::update(path, |records| {
         if let Some(new) = &rename {
@@ -310,7 +312,14 @@ mod tests {
             update_key(&path, "t", Some("x".into()), None, &anyone).is_err(),
             "tokens cannot be renamed"
         );
-        update_key(&path, "k", Some("k2".into()), Some(Level::Architect), &anyone).unwrap();
+        update_key(
+            &path,
+            "k",
+            Some("k2".into()),
+            Some(Level::Architect),
+            &anyone,
+        )
+        .unwrap();
         let records = store::load(&path).unwrap();
         assert_eq!(records[1].name, "k2");
         assert_eq!(records[1].level, Level::Architect);

@@ -278,8 +278,9 @@ pub fn load_documents<T: Document>(store: &Path) -> Result<Vec<T>> {
     }
     let path = beside(store, &format!("{}.json", T::COLLECTION));
     match fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .with_context(|| format!("{} is corrupt", path.display())),
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).with_context(|| format!("{} is corrupt", path.display()))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }

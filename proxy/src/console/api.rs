@@ -7,7 +7,9 @@ use http::{Method, StatusCode};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
-use sessiongate_core::{CredentialRecord, ErrorCode, GateError, Kind, Level, Manager, Refusal, Sites};
+use sessiongate_core::{
+    CredentialRecord, ErrorCode, GateError, Kind, Level, Manager, Refusal, Sites,
+};
 
 use super::{Call, Console, Reply, error, json, store_failed};
 use crate::audit::{self, Action, Event};
@@ -82,15 +84,21 @@ fn failed(e: &anyhow::Error) -> Reply {
         return error(&refusal.error());
     }
     match e.downcast_ref::<Problem>() {
-        Some(p @ Problem::NotFound(_)) => error(&GateError::new(ErrorCode::NotFound, p.to_string())),
+        Some(p @ Problem::NotFound(_)) => {
+            error(&GateError::new(ErrorCode::NotFound, p.to_string()))
+        }
         Some(p) => error(&GateError::new(ErrorCode::InvalidRequest, p.to_string())),
         None => store_failed(e),
     }
 }
 
 fn body<T: DeserializeOwned>(call: &Call) -> Result<T> {
-    serde_json::from_slice(&call.body)
-        .map_err(|e| Problem::Invalid(format!("the request body is not what this route takes: {e}")).into())
+    serde_json::from_slice(&call.body).map_err(|e| {
+        Problem::Invalid(format!(
+            "the request body is not what this route takes: {e}"
+        ))
+        .into()
+    })
 }
 
 /// A name from the path, percent-decoded.
@@ -123,14 +131,26 @@ fn list(console: &Console, manager: &Manager<'_>, kind: Kind) -> Result<Reply> {
         .filter(|r| r.kind == kind && manager.lists(r))
         .map(listed)
         .collect();
-    let field = if kind == Kind::Token { "tokens" } else { "keys" };
+    let field = if kind == Kind::Token {
+        "tokens"
+    } else {
+        "keys"
+    };
     Ok(json(StatusCode::OK, &json!({ field: rows })))
 }
 
 fn create_token(console: &Console, call: &Call, manager: &Manager<'_>) -> Result<Reply> {
     manager.may_create_token()?;
     let new: NewToken = body(call)?;
-    let (secret, record) = create(console, call, Kind::Token, new.name, new.description, new.sites, Level::Standard)?;
+    let (secret, record) = create(
+        console,
+        call,
+        Kind::Token,
+        new.name,
+        new.description,
+        new.sites,
+        Level::Standard,
+    )?;
     Ok(json(
         StatusCode::CREATED,
         &json!({ "token": listed(&record), "secret": secret }),
@@ -140,7 +160,15 @@ fn create_token(console: &Console, call: &Call, manager: &Manager<'_>) -> Result
 fn create_key(console: &Console, call: &Call, manager: &Manager<'_>) -> Result<Reply> {
     let new: NewKey = body(call)?;
     manager.may_create_key(new.level)?;
-    let (secret, record) = create(console, call, Kind::Key, new.name, new.description, new.sites, new.level)?;
+    let (secret, record) = create(
+        console,
+        call,
+        Kind::Key,
+        new.name,
+        new.description,
+        new.sites,
+        new.level,
+    )?;
     Ok(json(
         StatusCode::CREATED,
         &json!({ "key": listed(&record), "secret": secret }),
@@ -168,7 +196,10 @@ fn create(
             owner: Some(call.user.name.clone()),
         },
     )?;
-    log_action(console, Event::on_credential(&call.user.name, Action::Create, &record, None));
+    log_action(
+        console,
+        Event::on_credential(&call.user.name, Action::Create, &record, None),
+    );
     Ok((secret, record))
 }
 
@@ -177,12 +208,22 @@ fn in_account(manager: &Manager<'_>, record: &CredentialRecord) -> Result<()> {
     if manager.in_account(record) {
         Ok(())
     } else {
-        let what = if record.kind == Kind::Token { "token" } else { "key" };
+        let what = if record.kind == Kind::Token {
+            "token"
+        } else {
+            "key"
+        };
         Err(Problem::NotFound(format!("{what} named {:?}", record.name)).into())
     }
 }
 
-fn delete(console: &Console, call: &Call, manager: &Manager<'_>, kind: Kind, raw: &str) -> Result<Reply> {
+fn delete(
+    console: &Console,
+    call: &Call,
+    manager: &Manager<'_>,
+    kind: Kind,
+    raw: &str,
+) -> Result<Reply> {
     let name = path_name(raw)?;
     let check = |record: &CredentialRecord| -> Result<()> {
         in_account(manager, record)?;
@@ -193,7 +234,10 @@ fn delete(console: &Console, call: &Call, manager: &Manager<'_>, kind: Kind, raw
         Ok(())
     };
     let record = manage::delete(&console.store, kind, &name, &check)?;
-    log_action(console, Event::on_credential(&call.user.name, Action::Delete, &record, None));
+    log_action(
+        console,
+        Event::on_credential(&call.user.name, Action::Delete, &record, None),
+    );
     Ok(super::reply(StatusCode::NO_CONTENT, "application/json", ""))
 }
 
@@ -205,8 +249,17 @@ fn change_key(console: &Console, call: &Call, manager: &Manager<'_>, raw: &str) 
         manager.may_change_key(record, change.level)?;
         Ok(())
     };
-    let (before, after) = manage::update_key(&console.store, &name, change.name.clone(), change.level, &check)?;
-    log_action(console, Event::on_credential(&call.user.name, Action::Update, &after, Some(&before)));
+    let (before, after) = manage::update_key(
+        &console.store,
+        &name,
+        change.name.clone(),
+        change.level,
+        &check,
+    )?;
+    log_action(
+        console,
+        Event::on_credential(&call.user.name, Action::Update, &after, Some(&before)),
+    );
     Ok(json(StatusCode::OK, &json!({ "key": listed(&after) })))
 }
 

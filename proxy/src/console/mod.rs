@@ -136,14 +136,14 @@ impl Console {
         if !path.starts_with("/api/") {
             let body = match read_body(body).await {
                 Ok(body) => body,
-                Err(reply) => return reply,
+                Err(reply) => return *reply,
             };
             let console = self.clone();
             return blocking(move || page::serve(&console, &parts, &body)).await;
         }
         let body = match read_body(body).await {
             Ok(body) => body,
-            Err(reply) => return reply,
+            Err(reply) => return *reply,
         };
         let console = self.clone();
         // The store is read and written synchronously (file locks, the
@@ -151,7 +151,7 @@ impl Console {
         blocking(move || {
             let user = match console.authenticate(&parts) {
                 Ok(user) => user,
-                Err(reply) => return reply,
+                Err(reply) => return *reply,
             };
             let call = Call {
                 method: parts.method.clone(),
@@ -167,8 +167,8 @@ impl Console {
     /// The user behind a request: by `Authorization: Bearer sgu_…`, or by
     /// the session cookie, then (for anything but a read) the CSRF token the
     /// page was given in `X-CSRF-Token`.
-    fn authenticate(&self, parts: &http::request::Parts) -> Result<User, Reply> {
-        let stored = users::load(&self.store).map_err(|e| store_failed(&e))?;
+    fn authenticate(&self, parts: &http::request::Parts) -> Result<User, Box<Reply>> {
+        let stored = users::load(&self.store).map_err(|e| Box::new(store_failed(&e)))?;
         if let Some(value) = parts.headers.get(header::AUTHORIZATION) {
             let secret = value
                 .to_str()
@@ -176,21 +176,21 @@ impl Console {
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .unwrap_or_default();
             return users::authenticate(&stored, secret.trim()).ok_or_else(|| {
-                error(&GateError::new(
+                refuse(&GateError::new(
                     ErrorCode::InvalidCredentials,
                     "the login secret is malformed, unknown or revoked",
                 ))
             });
         }
         let Some(session) = self.sessions.find(&parts.headers) else {
-            return Err(error(&GateError::new(
+            return Err(refuse(&GateError::new(
                 ErrorCode::Unauthorized,
                 "log in, or send a user's login secret: Authorization: Bearer sgu_…",
             )));
         };
         let writes = !matches!(parts.method, Method::GET | Method::HEAD);
         if writes && !session.csrf_matches(&parts.headers) {
-            return Err(error(&GateError::new(
+            return Err(refuse(&GateError::new(
                 ErrorCode::Forbidden,
                 "a change made with the session cookie needs the page's X-CSRF-Token header",
             )));
@@ -200,7 +200,7 @@ impl Console {
             .find(|u| u.name == session.user)
             .ok_or_else(|| {
                 self.sessions.end(&parts.headers);
-                error(&GateError::new(
+                refuse(&GateError::new(
                     ErrorCode::Unauthorized,
                     "this user no longer exists: the session has ended",
                 ))
@@ -209,15 +209,15 @@ impl Console {
 }
 
 async fn blocking(f: impl FnOnce() -> Reply + Send + 'static) -> Reply {
-    tokio::task::spawn_blocking(f).await.unwrap_or_else(|_| {
-        internal("the request's handler failed")
-    })
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|_| internal("the request's handler failed"))
 }
 
-async fn read_body(body: Incoming) -> Result<Bytes, Reply> {
+async fn read_body(body: Incoming) -> Result<Bytes, Box<Reply>> {
     match Limited::new(body, MAX_BODY).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(_) => Err(error(&GateError::new(
+        Err(_) => Err(refuse(&GateError::new(
             ErrorCode::InvalidRequest,
             "the request body is too large or was cut off",
         ))),
@@ -226,7 +226,11 @@ async fn read_body(body: Incoming) -> Result<Bytes, Reply> {
 
 /// A reply with `no-store`: nothing of the console belongs in a cache (a
 /// one-time secret least of all).
-pub(crate) fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Reply {
+pub(crate) fn reply(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Reply {
     let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
     let headers = response.headers_mut();
@@ -247,6 +251,10 @@ pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Reply {
 pub(crate) fn error(e: &GateError) -> Reply {
     let status = StatusCode::from_u16(e.code.status()).unwrap_or(StatusCode::BAD_REQUEST);
     reply(status, "application/json", e.body())
+}
+
+fn refuse(e: &GateError) -> Box<Reply> {
+    Box::new(error(e))
 }
 
 pub(crate) fn internal(message: &str) -> Reply {

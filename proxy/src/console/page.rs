@@ -29,9 +29,17 @@ pub(super) fn serve(console: &Console, parts: &Parts, body: &Bytes) -> Reply {
         (&Method::GET, "/login") => login_form(StatusCode::OK, ""),
         (&Method::POST, "/login") => log_in(console, parts, body),
         (&Method::POST, "/logout") => log_out(console, parts, body),
-        (&Method::GET, "/assets/app.js") => reply(StatusCode::OK, "text/javascript; charset=utf-8", SCRIPT),
-        (&Method::GET, "/assets/app.css") => reply(StatusCode::OK, "text/css; charset=utf-8", STYLE),
-        _ => reply(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found\n"),
+        (&Method::GET, "/assets/app.js") => {
+            reply(StatusCode::OK, "text/javascript; charset=utf-8", SCRIPT)
+        }
+        (&Method::GET, "/assets/app.css") => {
+            reply(StatusCode::OK, "text/css; charset=utf-8", STYLE)
+        }
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "not found\n",
+        ),
     }
 }
 
@@ -46,7 +54,10 @@ fn html(status: StatusCode, text: String) -> Reply {
         ),
     );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     r
 }
 
@@ -56,7 +67,8 @@ fn login_form(status: StatusCode, message: &str) -> Reply {
 
 fn redirect(to: &'static str, cookie: Option<String>) -> Reply {
     let mut r = reply(StatusCode::SEE_OTHER, "text/plain; charset=utf-8", "");
-    r.headers_mut().insert(header::LOCATION, HeaderValue::from_static(to));
+    r.headers_mut()
+        .insert(header::LOCATION, HeaderValue::from_static(to));
     if let Some(cookie) = cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
         r.headers_mut().insert(header::SET_COOKIE, cookie);
     }
@@ -66,24 +78,37 @@ fn redirect(to: &'static str, cookie: Option<String>) -> Reply {
 /// A form post from another origin is refused: the browser names the
 /// page that sent it in `Origin`.
 fn same_origin(parts: &Parts) -> bool {
-    let Some(origin) = parts.headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
+    let Some(origin) = parts
+        .headers
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+    else {
         return true;
     };
-    let host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
     let origin_host = origin.split_once("://").map(|(_, rest)| rest);
     host.is_some() && origin_host == host
 }
 
 fn log_in(console: &Console, parts: &Parts, body: &Bytes) -> Reply {
     if !same_origin(parts) {
-        return login_form(StatusCode::FORBIDDEN, "This form was sent from another site.");
+        return login_form(
+            StatusCode::FORBIDDEN,
+            "This form was sent from another site.",
+        );
     }
     let secret = form_field(body, "secret").unwrap_or_default();
     let stored = match users::load(&console.store) {
         Ok(stored) => stored,
         Err(e) => {
             crate::log::error(format_args!("console: the token store failed: {e:#}"));
-            return login_form(StatusCode::INTERNAL_SERVER_ERROR, "The store cannot be read; try again.");
+            return login_form(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "The store cannot be read; try again.",
+            );
         }
     };
     let Some(user) = users::authenticate(&stored, secret.trim()) else {
@@ -91,7 +116,10 @@ fn log_in(console: &Console, parts: &Parts, body: &Bytes) -> Reply {
     };
     match console.sessions.start(&user.name) {
         Some((id, _)) => redirect("/", Some(session::set_cookie(&id, console.secure_cookie))),
-        None => login_form(StatusCode::INTERNAL_SERVER_ERROR, "No session could be started."),
+        None => login_form(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "No session could be started.",
+        ),
     }
 }
 
@@ -105,7 +133,11 @@ fn log_out(console: &Console, parts: &Parts, body: &Bytes) -> Reply {
         headers.insert(session::CSRF_HEADER, v);
     }
     if !same_origin(parts) || !s.csrf_matches(&headers) {
-        return reply(StatusCode::FORBIDDEN, "text/plain; charset=utf-8", "log out from the page\n");
+        return reply(
+            StatusCode::FORBIDDEN,
+            "text/plain; charset=utf-8",
+            "log out from the page\n",
+        );
     }
     console.sessions.end(&parts.headers);
     redirect("/login", Some(session::clear_cookie(console.secure_cookie)))
@@ -116,7 +148,9 @@ fn form_field(body: &[u8], name: &str) -> Option<String> {
     let text = std::str::from_utf8(body).ok()?;
     text.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=')?;
-        (k == name).then(|| super::percent_decode(v, true)).flatten()
+        (k == name)
+            .then(|| super::percent_decode(v, true))
+            .flatten()
     })
 }
 
