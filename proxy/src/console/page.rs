@@ -75,22 +75,26 @@ fn redirect(to: &'static str, cookie: Option<String>) -> Reply {
     r
 }
 
-/// A form post from another origin is refused: the browser names the
-/// page that sent it in `Origin`.
+/// A form post from another site is refused. Browsers say where a request
+/// comes from in `Sec-Fetch-Site` (Chromium sends `Origin: null` on some
+/// same-origin form posts, so that header alone would refuse the page's
+/// own); older ones only in `Origin`. A request with neither is no
+/// browser's, and carries no cookie it did not mean to.
 fn same_origin(parts: &Parts) -> bool {
-    let Some(origin) = parts
-        .headers
-        .get(header::ORIGIN)
-        .and_then(|o| o.to_str().ok())
-    else {
+    let header = |name| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    if let Some(site) = header("sec-fetch-site") {
+        return site == "same-origin";
+    }
+    let Some(origin) = header(header::ORIGIN.as_str()) else {
         return true;
     };
-    let host = parts
-        .headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok());
     let origin_host = origin.split_once("://").map(|(_, rest)| rest);
-    host.is_some() && origin_host == host
+    header(header::HOST.as_str()).is_some_and(|host| origin_host == Some(host))
 }
 
 fn log_in(console: &Console, parts: &Parts, body: &Bytes) -> Reply {

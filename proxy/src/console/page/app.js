@@ -147,7 +147,7 @@ async function loadKeys() {
   body.replaceChildren();
   $("keys-scope").textContent = me.role === "admin"
     ? "As an admin you see and manage every key of your account."
-    : `As a ${me.role} user you see and manage the keys you created, at the levels ${me.key_levels.join(" or ")}.`;
+    : `As ${me.role === "architect" ? "an" : "a"} ${me.role} user you see and manage the keys you created, at the levels ${me.key_levels.join(" or ")}.`;
   const { keys } = await api("GET", "keys");
   for (const k of keys) {
     const row = body.insertRow();
