@@ -20,7 +20,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BIN, Server, cli};
+use common::console::{gate_answers, start_console};
+use common::{Server, cli};
 use fantoccini::wd::Capabilities;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
@@ -96,37 +97,6 @@ async fn browser(driver: &Driver, profile: &Path) -> Client {
         .connect(&driver.url)
         .await
         .expect("a Chromium session")
-}
-
-fn start_console(store: &Path) -> Server {
-    let mut command = Command::new(BIN);
-    command
-        .args(["console", "--listen", "127.0.0.1:0", "--store"])
-        .arg(store);
-    Server::spawn(command, store.to_path_buf())
-}
-
-/// Polls the gate until it answers `status` (within `serve`'s store poll).
-fn gate_answers(serve: &Server, credential: &str, status: u16) {
-    let started = Instant::now();
-    let path = format!(
-        "/v1/external/sessions/{}/{}",
-        suite::CUSTOMER,
-        suite::SITE_A
-    );
-    loop {
-        let r = suite::http::get(serve.addr, &path, Some(&format!("Bearer {credential}"))).unwrap();
-        if r.status == status {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "still {}: {}",
-            r.status,
-            r.text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 async fn text(page: &Client, css: &str) -> String {

@@ -13,127 +13,11 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::Command;
-use std::time::{Duration, Instant};
 
-use common::{BIN, Server, assert_no_secret, cli};
+use common::console::{As, call, create_user, gate_answers, start_console};
+use common::{Server, assert_no_secret, cli};
 use serde_json::{Value, json};
 use sessiongate_conformance::{self as suite, http::Response};
-
-fn start_console(store: &Path) -> Server {
-    let mut command = Command::new(BIN);
-    command
-        .args(["console", "--listen", "127.0.0.1:0", "--store"])
-        .arg(store);
-    Server::spawn(command, store.to_path_buf())
-}
-
-fn create_user(
-    store: &Path,
-    customer: &str,
-    name: &str,
-    role: &str,
-    permissions: &[&str],
-) -> String {
-    let mut args = vec![
-        "user",
-        "create",
-        "--store",
-        store.to_str().unwrap(),
-        "--customer",
-        customer,
-        "--name",
-        name,
-        "--role",
-        role,
-    ];
-    for p in permissions {
-        args.extend(["--permission", p]);
-    }
-    cli(&args)
-}
-
-fn call(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Option<&Value>,
-) -> Response {
-    let body = body.map(Value::to_string).unwrap_or_default();
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if !body.is_empty() {
-        request.push_str("Content-Type: application/json\r\n");
-    }
-    for (n, v) in headers {
-        request.push_str(&format!("{n}: {v}\r\n"));
-    }
-    request.push_str("\r\n");
-    request.push_str(&body);
-    suite::http::send_raw(addr, request.as_bytes()).unwrap()
-}
-
-/// An API call as a user, by their login secret.
-struct As<'a> {
-    addr: SocketAddr,
-    secret: &'a str,
-}
-
-impl As<'_> {
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Response {
-        let auth = format!("Bearer {}", self.secret);
-        call(
-            self.addr,
-            method,
-            &format!("/api/v1/{path}"),
-            &[("Authorization", &auth)],
-            body.as_ref(),
-        )
-    }
-
-    fn ok(&self, method: &str, path: &str, body: Option<Value>, status: u16) -> Value {
-        let r = self.call(method, path, body);
-        assert_eq!(r.status, status, "{method} {path}: {}", r.text());
-        if r.body.is_empty() {
-            Value::Null
-        } else {
-            r.json().unwrap()
-        }
-    }
-
-    /// A refusal: the status, the contract's error code, and its message.
-    fn refused(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<Value>,
-        status: u16,
-        code: &str,
-    ) -> String {
-        let r = self.call(method, path, body);
-        assert_eq!(r.status, status, "{method} {path}: {}", r.text());
-        let e = r.json().unwrap();
-        assert_eq!(e["error"]["code"], code, "{}", r.text());
-        assert_eq!(r.header("content-type"), Some("application/json"));
-        e["error"]["message"].as_str().unwrap().to_owned()
-    }
-
-    fn names(&self, what: &str) -> Vec<String> {
-        let listed = self.ok("GET", what, None, 200);
-        let mut names: Vec<String> = listed[what]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["name"].as_str().unwrap().to_owned())
-            .collect();
-        names.sort();
-        names
-    }
-}
 
 const ALL: [&str; 3] = ["api_tokens:view", "api_tokens:create", "api_tokens:delete"];
 
@@ -628,30 +512,6 @@ fn the_page_logs_in_with_a_strict_http_only_cookie_and_changes_need_its_csrf_tok
         401
     );
     console.terminate();
-}
-
-/// Polls the gate until it answers `status` (a store change reaches `serve`
-/// within its 200 ms poll).
-fn gate_answers(serve: &Server, credential: &str, status: u16) {
-    let started = Instant::now();
-    let path = format!(
-        "/v1/external/sessions/{}/{}",
-        suite::CUSTOMER,
-        suite::SITE_A
-    );
-    loop {
-        let r = suite::http::get(serve.addr, &path, Some(&format!("Bearer {credential}"))).unwrap();
-        if r.status == status {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "still {} after 5 s: {}",
-            r.status,
-            r.text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]

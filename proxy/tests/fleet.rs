@@ -709,3 +709,107 @@ fn a_token_store_that_goes_away_keeps_the_last_good_credentials() {
             .contains("Keeping the last good credentials")
     );
 }
+
+/// The console on the fleet's store: users, credentials and the audit log
+/// all in etcd, users unique, a running `serve` following what the console
+/// creates and deletes, and no revealed secret anywhere in etcd.
+#[test]
+fn the_console_manages_the_fleets_store_in_etcd() {
+    use common::console::{As, create_user, gate_answers, start_console};
+    use serde_json::json;
+
+    let fx = fixture();
+    let etcd = Etcd::start(&fx.dir, 1);
+    let store = format!("etcd://127.0.0.1:{}/sessiongate-console", etcd.clients[0]);
+    let store_path = Path::new(&store);
+    let all = ["api_tokens:view", "api_tokens:create", "api_tokens:delete"];
+    let login = create_user(store_path, "acme", "ada", "admin", &all);
+    let twice = Command::new(common::BIN)
+        .args(["user", "create", "--store", &store, "--customer", "globex"])
+        .args(["--name", "ada", "--role", "standard"])
+        .output()
+        .unwrap();
+    assert!(!twice.status.success(), "a second user ada was created");
+    let console = start_console(store_path);
+    let serve = Server::start(&fx.dir, store_path, "[guard]\nfailures = 0\n", 1);
+    let ada = As {
+        addr: console.addr,
+        secret: &login,
+    };
+
+    let made = ada.ok(
+        "POST",
+        "tokens",
+        Some(json!({"name": "fleet-console", "sites": "all"})),
+        201,
+    );
+    let token = made["secret"].as_str().unwrap().to_owned();
+    gate_answers(&serve, &token, 200);
+    let key = ada.ok(
+        "POST",
+        "keys",
+        Some(json!({"name": "fleet-key", "level": "admin", "sites": "all"})),
+        201,
+    );
+    let key_secret = key["secret"].as_str().unwrap().to_owned();
+    ada.ok(
+        "PATCH",
+        "keys/fleet-key",
+        Some(json!({"level": "architect"})),
+        200,
+    );
+    assert_eq!(ada.names("keys"), ["fleet-key"]);
+    assert_eq!(ada.names("tokens"), ["fleet-console"]);
+    ada.ok("DELETE", "tokens/fleet-console", None, 204);
+    gate_answers(&serve, &token, 401);
+    let events = ada.ok("GET", "audit", None, 200)["events"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(events, 5, "user, token, key, key update, token delete");
+
+    // Everything is in etcd, and no secret is.
+    let range = format!(
+        r#"{{"key":"{}","range_end":"AA=="}}"#,
+        base64_of("sessiongate-console/")
+    );
+    let request = format!(
+        "POST /v3/kv/range HTTP/1.1\r\nHost: etcd\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{range}",
+        range.len()
+    );
+    let dump = send_raw(
+        format!("127.0.0.1:{}", etcd.clients[0]).parse().unwrap(),
+        request.as_bytes(),
+    )
+    .unwrap();
+    let mut decoded = String::new();
+    for kv in dump.json().unwrap()["kvs"].as_array().unwrap() {
+        for field in ["key", "value"] {
+            decoded.push_str(&decode_base64(kv[field].as_str().unwrap()));
+            decoded.push('\n');
+        }
+    }
+    for key in ["users/ada\n", "credentials/fleet-key\n", "audit/"] {
+        assert!(
+            decoded.contains(&format!("sessiongate-console/{key}")),
+            "no {key} in etcd: {decoded}"
+        );
+    }
+    assert!(decoded.contains("sgu_****"), "{decoded}");
+    common::assert_no_secret("etcd", &decoded, &[login, token, key_secret]);
+}
+
+fn base64_of(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+fn decode_base64(text: &str) -> String {
+    use base64::Engine as _;
+    String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .unwrap(),
+    )
+    .unwrap()
+}

@@ -2,6 +2,8 @@
 //! a fixture of credentials, and the secret-leak check.
 #![allow(dead_code)] // each test binary uses its own part
 
+pub mod console;
+
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
