@@ -184,6 +184,18 @@ async fn an_architect_manages_a_token_in_chromium_and_the_gate_follows() {
         "--permission",
         "api_tokens:delete",
     ]);
+    let admin_login = cli(&[
+        "user",
+        "create",
+        "--store",
+        store.to_str().unwrap(),
+        "--customer",
+        suite::CUSTOMER,
+        "--name",
+        "ada",
+        "--role",
+        "admin",
+    ]);
     // A key of someone else's, which an architect must not see.
     common::mint_key(&store, "operators-key", "admin");
     let mut console = start_console(&store);
@@ -394,6 +406,61 @@ async fn an_architect_manages_a_token_in_chromium_and_the_gate_follows() {
         .unwrap();
     gone(&page, row).await;
     gate_answers(&serve, &token, 401);
+    assert!(
+        page.find_all(Locator::Css("#nav-audit:not([hidden])"))
+            .await
+            .unwrap()
+            .is_empty(),
+        "the audit log is for admins"
+    );
+
+    // Log out; an admin logs in and reads what happened in the audit log.
+    page.find(Locator::Css(".logout button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let secret_field = page
+        .wait()
+        .for_element(Locator::Id("secret"))
+        .await
+        .unwrap();
+    secret_field
+        .send_keys(&format!("{admin_login}\u{E007}"))
+        .await
+        .unwrap();
+    ready(&page).await;
+    page.find(Locator::Id("nav-audit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let deleted = "#audit-list tbody tr:nth-child(5)";
+    visible(&page, deleted).await;
+    let log = text(&page, "#audit-list tbody").await;
+    for line in [
+        "archie create token browser-token",
+        "archie create key browser-key",
+        "archie delete token browser-token",
+    ] {
+        let mut words = line.split(' ');
+        let (who, action, subject, name) = (
+            words.next().unwrap(),
+            words.next().unwrap(),
+            words.next().unwrap(),
+            words.next().unwrap(),
+        );
+        assert!(
+            log.lines().any(|row| row.contains(who)
+                && row.contains(&format!("{action} {subject}"))
+                && row.contains(name)),
+            "{line} not in the page's audit log:\n{log}"
+        );
+    }
+    assert!(log.contains(&hint) && !log.contains(&token));
+    keep_screenshot(&page.screenshot().await.unwrap(), "console-audit.png");
 
     page.close().await.unwrap();
     serve.terminate();
