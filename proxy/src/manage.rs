@@ -363,6 +363,12 @@ mod tests {
     }
 
     #[test]
+    fn created_is_shown_as_a_date() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_796_185_704_364), "2026-12-02T04:28:24Z");
+    }
+
+    #[test]
     fn sites_arguments() {
         assert_eq!(sites_from_args(true, vec![]).unwrap(), Sites::All);
         assert!(sites_from_args(true, vec!["a".into()]).is_err());
