@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::console::{gate_answers, start_console};
-use common::{Server, cli};
+use common::Server;
+use common::console::{create_user, gate_answers, start_console};
 use fantoccini::wd::Capabilities;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
@@ -99,6 +99,15 @@ async fn browser(driver: &Driver, profile: &Path) -> Client {
         .expect("a Chromium session")
 }
 
+async fn click(page: &Client, css: &str) {
+    page.find(Locator::Css(css))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
 async fn text(page: &Client, css: &str) -> String {
     page.find(Locator::Css(css))
         .await
@@ -166,36 +175,9 @@ fn keep_screenshot(png: &[u8], name: &str) {
 async fn an_architect_manages_a_token_in_chromium_and_the_gate_follows() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("tokens.json");
-    let login = cli(&[
-        "user",
-        "create",
-        "--store",
-        store.to_str().unwrap(),
-        "--customer",
-        suite::CUSTOMER,
-        "--name",
-        "archie",
-        "--role",
-        "architect",
-        "--permission",
-        "api_tokens:view",
-        "--permission",
-        "api_tokens:create",
-        "--permission",
-        "api_tokens:delete",
-    ]);
-    let admin_login = cli(&[
-        "user",
-        "create",
-        "--store",
-        store.to_str().unwrap(),
-        "--customer",
-        suite::CUSTOMER,
-        "--name",
-        "ada",
-        "--role",
-        "admin",
-    ]);
+    let all = ["api_tokens:view", "api_tokens:create", "api_tokens:delete"];
+    let login = create_user(&store, suite::CUSTOMER, "archie", "architect", &all);
+    let admin_login = create_user(&store, suite::CUSTOMER, "ada", "admin", &[]);
     // A key of someone else's, which an architect must not see.
     common::mint_key(&store, "operators-key", "admin");
     let mut console = start_console(&store);
@@ -219,12 +201,7 @@ async fn an_architect_manages_a_token_in_chromium_and_the_gate_follows() {
     );
 
     // Create a token: name, Enter; the one-time reveal with the documents' words.
-    page.find(Locator::Id("new-token"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&page, "#new-token").await;
     let name = page.find(Locator::Id("token-name")).await.unwrap();
     name.send_keys("browser-token").await.unwrap();
     page.find(Locator::Id("token-description"))
@@ -252,23 +229,13 @@ async fn an_architect_manages_a_token_in_chromium_and_the_gate_follows() {
         &page.screenshot().await.unwrap(),
         "console-token-reveal.png",
     );
-    page.find(Locator::Css("#token-reveal .copy"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&page, "#token-reveal .copy").await;
 
     // The gate admits it.
     gate_answers(&serve, &token, 200);
 
     // Done: the value is gone from the page; the list shows it obfuscated.
-    page.find(Locator::Css("#token-reveal .done"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&page, "#token-reveal .done").await;
     let hint = format!("fus_****{}", &token[token.len() - 3..]);
     let row = r#"#token-list tr[data-name="browser-token"]"#;
     visible(&page, row).await;
@@ -284,19 +251,9 @@ async fn an_architect_manages_a_token_in_chromium_and_the_gate_follows() {
     keep_screenshot(&page.screenshot().await.unwrap(), "console-tokens.png");
 
     // Keys: no Admin level on offer, and the API refuses one all the same.
-    page.find(Locator::Id("nav-keys"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&page, "#nav-keys").await;
     visible(&page, "#new-key").await;
-    page.find(Locator::Id("new-key"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&page, "#new-key").await;
     let options = page
         .find_all(Locator::Css("#key-level option"))
         .await
@@ -336,19 +293,9 @@ async fn an_architect_manages_a_token_in_chromium_and_the_gate_follows() {
         .select_by_value("architect")
         .await
         .unwrap();
-    page.find(Locator::Id("create-key"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&page, "#create-key").await;
     visible(&page, "#key-reveal").await;
-    page.find(Locator::Css("#key-reveal .done"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&page, "#key-reveal .done").await;
     visible(&page, r#"#key-list tr[data-name="browser-key"]"#).await;
     assert!(
         page.find_all(Locator::Css(r#"#key-list tr[data-name="operators-key"]"#))
@@ -383,27 +330,12 @@ async fn an_architect_manages_a_token_in_chromium_and_the_gate_follows() {
     page.set_window_size(1280, 900).await.unwrap();
 
     // Delete the token, confirming; the gate refuses it on its next request.
-    page.find(Locator::Id("nav-tokens"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&page, "#nav-tokens").await;
     visible(&page, row).await;
-    page.find(Locator::Css(&format!("{row} button.danger")))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&page, &format!("{row} button.danger")).await;
     visible(&page, "#confirm").await;
     assert!(text(&page, "#confirm-text").await.contains(&hint));
-    page.find(Locator::Id("confirm-yes"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&page, "#confirm-yes").await;
     gone(&page, row).await;
     gate_answers(&serve, &token, 401);
     assert!(
@@ -415,12 +347,7 @@ async fn an_architect_manages_a_token_in_chromium_and_the_gate_follows() {
     );
 
     // Log out; an admin logs in and reads what happened in the audit log.
-    page.find(Locator::Css(".logout button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&page, ".logout button").await;
     let secret_field = page
         .wait()
         .for_element(Locator::Id("secret"))
@@ -431,12 +358,7 @@ async fn an_architect_manages_a_token_in_chromium_and_the_gate_follows() {
         .await
         .unwrap();
     ready(&page).await;
-    page.find(Locator::Id("nav-audit"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&page, "#nav-audit").await;
     let deleted = "#audit-list tbody tr:nth-child(5)";
     visible(&page, deleted).await;
     let log = text(&page, "#audit-list tbody").await;

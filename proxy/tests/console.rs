@@ -46,26 +46,11 @@ fn the_role_table_and_token_permissions_hold_across_two_accounts() {
 
     let mut console = start_console(&store);
     let addr = console.addr;
-    let standard = As {
-        addr,
-        secret: &standard,
-    };
-    let architect = As {
-        addr,
-        secret: &architect,
-    };
-    let admin = As {
-        addr,
-        secret: &admin,
-    };
-    let creator = As {
-        addr,
-        secret: &creator,
-    };
-    let other = As {
-        addr,
-        secret: &other,
-    };
+    let standard = As::new(addr, &standard);
+    let architect = As::new(addr, &architect);
+    let admin = As::new(addr, &admin);
+    let creator = As::new(addr, &creator);
+    let other = As::new(addr, &other);
 
     // Who they are.
     let me = architect.ok("GET", "me", None, 200);
@@ -329,10 +314,7 @@ fn the_role_table_and_token_permissions_hold_across_two_accounts() {
     let r = call(addr, "GET", "/api/v1/me", &[], None);
     assert_eq!(r.status, 401);
     assert_eq!(r.json().unwrap()["error"]["code"], "unauthorized");
-    let wrong = As {
-        addr,
-        secret: "sgu_000000000000000000000000000000000000wrong",
-    };
+    let wrong = As::new(addr, "sgu_000000000000000000000000000000000000wrong");
     wrong.refused("GET", "me", None, 401, "invalid_credentials");
     cli(&["user", "delete", "--store", store.to_str().unwrap(), "gus"]);
     other.refused("GET", "me", None, 401, "invalid_credentials");
@@ -521,10 +503,7 @@ fn a_running_serve_admits_what_the_console_creates_and_refuses_what_it_deletes()
     let secret = create_user(&store, suite::CUSTOMER, "ann", "standard", &ALL);
     let mut console = start_console(&store);
     let mut serve = Server::start(dir.path(), &store, "", 1);
-    let ann = As {
-        addr: console.addr,
-        secret: &secret,
-    };
+    let ann = As::new(console.addr, &secret);
     let made = ann.ok(
         "POST",
         "tokens",

@@ -732,10 +732,7 @@ fn the_console_manages_the_fleets_store_in_etcd() {
     assert!(!twice.status.success(), "a second user ada was created");
     let console = start_console(store_path);
     let serve = Server::start(&fx.dir, store_path, "[guard]\nfailures = 0\n", 1);
-    let ada = As {
-        addr: console.addr,
-        secret: &login,
-    };
+    let ada = As::new(console.addr, &login);
 
     let made = ada.ok(
         "POST",

@@ -73,7 +73,11 @@ pub struct As<'a> {
     pub secret: &'a str,
 }
 
-impl As<'_> {
+impl<'a> As<'a> {
+    pub fn new(addr: SocketAddr, secret: &'a str) -> As<'a> {
+        As { addr, secret }
+    }
+
     pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> Response {
         let auth = format!("Bearer {}", self.secret);
         call(
