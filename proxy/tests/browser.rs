@@ -304,6 +304,44 @@ async fn an_architect_manages_a_token_in_chromium_and_the_gate_follows() {
             .is_empty(),
         "an architect sees only their own keys"
     );
+    // Update API Key: rename it and move it down a level, from the
+    // keyboard (its Edit button, then Enter); its suffix stays.
+    let suffix = text(
+        &page,
+        r#"#key-list tr[data-name="browser-key"] td:nth-child(2)"#,
+    )
+    .await;
+    click(
+        &page,
+        r#"#key-list tr[data-name="browser-key"] button:not(.danger)"#,
+    )
+    .await;
+    visible(&page, "#key-update").await;
+    let update_levels = page
+        .find_all(Locator::Css("#update-level option"))
+        .await
+        .unwrap();
+    assert_eq!(
+        update_levels.len(),
+        2,
+        "no admin level to move it to either"
+    );
+    page.find(Locator::Id("update-level"))
+        .await
+        .unwrap()
+        .select_by_value("standard")
+        .await
+        .unwrap();
+    let rename = page.find(Locator::Id("update-name")).await.unwrap();
+    rename.clear().await.unwrap();
+    rename.send_keys("browser-key-2\u{E007}").await.unwrap();
+    let renamed = r#"#key-list tr[data-name="browser-key-2"]"#;
+    visible(&page, renamed).await;
+    let cells = text(&page, renamed).await;
+    assert!(
+        cells.contains(&suffix) && cells.contains("standard"),
+        "{cells}"
+    );
     keep_screenshot(&page.screenshot().await.unwrap(), "console-keys.png");
 
     // Readable on a phone: nothing wider than the screen.
@@ -365,6 +403,7 @@ async fn an_architect_manages_a_token_in_chromium_and_the_gate_follows() {
     for line in [
         "archie create token browser-token",
         "archie create key browser-key",
+        "archie update key browser-key-2",
         "archie delete token browser-token",
     ] {
         let mut words = line.split(' ');
