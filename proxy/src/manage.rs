@@ -140,8 +140,9 @@ pub fn delete(path: &Path, kind: Kind, name: &str, check: Check<'_>) -> Result<C
     })
 }
 
-/// Renames a key and/or changes its level, if `check` accepts it; its
-/// secret stays the same. Returns the key before and after.
+/// Renames a key and/or changes its level, if `check` accepts the
+/// credential of that name (run before anything is said of it); its secret
+/// stays the same. Returns the key before and after.
 pub fn update_key(
     path: &Path,
     name: &str,
@@ -155,27 +156,28 @@ pub fn update_key(
         );
     }
     store::update(path, |records| {
+        let taken = rename
+            .as_ref()
+            .is_some_and(|new| new != name && records.iter().any(|r| &r.name == new));
+        let Some(record) = records.iter_mut().find(|r| r.name == name) else {
+            return Err(Problem::NotFound(format!("key named {name:?}")).into());
+        };
+        // First: a caller that may not see it is told it is not there.
+        check(record)?;
+        if record.kind == Kind::Token {
+            return Err(Problem::Invalid(format!(
+                "{name:?} is a token: tokens cannot be renamed or changed; create a new one and delete the old"
+            ))
+            .into());
+        }
         if let Some(new) = &rename {
             if new.trim().is_empty() {
                 return Err(Problem::Invalid("the new name must not be empty".into()).into());
             }
-            if new != name && records.iter().any(|r| &r.name == new) {
+            if taken {
                 return Err(Problem::NameTaken(new.clone()).into());
             }
         }
-        let Some(record) = records
-            .iter_mut()
-            .find(|r| r.name == name && r.kind == Kind::Key)
-        else {
-            if records.iter().any(|r| r.name == name) {
-                return Err(Problem::Invalid(format!(
-                    "{name:?} is a token: tokens cannot be renamed or changed; create a new one and delete the old"
-                ))
-                .into());
-            }
-            return Err(Problem::NotFound(format!("key named {name:?}")).into());
-        };
-        check(record)?;
         let before = record.clone();
         if let Some(new) = &rename {
             record.name = new.clone();

@@ -244,6 +244,21 @@ fn the_role_table_and_token_permissions_hold_across_two_accounts() {
     other.refused(
         "PATCH",
         "keys/ada-admin",
+        Some(json!({"name": "ci"})),
+        404,
+        "not_found",
+    );
+    // Not even whether a name of acme's is a token.
+    other.refused(
+        "PATCH",
+        "keys/ci",
+        Some(json!({"name": "x"})),
+        404,
+        "not_found",
+    );
+    other.refused(
+        "PATCH",
+        "keys/ada-admin",
         Some(json!({"name": "mine"})),
         404,
         "not_found",

@@ -246,7 +246,9 @@ fn change_key(console: &Console, call: &Call, manager: &Manager<'_>, raw: &str) 
     let change: KeyChange = body(call)?;
     let check = |record: &CredentialRecord| -> Result<()> {
         in_account(manager, record)?;
-        manager.may_change_key(record, change.level)?;
+        if record.kind == Kind::Key {
+            manager.may_change_key(record, change.level)?;
+        }
         Ok(())
     };
     let (before, after) = manage::update_key(
