@@ -11,6 +11,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use sessiongate_core::{Backend, is_per_hop};
 use sessiongate_spin::CLIENT_ADDR_HEADER;
 
@@ -205,6 +208,15 @@ async fn handle_filter(
     }
 }
 
+thread_local! {
+    /// The upstream client of this worker's runtime: its pooled
+    /// connections live on the thread that made them, so a request never
+    /// waits on another worker's reactor (one client shared by every worker
+    /// made each pooled request wake another thread; BENCHMARKS.md).
+    static UPSTREAM: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+}
+
 /// Sends the rewritten request to the upstream and reads its whole response.
 async fn forward(
     app: &App,
@@ -231,7 +243,7 @@ async fn forward(
     }
     let request = builder.body(Full::new(Bytes::new()))?;
     let exchange = async {
-        let response = app.client.request(request).await?;
+        let response = UPSTREAM.with(Client::clone).request(request).await?;
         let status = response.status().as_u16();
         let headers: HeaderList = response
             .headers()

@@ -28,13 +28,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow};
-use bytes::Bytes;
 use clap::Args;
-use http_body_util::Full;
 use hyper::server::conn::http1;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use sessiongate_core::{Backend, CredentialSet, GateConfig, LimiterStore};
 use tokio::net::TcpStream;
@@ -150,7 +146,6 @@ struct StoreHealth {
 struct App {
     runner: Runner,
     access_log: AccessLog,
-    client: Client<HttpConnector, Full<Bytes>>,
     /// The clusters the filter's `proxy_http_call`s go to (etcd's members).
     clusters: Vec<Arc<crate::cluster::Cluster>>,
     metrics: Arc<Metrics>,
@@ -335,7 +330,6 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let app = Arc::new(App {
         runner,
         access_log: AccessLog::start(settings.access_log),
-        client: Client::builder(TokioExecutor::new()).build_http(),
         clusters,
         metrics,
         admission: Arc::new(Admission::default()),
