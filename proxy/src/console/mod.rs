@@ -12,7 +12,6 @@ mod api;
 mod page;
 mod session;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,12 +22,10 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use sessiongate_core::{ErrorCode, GateError};
 
 use crate::log;
+use crate::serve::connections::{Limits, serve_side_listener};
 use crate::users::{self, User};
 
 pub use session::COOKIE;
@@ -56,6 +53,15 @@ pub struct Console {
     secure_cookie: bool,
 }
 
+/// The console's connections: a team's browsers and automation, with the
+/// header and idle timeouts `serve` has (a slow or idle client is closed).
+const LIMITS: Limits = Limits {
+    header_timeout: Duration::from_secs(10),
+    idle_timeout: Duration::from_secs(60),
+    max_connections: 256,
+    max_per_address: 0,
+};
+
 /// Request bodies beyond this are refused (a create is a few hundred bytes).
 const MAX_BODY: usize = 64 * 1024;
 
@@ -81,28 +87,12 @@ pub fn run(args: ConsoleArgs) -> Result<()> {
             "console listening on http://{}",
             listener.local_addr()?
         ));
-        loop {
-            let (stream, _) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    log::warn(format_args!("accept failed: {e}"));
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
+        serve_side_listener(listener, LIMITS, "console", move |request| {
             let console = console.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |request| {
-                    let console = console.clone();
-                    async move { Ok::<_, Infallible>(console.handle(request).await) }
-                });
-                let _ = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(10))
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
+            async move { console.handle(request).await }
+        })
+        .await;
+        Ok(())
     })
 }
 

@@ -13,17 +13,14 @@ use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::{Method, Request, Response};
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use sessiongate_core::{ErrorCode, LimiterStore, error_body};
 use tokio::net::TcpListener;
 
-use super::connections::{Activity, Admission, Limits, Tracked, supervise, tracked_service};
+use super::connections::{Limits, serve_side_listener};
 use super::metrics::Scrape;
 use super::{App, Runner};
-use crate::log;
 
 /// The admin listener's connections: a handful of scrapers and probes.
 const LIMITS: Limits = Limits {
@@ -45,34 +42,11 @@ pub(super) async fn bind(addr: &str) -> Result<TcpListener> {
 }
 
 pub(super) async fn serve(app: Arc<App>, listener: TcpListener) {
-    let admission = Arc::new(Admission::default());
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                log::warn(format_args!("admin accept failed: {e}"));
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Ok(ticket) = admission.admit(peer.ip(), &LIMITS) else {
-            continue;
-        };
-        let activity = Activity::new();
+    serve_side_listener(listener, LIMITS, "admin", move |req| {
         let app = app.clone();
-        let service = tracked_service(activity.clone(), move |req| {
-            let app = app.clone();
-            async move { route(&app, &req).await }
-        });
-        let conn = http1::Builder::new().serve_connection(
-            TokioIo::new(Tracked::new(stream, activity.clone())),
-            service,
-        );
-        tokio::spawn(async move {
-            let _ticket = ticket;
-            supervise(conn, &activity, || LIMITS).await;
-        });
-    }
+        async move { route(&app, &req).await }
+    })
+    .await;
 }
 
 async fn route(app: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {

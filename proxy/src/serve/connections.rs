@@ -292,6 +292,44 @@ where
     })
 }
 
+/// Serves a side listener (the admin's, the console's) with fixed `limits`:
+/// each admitted connection's requests through `handle`, under the limits'
+/// cap and timeouts. `what` names the listener in a failed accept's warning.
+pub(crate) async fn serve_side_listener<H, F>(
+    listener: tokio::net::TcpListener,
+    limits: Limits,
+    what: &'static str,
+    handle: H,
+) where
+    H: Fn(hyper::Request<hyper::body::Incoming>) -> F + Clone + Send + 'static,
+    F: Future<Output = hyper::Response<http_body_util::Full<bytes::Bytes>>> + Send + 'static,
+{
+    let admission = Arc::new(Admission::default());
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                crate::log::warn(format_args!("{what} accept failed: {e}"));
+                tokio::time::sleep(EXHAUSTED_PAUSE).await;
+                continue;
+            }
+        };
+        let Ok(ticket) = admission.admit(peer.ip(), &limits) else {
+            continue;
+        };
+        let activity = Activity::new();
+        let service = tracked_service(activity.clone(), handle.clone());
+        let conn = hyper::server::conn::http1::Builder::new().serve_connection(
+            hyper_util::rt::TokioIo::new(Tracked::new(stream, activity.clone())),
+            service,
+        );
+        tokio::spawn(async move {
+            let _ticket = ticket;
+            supervise(conn, &activity, || limits).await;
+        });
+    }
+}
+
 /// How often a busy connection's supervisor looks again: a request's end
 /// does not wake it, so this bounds how late an idle deadline can start.
 const BUSY_RECHECK: Duration = Duration::from_millis(500);

@@ -13,7 +13,7 @@
 
 mod access_log;
 mod admin;
-mod connections;
+pub(crate) mod connections;
 mod handle;
 mod metrics;
 mod pool;
