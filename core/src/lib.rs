@@ -59,7 +59,7 @@ pub use kv::{Entry, Kv, KvError, MemoryKv, Version};
 pub use limiter::{LIMITER_KEY, Limit, LimiterError, MAX_REQUESTS, Verdict};
 pub use management::{Manager, Permission, Refusal, Role};
 pub use pending::{Answer, Need, Pending, Progress};
-pub use query::SessionQuery;
+pub use query::{SessionQuery, percent_decode};
 pub use route::is_valid_id;
 pub use stub::{DEFAULT_SESSIONS_PER_SITE, Session, StubSite};
 

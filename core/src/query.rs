@@ -24,11 +24,15 @@ fn invalid(message: String) -> GateError {
     GateError::new(ErrorCode::InvalidRequest, message)
 }
 
-/// Decodes `%XX` escapes and `+` (form encoding). `None` when an escape is
+/// Decodes `%XX` escapes, and `+` as a space when `plus_is_space` (form
+/// encoding: queries, form bodies; not paths). `None` when an escape is
 /// malformed. Text without either is borrowed, as nearly every query is.
-fn percent_decode(raw: &str) -> Option<Cow<'_, [u8]>> {
+pub fn percent_decode(raw: &str, plus_is_space: bool) -> Option<Cow<'_, [u8]>> {
     let bytes = raw.as_bytes();
-    if !bytes.iter().any(|&b| b == b'%' || b == b'+') {
+    if !bytes
+        .iter()
+        .any(|&b| b == b'%' || (plus_is_space && b == b'+'))
+    {
         return Some(Cow::Borrowed(bytes));
     }
     let mut out = Vec::with_capacity(bytes.len());
@@ -41,7 +45,7 @@ fn percent_decode(raw: &str) -> Option<Cow<'_, [u8]>> {
                 out.push((hi * 16 + lo) as u8);
                 i += 3;
             }
-            b'+' => {
+            b'+' if plus_is_space => {
                 out.push(b' ');
                 i += 1;
             }
@@ -100,7 +104,7 @@ pub fn parse_query(raw: Option<&str>) -> Result<SessionQuery, GateError> {
             Some((n, v)) => (n, Some(v)),
             None => (pair, None),
         };
-        let name = percent_decode(raw_name).ok_or_else(|| {
+        let name = percent_decode(raw_name, true).ok_or_else(|| {
             invalid(format!(
                 "Query parameter name `{}` is not valid percent-encoding.",
                 quotable(raw_name.as_bytes())
@@ -115,7 +119,7 @@ pub fn parse_query(raw: Option<&str>) -> Result<SessionQuery, GateError> {
         #[allow(clippy::indexing_slicing)] // the position just found
         let param = PARAMS[index];
         let value = match raw_value {
-            Some(v) => Some(percent_decode(v).ok_or_else(|| {
+            Some(v) => Some(percent_decode(v, true).ok_or_else(|| {
                 invalid(format!(
                     "Query parameter `{param}` is not valid percent-encoding."
                 ))

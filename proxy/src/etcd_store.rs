@@ -256,18 +256,6 @@ impl EtcdStore {
             .collect()
     }
 
-    /// Adds a record; its name must be new.
-    pub fn insert(&self, record: CredentialRecord) -> Result<()> {
-        let name = record.name.clone();
-        self.update(move |records| {
-            if records.iter().any(|r| r.name == name) {
-                bail!("a credential named {name:?} already exists in etcd");
-            }
-            records.push(record.clone());
-            Ok(())
-        })
-    }
-
     fn commit<T: Document>(&self, before: &[Stored<T>], after: &[T]) -> Result<bool> {
         let mut compare = Vec::new();
         let mut success = Vec::new();

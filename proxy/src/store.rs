@@ -11,7 +11,7 @@ use std::io::{Read, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use sessiongate_core::store_format::{Splitter, parse_record};
 use sessiongate_core::{CredentialRecord, CredentialSet, CredentialSetBuilder};
 
@@ -345,25 +345,6 @@ pub fn lines(store: &Path, collection: &str) -> Result<Vec<Vec<u8>>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
-}
-
-/// Adds a record; names are unique across the store.
-pub fn insert(path: &Path, record: CredentialRecord) -> Result<()> {
-    if let Some(etcd) = EtcdStore::parse(path) {
-        return etcd?.insert(record);
-    }
-    update(path, |records| {
-        if records.iter().any(|r| r.name == record.name) {
-            bail!(
-                "a credential named {:?} already exists in {}",
-                record.name,
-                path.display()
-            );
-        }
-        records.push(record.clone());
-        CredentialSet::new(records.clone()).map_err(|e| anyhow::anyhow!(e))?;
-        Ok(())
-    })
 }
 
 #[cfg(test)]

@@ -277,11 +277,7 @@ fn log_action(console: &Console, event: Event) {
     if let Err(e) = audit::record(&console.store, &event) {
         crate::log::error(format_args!(
             "console: {} {:?} by {} was made, but not audited: {e:#}",
-            match event.action {
-                Action::Create => "create",
-                Action::Update => "update",
-                Action::Delete => "delete",
-            },
+            event.action.as_str(),
             event.name,
             event.actor
         ));

@@ -123,18 +123,14 @@ impl Console {
     async fn route(self: Arc<Self>, request: Request<Incoming>) -> Reply {
         let (parts, body) = request.into_parts();
         let path = parts.uri.path().to_owned();
-        if !path.starts_with("/api/") {
-            let body = match read_body(body).await {
-                Ok(body) => body,
-                Err(reply) => return *reply,
-            };
-            let console = self.clone();
-            return blocking(move || page::serve(&console, &parts, &body)).await;
-        }
         let body = match read_body(body).await {
             Ok(body) => body,
             Err(reply) => return *reply,
         };
+        if !path.starts_with("/api/") {
+            let console = self.clone();
+            return blocking(move || page::serve(&console, &parts, &body)).await;
+        }
         let console = self.clone();
         // The store is read and written synchronously (file locks, the
         // blocking etcd client): on a blocking thread.
@@ -261,25 +257,10 @@ pub(crate) fn store_failed(e: &anyhow::Error) -> Reply {
 }
 
 /// `%XX`-decoded text (`+` as a space in a form body), or none if it is
-/// badly encoded or not UTF-8.
+/// badly encoded or not UTF-8: core's decoding of query strings.
 pub(crate) fn percent_decode(text: &str, plus_is_space: bool) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        match b {
-            b'%' => {
-                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-                continue;
-            }
-            b'+' if plus_is_space => out.push(b' '),
-            _ => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).ok()
+    let bytes = sessiongate_core::percent_decode(text, plus_is_space)?;
+    String::from_utf8(bytes.into_owned()).ok()
 }
 
 #[cfg(test)]
