@@ -85,7 +85,10 @@ pub(crate) struct Routed<'r> {
 /// A request that passed every check and waits for the limiter.
 #[derive(Debug)]
 pub(crate) struct Admission<'g> {
-    pub(crate) record: Credential<'g>,
+    /// The credential's name and customer, all the answer needs of it (not
+    /// the whole record: a pending admission is moved at every step).
+    pub(crate) name: &'g str,
+    pub(crate) customer: &'g str,
     pub(crate) site: String,
     pub(crate) query: SessionQuery,
 }
@@ -314,7 +317,8 @@ impl Gate {
             ));
         }
         Ok(Scoped::Sessions(Admission {
-            record,
+            name: record.name,
+            customer: record.customer,
             // Only the stub reads the site; a forward keeps it in the path.
             site: match self.common.backend {
                 Backend::Stub => site.to_owned(),
@@ -362,11 +366,11 @@ impl Gate {
         verdict: Result<Verdict, LimiterError>,
     ) -> Decision<'g> {
         let Admission {
-            record,
+            name,
+            customer,
             site,
             query,
         } = admission;
-        let name = Some(record.name);
         let (verdict, outcome) = match verdict {
             Ok(v) if v.admitted => (Some(v), Outcome::Allowed),
             Ok(v) => {
@@ -375,7 +379,7 @@ impl Gate {
                         ErrorCode::RateLimited,
                         "The global limit of this API is reached; retry after the time in Retry-After.",
                     ),
-                    name,
+                    Some(name),
                     false,
                 );
                 if let Action::Reply(reply) = &mut d.action {
@@ -386,7 +390,7 @@ impl Gate {
                 return d;
             }
             Err(_) if self.common.fail_open => (None, Outcome::AllowedFailOpen),
-            Err(_) => return self.limiter_unavailable(name),
+            Err(_) => return self.limiter_unavailable(Some(name)),
         };
         let rate_headers = self.rate_headers(verdict.as_ref());
         let action = match &self.common.backend {
@@ -396,12 +400,11 @@ impl Gate {
                 let per_site = self.common.stub_sessions_per_site;
                 let body = match self.common.pages.lock() {
                     Ok(mut pages) => {
-                        Body::Shared(pages.page_json(record.customer, &site, per_site, &query))
+                        Body::Shared(pages.page_json(customer, &site, per_site, &query))
                     }
                     // Poisoned only if a render panicked: render without the cache.
                     Err(_) => Body::Made(
-                        crate::stub::StubSite::new(record.customer, &site, per_site)
-                            .page_json(&query),
+                        crate::stub::StubSite::new(customer, &site, per_site).page_json(&query),
                     ),
                 };
                 Action::Reply(Reply {
@@ -412,8 +415,8 @@ impl Gate {
             }
             Backend::Upstream(_) => Action::Forward(Forward {
                 add_request_headers: vec![
-                    (CREDENTIAL_HEADER, Cow::Borrowed(record.name)),
-                    (CUSTOMER_HEADER, Cow::Borrowed(record.customer)),
+                    (CREDENTIAL_HEADER, Cow::Borrowed(name)),
+                    (CUSTOMER_HEADER, Cow::Borrowed(customer)),
                 ],
                 response_headers: rate_headers,
             }),
@@ -421,7 +424,7 @@ impl Gate {
         Decision {
             action,
             outcome,
-            credential: name,
+            credential: Some(name),
         }
     }
 

@@ -109,13 +109,14 @@ pub struct Pending<'g, 'r> {
 #[derive(Debug)]
 enum Phase<'g, 'r> {
     /// Reading the guard's bucket for `client`, before any lookup.
-    Guard { routed: Routed<'r>, client: Client },
-    /// Asking whether the authenticated credential was revoked.
-    Revocation {
+    Guard {
         routed: Routed<'r>,
-        record: Credential<'g>,
-        client: Option<Client>,
+        client: Box<Client>,
     },
+    /// Asking whether the authenticated credential was revoked (only where
+    /// the gate keeps a revocation list, a host that pays a round trip for
+    /// it: boxed, so that every other phase moves fewer bytes).
+    Revocation(Box<Revocation<'g, 'r>>),
     /// Spending one slot of the limit.
     Limiter {
         admission: Admission<'g>,
@@ -127,7 +128,17 @@ enum Phase<'g, 'r> {
     Peek { decision: Decision<'g> },
 }
 
+/// What a revocation check holds on to.
+#[derive(Debug)]
+struct Revocation<'g, 'r> {
+    routed: Routed<'r>,
+    record: Credential<'g>,
+    client: Option<Box<Client>>,
+}
+
 /// The client address the guard counts, and its bucket as last read.
+/// Boxed where a phase holds it: the guard's phases are the rarer ones, and
+/// a pending decision is moved at every step.
 #[derive(Debug)]
 struct Client {
     address: String,
@@ -274,11 +285,11 @@ impl Gate {
                 }
                 pending(Phase::Guard {
                     routed,
-                    client: Client {
+                    client: Box::new(Client {
                         address: address.to_owned(),
                         key: guard::bucket_key(address),
                         bucket: None,
-                    },
+                    }),
                 })
             }
             _ => self.authenticate_then(routed, None, now_ms),
@@ -305,7 +316,7 @@ impl Gate {
     fn authenticate_then<'g, 'r>(
         &'g self,
         routed: Routed<'r>,
-        client: Option<(Client, Option<u64>)>,
+        client: Option<(Box<Client>, Option<u64>)>,
         now: u64,
     ) -> Progress<'g, 'r> {
         let (client, held) = client.map_or((None, None), |(c, held)| (Some(c), held));
@@ -320,11 +331,11 @@ impl Gate {
             return Progress::Pending(Pending {
                 gate: self,
                 now,
-                phase: Phase::Revocation {
+                phase: Phase::Revocation(Box::new(Revocation {
                     routed,
                     record,
                     client,
-                },
+                })),
             });
         }
         self.admit(&routed, record, now)
@@ -336,7 +347,7 @@ impl Gate {
         &'g self,
         error: GateError,
         routed: &Routed<'r>,
-        client: Option<Client>,
+        client: Option<Box<Client>>,
         now: u64,
     ) -> Progress<'g, 'r> {
         match client {
@@ -448,7 +459,9 @@ impl<'g, 'r> Pending<'g, 'r> {
     pub fn need(&self) -> Need<'_> {
         match &self.phase {
             Phase::Guard { client, .. } => Need::Read { key: &client.key },
-            Phase::Revocation { record, .. } => Need::Revoked { hash: record.hash },
+            Phase::Revocation(revocation) => Need::Revoked {
+                hash: revocation.record.hash,
+            },
             Phase::Limiter { cas, .. } => cas.need(LIMITER_KEY),
             Phase::Failure(Failure { client, cas, .. }) => cas.need(&client.key),
             Phase::Peek { .. } => Need::Read { key: LIMITER_KEY },
@@ -476,19 +489,22 @@ impl<'g, 'r> Pending<'g, 'r> {
                 };
                 gate.authenticate_then(routed, Some((client, held)), now)
             }
-            Phase::Revocation {
-                routed,
-                record,
-                client,
-            } => match answer {
-                Answer::Revoked(false) => gate.admit(&routed, record, now),
-                Answer::Revoked(true) => {
-                    gate.refuse_credential(Gate::invalid_credentials(), &routed, client, now)
+            Phase::Revocation(revocation) => {
+                let Revocation {
+                    routed,
+                    record,
+                    client,
+                } = *revocation;
+                match answer {
+                    Answer::Revoked(false) => gate.admit(&routed, record, now),
+                    Answer::Revoked(true) => {
+                        gate.refuse_credential(Gate::invalid_credentials(), &routed, client, now)
+                    }
+                    // Unknown: admitting could let a revoked credential through.
+                    _ if gate.fail_open() => gate.admit(&routed, record, now),
+                    _ => Progress::Done(gate.limiter_unavailable(Some(record.name))),
                 }
-                // Unknown: admitting could let a revoked credential through.
-                _ if gate.fail_open() => gate.admit(&routed, record, now),
-                _ => Progress::Done(gate.limiter_unavailable(Some(record.name))),
-            },
+            }
             Phase::Limiter { admission, mut cas } => match cas.answer(&answer) {
                 CasStep::Won((verdict, full_until)) => {
                     gate.common.full_until.remember(full_until);
@@ -549,7 +565,7 @@ impl<'g, 'r> Pending<'g, 'r> {
 #[derive(Debug)]
 struct Failure<'g> {
     denial: Denial<'g>,
-    client: Client,
+    client: Box<Client>,
     cas: Cas<()>,
 }
 
