@@ -38,7 +38,8 @@ const BUILDS: &[WasmBuild] = &[
         profile: "plugin",
         dir: "sessiongate-plugin",
         artifact: "sessiongate_plugin.wasm",
-        sources: &["plugin/src", "plugin/Cargo.toml"],
+        // .cargo/config.toml: the filter's target features.
+        sources: &["plugin/src", "plugin/Cargo.toml", ".cargo/config.toml"],
         // `serve` can keep its limit on etcd: it embeds the fleet build.
         features: "fleet",
     },

@@ -2,7 +2,7 @@
 # Builds the proxy-wasm filter for shipping: the `plugin` profile, then
 # binaryen's `wasm-opt` (from npm, pinned in plugin/package.json).
 #
-#   scripts/build-plugin.sh [--fast] [--fleet] [OUT]   (default OUT: $CARGO_TARGET_DIR/sessiongate_plugin[_fleet].wasm)
+#   scripts/build-plugin.sh [--fast] [--fleet] [--no-simd] [OUT]   (default OUT: $CARGO_TARGET_DIR/sessiongate_plugin[_fleet][_nosimd].wasm)
 #
 # Default: `opt-level = "s"`, then `wasm-opt -Oz --converge`: under 250 KB
 # and under 5 us a request under wasmtime (`"z"` is 9 % smaller and 30 %
@@ -10,6 +10,13 @@
 # `wasm-opt -O3`, ~10 % larger and ~15 % faster again. Prints the path and
 # the sizes. `--fleet`: with the limiter on etcd (the `fleet` feature;
 # plugin/envoy-fleet.yaml loads it), ~30 KB larger.
+#
+# The filter uses WebAssembly's 128-bit SIMD (Wasm 2.0; V8 from 9.1, so
+# Envoy's default runtime, and Wasmtime run it): SHA-256 of every presented
+# secret has a SIMD form in `sha2`, and the filter is smaller with it
+# (BENCHMARKS.md). `--no-simd` builds one for a runtime without it. The
+# flag is also in .cargo/config.toml, for every other build of the filter
+# (the one `serve` embeds); the RUSTFLAGS set here replace that file's.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 target="${CARGO_TARGET_DIR:-$root/target}"
@@ -17,14 +24,18 @@ level=s
 wasm_opt=(-Oz --converge)
 features=()
 name=sessiongate_plugin
+simd=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --fast) level=3; wasm_opt=(-O3); shift ;;
     --fleet) features=(--features fleet); name=sessiongate_plugin_fleet; shift ;;
+    --no-simd) simd=""; shift ;;
     *) break ;;
   esac
 done
-out="${1:-$target/$name.wasm}"
+suffix=""
+[ -n "$simd" ] || suffix=_nosimd
+out="${1:-$target/$name$suffix.wasm}"
 # Panic locations keep source paths even with panic = "abort": map this
 # machine's registry and checkout away, so the shipped file names no build
 # machine's paths (and is some 2 KB smaller).
@@ -33,9 +44,14 @@ for dir in "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/; do
   remap+=("--remap-path-prefix=$dir=")
 done
 remap+=("--remap-path-prefix=$root/=")
+features_enabled=(--enable-bulk-memory --enable-sign-ext --enable-mutable-globals --enable-nontrapping-float-to-int)
+if [ -n "$simd" ]; then
+  remap+=("-Ctarget-feature=+simd128")
+  features_enabled+=(--enable-simd)
+fi
 rustflags="$(IFS=$'\x1f'; echo "${remap[*]}")"
 # Its own target directory: `cargo test` may hold the lock of the outer one.
-build="$target/sessiongate-plugin-ship-$level${features:+-fleet}"
+build="$target/sessiongate-plugin-ship-$level${features:+-fleet}$suffix"
 (cd "$root" && CARGO_TARGET_DIR="$build" CARGO_PROFILE_PLUGIN_OPT_LEVEL="$level" \
   CARGO_ENCODED_RUSTFLAGS="$rustflags" \
   cargo build --quiet -p sessiongate-plugin --target wasm32-wasip1 --profile plugin "${features[@]}")
@@ -49,7 +65,6 @@ raw="$build/wasm32-wasip1/plugin/sessiongate_plugin.wasm"
   fi
 ) 9>"$root/plugin/.npm-install.lock"
 "$root/plugin/node_modules/.bin/wasm-opt" "${wasm_opt[@]}" --strip-debug --strip-producers \
-  --enable-bulk-memory --enable-sign-ext --enable-mutable-globals --enable-nontrapping-float-to-int \
-  "$raw" -o "$out"
+  "${features_enabled[@]}" "$raw" -o "$out"
 echo "$out"
 echo "sizes: $(wc -c < "$raw") bytes built (opt-level $level), $(wc -c < "$out") bytes after wasm-opt ${wasm_opt[*]}" >&2

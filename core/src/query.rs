@@ -28,7 +28,10 @@ fn invalid(message: String) -> GateError {
 /// encoding: queries, form bodies; not paths). `None` when an escape is
 /// malformed. Text without either is borrowed, as nearly every query is.
 pub fn percent_decode(raw: &str, plus_is_space: bool) -> Option<Cow<'_, [u8]>> {
-    let bytes = raw.as_bytes();
+    decode(raw.as_bytes(), plus_is_space)
+}
+
+fn decode(bytes: &[u8], plus_is_space: bool) -> Option<Cow<'_, [u8]>> {
     if !bytes
         .iter()
         .any(|&b| b == b'%' || (plus_is_space && b == b'+'))
@@ -99,15 +102,21 @@ fn parse_integer(name: &str, value: Option<&[u8]>) -> Result<u64, GateError> {
 /// `400 invalid_request` with a message that names the parameter.
 pub fn parse_query(raw: Option<&str>) -> Result<SessionQuery, GateError> {
     let mut values: [Option<u64>; 3] = [None; 3];
-    for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (raw_name, raw_value) = match pair.split_once('=') {
-            Some((n, v)) => (n, Some(v)),
+    // Bytes, not `str` patterns: the query is ASCII in every answer that
+    // passes, and a byte split is a plain loop.
+    let pairs = raw.unwrap_or("").as_bytes().split(|&b| b == b'&');
+    for pair in pairs.filter(|p| !p.is_empty()) {
+        let (raw_name, raw_value) = match pair.iter().position(|&b| b == b'=') {
+            Some(at) => {
+                let (name, rest) = pair.split_at(at);
+                (name, rest.get(1..))
+            }
             None => (pair, None),
         };
-        let name = percent_decode(raw_name, true).ok_or_else(|| {
+        let name = decode(raw_name, true).ok_or_else(|| {
             invalid(format!(
                 "Query parameter name `{}` is not valid percent-encoding.",
-                quotable(raw_name.as_bytes())
+                quotable(raw_name)
             ))
         })?;
         let Some(index) = PARAMS.iter().position(|p| p.as_bytes() == &*name) else {
@@ -119,7 +128,7 @@ pub fn parse_query(raw: Option<&str>) -> Result<SessionQuery, GateError> {
         #[allow(clippy::indexing_slicing)] // the position just found
         let param = PARAMS[index];
         let value = match raw_value {
-            Some(v) => Some(percent_decode(v, true).ok_or_else(|| {
+            Some(v) => Some(decode(v, true).ok_or_else(|| {
                 invalid(format!(
                     "Query parameter `{param}` is not valid percent-encoding."
                 ))

@@ -46,7 +46,7 @@ fn conformance_suite_against_sessiongate_serve() {
 /// Builds the filter as shipped to Envoy (`scripts/build-plugin.sh`, with
 /// `flags`) and runs the suite against it, loaded with `--plugin`; returns
 /// its size.
-fn shipped_plugin_passes_the_suite(flags: &[&str]) -> u64 {
+fn shipped_plugin_passes_the_suite(flags: &[&str]) -> (u64, Vec<u8>) {
     let mut fx = fixture();
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-plugin.sh");
@@ -67,29 +67,55 @@ fn shipped_plugin_passes_the_suite(flags: &[&str]) -> u64 {
         &["--plugin", out.to_str().unwrap()],
     );
     run_functional_suite(&server, &mut fx);
-    std::fs::metadata(&out).unwrap().len()
+    let bytes = std::fs::read(&out).unwrap();
+    (bytes.len() as u64, bytes)
+}
+
+/// Whether a module needs WebAssembly's SIMD: a runtime without it
+/// refuses the module.
+fn needs_simd(wasm: &[u8]) -> bool {
+    let mut config = wasmtime::Config::new();
+    config.wasm_simd(false).wasm_relaxed_simd(false);
+    let engine = wasmtime::Engine::new(&config).unwrap();
+    wasmtime::Module::new(&engine, wasm).is_err()
 }
 
 /// The default shipped filter (`opt-level = "s"`, `wasm-opt -Oz --converge`):
 /// BENCHMARKS.md's size target, held here.
 #[test]
 fn conformance_suite_against_the_shipped_plugin() {
-    let size = shipped_plugin_passes_the_suite(&[]);
+    let (size, wasm) = shipped_plugin_passes_the_suite(&[]);
     assert!(size <= 250_000, "the shipped filter is {size} bytes");
+    assert!(
+        needs_simd(&wasm),
+        "the shipped filter was built without SIMD"
+    );
+}
+
+/// For a runtime without SIMD (`--no-simd`): the same suite and budget, and
+/// such a runtime loads it.
+#[test]
+fn conformance_suite_against_the_shipped_plugin_without_simd() {
+    let (size, wasm) = shipped_plugin_passes_the_suite(&["--no-simd"]);
+    assert!(size <= 250_000, "the filter without SIMD is {size} bytes");
+    assert!(
+        !needs_simd(&wasm),
+        "--no-simd built a filter that needs SIMD"
+    );
 }
 
 /// The fleet build (`--fleet`: the limiter on etcd too), for
 /// `plugin/envoy-fleet.yaml`: its own budget, 30 KB over the single-Envoy one.
 #[test]
 fn conformance_suite_against_the_fleet_shipped_plugin() {
-    let size = shipped_plugin_passes_the_suite(&["--fleet"]);
+    let (size, _) = shipped_plugin_passes_the_suite(&["--fleet"]);
     assert!(size <= 290_000, "the fleet filter is {size} bytes");
 }
 
 /// The speed-optimised build (`--fast`: opt-level 3, `wasm-opt -O3`).
 #[test]
 fn conformance_suite_against_the_fast_shipped_plugin() {
-    let size = shipped_plugin_passes_the_suite(&["--fast"]);
+    let (size, _) = shipped_plugin_passes_the_suite(&["--fast"]);
     assert!(size <= 300_000, "the fast filter is {size} bytes");
 }
 
