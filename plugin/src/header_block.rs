@@ -14,10 +14,15 @@ impl HeaderBlock {
         HeaderBlock(bytes)
     }
 
-    /// The encoding of `pairs` (the host's side of the ABI: for mocks).
+    /// The encoding of `pairs`: a local reply's headers as the filter hands
+    /// them over, and a mock host's request headers.
     pub fn encode<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a [u8])> + Clone) -> HeaderBlock {
-        let count = pairs.clone().into_iter().count();
-        let mut out = Vec::new();
+        let (count, bytes) = pairs
+            .clone()
+            .into_iter()
+            .fold((0, 0), |(n, b), (name, value)| (n + 1, b + name.len() + value.len()));
+        // The count, two lengths and two NULs a pair: one allocation.
+        let mut out = Vec::with_capacity(4 + count * 10 + bytes);
         out.extend_from_slice(&(count as u32).to_le_bytes());
         for (name, value) in pairs.clone() {
             out.extend_from_slice(&(name.len() as u32).to_le_bytes());
