@@ -20,7 +20,9 @@ impl HeaderBlock {
         let (count, bytes) = pairs
             .clone()
             .into_iter()
-            .fold((0, 0), |(n, b), (name, value)| (n + 1, b + name.len() + value.len()));
+            .fold((0, 0), |(n, b), (name, value)| {
+                (n + 1, b + name.len() + value.len())
+            });
         // The count, two lengths and two NULs a pair: one allocation.
         let mut out = Vec::with_capacity(4 + count * 10 + bytes);
         out.extend_from_slice(&(count as u32).to_le_bytes());

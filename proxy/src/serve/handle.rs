@@ -213,8 +213,11 @@ thread_local! {
     /// connections live on the thread that made them, so a request never
     /// waits on another worker's reactor (one client shared by every worker
     /// made each pooled request wake another thread; BENCHMARKS.md).
-    static UPSTREAM: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
+    static UPSTREAM: Client<HttpConnector, Full<Bytes>> = {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        Client::builder(TokioExecutor::new()).build(connector)
+    };
 }
 
 /// Sends the rewritten request to the upstream and reads its whole response.

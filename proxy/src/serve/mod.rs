@@ -633,6 +633,9 @@ fn connection(
     graceful: &GracefulShutdown,
 ) {
     metrics::bump(&app.metrics.connections_accepted);
+    // As nginx's `tcp_nodelay on`: an answer's last partial segment goes out
+    // at once, not after the client's ACK of the segments before it.
+    let _ = stream.set_nodelay(true);
     let activity = Activity::new();
     let service = {
         let app = app.clone();
