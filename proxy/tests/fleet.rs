@@ -54,19 +54,31 @@ impl Etcd {
             binary.is_ok_and(|o| o.status.success()),
             "etcd is not installed: `apt-get install etcd-server` (.ci/run does)"
         );
-        let mut etcd = Etcd {
-            dir: dir.join(format!("etcd-{}", free_port())),
-            token: format!("sessiongate-test-{}", free_port()),
-            clients: (0..size).map(|_| free_port()).collect(),
-            peers: (0..size).map(|_| free_port()).collect(),
-            members: (0..size).map(|_| None).collect(),
-            extra: extra.iter().map(|e| (*e).to_owned()).collect(),
-        };
-        for i in 0..size {
-            etcd.start_member(i);
+        // A port found free can be taken by a parallel test before etcd
+        // binds it (the member then exits): such a cluster is started again
+        // on fresh ports. Any other early exit fails with the member's log.
+        let mut attempt = 1;
+        loop {
+            let mut etcd = Etcd {
+                dir: dir.join(format!("etcd-{}", free_port())),
+                token: format!("sessiongate-test-{}", free_port()),
+                clients: (0..size).map(|_| free_port()).collect(),
+                peers: (0..size).map(|_| free_port()).collect(),
+                members: (0..size).map(|_| None).collect(),
+                extra: extra.iter().map(|e| (*e).to_owned()).collect(),
+            };
+            for i in 0..size {
+                etcd.start_member(i);
+            }
+            match etcd.try_wait_healthy(&(0..size).collect::<Vec<_>>()) {
+                Ok(()) => return etcd,
+                Err(log) if attempt < 3 && log.contains("address already in use") => {
+                    eprintln!("etcd lost a port to another test, starting again: {log}");
+                    attempt += 1;
+                }
+                Err(log) => panic!("{log}"),
+            }
         }
-        etcd.wait_healthy(&(0..size).collect::<Vec<_>>());
-        etcd
     }
 
     fn start_member(&mut self, i: usize) {
@@ -94,7 +106,7 @@ impl Etcd {
             .args(["--logger", "zap", "--log-level", "error"])
             .args(&self.extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(self.log_file(i))
             .spawn()
             .expect("start etcd");
         self.members[i] = Some(child);
@@ -123,7 +135,21 @@ impl Etcd {
             .flatten()
     }
 
-    fn wait_healthy(&self, members: &[usize]) {
+    /// Where member `i` writes its errors (opened anew at each start).
+    fn log_file(&self, i: usize) -> std::fs::File {
+        std::fs::create_dir_all(&self.dir).expect("etcd data directory");
+        std::fs::File::create(self.dir.join(format!("m{i}.log"))).expect("etcd log file")
+    }
+
+    fn wait_healthy(&mut self, members: &[usize]) {
+        if let Err(log) = self.try_wait_healthy(members) {
+            panic!("{log}");
+        }
+    }
+
+    /// Waits for `members` to answer healthy; on failure, why, with the
+    /// member's own log when it exited.
+    fn try_wait_healthy(&mut self, members: &[usize]) -> Result<(), String> {
         let start = Instant::now();
         for &i in members {
             loop {
@@ -132,13 +158,23 @@ impl Etcd {
                 if healthy {
                     break;
                 }
-                assert!(
-                    start.elapsed() < Duration::from_secs(30),
-                    "etcd member {i} never became healthy"
-                );
+                let exited = self.members[i]
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten());
+                if let Some(status) = exited {
+                    let log = std::fs::read_to_string(self.dir.join(format!("m{i}.log")));
+                    return Err(format!(
+                        "etcd member {i} exited ({status}): {}",
+                        log.unwrap_or_default().trim()
+                    ));
+                }
+                if start.elapsed() > Duration::from_secs(30) {
+                    return Err(format!("etcd member {i} never became healthy in 30 s"));
+                }
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
+        Ok(())
     }
 
     /// The member that leads now.
