@@ -40,12 +40,21 @@ log() { echo "run-local.sh: $*" >&2; }
 
 tools="${SESSIONGATE_TOOLS:-$HOME/.cache/sessiongate/tools}"
 export PATH="$tools/bin:$PATH"
+# Several Workers may start at once (proxy/tests/worker.rs starts three): one
+# installs the tools and builds the bundle while the others wait for it, so
+# no two `cargo install`s or builds write the same files. Released before
+# workerd starts.
+mkdir -p "$tools"
+exec 9>"$tools/.lock"
+flock 9
 bindgen_version="$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/[^0-9.]/, ""); print; exit }' "$root/Cargo.lock")"
 
 ensure_tool() { # binary crate version
   if ! "$1" --version 2>/dev/null | grep -q "$3"; then
     log "installing $2 $3 into $tools (once; takes minutes)"
-    cargo install --quiet "$2" --version "$3" --root "$tools" >&2
+    # Its own target directory, not the workspace's: nothing of the
+    # workspace's builds is disturbed, and its files are left to no one else.
+    CARGO_TARGET_DIR="$tools/target" cargo install --quiet "$2" --version "$3" --root "$tools" >&2
   fi
 }
 ensure_tool worker-build worker-build 0.8.7
@@ -75,6 +84,7 @@ if [ ! -f "$stamp" ] || [ -n "$(find "$root/core/src" "$root/core/Cargo.toml" "$
   (cd "$here" && CARGO_PROFILE_RELEASE_STRIP=true WASM_BINDGEN_BIN="$(command -v wasm-bindgen)" ESBUILD_BIN="$esbuild" worker-build --release >&2)
   touch "$stamp"
 fi
+exec 9>&-
 
 # The CLI only renders the binding: the workspace's own build (release if
 # there is one, else debug), never a second one of its own (wasmtime takes
