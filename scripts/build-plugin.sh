@@ -7,8 +7,9 @@
 # Default: `opt-level = "s"` (3 for the crates Cargo.toml names), then
 # `wasm-opt -Oz --converge`: under 250 KB
 # and under 5 us a request under wasmtime (`"z"` is 9 % smaller and 30 %
-# slower; BENCHMARKS.md has the table). `--fast`: `opt-level = 3`, then
-# `wasm-opt -O3`, ~10 % larger and ~15 % faster again. Prints the path and
+# slower; BENCHMARKS.md has the table). `--fast`: `opt-level = 3`
+# throughout, then `wasm-opt -O3`: larger (the tests hold it under 300,000
+# bytes) and faster again. Prints the path and
 # the sizes. `--fleet`: with the limiter on etcd (the `fleet` feature;
 # plugin/envoy-fleet.yaml loads it), ~30 KB larger.
 #
