@@ -101,8 +101,10 @@ pub struct LocalReply {
     pub body: Vec<u8>,
 }
 
-/// Streams by context id.
-type Streams = HashMap<u32, Stream>;
+/// Streams by context id. The host numbers contexts itself (no client
+/// picks a key), so a multiply hash does, where SipHash was 2 % of a 429's
+/// instructions (every host call looks its stream up).
+type Streams = rustc_hash::FxHashMap<u32, Stream>;
 
 /// An HTTP call a filter made (`proxy_http_call`), for the host to send.
 #[derive(Debug, Clone)]

@@ -645,10 +645,11 @@ fn connection(
     };
     let counted = app.metrics.clone();
     let io = JsonParseErrors::new(stream).on_replace(move || counted.responded(400));
-    // Room for hostile header counts: the gate, not the parser, answers
-    // many Authorization headers (400 invalid_request).
+    // hyper's default of 100 headers, as Envoy's `max_request_headers_count`:
+    // more is answered 400 invalid_request (parse_errors.rs). Setting any
+    // count makes hyper allocate two arrays of that size for every request
+    // it parses (64 KB at 1,024), which the 429 flood's profile showed.
     let conn = http1::Builder::new()
-        .max_headers(1024)
         .serve_connection(TokioIo::new(Tracked::new(io, activity.clone())), service);
     let conn = graceful.watch(conn);
     let app = app.clone();
