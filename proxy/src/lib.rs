@@ -2,6 +2,7 @@
 //! drive them: the proxy-wasm host on wasmtime, the HTTP server, the token
 //! store and credential management.
 
+pub mod allocator;
 pub mod audit;
 pub mod backing;
 pub mod cluster;

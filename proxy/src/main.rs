@@ -12,12 +12,6 @@ use sessiongate_core::{Kind, Level, Permission, Role};
 use sessiongate::audit::{self, Action, Event};
 use sessiongate::{manage, serve, store, users};
 
-/// mimalloc, not glibc's malloc: a request's small allocations come from a
-/// per-thread free list without glibc's bin sorting and consolidation
-/// (BENCHMARKS.md, issue 19).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "sessiongate",

@@ -534,6 +534,8 @@ async fn serve(
         Some(addr) => Some(admin::bind(addr).await?),
         None => None,
     };
+    // What start-up parsed (the store's JSON) is garbage now.
+    crate::allocator::release_freed_memory();
     log::info(format_args!(
         "listening on http://{local} ({}, backend {}, limit {}/{}s, store {}, admin {}, ready in {} ms)",
         match &app.runner {

@@ -58,7 +58,10 @@ pub(super) async fn watch_store(app: Arc<App>) {
         let reloaded = if now.is_none() {
             Err(anyhow!("the file is gone"))
         } else {
-            store::load_set(&path).and_then(|credentials| app.set_credentials(credentials))
+            let loaded =
+                store::load_set(&path).and_then(|credentials| app.set_credentials(credentials));
+            crate::allocator::release_freed_memory();
+            loaded
         };
         reported(&app, &path, reloaded);
     }

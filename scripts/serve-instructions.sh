@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Instructions `sessiongate serve` executes per request, counted by callgrind
+# (all threads, host and the filter's compiled wasm alike), under a steady
+# wrk load. A count, not a time: the same binary gives the same figure within
+# ~1 % on a loaded or a noisy machine, where req/s moves by 10-20 % between
+# runs (BENCHMARKS.md), so two builds can be compared one after the other.
+#
+#   scripts/serve-instructions.sh [BINARY] [flood|page] [SECONDS]
+#     flood: the 429 flood (limit 1 a day), as scripts/bench-load.sh (a)
+#     page:  the admitted stub page (limit 100,000 a second), as (b)
+#
+# Needs (installs nothing itself): valgrind, wrk, curl (Debian: apt-get
+# install valgrind wrk curl). BINARY defaults to the release build.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+bin="${1:-${CARGO_TARGET_DIR:-$root/target}/release/sessiongate}"
+kind="${2:-flood}"
+seconds="${3:-8}"
+for tool in valgrind callgrind_control wrk curl; do
+  command -v "$tool" >/dev/null || { echo "serve-instructions.sh: needs $tool" >&2; exit 2; }
+done
+[ -x "$bin" ] || { echo "serve-instructions.sh: no binary at $bin (cargo build --release -p sessiongate)" >&2; exit 2; }
+
+work="$(mktemp -d)"
+vg=""
+cleanup() {
+  [ -n "$vg" ] && kill "$vg" 2>/dev/null && wait "$vg" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+token="$("$bin" token create --store "$work/tokens.json" --name bench --customer acme --all-sites 2>/dev/null)"
+case "$kind" in
+  flood) printf '[limit]\nrequests = 1\nwindow_seconds = 86400\n[guard]\nfailures = 0\n' > "$work/config.toml" ;;
+  page) printf '[limit]\nrequests = 100000\nwindow_seconds = 1\n[guard]\nfailures = 0\n' > "$work/config.toml" ;;
+  *) echo "serve-instructions.sh: flood or page, not $kind" >&2; exit 2 ;;
+esac
+port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+
+# Start-up is not counted: instrumentation goes on once the load is steady.
+valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$work/cg.out" \
+  "$bin" serve --config "$work/config.toml" --store "$work/tokens.json" \
+  --listen "127.0.0.1:$port" --admin off >/dev/null 2>&1 &
+vg=$!
+url="http://127.0.0.1:$port/v1/external/sessions/acme/site-1"
+for _ in $(seq 120); do curl -s -m 5 -o /dev/null "http://127.0.0.1:$port/" && break; sleep 1; done
+for _ in 1 2 3; do curl -s -o /dev/null -H "Authorization: Bearer $token" "$url"; done
+wrk -t1 -c4 -d3s -H "Authorization: Bearer $token" "$url" >/dev/null
+callgrind_control -i on "$vg" >/dev/null
+callgrind_control -z "$vg" >/dev/null
+requests="$(wrk -t1 -c4 -d"${seconds}s" -H "Authorization: Bearer $token" "$url" | awk '/requests in/ {print $1}')"
+callgrind_control -d "$vg" >/dev/null
+instructions="$(cat "$work"/cg.out* | awk '/^summary:/ {s += $2} END {print s}')"
+echo "$kind $bin: $requests requests, $instructions instructions, $((instructions / requests)) per request"
