@@ -135,11 +135,15 @@ async fn watch_etcd(app: Arc<App>, etcd: EtcdStore, path: PathBuf) {
         if last == Some(now) && !failing {
             continue;
         }
-        let reloaded = tokio::task::spawn_blocking(move || etcd.load_set())
-            .await
-            .map_err(|e| anyhow!("{e}"))
-            .and_then(|r| r)
-            .and_then(|credentials| app.set_credentials(credentials));
+        let reloaded = tokio::task::spawn_blocking(move || {
+            let loaded = etcd.load_set();
+            crate::allocator::release_freed_memory();
+            loaded
+        })
+        .await
+        .map_err(|e| anyhow!("{e}"))
+        .and_then(|r| r)
+        .and_then(|credentials| app.set_credentials(credentials));
         if reported(&app, &path, reloaded) {
             last = Some(now);
             failing = false;
