@@ -159,6 +159,12 @@ async fn handle_component(
 
 type Credential = Option<Vec<u8>>;
 
+/// The credential's name the filter set on the stream, for the access log
+/// (the property `plugin/src/sdk.rs` sets).
+fn credential(props: &HashMap<String, Vec<u8>>) -> Credential {
+    props.get("sessiongate_credential").cloned()
+}
+
 /// Where the request phase left a request.
 enum Started {
     Answered(Response<Full<Bytes>>, Credential),
@@ -200,7 +206,7 @@ fn local_reply(
 ) -> (Response<Full<Bytes>>, Credential) {
     (
         build_response(reply.status, &reply.headers, Bytes::from(reply.body)),
-        props.get("sessiongate_credential").cloned(),
+        credential(props),
     )
 }
 
@@ -256,10 +262,9 @@ async fn finish_filter(
             let mut with_status = vec![(":status".to_owned(), status.to_string().into_bytes())];
             with_status.extend(response_headers);
             match pool.with_vm(vm, |v| v.on_response(context, with_status)) {
-                Ok((headers, props)) => (
-                    build_response(status, &headers, body),
-                    props.get("sessiongate_credential").cloned(),
-                ),
+                Ok((headers, props)) => {
+                    (build_response(status, &headers, body), credential(&props))
+                }
                 Err(_) => (internal_error(), None),
             }
         }
