@@ -8,9 +8,11 @@
 #   scripts/serve-instructions.sh [BINARY] [flood|page] [SECONDS]
 #     flood: the 429 flood (limit 1 a day), as scripts/bench-load.sh (a)
 #     page:  the admitted stub page (limit 100,000 a second), as (b)
+#     forward: the same page from an nginx upstream, forwarded, as (c)
 #
-# Needs (installs nothing itself): valgrind, wrk, curl (Debian: apt-get
-# install valgrind wrk curl). BINARY defaults to the release build.
+# Needs (installs nothing itself): valgrind, wrk, curl, and nginx for forward
+# (Debian: apt-get install valgrind wrk curl nginx). BINARY defaults to the
+# release build.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 bin="${1:-${CARGO_TARGET_DIR:-$root/target}/release/sessiongate}"
@@ -23,27 +25,62 @@ done
 
 work="$(mktemp -d)"
 vg=""
+upstream=""
 cleanup() {
   [ -n "$vg" ] && kill "$vg" 2>/dev/null && wait "$vg" 2>/dev/null
+  [ -n "$upstream" ] && kill "$upstream" 2>/dev/null && wait "$upstream" 2>/dev/null
   rm -rf "$work"
 }
 trap cleanup EXIT
 
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 120); do curl -s -m 5 -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 1; done; echo "port $1 never answered" >&2; exit 1; }
 token="$("$bin" token create --store "$work/tokens.json" --name bench --customer acme --all-sites 2>/dev/null)"
+open='[limit]\nrequests = 100000\nwindow_seconds = 1\n[guard]\nfailures = 0\n'
+path="/v1/external/sessions/acme/site-1"
 case "$kind" in
   flood) printf '[limit]\nrequests = 1\nwindow_seconds = 86400\n[guard]\nfailures = 0\n' > "$work/config.toml" ;;
-  page) printf '[limit]\nrequests = 100000\nwindow_seconds = 1\n[guard]\nfailures = 0\n' > "$work/config.toml" ;;
-  *) echo "serve-instructions.sh: flood or page, not $kind" >&2; exit 2 ;;
+  page) printf "$open" > "$work/config.toml" ;;
+  forward)
+    command -v nginx >/dev/null || { echo "serve-instructions.sh: forward needs nginx" >&2; exit 2; }
+    # The upstream serves the stub's own page as a file, as bench-load's (c).
+    printf "$open" > "$work/config.toml"
+    stub_port="$(free_port)"
+    "$bin" serve --config "$work/config.toml" --store "$work/tokens.json" --listen "127.0.0.1:$stub_port" --admin off >/dev/null 2>&1 &
+    upstream=$!
+    wait_port "$stub_port"
+    mkdir -p "$work/nginx/logs" "$work/www"
+    curl -s -H "Authorization: Bearer $token" "http://127.0.0.1:$stub_port$path" -o "$work/www/page.json"
+    kill "$upstream"; wait "$upstream" 2>/dev/null || true
+    nginx_port="$(free_port)"
+    cat > "$work/nginx/nginx.conf" <<NGINX
+worker_processes 1;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/logs/error.log;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$nginx_port; location / { default_type application/json; root $work/www; try_files /page.json =404; } }
+}
+NGINX
+    nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -g 'daemon off;' &
+    upstream=$!
+    wait_port "$nginx_port"
+    printf 'backend = "http://127.0.0.1:%s"\n' "$nginx_port" > "$work/config.toml"
+    printf "$open" >> "$work/config.toml"
+    ;;
+  *) echo "serve-instructions.sh: flood, page or forward, not $kind" >&2; exit 2 ;;
 esac
-port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+port="$(free_port)"
 
 # Start-up is not counted: instrumentation goes on once the load is steady.
 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$work/cg.out" \
   "$bin" serve --config "$work/config.toml" --store "$work/tokens.json" \
   --listen "127.0.0.1:$port" --admin off >/dev/null 2>&1 &
 vg=$!
-url="http://127.0.0.1:$port/v1/external/sessions/acme/site-1"
-for _ in $(seq 120); do curl -s -m 5 -o /dev/null "http://127.0.0.1:$port/" && break; sleep 1; done
+url="http://127.0.0.1:$port$path"
+wait_port "$port"
 for _ in 1 2 3; do curl -s -o /dev/null -H "Authorization: Bearer $token" "$url"; done
 wrk -t1 -c4 -d3s -H "Authorization: Bearer $token" "$url" >/dev/null
 callgrind_control -i on "$vg" >/dev/null

@@ -271,6 +271,19 @@ impl CredentialSetBuilder {
         self.entries.is_empty()
     }
 
+    /// The bytes of text its records hold (names, customers, sites, …).
+    pub fn text_len(&self) -> usize {
+        self.text.len()
+    }
+
+    /// Makes room for `records` more records holding `text` more bytes, so
+    /// that a large set is not copied as it grows. Room the allocator cannot
+    /// give is not an error: the set then grows as it would have.
+    pub fn reserve(&mut self, records: usize, text: usize) {
+        let _ = self.entries.try_reserve(records);
+        let _ = self.text.try_reserve(text);
+    }
+
     /// Checks one record and keeps it.
     pub fn push(&mut self, record: &CredentialRecord) -> Result<(), String> {
         let i = self.first + self.entries.len();
@@ -333,7 +346,21 @@ impl CredentialSetBuilder {
     }
 
     /// Indexes the records; rejects duplicate names and secrets.
-    pub fn finish(mut self) -> Result<CredentialSet, String> {
+    pub fn finish(self) -> Result<CredentialSet, String> {
+        self.finish_with(|index, names| {
+            index();
+            names();
+        })
+    }
+
+    /// As [`CredentialSetBuilder::finish`], with its two passes (the index,
+    /// which also finds a repeated secret, and the check for repeated names)
+    /// handed to `join` to run, one after the other or side by side: this
+    /// crate starts no threads (a filter's VM has none), its callers may.
+    pub fn finish_with(
+        mut self,
+        join: impl FnOnce(&mut (dyn FnMut() + Send), &mut (dyn FnMut() + Send)),
+    ) -> Result<CredentialSet, String> {
         self.entries.shrink_to_fit();
         self.text.shrink_to_fit();
         if u32::try_from(self.entries.len()).is_err() {
@@ -341,46 +368,78 @@ impl CredentialSetBuilder {
         }
         let first = self.first;
         let mut set = self.index_only();
-        let mask = set.slots.len() - 1;
-        for (i, entry) in set.entries.iter().enumerate() {
-            let tag = fingerprint(&entry.hash);
-            let mut at = slot_of(&entry.hash, mask);
-            loop {
-                // `at` is masked to the table's size, a power of two.
-                #[allow(clippy::indexing_slicing)]
-                let slot = set.slots[at];
-                if slot == 0 {
-                    break;
-                }
-                let other = set.entries.get(((slot & POSITION) - 1) as usize);
-                if slot & !POSITION == tag && other.map(|e| &e.hash) == Some(&entry.hash) {
-                    return Err(format!(
-                        "credentials[{}].hash: the same secret appears more than once",
-                        first + i
-                    ));
-                }
-                at = (at + 1) & mask;
-            }
-            if let Some(slot) = set.slots.get_mut(at) {
-                *slot = tag | (i as u64 + 1);
-            }
+        // A pass `join` did not run leaves its error: no unchecked set.
+        let not_run = || Err::<(), String>("credentials: the set was not checked".into());
+        let (mut indexed, mut named) = (not_run(), not_run());
+        {
+            let CredentialSet {
+                entries,
+                text,
+                slots,
+            } = &mut set;
+            let (entries, text) = (&*entries, &*text);
+            join(&mut || indexed = index(entries, slots, first), &mut || {
+                named = check_names(entries, text, first)
+            });
         }
-        let mut names = HashSet::with_capacity_and_hasher(
-            set.entries.len(),
-            BuildHasherDefault::<NameHasher>::default(),
-        );
-        for (i, credential) in set.iter().enumerate() {
-            if !names.insert(credential.name) {
-                return Err(format!(
-                    "credentials[{}].name: {:?} appears more than once",
-                    first + i,
-                    credential.name
-                ));
-            }
-        }
-        drop(names);
+        indexed?;
+        named?;
         Ok(set)
     }
+}
+
+/// Fills `slots` with `entries`; a secret seen twice is an error.
+fn index(entries: &[Entry], slots: &mut [u64], first: usize) -> Result<(), String> {
+    let mask = slots.len() - 1;
+    for (i, entry) in entries.iter().enumerate() {
+        let tag = fingerprint(&entry.hash);
+        let mut at = slot_of(&entry.hash, mask);
+        loop {
+            // `at` is masked to the table's size, a power of two.
+            #[allow(clippy::indexing_slicing)]
+            let slot = slots[at];
+            if slot == 0 {
+                break;
+            }
+            let other = entries.get(((slot & POSITION) - 1) as usize);
+            if slot & !POSITION == tag && other.map(|e| &e.hash) == Some(&entry.hash) {
+                return Err(format!(
+                    "credentials[{}].hash: the same secret appears more than once",
+                    first + i
+                ));
+            }
+            at = (at + 1) & mask;
+        }
+        if let Some(slot) = slots.get_mut(at) {
+            *slot = tag | (i as u64 + 1);
+        }
+    }
+    Ok(())
+}
+
+/// The name of `entry`, the first of its strings in `text`.
+fn entry_name<'a>(entry: &Entry, text: &'a str) -> &'a str {
+    let start = entry.start as usize;
+    text.get(start..start + entry.lens[0] as usize)
+        .unwrap_or_default()
+}
+
+/// A name seen twice is an error.
+fn check_names(entries: &[Entry], text: &str, first: usize) -> Result<(), String> {
+    let mut names = HashSet::with_capacity_and_hasher(
+        entries.len(),
+        BuildHasherDefault::<NameHasher>::default(),
+    );
+    for (i, entry) in entries.iter().enumerate() {
+        let name = entry_name(entry, text);
+        if !names.insert(name) {
+            return Err(format!(
+                "credentials[{}].name: {name:?} appears more than once",
+                first + i
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Serialized as the list of records it was built from.
@@ -546,6 +605,38 @@ mod tests {
                 .unwrap_err()
                 .starts_with("credentials[40].hash")
         );
+    }
+
+    #[test]
+    fn finish_with_runs_both_checks_in_any_order() {
+        let builder = |records: &[CredentialRecord]| {
+            let mut b = CredentialSetBuilder::default();
+            // Room no allocator has is no error: the set grows as before.
+            b.reserve(usize::MAX, usize::MAX);
+            b.reserve(records.len(), 0);
+            for r in records {
+                b.push(r).unwrap();
+            }
+            b
+        };
+        let reversed = |index: &mut (dyn FnMut() + Send), names: &mut (dyn FnMut() + Send)| {
+            names();
+            index();
+        };
+        let records = many(20);
+        let set = builder(&records).finish_with(reversed).unwrap();
+        assert_eq!(set, builder(&records).finish().unwrap());
+        assert!(set.by_hash(&records[7].checked_hash().unwrap()).is_some());
+        let mut named = records.clone();
+        named[12].name = named[3].name.clone();
+        let e = builder(&named).finish_with(reversed).unwrap_err();
+        assert!(e.starts_with("credentials[12].name"), "{e}");
+        // Both wrong: the repeated secret is named, as `finish` does.
+        named[15].hash = named[2].hash.clone();
+        let e = builder(&named).finish_with(reversed).unwrap_err();
+        assert!(e.starts_with("credentials[15].hash"), "{e}");
+        let skipped = builder(&records).finish_with(|index, _| index());
+        assert_eq!(skipped.unwrap_err(), "credentials: the set was not checked");
     }
 
     #[test]

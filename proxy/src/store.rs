@@ -43,7 +43,8 @@ pub fn load_set(path: &Path) -> Result<CredentialSet> {
             return Err(e).with_context(|| format!("cannot read token store {}", path.display()));
         }
     };
-    read_set(file, parallelism())
+    let size = file.metadata().ok().map(|m| m.len());
+    read_set(file, size, parallelism())
         .map_err(|e| anyhow::anyhow!("token store {} is corrupt: {e}", path.display()))
 }
 
@@ -79,20 +80,45 @@ impl Batch {
     }
 }
 
+/// A parsed batch: its records, and how many bytes of the file they were.
+type Parsed = (Result<CredentialSetBuilder, String>, usize);
+
 /// Joins parsed batches in list order as they come back, so that each is
 /// freed once appended.
 #[derive(Default)]
 struct Joined {
     set: CredentialSetBuilder,
+    /// The file's size, if known: the first batch tells how large a set it
+    /// makes, and the set is sized for the whole file at once (grown by
+    /// doubling, it was copied and its pages touched anew at every step).
+    file_size: Option<u64>,
     next: usize,
-    waiting: BTreeMap<usize, Result<CredentialSetBuilder, String>>,
+    waiting: BTreeMap<usize, Parsed>,
     error: Option<String>,
 }
 
 impl Joined {
-    fn take(&mut self, seq: usize, batch: Result<CredentialSetBuilder, String>) {
-        self.waiting.insert(seq, batch);
-        while let Some(batch) = self.waiting.remove(&self.next) {
+    fn new(file_size: Option<u64>) -> Joined {
+        Joined {
+            file_size,
+            ..Joined::default()
+        }
+    }
+
+    fn take(&mut self, seq: usize, parsed: Parsed) {
+        self.waiting.insert(seq, parsed);
+        while let Some((batch, bytes)) = self.waiting.remove(&self.next) {
+            if let (0, Ok(part), Some(size)) = (self.next, &batch, self.file_size) {
+                // 2 % over the first batch's ratio: a set of like records
+                // is not copied, and one that is not still grows as before.
+                // Never more than the file's size in text (and its records'
+                // entries): what is reserved and not used is never touched.
+                let scale = |n: usize| {
+                    let n = (n as u64).saturating_mul(size) / bytes.max(1) as u64;
+                    usize::try_from(n.saturating_mul(51) / 50).unwrap_or(usize::MAX)
+                };
+                self.set.reserve(scale(part.len()), scale(part.text_len()));
+            }
             self.next += 1;
             match batch {
                 Ok(part) if self.error.is_none() => {
@@ -111,7 +137,11 @@ impl Joined {
 
 /// The store's bytes from `input`, split on this thread and parsed on
 /// `threads` others.
-fn read_set(mut input: impl Read, threads: usize) -> Result<CredentialSet, String> {
+fn read_set(
+    mut input: impl Read,
+    size: Option<u64>,
+    threads: usize,
+) -> Result<CredentialSet, String> {
     std::thread::scope(|scope| {
         let (done_tx, done_rx) = mpsc::channel();
         let mut workers = Vec::new();
@@ -120,7 +150,8 @@ fn read_set(mut input: impl Read, threads: usize) -> Result<CredentialSet, Strin
             let done_tx = done_tx.clone();
             scope.spawn(move || {
                 for (seq, batch) in rx {
-                    if done_tx.send((seq, batch.parse())).is_err() {
+                    let bytes = batch.bytes.len();
+                    if done_tx.send((seq, (batch.parse(), bytes))).is_err() {
                         break;
                     }
                 }
@@ -128,7 +159,7 @@ fn read_set(mut input: impl Read, threads: usize) -> Result<CredentialSet, Strin
             workers.push(tx);
         }
         drop(done_tx);
-        let mut joined = Joined::default();
+        let mut joined = Joined::new(size);
         let mut sent = 0;
         let mut send = |batch: Batch, joined: &mut Joined| -> Result<(), String> {
             while let Ok((seq, parsed)) = done_rx.try_recv() {
@@ -185,7 +216,13 @@ fn read_set(mut input: impl Read, threads: usize) -> Result<CredentialSet, Strin
             return Err(e);
         }
         debug_assert_eq!(joined.set.len(), count);
-        joined.set.finish()
+        // The index and the check for repeated names side by side.
+        joined.set.finish_with(|index, names| {
+            std::thread::scope(|scope| {
+                scope.spawn(names);
+                index();
+            });
+        })
     })
 }
 
@@ -373,8 +410,17 @@ mod tests {
         let whole = parse_set(&bytes).unwrap();
         for threads in [1, 3] {
             for max in [PIECE, 4093] {
-                assert_eq!(read_set(Trickle(&bytes, max), threads).unwrap(), whole);
+                assert_eq!(
+                    read_set(Trickle(&bytes, max), None, threads).unwrap(),
+                    whole
+                );
             }
+        }
+        // The size only sizes the set: right, far under or far over, or a
+        // file that has grown since.
+        let len = bytes.len() as u64;
+        for size in [len, len / 10, len * 10, 0, 1] {
+            assert_eq!(read_set(&bytes[..], Some(size), 2).unwrap(), whole);
         }
     }
 
@@ -383,16 +429,20 @@ mod tests {
         let mut r = records(12_000);
         r[11_000].customer = "not/an/id".into();
         let bytes = serialize(&r);
-        let e = read_set(&bytes[..], 2).unwrap_err();
+        let e = read_set(&bytes[..], None, 2).unwrap_err();
         assert!(e.starts_with("credentials[11000].customer"), "{e}");
         r[11_000].customer = "acme".into();
         r[9_000].name = r[10].name.clone();
-        let e = read_set(&serialize(&r)[..], 2).unwrap_err();
+        let e = read_set(&serialize(&r)[..], None, 2).unwrap_err();
         assert!(e.starts_with("credentials[9000].name"), "{e}");
+        r[9_000].name = "unique".into();
+        r[10_500].hash = r[20].hash.clone();
+        let e = read_set(&serialize(&r)[..], None, 2).unwrap_err();
+        assert!(e.starts_with("credentials[10500].hash"), "{e}");
         let mut text = String::from_utf8(serialize(&records(3))).unwrap();
         text = text.replacen("\"hint\"", "\"hunt\"", 2);
-        let e = read_set(text.as_bytes(), 2).unwrap_err();
+        let e = read_set(text.as_bytes(), None, 2).unwrap_err();
         assert!(e.starts_with("credentials[0]: unknown field `hunt`"), "{e}");
-        assert!(read_set(&text.as_bytes()[..text.len() - 3], 2).is_err());
+        assert!(read_set(&text.as_bytes()[..text.len() - 3], None, 2).is_err());
     }
 }

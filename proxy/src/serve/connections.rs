@@ -262,24 +262,19 @@ impl Activity {
 
 /// `handle` as a hyper service that moves `activity` through its phases:
 /// busy from the call (the headers are in) to the answer, idle after.
-pub(crate) fn tracked_service<H, F>(
+pub(crate) fn tracked_service<H, F, B>(
     activity: Arc<Activity>,
     handle: H,
 ) -> impl hyper::service::Service<
     hyper::Request<hyper::body::Incoming>,
-    Response = hyper::Response<http_body_util::Full<bytes::Bytes>>,
+    Response = hyper::Response<B>,
     Error = std::convert::Infallible,
-    Future = impl Future<
-        Output = Result<
-            hyper::Response<http_body_util::Full<bytes::Bytes>>,
-            std::convert::Infallible,
-        >,
-    > + Send
-             + 'static,
+    Future = impl Future<Output = Result<hyper::Response<B>, std::convert::Infallible>> + Send + 'static,
 >
 where
     H: Fn(hyper::Request<hyper::body::Incoming>) -> F,
-    F: Future<Output = hyper::Response<http_body_util::Full<bytes::Bytes>>> + Send + 'static,
+    F: Future<Output = hyper::Response<B>> + Send + 'static,
+    B: hyper::body::Body,
 {
     hyper::service::service_fn(move |req| {
         activity.request_started();

@@ -19,6 +19,7 @@ use hyper_util::rt::TokioExecutor;
 use sessiongate_core::{Backend, is_per_hop};
 use sessiongate_spin::CLIENT_ADDR_HEADER;
 
+use super::body::Chunks;
 use super::pool::Pool;
 use super::{App, Runner};
 use crate::component::ComponentHost;
@@ -51,8 +52,8 @@ fn request_headers<B>(req: &Request<B>) -> HeaderList {
     headers
 }
 
-fn build_response(status: u16, headers: &HeaderList, body: Bytes) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(body));
+fn build_response(status: u16, headers: &HeaderList, body: Chunks) -> Response<Chunks> {
+    let mut response = Response::new(body);
     let Ok(status) = StatusCode::from_u16(status) else {
         return internal_error();
     };
@@ -74,10 +75,10 @@ fn build_response(status: u16, headers: &HeaderList, body: Bytes) -> Response<Fu
     response
 }
 
-fn internal_error() -> Response<Full<Bytes>> {
+fn internal_error() -> Response<Chunks> {
     let reply =
         sessiongate_core::Gate::internal_error_reply("The gate failed to process the request.");
-    let mut r = Response::new(Full::new(Bytes::from(reply.body.into_string())));
+    let mut r = Response::new(Chunks::from(Bytes::from(reply.body.into_string())));
     *r.status_mut() =
         StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     for (name, value) in reply.headers {
@@ -92,7 +93,7 @@ pub(super) async fn handle(
     app: Arc<App>,
     req: Request<Incoming>,
     peer: SocketAddr,
-) -> Response<Full<Bytes>> {
+) -> Response<Chunks> {
     let started = Instant::now();
     // Nothing is kept for the log unless it is on.
     let logged = app
@@ -134,14 +135,14 @@ async fn handle_component(
     host: &ComponentHost,
     mut req: Request<Incoming>,
     peer: SocketAddr,
-) -> Response<Full<Bytes>> {
+) -> Response<Chunks> {
     if let Ok(value) = hyper::header::HeaderValue::from_str(&peer.to_string()) {
         req.headers_mut().append(CLIENT_ADDR_HEADER, value);
     }
     match host.handle(req).await {
         Ok(response) => {
             let (parts, body) = response.into_parts();
-            let mut out = Response::new(Full::new(body));
+            let mut out = Response::new(Chunks::from(body));
             *out.status_mut() = parts.status;
             for (name, value) in &parts.headers {
                 if !is_per_hop(name.as_str()) {
@@ -167,7 +168,7 @@ fn credential(props: &HashMap<String, Vec<u8>>) -> Credential {
 
 /// Where the request phase left a request.
 enum Started {
-    Answered(Response<Full<Bytes>>, Credential),
+    Answered(Response<Chunks>, Credential),
     Waiting(Waiting),
 }
 
@@ -203,9 +204,9 @@ fn start_filter(pool: &Pool, req: &Request<Incoming>, peer: SocketAddr) -> Start
 fn local_reply(
     reply: LocalReply,
     props: &HashMap<String, Vec<u8>>,
-) -> (Response<Full<Bytes>>, Credential) {
+) -> (Response<Chunks>, Credential) {
     (
-        build_response(reply.status, &reply.headers, Bytes::from(reply.body)),
+        build_response(reply.status, &reply.headers, Bytes::from(reply.body).into()),
         credential(props),
     )
 }
@@ -213,11 +214,7 @@ fn local_reply(
 /// The rest of a request the filter paused or let through: its callouts
 /// sent and answered, or the upstream's response through the filter's
 /// response phase.
-async fn finish_filter(
-    app: &App,
-    pool: &Pool,
-    waiting: Waiting,
-) -> (Response<Full<Bytes>>, Credential) {
+async fn finish_filter(app: &App, pool: &Pool, waiting: Waiting) -> (Response<Chunks>, Credential) {
     let Waiting {
         method,
         vm,
@@ -255,7 +252,7 @@ async fn finish_filter(
                     (
                         reply.status,
                         headers.collect(),
-                        Bytes::from(reply.body.into_string()),
+                        Bytes::from(reply.body.into_string()).into(),
                     )
                 }
             };
@@ -284,12 +281,13 @@ thread_local! {
     };
 }
 
-/// Sends the rewritten request to the upstream and reads its whole response.
+/// Sends the rewritten request to the upstream and reads its whole response
+/// (its body in the chunks it arrived in).
 async fn forward(
     app: &App,
     method: &hyper::Method,
     headers: &HeaderList,
-) -> Result<(u16, HeaderList, Bytes)> {
+) -> Result<(u16, HeaderList, Chunks)> {
     let live = app.live();
     let Backend::Upstream(Some(base)) = &live.backend else {
         bail!("the filter forwarded but no upstream URL is configured");
@@ -317,7 +315,13 @@ async fn forward(
             .iter()
             .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
             .collect();
-        let body = response.into_body().collect().await?.to_bytes();
+        let mut incoming = response.into_body();
+        let mut body = Chunks::default();
+        while let Some(frame) = incoming.frame().await {
+            if let Ok(chunk) = frame?.into_data() {
+                body.push(chunk);
+            }
+        }
         anyhow::Ok((status, headers, body))
     };
     tokio::time::timeout(live.upstream_timeout, exchange)

@@ -13,6 +13,7 @@
 
 mod access_log;
 mod admin;
+mod body;
 pub(crate) mod connections;
 mod handle;
 mod metrics;
