@@ -81,8 +81,10 @@ impl From<String> for Body {
 /// The request goes on to the sessions service, rewritten.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Forward<'g> {
-    /// Set on the forwarded request, replacing any value the client sent.
-    pub add_request_headers: Headers<'g>,
+    /// Set on the forwarded request, replacing any value the client sent:
+    /// the credential's name and its customer. (Always these two: an array,
+    /// not an allocation per request.)
+    pub add_request_headers: [(&'static str, &'g str); 2],
     /// Added to the upstream's response (the rate-limit headers).
     pub response_headers: Headers<'g>,
 }

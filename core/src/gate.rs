@@ -414,10 +414,7 @@ impl Gate {
                 })
             }
             Backend::Upstream(_) => Action::Forward(Forward {
-                add_request_headers: vec![
-                    (CREDENTIAL_HEADER, Cow::Borrowed(name)),
-                    (CUSTOMER_HEADER, Cow::Borrowed(customer)),
-                ],
+                add_request_headers: [(CREDENTIAL_HEADER, name), (CUSTOMER_HEADER, customer)],
                 response_headers: rate_headers,
             }),
         };

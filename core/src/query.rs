@@ -86,12 +86,17 @@ fn parse_integer(name: &str, value: Option<&[u8]>) -> Result<u64, GateError> {
         ))
     };
     let digits = value.ok_or_else(bad)?;
-    if digits.is_empty() || digits.len() > 16 || !digits.iter().all(u8::is_ascii_digit) {
+    if digits.is_empty() || digits.len() > 16 {
         return Err(bad());
     }
-    let n = digits
-        .iter()
-        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+    // Sixteen digits cannot overflow a u64: check and add in one pass.
+    let mut n = 0u64;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return Err(bad());
+        }
+        n = n * 10 + u64::from(d - b'0');
+    }
     if n > MAX_SAFE_INTEGER {
         return Err(bad());
     }
@@ -104,7 +109,18 @@ pub fn parse_query(raw: Option<&str>) -> Result<SessionQuery, GateError> {
     let mut values: [Option<u64>; 3] = [None; 3];
     // Bytes, not `str` patterns: the query is ASCII in every answer that
     // passes, and a byte split is a plain loop.
-    let pairs = raw.unwrap_or("").as_bytes().split(|&b| b == b'&');
+    let raw = raw.unwrap_or("").as_bytes();
+    // Nearly every query holds no escape: then nothing needs decoding, and
+    // one scan of the whole query says so instead of one per name and value.
+    let plain = !raw.iter().any(|&b| b == b'%' || b == b'+');
+    let decode = |text| {
+        if plain {
+            Some(Cow::Borrowed(text))
+        } else {
+            decode(text, true)
+        }
+    };
+    let pairs = raw.split(|&b| b == b'&');
     for pair in pairs.filter(|p| !p.is_empty()) {
         let (raw_name, raw_value) = match pair.iter().position(|&b| b == b'=') {
             Some(at) => {
@@ -113,7 +129,7 @@ pub fn parse_query(raw: Option<&str>) -> Result<SessionQuery, GateError> {
             }
             None => (pair, None),
         };
-        let name = decode(raw_name, true).ok_or_else(|| {
+        let name = decode(raw_name).ok_or_else(|| {
             invalid(format!(
                 "Query parameter name `{}` is not valid percent-encoding.",
                 quotable(raw_name)
@@ -128,7 +144,7 @@ pub fn parse_query(raw: Option<&str>) -> Result<SessionQuery, GateError> {
         #[allow(clippy::indexing_slicing)] // the position just found
         let param = PARAMS[index];
         let value = match raw_value {
-            Some(v) => Some(decode(v, true).ok_or_else(|| {
+            Some(v) => Some(decode(v).ok_or_else(|| {
                 invalid(format!(
                     "Query parameter `{param}` is not valid percent-encoding."
                 ))

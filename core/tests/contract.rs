@@ -521,10 +521,7 @@ fn upstream_backend_forwards_rewritten() {
     assert_eq!(Forward::REMOVED_REQUEST_HEADERS, ["authorization"]);
     assert_eq!(
         f.add_request_headers,
-        vec![
-            (CREDENTIAL_HEADER, Cow::Borrowed("all-sites")),
-            (CUSTOMER_HEADER, Cow::Borrowed("acme"))
-        ]
+        [(CREDENTIAL_HEADER, "all-sites"), (CUSTOMER_HEADER, "acme")]
     );
     assert!(f.response_headers.iter().any(|(n, _)| *n == "ratelimit"));
     let r = Gate::internal_error_reply("The gate is misconfigured.");
