@@ -385,18 +385,17 @@ impl Gate {
                 if let Action::Reply(reply) = &mut d.action {
                     let retry_after = headers::decimal(v.reset_seconds.max(1));
                     reply.headers.push(("retry-after", Cow::Owned(retry_after)));
-                    reply.headers.extend(self.rate_headers(Some(&v)));
+                    self.push_rate_headers(&mut reply.headers, Some(&v));
                 }
                 return d;
             }
             Err(_) if self.common.fail_open => (None, Outcome::AllowedFailOpen),
             Err(_) => return self.limiter_unavailable(Some(name)),
         };
-        let rate_headers = self.rate_headers(verdict.as_ref());
         let action = match &self.common.backend {
             Backend::Stub => {
                 let mut headers = json_headers();
-                headers.extend(rate_headers);
+                self.push_rate_headers(&mut headers, verdict.as_ref());
                 let per_site = self.common.stub_sessions_per_site;
                 let body = match self.common.pages.lock() {
                     Ok(mut pages) => {
@@ -415,7 +414,11 @@ impl Gate {
             }
             Backend::Upstream(_) => Action::Forward(Forward {
                 add_request_headers: [(CREDENTIAL_HEADER, name), (CUSTOMER_HEADER, customer)],
-                response_headers: rate_headers,
+                response_headers: {
+                    let mut headers = Vec::with_capacity(2);
+                    self.push_rate_headers(&mut headers, verdict.as_ref());
+                    headers
+                },
             }),
         };
         Decision {
@@ -426,8 +429,9 @@ impl Gate {
     }
 
     /// `RateLimit-Policy` always; `RateLimit` when the state is known.
-    fn rate_headers(&self, verdict: Option<&Verdict>) -> Headers<'_> {
-        let mut h = Vec::with_capacity(2);
+    /// Pushed onto the headers at hand: a reply's room is made for them
+    /// ([`json_headers`]), so they cost no vector of their own.
+    fn push_rate_headers<'g>(&'g self, h: &mut Headers<'g>, verdict: Option<&Verdict>) {
         h.push((
             "ratelimit-policy",
             Cow::Borrowed(self.common.policy.as_str()),
@@ -438,7 +442,6 @@ impl Gate {
                 Cow::Owned(headers::ratelimit(self.common.limit, v)),
             ));
         }
-        h
     }
 
     /// Adds the `RateLimit` header to a reply that never reached the limiter.
@@ -466,7 +469,7 @@ impl Gate {
             _ => {}
         }
         if limited {
-            headers.extend(self.rate_headers(None));
+            self.push_rate_headers(&mut headers, None);
         }
         Decision {
             action: Action::Reply(Reply {
