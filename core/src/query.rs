@@ -113,7 +113,7 @@ pub fn parse_query(raw: Option<&str>) -> Result<SessionQuery, GateError> {
     // Nearly every query holds no escape: then nothing needs decoding, and
     // one scan of the whole query says so instead of one per name and value.
     let plain = !raw.iter().any(|&b| b == b'%' || b == b'+');
-    let decode = |text| {
+    let unescape = |text| {
         if plain {
             Some(Cow::Borrowed(text))
         } else {
@@ -129,7 +129,7 @@ pub fn parse_query(raw: Option<&str>) -> Result<SessionQuery, GateError> {
             }
             None => (pair, None),
         };
-        let name = decode(raw_name).ok_or_else(|| {
+        let name = unescape(raw_name).ok_or_else(|| {
             invalid(format!(
                 "Query parameter name `{}` is not valid percent-encoding.",
                 quotable(raw_name)
@@ -144,7 +144,7 @@ pub fn parse_query(raw: Option<&str>) -> Result<SessionQuery, GateError> {
         #[allow(clippy::indexing_slicing)] // the position just found
         let param = PARAMS[index];
         let value = match raw_value {
-            Some(v) => Some(decode(v).ok_or_else(|| {
+            Some(v) => Some(unescape(v).ok_or_else(|| {
                 invalid(format!(
                     "Query parameter `{param}` is not valid percent-encoding."
                 ))

@@ -20,15 +20,18 @@ pub enum Route<'a> {
 
 /// Splits a request target into its path and its raw query (without the `?`).
 pub fn split_target(target: &str) -> (&str, Option<&str>) {
-    // A byte search (`str::split_once` runs the general pattern searcher):
-    // `?` is ASCII, so both halves stay on char boundaries.
-    match target.bytes().position(|b| b == b'?') {
-        Some(at) => match (target.get(..at), target.get(at + 1..)) {
-            (Some(path), Some(query)) => (path, Some(query)),
-            _ => (target, None),
-        },
+    match split_at_ascii(target, b'?') {
+        Some((path, query)) => (path, Some(query)),
         None => (target, None),
     }
+}
+
+/// `str::split_once` for one ASCII byte, as a byte search (`split_once`
+/// runs the general pattern searcher). An ASCII byte is a char boundary, so
+/// both halves are whole text.
+fn split_at_ascii(s: &str, byte: u8) -> Option<(&str, &str)> {
+    let at = s.bytes().position(|b| b == byte)?;
+    Some((s.get(..at)?, s.get(at + 1..)?))
 }
 
 /// `[A-Za-z0-9._-]{1,128}`, not `.` or `..`. Anything percent-encoded fails here,
@@ -51,10 +54,7 @@ pub fn route(path: &str) -> Route<'_> {
     let Some(rest) = path.strip_prefix(SESSIONS_PREFIX) else {
         return Route::NotFound;
     };
-    let Some(at) = rest.bytes().position(|b| b == b'/') else {
-        return Route::NotFound;
-    };
-    let (Some(customer), Some(site)) = (rest.get(..at), rest.get(at + 1..)) else {
+    let Some((customer, site)) = split_at_ascii(rest, b'/') else {
         return Route::NotFound;
     };
     if is_valid_id(customer) && is_valid_id(site) {
