@@ -9,6 +9,8 @@
 #     flood: the 429 flood (limit 1 a day), as scripts/bench-load.sh (a)
 #     page:  the admitted stub page (limit 100,000 a second), as (b)
 #     forward: the same page from an nginx upstream, forwarded, as (c)
+#   SESSIONGATE_CALLGRIND_OUT=FILE keeps callgrind's profile there, for
+#   callgrind_annotate (which functions the instructions are in).
 #
 # Needs (installs nothing itself): valgrind, wrk, curl, and nginx for forward
 # (Debian: apt-get install valgrind wrk curl nginx). BINARY defaults to the
@@ -88,4 +90,5 @@ callgrind_control -z "$vg" >/dev/null
 requests="$(wrk -t1 -c4 -d"${seconds}s" -H "Authorization: Bearer $token" "$url" | awk '/requests in/ {print $1}')"
 callgrind_control -d "$vg" >/dev/null
 instructions="$(cat "$work"/cg.out* | awk '/^summary:/ {s += $2} END {print s}')"
+[ -n "${SESSIONGATE_CALLGRIND_OUT:-}" ] && cat "$work"/cg.out* > "$SESSIONGATE_CALLGRIND_OUT"
 echo "$kind $bin: $requests requests, $instructions instructions, $((instructions / requests)) per request"

@@ -67,3 +67,8 @@ pub use stub::{DEFAULT_SESSIONS_PER_SITE, Session, StubSite};
 pub mod limiter_log {
     pub use crate::limiter::{decode, encode};
 }
+
+/// The stream property a filter sets to the admitted credential's name, for
+/// the host's access log (Envoy: filter state `wasm.sessiongate_credential`,
+/// which `plugin/envoy.yaml`'s access log prints).
+pub const CREDENTIAL_PROPERTY: &str = "sessiongate_credential";

@@ -213,7 +213,7 @@ impl Host for Wasm {
     }
 
     fn set_credential(&mut self, name: &str) {
-        raw::set_property("sessiongate_credential", name.as_bytes());
+        raw::set_property(sessiongate_core::CREDENTIAL_PROPERTY, name.as_bytes());
     }
     fn now_ms(&self) -> u64 {
         raw::now_ms()

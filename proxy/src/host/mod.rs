@@ -134,7 +134,8 @@ pub struct Stream {
     pub request_headers: HeaderList,
     pub response_headers: HeaderList,
     pub local_reply: Option<LocalReply>,
-    pub source_address: Option<String>,
+    /// The client's address, formatted only if the filter asks for it.
+    pub source_address: Option<std::net::SocketAddr>,
     /// What the filter set with `proxy_set_property` (path parts joined by `.`).
     pub properties: HashMap<String, Vec<u8>>,
     /// The callout answer being delivered.
@@ -426,7 +427,7 @@ impl Vm {
     pub fn on_request(
         &mut self,
         headers: HeaderList,
-        source: Option<String>,
+        source: Option<std::net::SocketAddr>,
     ) -> Result<RequestPhase> {
         let context = self.next_context;
         self.next_context = self.next_context.wrapping_add(1).max(ROOT_CONTEXT + 1);

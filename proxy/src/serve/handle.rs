@@ -160,10 +160,9 @@ async fn handle_component(
 
 type Credential = Option<Vec<u8>>;
 
-/// The credential's name the filter set on the stream, for the access log
-/// (the property `plugin/src/sdk.rs` sets).
-fn credential(props: &HashMap<String, Vec<u8>>) -> Credential {
-    props.get("sessiongate_credential").cloned()
+/// The credential's name the filter set on the stream, for the access log.
+fn credential(mut props: HashMap<String, Vec<u8>>) -> Credential {
+    props.remove(sessiongate_core::CREDENTIAL_PROPERTY)
 }
 
 /// Where the request phase left a request.
@@ -188,9 +187,9 @@ struct Waiting {
 fn start_filter(pool: &Pool, req: &Request<Incoming>, peer: SocketAddr) -> Started {
     let headers = request_headers(req);
     let vm = pool.pick();
-    match pool.with_vm(vm, |v| v.on_request(headers, Some(peer.to_string()))) {
+    match pool.with_vm(vm, |v| v.on_request(headers, Some(peer))) {
         Ok(RequestPhase::Reply(reply, props)) => {
-            let (response, credential) = local_reply(reply, &props);
+            let (response, credential) = local_reply(reply, props);
             Started::Answered(response, credential)
         }
         phase => Started::Waiting(Waiting {
@@ -203,7 +202,7 @@ fn start_filter(pool: &Pool, req: &Request<Incoming>, peer: SocketAddr) -> Start
 
 fn local_reply(
     reply: LocalReply,
-    props: &HashMap<String, Vec<u8>>,
+    props: HashMap<String, Vec<u8>>,
 ) -> (Response<Chunks>, Credential) {
     (
         build_response(reply.status, &reply.headers, Bytes::from(reply.body).into()),
@@ -238,7 +237,7 @@ async fn finish_filter(app: &App, pool: &Pool, waiting: Waiting) -> (Response<Ch
         }
     }
     match phase {
-        Ok(RequestPhase::Reply(reply, props)) => local_reply(reply, &props),
+        Ok(RequestPhase::Reply(reply, props)) => local_reply(reply, props),
         Ok(RequestPhase::Continue { context, headers }) => {
             let upstream = forward(app, &method, &headers).await;
             let (status, response_headers, body) = match upstream {
@@ -259,9 +258,7 @@ async fn finish_filter(app: &App, pool: &Pool, waiting: Waiting) -> (Response<Ch
             let mut with_status = vec![(":status".to_owned(), status.to_string().into_bytes())];
             with_status.extend(response_headers);
             match pool.with_vm(vm, |v| v.on_response(context, with_status)) {
-                Ok((headers, props)) => {
-                    (build_response(status, &headers, body), credential(&props))
-                }
+                Ok((headers, props)) => (build_response(status, &headers, body), credential(props)),
                 Err(_) => (internal_error(), None),
             }
         }
