@@ -52,7 +52,9 @@ fn request_headers<B>(req: &Request<B>) -> HeaderList {
     headers
 }
 
-fn build_response(status: u16, headers: &HeaderList, body: Chunks) -> Response<Chunks> {
+/// The filter's status and headers as hyper's response. Each value's bytes
+/// become the header's own (`from_maybe_shared`), not a copy.
+fn build_response(status: u16, headers: HeaderList, body: Chunks) -> Response<Chunks> {
     let mut response = Response::new(body);
     let Ok(status) = StatusCode::from_u16(status) else {
         return internal_error();
@@ -61,12 +63,12 @@ fn build_response(status: u16, headers: &HeaderList, body: Chunks) -> Response<C
     let map = response.headers_mut();
     map.reserve(headers.len());
     for (name, value) in headers {
-        if is_per_hop(name) {
+        if is_per_hop(&name) {
             continue;
         }
         let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_bytes(value),
+            HeaderValue::from_maybe_shared(Bytes::from(value)),
         ) else {
             return internal_error();
         };
@@ -205,7 +207,7 @@ fn local_reply(
     props: HashMap<String, Vec<u8>>,
 ) -> (Response<Chunks>, Credential) {
     (
-        build_response(reply.status, &reply.headers, Bytes::from(reply.body).into()),
+        build_response(reply.status, reply.headers, Bytes::from(reply.body).into()),
         credential(props),
     )
 }
@@ -258,7 +260,7 @@ async fn finish_filter(app: &App, pool: &Pool, waiting: Waiting) -> (Response<Ch
             let mut with_status = vec![(":status".to_owned(), status.to_string().into_bytes())];
             with_status.extend(response_headers);
             match pool.with_vm(vm, |v| v.on_response(context, with_status)) {
-                Ok((headers, props)) => (build_response(status, &headers, body), credential(props)),
+                Ok((headers, props)) => (build_response(status, headers, body), credential(props)),
                 Err(_) => (internal_error(), None),
             }
         }
