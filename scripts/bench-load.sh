@@ -63,6 +63,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# shellcheck source=lib/nginx-page.sh
+. "$root/scripts/lib/nginx-page.sh"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 0.1; done; echo "port $1 never answered" >&2; exit 1; }
 
@@ -87,25 +89,9 @@ curl -s -H "Authorization: Bearer $token" "http://127.0.0.1:$gate_port_limited$p
 
 # nginx: the same answers, as plain as they come.
 nginx_port="$(free_port)"
-mkdir -p "$work/nginx/logs" "$work/www"
-curl -s -H "Authorization: Bearer $token" "http://127.0.0.1:$gate_port_open$path" -o "$work/www/page.json"
-cat > "$work/nginx/nginx.conf" <<NGINX
-worker_processes 2;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/logs/error.log;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:$nginx_port;
-    location = /flood { default_type application/json; return 429 '{"error":{"code":"rate_limited","message":"The global limit of this API is reached."}}'; }
-    location = /page { default_type application/json; alias $work/www/page.json; }
-    # The upstream of (c): the page under the API's path.
-    location ^~ /v1/external/sessions/ { default_type application/json; root $work/www; try_files /page.json =404; }
-  }
-}
-NGINX
+mkdir -p "$work/nginx/www"
+curl -s -H "Authorization: Bearer $token" "http://127.0.0.1:$gate_port_open$path" -o "$work/nginx/www/page.json"
+nginx_page_conf "$work/nginx" "$nginx_port" 2
 nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -g 'daemon off;' & pids+=($!)
 nginx_master=$!
 wait_port "$nginx_port"
@@ -204,7 +190,7 @@ http {
     end
     local hex = "$token_digest"
     credentials = { [(hex:gsub("..", function(b) return string.char(tonumber(b, 16)) end))] = { customer = "acme" } }
-    page = io.open("$work/www/page.json"):read("*a")
+    page = io.open("$work/nginx/www/page.json"):read("*a")
   }
 $(kong_server "$kong_limited_port" 1 86400)
 $(kong_server "$kong_open_port" 100000 1)

@@ -35,6 +35,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# shellcheck source=lib/nginx-page.sh
+. "$root/scripts/lib/nginx-page.sh"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 120); do curl -s -m 5 -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 1; done; echo "port $1 never answered" >&2; exit 1; }
 token="$("$bin" token create --store "$work/tokens.json" --name bench --customer acme --all-sites 2>/dev/null)"
@@ -51,21 +53,11 @@ case "$kind" in
     "$bin" serve --config "$work/config.toml" --store "$work/tokens.json" --listen "127.0.0.1:$stub_port" --admin off >/dev/null 2>&1 &
     upstream=$!
     wait_port "$stub_port"
-    mkdir -p "$work/nginx/logs" "$work/www"
-    curl -s -H "Authorization: Bearer $token" "http://127.0.0.1:$stub_port$path" -o "$work/www/page.json"
+    mkdir -p "$work/nginx/www"
+    curl -s -H "Authorization: Bearer $token" "http://127.0.0.1:$stub_port$path" -o "$work/nginx/www/page.json"
     kill "$upstream"; wait "$upstream" 2>/dev/null || true
     nginx_port="$(free_port)"
-    cat > "$work/nginx/nginx.conf" <<NGINX
-worker_processes 1;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/logs/error.log;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:$nginx_port; location / { default_type application/json; root $work/www; try_files /page.json =404; } }
-}
-NGINX
+    nginx_page_conf "$work/nginx" "$nginx_port" 1
     nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -g 'daemon off;' &
     upstream=$!
     wait_port "$nginx_port"
