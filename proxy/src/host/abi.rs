@@ -143,31 +143,17 @@ fn address_bytes(address: std::net::SocketAddr) -> Vec<u8> {
     let std::net::SocketAddr::V4(v4) = address else {
         return address.to_string().into_bytes();
     };
+    let mut digits = itoa::Buffer::new();
     let mut out = Vec::with_capacity(21);
     for (i, octet) in v4.ip().octets().into_iter().enumerate() {
         if i > 0 {
             out.push(b'.');
         }
-        push_decimal(&mut out, u32::from(octet));
+        out.extend_from_slice(digits.format(octet).as_bytes());
     }
     out.push(b':');
-    push_decimal(&mut out, u32::from(v4.port()));
+    out.extend_from_slice(digits.format(v4.port()).as_bytes());
     out
-}
-
-fn push_decimal(out: &mut Vec<u8>, mut n: u32) {
-    // Least significant digit first, then turned around.
-    let start = out.len();
-    loop {
-        out.push(b'0' + (n % 10) as u8);
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    if let Some(digits) = out.get_mut(start..) {
-        digits.reverse();
-    }
 }
 
 fn status(s: Status) -> u32 {
