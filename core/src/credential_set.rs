@@ -449,24 +449,37 @@ impl Serialize for CredentialSet {
     }
 }
 
-/// Deserialized record by record into the set: the list is never held whole.
-impl<'de> Deserialize<'de> for CredentialSet {
+/// Deserialized record by record, each checked as it comes: the list is
+/// never held whole. The set-wide checks wait for [`CredentialSetBuilder::finish`].
+impl<'de> Deserialize<'de> for CredentialSetBuilder {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct Records;
         impl<'de> Visitor<'de> for Records {
-            type Value = CredentialSet;
+            type Value = CredentialSetBuilder;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a list of credential records")
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<CredentialSet, A::Error> {
+            fn visit_seq<A: SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<CredentialSetBuilder, A::Error> {
                 let mut builder = CredentialSetBuilder::default();
                 while let Some(record) = seq.next_element::<CredentialRecord>()? {
                     builder.push(&record).map_err(serde::de::Error::custom)?;
                 }
-                builder.finish().map_err(serde::de::Error::custom)
+                Ok(builder)
             }
         }
         d.deserialize_seq(Records)
+    }
+}
+
+/// Deserialized as a builder, then finished.
+impl<'de> Deserialize<'de> for CredentialSet {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        CredentialSetBuilder::deserialize(d)?
+            .finish()
+            .map_err(serde::de::Error::custom)
     }
 }
 

@@ -21,7 +21,7 @@ pub const FORMAT_VERSION: u32 = 1;
 #[serde(deny_unknown_fields)]
 struct StoreIn {
     version: u32,
-    credentials: CredentialSet,
+    credentials: CredentialSetBuilder,
 }
 
 #[derive(Serialize)]
@@ -45,7 +45,10 @@ fn check_version(version: u32) -> Result<(), String> {
 pub fn parse_set(bytes: &[u8]) -> Result<CredentialSet, String> {
     let file: StoreIn = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     check_version(file.version)?;
-    Ok(file.credentials)
+    // Finished outside serde: a repeated name or secret is the list's
+    // error, not one at the position where the list ends, and it reads as
+    // `parse_pieces` reports it.
+    file.credentials.finish()
 }
 
 /// Parses a store into its records, in order (what the CLI edits).
@@ -483,6 +486,40 @@ mod tests {
             let whole = parse_set(&bytes).unwrap();
             for piece in 1..=bytes.len().min(300) {
                 assert_eq!(split_parse(&bytes, piece).as_ref(), Ok(&whole), "{piece}");
+            }
+        }
+    }
+
+    /// A repeated name or secret is the list's error: whole or in pieces,
+    /// the same words, naming the record and no position in the file.
+    #[test]
+    fn a_repeat_reads_the_same_whole_and_in_pieces() {
+        let mut names = records(3);
+        names[2].name = names[0].name.clone();
+        let mut secrets = records(3);
+        secrets[1].hash = secrets[0].hash.clone();
+        for (r, expected) in [
+            (
+                names,
+                "credentials[2].name: \"t0 \\\"{[\\\\\" appears more than once",
+            ),
+            (
+                secrets,
+                "credentials[1].hash: the same secret appears more than once",
+            ),
+        ] {
+            for bytes in [
+                serialize(&r),
+                serde_json::to_vec(&StoreOut {
+                    version: 1,
+                    credentials: &r,
+                })
+                .unwrap(),
+            ] {
+                assert_eq!(parse_set(&bytes).err().as_deref(), Some(expected));
+                for piece in [1, 7, bytes.len()] {
+                    assert_eq!(split_parse(&bytes, piece).err().as_deref(), Some(expected));
+                }
             }
         }
     }
