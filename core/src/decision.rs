@@ -1,10 +1,10 @@
 //! What a decision is made of: the request as a host sees it, and the answer
 //! the gate gives (a reply of its own, or a forward to the sessions service).
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::error::ErrorCode;
+use crate::headers::Computed;
 
 /// The header a challenge names both schemes in.
 pub const WWW_AUTHENTICATE: &str = "Bearer realm=\"sessions\", Basic realm=\"sessions\"";
@@ -27,9 +27,63 @@ pub struct Request<'a> {
     pub client: Option<&'a str>,
 }
 
-/// Header values borrow from the gate where they can (a credential's name,
-/// the policy, constants): a decision allocates only what it computes.
-pub type Headers<'g> = Vec<(&'static str, Cow<'g, str>)>;
+/// A reply's or a forward's headers, in order.
+pub type Headers<'g> = Vec<(&'static str, FieldValue<'g>)>;
+
+/// A header's value (a field value, RFC 9110): borrowed from the gate (the policy, constants) or
+/// computed by the decision and held inline (`RateLimit`, `Retry-After`),
+/// so that a decision allocates no header value.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum FieldValue<'g> {
+    Borrowed(&'g str),
+    Computed(Computed),
+}
+
+impl FieldValue<'_> {
+    pub fn as_str(&self) -> &str {
+        match self {
+            FieldValue::Borrowed(s) => s,
+            FieldValue::Computed(c) => c.as_str(),
+        }
+    }
+}
+
+impl std::ops::Deref for FieldValue<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for FieldValue<'_> {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Debug for FieldValue<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl std::fmt::Display for FieldValue<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<str> for FieldValue<'_> {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for FieldValue<'_> {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
 
 /// A response the gate sends itself.
 #[derive(Debug, Clone, PartialEq, Eq)]

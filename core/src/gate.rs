@@ -2,7 +2,6 @@
 //! checks and answers of the contract. The order they run in is the
 //! decision's ([`crate::Pending`]).
 
-use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 
 use crate::credential::SecretHash;
@@ -12,8 +11,8 @@ use crate::config::{Backend, ConfigError, GateConfig};
 use crate::credential::{Level, parse_authorization};
 use crate::credential_set::{Credential, CredentialSet};
 use crate::decision::{
-    Action, Body, CREDENTIAL_HEADER, CUSTOMER_HEADER, Decision, Forward, Headers, Outcome, Reply,
-    Request, WWW_AUTHENTICATE,
+    Action, Body, CREDENTIAL_HEADER, CUSTOMER_HEADER, Decision, FieldValue, Forward, Headers,
+    Outcome, Reply, Request, WWW_AUTHENTICATE,
 };
 use crate::error::{ErrorCode, GateError};
 use crate::guard::GuardConfig;
@@ -46,12 +45,16 @@ pub(crate) struct Common {
     revocation_list: bool,
     /// `RateLimit-Policy`, the same on every answer: written once.
     policy: String,
+    /// The 429 of the global limit, the answer a flood gets: written once.
+    rate_limited_body: Arc<String>,
     pages: Mutex<PageCache>,
     pub(crate) full_until: FullUntil,
     pub(crate) held: crate::guard::HeldClients,
 }
 
 const JSON: &str = "application/json";
+const RATE_LIMITED: &str =
+    "The global limit of this API is reached; retry after the time in Retry-After.";
 
 /// A JSON string literal.
 fn json_string(s: &str) -> String {
@@ -64,7 +67,7 @@ fn json_string(s: &str) -> String {
 /// retry-after): one allocation, never a regrowth.
 fn json_headers() -> Headers<'static> {
     let mut headers = Vec::with_capacity(5);
-    headers.push(("content-type", Cow::Borrowed(JSON)));
+    headers.push(("content-type", FieldValue::Borrowed(JSON)));
     headers
 }
 
@@ -108,6 +111,9 @@ impl Gate {
             common: Arc::new(Common {
                 limit,
                 policy: headers::policy(limit),
+                rate_limited_body: Arc::new(
+                    GateError::new(ErrorCode::RateLimited, RATE_LIMITED).body(),
+                ),
                 pages: Mutex::new(PageCache::default()),
                 full_until: FullUntil::default(),
                 held: crate::guard::HeldClients::default(),
@@ -244,7 +250,9 @@ impl Gate {
         let mut decision = self.deny(error, None, limited);
         if let Action::Reply(reply) = &mut decision.action {
             let retry_after = headers::decimal(seconds);
-            reply.headers.push(("retry-after", Cow::Owned(retry_after)));
+            reply
+                .headers
+                .push(("retry-after", FieldValue::Computed(retry_after)));
         }
         if limited {
             let held = Verdict {
@@ -374,17 +382,13 @@ impl Gate {
         let (verdict, outcome) = match verdict {
             Ok(v) if v.admitted => (Some(v), Outcome::Allowed),
             Ok(v) => {
-                let mut d = self.deny(
-                    GateError::new(
-                        ErrorCode::RateLimited,
-                        "The global limit of this API is reached; retry after the time in Retry-After.",
-                    ),
-                    Some(name),
-                    false,
-                );
+                let body = Body::Shared(Arc::clone(&self.common.rate_limited_body));
+                let mut d = self.deny_with(ErrorCode::RateLimited, body, Some(name), false);
                 if let Action::Reply(reply) = &mut d.action {
                     let retry_after = headers::decimal(v.reset_seconds.max(1));
-                    reply.headers.push(("retry-after", Cow::Owned(retry_after)));
+                    reply
+                        .headers
+                        .push(("retry-after", FieldValue::Computed(retry_after)));
                     self.push_rate_headers(&mut reply.headers, Some(&v));
                 }
                 return d;
@@ -434,12 +438,12 @@ impl Gate {
     fn push_rate_headers<'g>(&'g self, h: &mut Headers<'g>, verdict: Option<&Verdict>) {
         h.push((
             "ratelimit-policy",
-            Cow::Borrowed(self.common.policy.as_str()),
+            FieldValue::Borrowed(self.common.policy.as_str()),
         ));
         if let Some(v) = verdict {
             h.push((
                 "ratelimit",
-                Cow::Owned(headers::ratelimit(self.common.limit, v)),
+                FieldValue::Computed(headers::ratelimit(self.common.limit, v)),
             ));
         }
     }
@@ -448,7 +452,9 @@ impl Gate {
     pub(crate) fn add_limit_state(&self, decision: &mut Decision<'_>, state: &Verdict) {
         if let Action::Reply(reply) = &mut decision.action {
             let value = headers::ratelimit(self.common.limit, state);
-            reply.headers.push(("ratelimit", Cow::Owned(value)));
+            reply
+                .headers
+                .push(("ratelimit", FieldValue::Computed(value)));
         }
     }
 
@@ -460,12 +466,23 @@ impl Gate {
         credential: Option<&'g str>,
         limited: bool,
     ) -> Decision<'g> {
+        self.deny_with(error.code, Body::Made(error.body()), credential, limited)
+    }
+
+    /// As [`Gate::deny`], with the error's body at hand.
+    fn deny_with<'g>(
+        &'g self,
+        code: ErrorCode,
+        body: Body,
+        credential: Option<&'g str>,
+        limited: bool,
+    ) -> Decision<'g> {
         let mut headers = json_headers();
-        match error.code {
+        match code {
             ErrorCode::Unauthorized | ErrorCode::InvalidCredentials => {
-                headers.push(("www-authenticate", Cow::Borrowed(WWW_AUTHENTICATE)));
+                headers.push(("www-authenticate", FieldValue::Borrowed(WWW_AUTHENTICATE)));
             }
-            ErrorCode::MethodNotAllowed => headers.push(("allow", Cow::Borrowed("GET"))),
+            ErrorCode::MethodNotAllowed => headers.push(("allow", FieldValue::Borrowed("GET"))),
             _ => {}
         }
         if limited {
@@ -473,11 +490,11 @@ impl Gate {
         }
         Decision {
             action: Action::Reply(Reply {
-                status: error.code.status(),
+                status: code.status(),
                 headers,
-                body: Body::Made(error.body()),
+                body,
             }),
-            outcome: Outcome::Denied(error.code),
+            outcome: Outcome::Denied(code),
             credential,
         }
     }

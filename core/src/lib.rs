@@ -43,10 +43,11 @@ pub use credential::{
 };
 pub use credential_set::{Credential, CredentialSet, CredentialSetBuilder, SiteScope};
 pub use decision::{
-    Action, Body, CREDENTIAL_HEADER, CUSTOMER_HEADER, Decision, Forward, Headers, Outcome, Reply,
-    Request, WWW_AUTHENTICATE, is_per_hop,
+    Action, Body, CREDENTIAL_HEADER, CUSTOMER_HEADER, Decision, FieldValue, Forward, Headers,
+    Outcome, Reply, Request, WWW_AUTHENTICATE, is_per_hop,
 };
 pub use digest_filter::DigestFilter;
+pub use headers::Computed;
 
 /// The shared-data key under which a host that keeps credentials itself
 /// (`serve` with a large store) answers a credential, by its digest in hex

@@ -6,14 +6,12 @@
     clippy::indexing_slicing
 )]
 
-use std::borrow::Cow;
-
 use base64::Engine as _;
 use serde_json::Value;
 use sessiongate_core::{
     Action, Backend, CREDENTIAL_HEADER, CUSTOMER_HEADER, CredentialSet, Decision, Entry, ErrorCode,
-    Forward, Gate, GateConfig, Kind, Kv, KvError, LIMITER_KEY, Level, LimitConfig, MemoryKv,
-    Outcome, Request, SecretHash, Sites, hash_secret, limiter_log,
+    FieldValue, Forward, Gate, GateConfig, Kind, Kv, KvError, LIMITER_KEY, Level, LimitConfig,
+    MemoryKv, Outcome, Request, SecretHash, Sites, hash_secret, limiter_log,
 };
 
 const TOKEN: &str = "fus_AAAAAAAAAAbbbbbbbbbb0000000000cccccccc12";
@@ -528,7 +526,7 @@ fn upstream_backend_forwards_rewritten() {
     assert_eq!(r.status, 500);
     assert_eq!(
         r.headers,
-        vec![("content-type", Cow::Borrowed("application/json"))]
+        vec![("content-type", FieldValue::Borrowed("application/json"))]
     );
     let body: Value = serde_json::from_str(&r.body).unwrap();
     assert_eq!(body["error"]["code"], "internal_error");

@@ -288,7 +288,7 @@ pub(crate) fn carry_out<H: Host>(decision: Decision<'_>, host: &mut H) -> Next {
             // Kept until the response: owned, as the gate may be
             // reconfigured in between.
             let response = forward.response_headers.into_iter();
-            Next::Continue(response.map(|(n, v)| (n, v.into_owned())).collect())
+            Next::Continue(response.map(|(n, v)| (n, v.as_str().to_owned())).collect())
         }
     }
 }
