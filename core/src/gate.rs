@@ -190,6 +190,13 @@ impl Gate {
         self.common.fail_open
     }
 
+    /// Whether a decision uses the client's address ([`Request::client`]):
+    /// only the failed-credential guard does. A host whose address costs
+    /// something to get (a proxy-wasm property) asks first.
+    pub fn uses_client_address(&self) -> bool {
+        self.common.guard.enabled()
+    }
+
     pub(crate) fn guard(&self) -> &GuardConfig {
         &self.common.guard
     }

@@ -209,13 +209,33 @@ pub fn on_request_headers<H: Host>(
     };
     let method = pseudo(":method");
     let target = pseudo(":path");
-    let authorization: Vec<&[u8]> = headers
+    // Every `Authorization` value, in order: nearly always one, which
+    // needs no list of its own.
+    let mut values = headers
         .pairs()
         .filter(|(n, _)| n.eq_ignore_ascii_case(b"authorization"))
-        .map(|(_, v)| v)
-        .collect();
+        .map(|(_, v)| v);
+    let one: [&[u8]; 1];
+    let many: Vec<&[u8]>;
+    let authorization: &[&[u8]] = match (values.next(), values.next()) {
+        (None, _) => &[],
+        (Some(value), None) => {
+            one = [value];
+            &one
+        }
+        (Some(first), Some(second)) => {
+            many = [first, second].into_iter().chain(values).collect();
+            &many
+        }
+    };
     let now = host.now_ms();
-    let client = host.source_address();
+    // A property read is a call into the host and back into the guest's
+    // allocator: made only when the decision will use the address.
+    let client = if gate.uses_client_address() {
+        host.source_address()
+    } else {
+        None
+    };
     // Without the fleet feature the root context refuses an etcd limiter.
     #[cfg(not(feature = "fleet"))]
     let _: &mut Option<Waiting> = waiting;
@@ -226,18 +246,18 @@ pub fn on_request_headers<H: Host>(
         waiting,
         method,
         target,
-        &authorization,
+        authorization,
         now,
         &client,
     ) {
         return next;
     }
-    let gate = choose(gate, host, &authorization);
+    let gate = choose(gate, host, authorization);
     let decision = gate.decide(
         &Request {
             method,
             target,
-            authorization: &authorization,
+            authorization,
             client: client.as_deref(),
         },
         now,
@@ -326,6 +346,8 @@ mod tests {
         tokens: Vec<Option<String>>,
         refuse_calls: bool,
         etcd_token: Option<String>,
+        /// How many times the filter asked for `source.address`.
+        address_reads: std::cell::Cell<u32>,
     }
 
     impl Host for Mock {
@@ -385,6 +407,7 @@ mod tests {
             self.logs.push(format!("credential={name}"));
         }
         fn source_address(&self) -> Option<String> {
+            self.address_reads.set(self.address_reads.get() + 1);
             Some("10.0.0.9:4000".into())
         }
         fn http_call(
@@ -540,6 +563,45 @@ mod tests {
             m.metrics.get("sessiongate_denied_limiter_unavailable"),
             Some(&1)
         );
+    }
+
+    /// The address is a property read (a host call and a guest allocation):
+    /// asked for only when the guard, its one user, is on.
+    #[test]
+    fn the_address_is_read_only_for_the_guard() {
+        let guarded = gate(Backend::Stub);
+        let open = Gate::new(GateConfig {
+            credentials: sessiongate_core::fixtures::token_set(TOKEN, "t").unwrap(),
+            backend: Backend::Stub,
+            guard: sessiongate_core::GuardConfig {
+                failures: 0,
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+        .unwrap();
+        for (g, reads) in [(&guarded, 1), (&open, 0)] {
+            let mut m = request(&[&format!("Bearer {TOKEN}")]);
+            on_request_headers(g, &mut m, &mut None);
+            assert_eq!(m.reply.as_ref().map(|r| r.0), Some(200));
+            assert_eq!(m.address_reads.get(), reads);
+        }
+    }
+
+    /// One `Authorization` value or several, the gate sees them all.
+    #[test]
+    fn every_authorization_value_reaches_the_gate() {
+        let g = gate(Backend::Stub);
+        let valid = format!("Bearer {TOKEN}");
+        for (values, status) in [
+            (vec![valid.as_str()], 200),
+            (vec![valid.as_str(), valid.as_str()], 400),
+            (vec![valid.as_str(), valid.as_str(), "Basic eA=="], 400),
+        ] {
+            let mut m = request(&values);
+            on_request_headers(&g, &mut m, &mut None);
+            assert_eq!(m.reply.as_ref().map(|r| r.0), Some(status), "{values:?}");
+        }
     }
 
     #[test]
