@@ -209,25 +209,11 @@ pub fn on_request_headers<H: Host>(
     };
     let method = pseudo(":method");
     let target = pseudo(":path");
-    // Every `Authorization` value, in order: nearly always one, which
-    // needs no list of its own.
-    let mut values = headers
+    let authorization: Vec<&[u8]> = headers
         .pairs()
         .filter(|(n, _)| n.eq_ignore_ascii_case(b"authorization"))
-        .map(|(_, v)| v);
-    let one: [&[u8]; 1];
-    let many: Vec<&[u8]>;
-    let authorization: &[&[u8]] = match (values.next(), values.next()) {
-        (None, _) => &[],
-        (Some(value), None) => {
-            one = [value];
-            &one
-        }
-        (Some(first), Some(second)) => {
-            many = [first, second].into_iter().chain(values).collect();
-            &many
-        }
-    };
+        .map(|(_, v)| v)
+        .collect();
     let now = host.now_ms();
     // A property read is a call into the host and back into the guest's
     // allocator: made only when the decision will use the address.
@@ -246,18 +232,18 @@ pub fn on_request_headers<H: Host>(
         waiting,
         method,
         target,
-        authorization,
+        &authorization,
         now,
         &client,
     ) {
         return next;
     }
-    let gate = choose(gate, host, authorization);
+    let gate = choose(gate, host, &authorization);
     let decision = gate.decide(
         &Request {
             method,
             target,
-            authorization,
+            authorization: &authorization,
             client: client.as_deref(),
         },
         now,
