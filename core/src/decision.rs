@@ -93,8 +93,9 @@ pub struct Reply<'g> {
     pub body: Body,
 }
 
-/// A reply's body: made for this reply, or shared with the stub's page
-/// cache (a page is ~160 KB: a host copies it once, not twice).
+/// A reply's body: made for this reply, or shared with the gate: a page of
+/// the stub's cache (~160 KB: a host copies it once, not twice) or the
+/// limit's 429, made once with the gate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Body {
     Made(String),
