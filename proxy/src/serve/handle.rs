@@ -67,7 +67,7 @@ fn build_response(status: u16, headers: HeaderList, body: Chunks) -> Response<Ch
             continue;
         }
         let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_bytes()),
+            header_name(&name),
             HeaderValue::from_maybe_shared(Bytes::from(value)),
         ) else {
             return internal_error();
@@ -75,6 +75,17 @@ fn build_response(status: u16, headers: HeaderList, body: Chunks) -> Response<Ch
         map.append(name, value);
     }
     response
+}
+
+/// A header's name for hyper. The rate-limit headers, on every answer of
+/// the API, are names `http` does not know: parsed, each would be copied
+/// into an allocation of its own; named here, they are static.
+fn header_name(name: &str) -> Result<HeaderName, hyper::header::InvalidHeaderName> {
+    match name {
+        "ratelimit" => Ok(HeaderName::from_static("ratelimit")),
+        "ratelimit-policy" => Ok(HeaderName::from_static("ratelimit-policy")),
+        _ => HeaderName::from_bytes(name.as_bytes()),
+    }
 }
 
 fn internal_error() -> Response<Chunks> {
@@ -326,4 +337,26 @@ async fn forward(
     tokio::time::timeout(live.upstream_timeout, exchange)
         .await
         .map_err(|_| anyhow!("timed out after {:?}", live.upstream_timeout))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn named_headers_are_the_parsed_ones() {
+        for name in [
+            "ratelimit",
+            "ratelimit-policy",
+            "retry-after",
+            "content-type",
+            "x-other",
+        ] {
+            assert_eq!(
+                header_name(name).unwrap(),
+                HeaderName::from_bytes(name.as_bytes()).unwrap()
+            );
+        }
+        assert!(header_name("bad name").is_err());
+    }
 }
