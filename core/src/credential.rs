@@ -89,9 +89,15 @@ fn is_base62(bytes: &[u8]) -> bool {
 
 /// Whether a string is shaped like an API token.
 pub fn is_token(s: &str) -> bool {
+    is_token_bytes(s.as_bytes())
+}
+
+/// [`is_token`] on bytes: a token is ASCII, so a header value needs no
+/// UTF-8 check first.
+fn is_token_bytes(s: &[u8]) -> bool {
     s.len() == TOKEN_LEN
-        && s.strip_prefix(TOKEN_PREFIX)
-            .is_some_and(|body| is_base62(body.as_bytes()))
+        && s.strip_prefix(TOKEN_PREFIX.as_bytes())
+            .is_some_and(is_base62)
 }
 
 /// Whether a string is shaped like an API key: base62 body, `/`, 7-character
@@ -389,8 +395,7 @@ pub fn parse_authorization(value: &[u8]) -> Result<Presented, Malformed> {
         return Err(Malformed::Empty);
     }
     if scheme.eq_ignore_ascii_case(b"bearer") {
-        let token = std::str::from_utf8(credential).map_err(|_| Malformed::NotATokenShape)?;
-        if !is_token(token) {
+        if !is_token_bytes(credential) {
             return Err(Malformed::NotATokenShape);
         }
         Ok(Presented::Bearer(hash_secret(credential)))
