@@ -422,6 +422,18 @@ mod tests {
             .collect()
     }
 
+    /// A store as the CLI writes it (pretty) and on one line.
+    fn both_forms(r: &[CredentialRecord]) -> [Vec<u8>; 2] {
+        [
+            serialize(r),
+            serde_json::to_vec(&StoreOut {
+                version: 1,
+                credentials: r,
+            })
+            .unwrap(),
+        ]
+    }
+
     fn split_parse(bytes: &[u8], piece: usize) -> Result<CredentialSet, String> {
         parse_pieces(bytes.chunks(piece.max(1)))
     }
@@ -475,14 +487,7 @@ mod tests {
     #[test]
     fn split_in_any_pieces_is_the_same_as_whole() {
         let r = records(5);
-        for bytes in [
-            serialize(&r),
-            serde_json::to_vec(&StoreOut {
-                version: 1,
-                credentials: &r,
-            })
-            .unwrap(),
-        ] {
+        for bytes in both_forms(&r) {
             let whole = parse_set(&bytes).unwrap();
             for piece in 1..=bytes.len().min(300) {
                 assert_eq!(split_parse(&bytes, piece).as_ref(), Ok(&whole), "{piece}");
@@ -508,14 +513,7 @@ mod tests {
                 "credentials[1].hash: the same secret appears more than once",
             ),
         ] {
-            for bytes in [
-                serialize(&r),
-                serde_json::to_vec(&StoreOut {
-                    version: 1,
-                    credentials: &r,
-                })
-                .unwrap(),
-            ] {
+            for bytes in both_forms(&r) {
                 assert_eq!(parse_set(&bytes).err().as_deref(), Some(expected));
                 for piece in [1, 7, bytes.len()] {
                     assert_eq!(split_parse(&bytes, piece).err().as_deref(), Some(expected));
