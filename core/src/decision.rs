@@ -12,6 +12,9 @@ pub const WWW_AUTHENTICATE: &str = "Bearer realm=\"sessions\", Basic realm=\"ses
 /// customer): set by the gate, replacing any a client sent.
 pub const CREDENTIAL_HEADER: &str = "x-sessiongate-credential";
 pub const CUSTOMER_HEADER: &str = "x-sessiongate-customer";
+/// The rate-limit headers of section 4, as the gate names them (lowercase).
+pub const RATELIMIT_HEADER: &str = "ratelimit";
+pub const RATELIMIT_POLICY_HEADER: &str = "ratelimit-policy";
 
 /// What the host knows of a request. Header values are raw bytes: they may
 /// not be UTF-8, and the gate must not fail on them.

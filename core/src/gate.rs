@@ -12,7 +12,7 @@ use crate::credential::{Level, parse_authorization};
 use crate::credential_set::{Credential, CredentialSet};
 use crate::decision::{
     Action, Body, CREDENTIAL_HEADER, CUSTOMER_HEADER, Decision, FieldValue, Forward, Headers,
-    Outcome, Reply, Request, WWW_AUTHENTICATE,
+    Outcome, RATELIMIT_HEADER, RATELIMIT_POLICY_HEADER, Reply, Request, WWW_AUTHENTICATE,
 };
 use crate::error::{ErrorCode, GateError};
 use crate::guard::GuardConfig;
@@ -444,12 +444,12 @@ impl Gate {
     /// ([`json_headers`]), so they cost no vector of their own.
     fn push_rate_headers<'g>(&'g self, h: &mut Headers<'g>, verdict: Option<&Verdict>) {
         h.push((
-            "ratelimit-policy",
+            RATELIMIT_POLICY_HEADER,
             FieldValue::Borrowed(self.common.policy.as_str()),
         ));
         if let Some(v) = verdict {
             h.push((
-                "ratelimit",
+                RATELIMIT_HEADER,
                 FieldValue::Computed(headers::ratelimit(self.common.limit, v)),
             ));
         }
@@ -461,7 +461,7 @@ impl Gate {
             let value = headers::ratelimit(self.common.limit, state);
             reply
                 .headers
-                .push(("ratelimit", FieldValue::Computed(value)));
+                .push((RATELIMIT_HEADER, FieldValue::Computed(value)));
         }
     }
 

@@ -44,7 +44,8 @@ pub use credential::{
 pub use credential_set::{Credential, CredentialSet, CredentialSetBuilder, SiteScope};
 pub use decision::{
     Action, Body, CREDENTIAL_HEADER, CUSTOMER_HEADER, Decision, FieldValue, Forward, Headers,
-    Outcome, Reply, Request, WWW_AUTHENTICATE, is_per_hop,
+    Outcome, RATELIMIT_HEADER, RATELIMIT_POLICY_HEADER, Reply, Request, WWW_AUTHENTICATE,
+    is_per_hop,
 };
 pub use digest_filter::DigestFilter;
 pub use headers::Computed;

@@ -16,7 +16,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use sessiongate_core::{Backend, is_per_hop};
+use sessiongate_core::{Backend, RATELIMIT_HEADER, RATELIMIT_POLICY_HEADER, is_per_hop};
 use sessiongate_spin::CLIENT_ADDR_HEADER;
 
 use super::body::Chunks;
@@ -82,8 +82,8 @@ fn build_response(status: u16, headers: HeaderList, body: Chunks) -> Response<Ch
 /// into an allocation of its own; named here, they are static.
 fn header_name(name: &str) -> Result<HeaderName, hyper::header::InvalidHeaderName> {
     match name {
-        "ratelimit" => Ok(HeaderName::from_static("ratelimit")),
-        "ratelimit-policy" => Ok(HeaderName::from_static("ratelimit-policy")),
+        RATELIMIT_HEADER => Ok(HeaderName::from_static(RATELIMIT_HEADER)),
+        RATELIMIT_POLICY_HEADER => Ok(HeaderName::from_static(RATELIMIT_POLICY_HEADER)),
         _ => HeaderName::from_bytes(name.as_bytes()),
     }
 }
