@@ -90,11 +90,12 @@ curl -s -H "Authorization: Bearer $token" "http://127.0.0.1:$gate_port_limited$p
 # nginx: the same answers, as plain as they come.
 nginx_port="$(free_port)"
 mkdir -p "$work/nginx/www"
-curl -s -H "Authorization: Bearer $token" "http://127.0.0.1:$gate_port_open$path" -o "$work/nginx/www/page.json"
+curl -sf -H "Authorization: Bearer $token" "http://127.0.0.1:$gate_port_open$path" -o "$work/nginx/www/page.json"
 nginx_page_conf "$work/nginx" "$nginx_port" 2
 nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -g 'daemon off;' & pids+=($!)
 nginx_master=$!
 wait_port "$nginx_port"
+nginx_page_check "$nginx_port" "$work/nginx/www/page.json"
 mapfile -t nginx_workers < <(pgrep -P "$nginx_master")
 
 # (c) forwarding, the production path: serve with the nginx above as its
@@ -122,6 +123,12 @@ PROXY
 nginx -p "$work/proxy" -c "$work/proxy/nginx.conf" -g 'daemon off;' & pids+=($!)
 proxy_master=$!
 wait_port "$proxy_port"; wait_port "$forward_port"
+# Both front servers must forward the page itself, not an upstream error.
+for front in "$proxy_port" "$forward_port"; do
+  if ! curl -sf -H "Authorization: Bearer $token" "http://127.0.0.1:$front$path" | cmp -s - "$work/nginx/www/page.json"; then
+    echo "bench-load.sh: port $front does not forward the page" >&2; exit 1
+  fi
+done
 mapfile -t proxy_workers < <(pgrep -P "$proxy_master")
 
 # The Kong-like gate: OpenResty's parts on Debian's nginx.

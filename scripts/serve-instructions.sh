@@ -54,13 +54,14 @@ case "$kind" in
     upstream=$!
     wait_port "$stub_port"
     mkdir -p "$work/nginx/www"
-    curl -s -H "Authorization: Bearer $token" "http://127.0.0.1:$stub_port$path" -o "$work/nginx/www/page.json"
+    curl -sf -H "Authorization: Bearer $token" "http://127.0.0.1:$stub_port$path" -o "$work/nginx/www/page.json"
     kill "$upstream"; wait "$upstream" 2>/dev/null || true
     nginx_port="$(free_port)"
     nginx_page_conf "$work/nginx" "$nginx_port" 1
     nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -g 'daemon off;' &
     upstream=$!
     wait_port "$nginx_port"
+    nginx_page_check "$nginx_port" "$work/nginx/www/page.json"
     printf 'backend = "http://127.0.0.1:%s"\n' "$nginx_port" > "$work/config.toml"
     printf "$open" >> "$work/config.toml"
     ;;

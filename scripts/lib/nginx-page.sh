@@ -8,9 +8,19 @@
 #   /flood  a 429 with a small JSON body
 #   /page   the page
 #   /v1/external/sessions/...  the page under the API's path (the upstream)
+#   nginx_page_check PORT FILE
+# fails unless both page locations answer 200 with exactly FILE.
+#
+# Started as root, nginx's workers run as `nobody`, and mktemp's directories
+# are 0700: without search permission on every directory above the page, the
+# workers answer 403 and 404 (153 bytes) instead of the page, and a benchmark
+# would measure those. So the directories above DIR get o+x (search, not
+# listing), and the check makes such a mistake an error, not a figure.
 nginx_page_conf() {
-  local dir="$1" port="$2" workers="$3"
+  local dir="$1" port="$2" workers="$3" up
   mkdir -p "$dir/logs" "$dir/www"
+  up="$(cd "$dir" && pwd)"
+  while [ "$up" != / ]; do chmod o+x "$up"; up="$(dirname "$up")"; done
   cat > "$dir/nginx.conf" <<NGINX
 worker_processes $workers;
 pid $dir/nginx.pid;
@@ -27,4 +37,14 @@ http {
   }
 }
 NGINX
+}
+
+nginx_page_check() {
+  local port="$1" file="$2" location
+  for location in /page /v1/external/sessions/acme/site-1; do
+    if ! curl -sf "http://127.0.0.1:$port$location" | cmp -s - "$file"; then
+      echo "nginx on port $port does not serve the page at $location: $(curl -s -o /dev/null -w '%{http_code}, %{size_download} bytes' "http://127.0.0.1:$port$location")" >&2
+      exit 1
+    fi
+  done
 }
