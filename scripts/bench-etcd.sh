@@ -60,6 +60,8 @@ for store in local etcd; do
   lines=""; [ "$store" = etcd ] && lines="$on_etcd"
   start_serve "flood-$store" 1 86400 "$lines"
   curl -s -o /dev/null -H "$auth" "http://127.0.0.1:$port$path"   # spends the day's one
+  status="$(curl -s -o /dev/null -w '%{http_code}' -H "$auth" "http://127.0.0.1:$port$path")"
+  [ "$status" = 429 ] || { echo "bench-etcd.sh: the flood's server answered $status, not 429" >&2; exit 1; }
   before="$(etcd_requests)"
   rps="$(wrk -t2 -c"$connections" -d"${duration}s" -H "$auth" "http://127.0.0.1:$port$path" | awk '/Requests\/sec/ {print $2}')"
   after="$(etcd_requests)"

@@ -225,6 +225,18 @@ curl -s -H "Authorization: Bearer $token" "http://127.0.0.1:$kong_limited_port$p
 kong_check="$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "http://127.0.0.1:$kong_open_port$path")"
 [ "$kong_check" = 200 ] || { echo "the Kong-like gate answered $kong_check: $(cat "$work/kong/logs/error.log")" >&2; exit 1; }
 
+# Each server answers what its row says it measures: a flood of 429s (the
+# day's one request spent above), and the page with a 200.
+expect() { # status url
+  local got
+  got="$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "$2")"
+  [ "$got" = "$1" ] || { echo "bench-load.sh: $2 answered $got, not $1" >&2; exit 1; }
+}
+expect 429 "http://127.0.0.1:$nginx_port/flood"
+expect 429 "http://127.0.0.1:$kong_limited_port$path"
+expect 429 "http://127.0.0.1:$gate_port_limited$path"
+expect 200 "http://127.0.0.1:$gate_port_open$path"
+
 # CPU the server spent (user + system, all its threads or worker processes),
 # in clock ticks: read from /proc around each wrk run.
 cpu_ticks() {
