@@ -7,6 +7,7 @@
 #   scripts/bench-load.sh [DURATION_SECONDS] [CONNECTIONS] [ROUNDS]   (default 10 s, 32, 3)
 #   SESSIONGATE_BENCH_PLUGIN=FILE / SESSIONGATE_BENCH_COMPONENT=FILE: another
 #   filter build, or a Spin component under `serve --component`.
+#   SESSIONGATE_BENCH_BINARY=FILE: another sessiongate binary.
 #
 # Besides requests/s and p99, each row shows the CPU the server itself spent
 # per request (user + system, from /proc): wrk runs on the same cores, so
@@ -50,7 +51,10 @@ if [ -n "$missing" ]; then
 fi
 
 target_dir="${CARGO_TARGET_DIR:-$root/target}"
-gate="$target_dir/release/sessiongate"
+# SESSIONGATE_BENCH_BINARY=FILE: another build of sessiongate (the tests run
+# the script on their debug build, to hold its checks; figures come from a
+# release build).
+gate="${SESSIONGATE_BENCH_BINARY:-$target_dir/release/sessiongate}"
 if [ ! -x "$gate" ]; then
   echo "bench-load.sh: building sessiongate (release)" >&2
   (cd "$root" && cargo build --quiet --release -p sessiongate)
