@@ -29,12 +29,18 @@ fn bench_load_measures_the_servers_it_names() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let out = Command::new(root.join("scripts/bench-load.sh"))
         .args(["1", "4", "1"])
-        .env("SESSIONGATE_BENCH_BINARY", env!("CARGO_BIN_EXE_sessiongate"))
+        .env(
+            "SESSIONGATE_BENCH_BINARY",
+            env!("CARGO_BIN_EXE_sessiongate"),
+        )
         .output()
         .expect("bench-load.sh runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "bench-load.sh failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "bench-load.sh failed:\n{stdout}\n{stderr}"
+    );
     let rows = [
         ("(a) 429 flood", "nginx"),
         ("(a) 429 flood", "kong"),
