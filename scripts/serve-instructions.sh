@@ -77,6 +77,10 @@ vg=$!
 url="http://127.0.0.1:$port$path"
 wait_port "$port"
 for _ in 1 2 3; do curl -s -o /dev/null -H "Authorization: Bearer $token" "$url"; done
+# What is counted must be what the kind says: the flood's 429, the page's 200.
+want=200; [ "$kind" = flood ] && want=429
+got="$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "$url")"
+[ "$got" = "$want" ] || { echo "serve-instructions.sh: $kind answered $got, not $want" >&2; exit 1; }
 wrk -t1 -c4 -d3s -H "Authorization: Bearer $token" "$url" >/dev/null
 callgrind_control -i on "$vg" >/dev/null
 callgrind_control -z "$vg" >/dev/null
