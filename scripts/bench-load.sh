@@ -61,6 +61,7 @@ if [ ! -x "$gate" ]; then
 fi
 
 work="$(mktemp -d)"
+chmod o+x "$work"   # for nginx's workers (scripts/lib/nginx-page.sh)
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done

@@ -26,6 +26,7 @@ done
 [ -x "$bin" ] || { echo "serve-instructions.sh: no binary at $bin (cargo build --release -p sessiongate)" >&2; exit 2; }
 
 work="$(mktemp -d)"
+chmod o+x "$work"   # for nginx's workers (scripts/lib/nginx-page.sh)
 vg=""
 upstream=""
 cleanup() {

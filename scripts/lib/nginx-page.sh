@@ -14,13 +14,13 @@
 # Started as root, nginx's workers run as `nobody`, and mktemp's directories
 # are 0700: without search permission on every directory above the page, the
 # workers answer 403 and 404 (153 bytes) instead of the page, and a benchmark
-# would measure those. So the directories above DIR get o+x (search, not
-# listing), and the check makes such a mistake an error, not a figure.
+# would measure those. So each script gives its own work directory o+x
+# (search, not listing), DIR gets it here, nothing outside is touched, and
+# the check makes any other such mistake an error, not a figure.
 nginx_page_conf() {
-  local dir="$1" port="$2" workers="$3" up
+  local dir="$1" port="$2" workers="$3"
   mkdir -p "$dir/logs" "$dir/www"
-  up="$(cd "$dir" && pwd)"
-  while [ "$up" != / ]; do chmod o+x "$up"; up="$(dirname "$up")"; done
+  chmod o+x "$dir" "$dir/www"
   cat > "$dir/nginx.conf" <<NGINX
 worker_processes $workers;
 pid $dir/nginx.pid;
@@ -43,7 +43,8 @@ nginx_page_check() {
   local port="$1" file="$2" location
   for location in /page /v1/external/sessions/acme/site-1; do
     if ! curl -sf "http://127.0.0.1:$port$location" | cmp -s - "$file"; then
-      echo "nginx on port $port does not serve the page at $location: $(curl -s -o /dev/null -w '%{http_code}, %{size_download} bytes' "http://127.0.0.1:$port$location")" >&2
+      echo "nginx on port $port does not serve the page at $location: $(curl -s -o /dev/null -w '%{http_code}, %{size_download} bytes' "http://127.0.0.1:$port$location")" \
+        "(started as root, its workers run as nobody: every directory above $file needs o+x)" >&2
       exit 1
     fi
   done
