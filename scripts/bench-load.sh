@@ -143,9 +143,7 @@ proxy_tuned_master=$!
 wait_port "$proxy_port"; wait_port "$proxy_tuned_port"; wait_port "$forward_port"
 # Every front server must forward the page itself, not an upstream error.
 for front in "$proxy_port" "$proxy_tuned_port" "$forward_port"; do
-  if ! curl -sf -H "Authorization: Bearer $token" "http://127.0.0.1:$front$path" | cmp -s - "$work/nginx/www/page.json"; then
-    echo "bench-load.sh: port $front does not forward the page" >&2; exit 1
-  fi
+  page_check "$work/nginx/www/page.json" "http://127.0.0.1:$front$path" -H "Authorization: Bearer $token"
 done
 mapfile -t proxy_workers < <(pgrep -P "$proxy_master")
 mapfile -t proxy_tuned_workers < <(pgrep -P "$proxy_tuned_master")

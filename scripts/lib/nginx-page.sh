@@ -9,7 +9,9 @@
 #   /page   the page
 #   /v1/external/sessions/...  the page under the API's path (the upstream)
 #   nginx_page_check PORT FILE
-# fails unless both page locations answer 200 with exactly FILE.
+# fails unless both page locations answer 200 with exactly FILE;
+#   page_check FILE URL [CURL-ARGUMENTS...]
+# fails unless URL does (the check of any server that serves the page).
 #
 # Started as root, nginx's workers run as `nobody`, and mktemp's directories
 # are 0700: without search permission on every directory above the page, the
@@ -42,10 +44,16 @@ NGINX
 nginx_page_check() {
   local port="$1" file="$2" location
   for location in /page /v1/external/sessions/acme/site-1; do
-    if ! curl -sf "http://127.0.0.1:$port$location" | cmp -s - "$file"; then
-      echo "nginx on port $port does not serve the page at $location: $(curl -s -o /dev/null -w '%{http_code}, %{size_download} bytes' "http://127.0.0.1:$port$location")" \
-        "(started as root, its workers run as nobody: every directory above $file needs o+x)" >&2
-      exit 1
-    fi
+    page_check "$file" "http://127.0.0.1:$port$location"
   done
+}
+
+page_check() { # file url [curl arguments...]
+  local file="$1" url="$2"
+  shift 2
+  if ! curl -sf "$@" "$url" | cmp -s - "$file"; then
+    echo "$url does not serve the page: $(curl -s -o /dev/null -w '%{http_code}, %{size_download} bytes' "$@" "$url")" \
+      "(an nginx started as root runs its workers as nobody: every directory above $file needs o+x)" >&2
+    exit 1
+  fi
 }
