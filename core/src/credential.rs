@@ -26,12 +26,6 @@ pub fn hash_secret(secret: &[u8]) -> SecretHash {
     Sha256::digest(secret).into()
 }
 
-/// A SHA-256 a gate hashes presented secrets with: [`hash_secret`] unless a
-/// host hands in its own ([`crate::Gate::hashing_with`]), as a proxy-wasm
-/// host can offer a native one to a filter whose own runs in wasm. It must
-/// compute SHA-256: any other function authenticates no stored credential.
-pub type HashFn = fn(&[u8]) -> SecretHash;
-
 pub fn hash_hex(hash: &SecretHash) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(64);
@@ -379,14 +373,10 @@ fn trim_ows(b: &[u8]) -> &[u8] {
 /// refuses it with no lookup), one for `Bearer`, up to two for `Basic` (the
 /// raw key, and the secret inside its RFC 7617 form).
 pub fn presented_hashes(authorization: &[&[u8]]) -> Vec<SecretHash> {
-    presented_hashes_with(authorization, hash_secret)
-}
-
-pub(crate) fn presented_hashes_with(authorization: &[&[u8]], hash: HashFn) -> Vec<SecretHash> {
     let [value] = authorization else {
         return Vec::new();
     };
-    match parse_authorization_with(value, hash) {
+    match parse_authorization(value) {
         Ok(Presented::Bearer(hash)) => vec![hash],
         Ok(Presented::Basic { raw, decoded }) => std::iter::once(raw).chain(decoded).collect(),
         Err(_) => Vec::new(),
@@ -394,13 +384,6 @@ pub(crate) fn presented_hashes_with(authorization: &[&[u8]], hash: HashFn) -> Ve
 }
 
 pub fn parse_authorization(value: &[u8]) -> Result<Presented, Malformed> {
-    parse_authorization_with(value, hash_secret)
-}
-
-pub(crate) fn parse_authorization_with(
-    value: &[u8],
-    hash: HashFn,
-) -> Result<Presented, Malformed> {
     let value = trim_ows(value);
     let split = value
         .iter()
@@ -415,7 +398,7 @@ pub(crate) fn parse_authorization_with(
         if !is_token_bytes(credential) {
             return Err(Malformed::NotATokenShape);
         }
-        Ok(Presented::Bearer(hash(credential)))
+        Ok(Presented::Bearer(hash_secret(credential)))
     } else if scheme.eq_ignore_ascii_case(b"basic") {
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(credential)
@@ -427,10 +410,10 @@ pub(crate) fn parse_authorization_with(
                 #[allow(clippy::indexing_slicing)]
                 let password = &password[1..];
                 let secret = if password.is_empty() { user } else { password };
-                (!secret.is_empty()).then(|| hash(secret))
+                (!secret.is_empty()).then(|| hash_secret(secret))
             });
         Ok(Presented::Basic {
-            raw: hash(credential),
+            raw: hash_secret(credential),
             decoded,
         })
     } else {

@@ -8,7 +8,7 @@ use crate::credential::SecretHash;
 
 use crate::config::LimiterStore;
 use crate::config::{Backend, ConfigError, GateConfig};
-use crate::credential::{HashFn, Level, hash_secret, parse_authorization_with};
+use crate::credential::{Level, parse_authorization};
 use crate::credential_set::{Credential, CredentialSet};
 use crate::decision::{
     Action, Body, CREDENTIAL_HEADER, CUSTOMER_HEADER, Decision, FieldValue, Forward, Headers,
@@ -29,8 +29,6 @@ use crate::stub::PageCache;
 #[derive(Debug)]
 pub struct Gate {
     credentials: CredentialSet,
-    /// What presented secrets are hashed with.
-    hash: HashFn,
     /// Shared by the gates [`Gate::with_credentials`] makes.
     pub(crate) common: Arc<Common>,
 }
@@ -110,7 +108,6 @@ impl Gate {
         let limit = Limit::new(config.limit.requests, config.limit.window_seconds);
         Ok(Gate {
             credentials: config.credentials,
-            hash: hash_secret,
             common: Arc::new(Common {
                 limit,
                 policy: headers::policy(limit),
@@ -142,7 +139,7 @@ impl Gate {
     /// (empty: decide as is; the gate holds it, or nothing well-formed was
     /// presented).
     pub fn missing_digests(&self, authorization: &[&[u8]]) -> Vec<SecretHash> {
-        let digests = crate::credential::presented_hashes_with(authorization, self.hash);
+        let digests = crate::credential::presented_hashes(authorization);
         let held = digests
             .iter()
             .any(|d| self.credentials.by_hash(d).is_some());
@@ -156,16 +153,8 @@ impl Gate {
     pub fn with_credentials(&self, credentials: CredentialSet) -> Gate {
         Gate {
             credentials,
-            hash: self.hash,
             common: self.common.clone(),
         }
-    }
-
-    /// This gate, hashing presented secrets with `hash`, which must be
-    /// SHA-256 ([`HashFn`]); the gates [`Gate::with_credentials`] makes of
-    /// it hash with it too.
-    pub fn hashing_with(self, hash: HashFn) -> Gate {
-        Gate { hash, ..self }
     }
 
     /// A gate whose decisions ask whether each authenticated credential was
@@ -300,7 +289,7 @@ impl Gate {
                 ));
             }
         };
-        parse_authorization_with(value, self.hash)
+        parse_authorization(value)
             .ok()
             .and_then(|presented| self.credentials.find(&presented))
             .ok_or_else(Gate::invalid_credentials)

@@ -37,7 +37,7 @@ pub mod fuzzing;
 
 pub use config::{Backend, ConfigError, GateConfig, LimitConfig, LimiterStore};
 pub use credential::{
-    CredentialRecord, HashFn, KEY_MIN_BODY_LEN, KEY_SUFFIX_LEN, Kind, Level, Malformed, Presented,
+    CredentialRecord, KEY_MIN_BODY_LEN, KEY_SUFFIX_LEN, Kind, Level, Malformed, Presented,
     SecretHash, Sites, TOKEN_BODY_LEN, TOKEN_PREFIX, hash_hex, hash_secret, hint, is_key, is_token,
     parse_authorization, parse_hash_hex, presented_hashes, split_joined,
 };

@@ -342,55 +342,6 @@ fn basic_raw_key_and_rfc7617() {
     }
 }
 
-
-/// A host may hand the gate its own SHA-256 (a native one for a filter in
-/// wasm): every presented secret is hashed with it, in the decision and in
-/// `missing_digests`, and the decisions are the default gate's.
-#[test]
-fn a_host_sha256_hashes_every_presented_secret() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static HASHED: AtomicUsize = AtomicUsize::new(0);
-    fn counted(secret: &[u8]) -> SecretHash {
-        HASHED.fetch_add(1, Ordering::SeqCst);
-        hash_secret(secret)
-    }
-    let hosted: &'static Gate = Box::leak(Box::new(
-        Gate::new(config(Backend::Stub, 20))
-            .unwrap()
-            .hashing_with(counted),
-    ));
-    let b64 = |x: &str| base64::engine::general_purpose::STANDARD.encode(x);
-    // (Authorization, the secrets it presents)
-    let cases = [
-        (bearer(TOKEN), 1),
-        (format!("Basic {KEY_STD}"), 1),
-        (format!("Basic {}", b64(&format!("me:{KEY_STD}"))), 2),
-        (bearer("fus_0000000000000000000000000000000000000000"), 1),
-    ];
-    for (auth, secrets) in cases {
-        let call = get(SESSIONS, std::slice::from_ref(&auth));
-        let before = HASHED.load(Ordering::SeqCst);
-        let d = run(hosted, &call, &mut MemoryKv::default());
-        assert_eq!(HASHED.load(Ordering::SeqCst) - before, secrets, "{auth}");
-        let default = run(gate(), &call, &mut MemoryKv::default());
-        assert_eq!(reply(&d), reply(&default), "{auth}");
-        let before = HASHED.load(Ordering::SeqCst);
-        let values = [auth.as_bytes()];
-        let _ = hosted.missing_digests(&values);
-        assert_eq!(HASHED.load(Ordering::SeqCst) - before, secrets, "{auth}");
-        // The gates made from it for looked-up credentials hash with it too.
-        let before = HASHED.load(Ordering::SeqCst);
-        let looked_up = hosted.with_credentials(hosted.credentials().clone());
-        run(&looked_up, &call, &mut MemoryKv::default());
-        assert_eq!(HASHED.load(Ordering::SeqCst) - before, secrets, "{auth}");
-    }
-    // Not SHA-256: the stored digests match nothing.
-    let wrong = Gate::new(config(Backend::Stub, 20))
-        .unwrap()
-        .hashing_with(|secret| hash_secret(&[secret, b"!"].concat()));
-    let d = run(&wrong, &get(SESSIONS, &ok_auth()), &mut MemoryKv::default());
-    expect_error(&d, ErrorCode::InvalidCredentials);
-}
 #[test]
 fn scope_customer_and_site() {
     let mut s = MemoryKv::default();
