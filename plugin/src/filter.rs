@@ -836,11 +836,17 @@ mod tests {
         let mut waiting = None;
         assert_eq!(on_request_headers(&g, &mut m, &mut waiting), Next::Wait);
         assert_eq!(m.calls[0].1, "/v3/auth/authenticate");
+        assert_eq!(
+            m.calls[0].3,
+            sessiongate_core::etcd::LOGIN_TIMEOUT_MS,
+            "a login's bcrypt gets its own deadline"
+        );
         assert_eq!(last_body(&m)["name"], "gate");
         assert_eq!(m.tokens[0], None, "a login carries no token");
         let login = br#"{"header":{},"token":"t1"}"#;
         on_callout_response(&g, &mut m, &mut waiting, Some(200), login);
         assert_eq!(m.calls[1].1, "/v3/kv/range");
+        assert_eq!(m.calls[1].3, 250, "a step keeps the limiter's deadline");
         assert_eq!(m.tokens[1].as_deref(), Some("t1"));
         let expired = br#"{"error":"etcdserver: invalid auth token","code":16}"#;
         on_callout_response(&g, &mut m, &mut waiting, Some(401), expired);

@@ -171,8 +171,11 @@ fn drive<H: Host>(gate: &Gate, host: &mut H, w: &mut Waiting) -> Next {
                         None => return Next::Stop,
                     },
                 };
-                let token = token.as_deref().filter(|_| what != Sent::Login);
-                match host.http_call(cluster, path, body.as_bytes(), *timeout_ms, token) {
+                let (token, timeout_ms) = match what {
+                    Sent::Login => (None, etcd::login_timeout_ms(*timeout_ms)),
+                    Sent::Step(_) => (token.as_deref(), *timeout_ms),
+                };
+                match host.http_call(cluster, path, body.as_bytes(), timeout_ms, token) {
                     Ok(()) => {
                         *sent = Some(what);
                         return Next::Wait;

@@ -119,7 +119,7 @@ impl Cluster {
                         .post_with(
                             sessiongate_core::etcd::AUTHENTICATE,
                             login,
-                            timeout_ms,
+                            sessiongate_core::etcd::login_timeout_ms(timeout_ms),
                             None,
                         )
                         .await;

@@ -603,10 +603,17 @@ fn the_limiter_logs_in_to_an_etcd_with_authentication() {
         Server::start(&fx.dir, &fx.store, &config, 1)
     };
     let server = with("gate", "gatepw");
-    assert_eq!(get(server.addr, SESSIONS, Some(&auth)).unwrap().status, 200);
+    let r = get(server.addr, SESSIONS, Some(&auth)).unwrap();
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), server.log_text());
     std::thread::sleep(Duration::from_millis(3_500));
     let r = get(server.addr, SESSIONS, Some(&auth)).unwrap();
-    assert_eq!(r.status, 200, "after the token expired: {}", r.text());
+    assert_eq!(
+        r.status,
+        200,
+        "after the token expired: {}\n{}",
+        r.text(),
+        server.log_text()
+    );
     // It did log in again: etcd counted two logins that succeeded.
     let metrics = get(etcd.addr(0), "/metrics", None).unwrap().text();
     let logins: f64 = metrics
@@ -692,12 +699,15 @@ fn the_limiter_logs_in_to_an_etcd_with_authentication() {
         .unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = log.clone();
     std::thread::spawn(move || {
         use std::io::BufRead as _;
         for line in std::io::BufReader::new(stderr)
             .lines()
             .map_while(Result::ok)
         {
+            sink.lock().unwrap().push_str(&(line.clone() + "\n"));
             if let Some(rest) = line.split("listening on http://").nth(1) {
                 let _ = tx.send(
                     rest.split_whitespace()
@@ -719,8 +729,9 @@ fn the_limiter_logs_in_to_an_etcd_with_authentication() {
     assert_eq!(
         r.status,
         200,
-        "the component on an authenticated etcd: {}",
-        r.text()
+        "the component on an authenticated etcd: {}\n{}",
+        r.text(),
+        log.lock().unwrap()
     );
 }
 
