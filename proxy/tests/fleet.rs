@@ -680,7 +680,9 @@ fn the_limiter_logs_in_to_an_etcd_with_authentication() {
     let config_path = fx.dir.join("authed.toml");
     std::fs::write(&config_path, &config).unwrap();
     let component = env!("SESSIONGATE_COMPONENT_WASM");
-    let mut child = Command::new(common::BIN)
+    // Server::spawn keeps what serve prints, for the failure's message.
+    let mut command = Command::new(common::BIN);
+    command
         .args([
             "serve",
             "--listen",
@@ -693,45 +695,16 @@ fn the_limiter_logs_in_to_an_etcd_with_authentication() {
         .arg("--config")
         .arg(&config_path)
         .args(["--component", component, "--admin", "off"])
-        .env("SESSIONGATE_ETCD_PASSWORD", "gatepw")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        use std::io::BufRead as _;
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            sink.lock().unwrap().push_str(&(line.clone() + "\n"));
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                let _ = tx.send(
-                    rest.split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned(),
-                );
-            }
-        }
-    });
-    let addr: SocketAddr = rx
-        .recv_timeout(Duration::from_secs(60))
-        .unwrap()
-        .parse()
-        .unwrap();
-    let r = get(addr, SESSIONS, Some(&format!("Bearer {token}"))).unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
+        .env("SESSIONGATE_ETCD_PASSWORD", "gatepw");
+    let server = Server::spawn(command, config_path.clone());
+    let r = get(server.addr, SESSIONS, Some(&format!("Bearer {token}"))).unwrap();
+    let log = server.log_text();
+    drop(server);
     assert_eq!(
         r.status,
         200,
-        "the component on an authenticated etcd: {}\n{}",
-        r.text(),
-        log.lock().unwrap()
+        "the component on an authenticated etcd: {}\n{log}",
+        r.text()
     );
 }
 
