@@ -94,6 +94,19 @@ pub fn error_body(code: ErrorCode, message: &str) -> String {
     body_with_code(code.as_str(), message)
 }
 
+/// `400 invalid_request` for a request its host refused before the gate
+/// saw it: not valid HTTP/1.1 (a malformed or oversized request line or
+/// header), or a header that may come once sent twice. `serve`'s HTTP
+/// parser and nginx (WasmX) answer such requests themselves, nginx among
+/// them every request with two `Authorization` headers; both answer this.
+pub fn malformed_request_body() -> String {
+    error_body(
+        ErrorCode::InvalidRequest,
+        "The request is not valid HTTP/1.1: a malformed or oversized request line or header, \
+         or a header sent twice that may come once (Authorization).",
+    )
+}
+
 /// A host's own failure (a trapped VM, an unusable configuration): not a
 /// contract error, but in the contract's shape, with status 500.
 pub fn internal_error_body(message: &str) -> String {

@@ -54,7 +54,7 @@ pub use headers::Computed;
 /// (`serve` with a large store) answers a credential, by its digest in hex
 /// (`sessiongate/credential/<sha-256 hex>`): a JSON list of its one record.
 pub const CREDENTIAL_KEY_PREFIX: &str = "sessiongate/credential/";
-pub use error::{ErrorCode, GateError, error_body, internal_error_body};
+pub use error::{ErrorCode, GateError, error_body, internal_error_body, malformed_request_body};
 pub use gate::Gate;
 pub use guard::{GuardConfig, client_of};
 pub use kv::{Entry, Kv, KvError, MemoryKv, Version};

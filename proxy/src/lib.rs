@@ -18,4 +18,5 @@ pub mod serve;
 pub mod shared_data;
 pub mod store;
 pub mod users;
+pub mod wasmx;
 pub mod worker_sync;

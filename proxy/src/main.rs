@@ -53,6 +53,10 @@ enum Command {
     /// `sessiongate.config.v1` of a Spin app's default key-value store
     /// (`spin up --key-value`). The same JSON; backend stub or a URL.
     SpinConfig(ConfigArgs),
+    /// Print an nginx.conf that serves the filter on Kong's WasmX (nginx +
+    /// ngx_wasm_module), its configuration inline (hashes only), two
+    /// workers sharing one limit. `plugin/run-wasmx.sh` renders and runs it.
+    WasmxConfig(WasmxArgs),
     /// Make the Worker's credential store (its Durable Object) hold exactly
     /// this token store's records: writes what is new or changed, deletes
     /// what is gone. Idempotent. The admin secret is read from
@@ -273,6 +277,84 @@ struct ConfigArgs {
     without_credentials: bool,
 }
 
+#[derive(Args)]
+struct WasmxArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// The filter's .wasm (scripts/build-plugin.sh; with --etcd, its --fleet build).
+    #[arg(long, value_name = "FILE")]
+    filter: PathBuf,
+    /// Where nginx listens.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    listen: std::net::SocketAddr,
+    /// nginx's prefix directory (-p): pid, logs, temporary files.
+    #[arg(long, value_name = "DIR")]
+    prefix: PathBuf,
+    /// nginx worker processes (each runs its own VM; shared data is shared).
+    #[arg(long, default_value_t = 2)]
+    workers: u32,
+    /// The limiter on etcd: the members' client URLs, comma-separated.
+    #[arg(long, value_name = "URL,URL,...", value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// Where nginx's TCP proxy to the etcd members listens (with --etcd).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:2479")]
+    etcd_proxy: std::net::SocketAddr,
+    /// The etcd key of the limiter's log (with --etcd).
+    #[arg(long, default_value = "sessiongate/limiter/v1")]
+    etcd_key: String,
+    /// How long one etcd call may take before the request is answered 503
+    /// (with --etcd).
+    #[arg(long, default_value_t = 250)]
+    etcd_timeout_ms: u32,
+}
+
+fn wasmx_config(a: WasmxArgs, out: &mut dyn std::io::Write) -> Result<()> {
+    if a.config.envoy_yaml {
+        anyhow::bail!("--envoy-yaml is for envoy-config");
+    }
+    let mut config = gate_config(&a.config, "stub")?;
+    // nginx proxies an admitted request itself: the filter only lets it go on.
+    let upstream = match &config.backend {
+        Backend::Upstream(url) => {
+            let url = url.clone().ok_or_else(|| {
+                anyhow::anyhow!("--backend takes stub or the sessions service's http:// URL here")
+            })?;
+            config.backend = Backend::Upstream(None);
+            Some(url)
+        }
+        Backend::Stub => None,
+    };
+    let etcd = (!a.etcd.is_empty()).then(|| {
+        config.limiter = sessiongate_core::LimiterStore::Etcd {
+            cluster: a.etcd_proxy.to_string(),
+            key: a.etcd_key.clone(),
+            timeout_ms: a.etcd_timeout_ms,
+            user: None,
+            password: None,
+        };
+        sessiongate::wasmx::EtcdProxy {
+            listen: a.etcd_proxy,
+            members: &a.etcd,
+        }
+    });
+    config.validate().map_err(anyhow::Error::msg)?;
+    let filter_config = serde_json::to_string(&config)?;
+    let filter = std::path::absolute(&a.filter)?;
+    let prefix = std::path::absolute(&a.prefix)?;
+    let conf = sessiongate::wasmx::NginxConf {
+        filter: &filter,
+        filter_config: &filter_config,
+        listen: a.listen,
+        prefix: &prefix,
+        workers: a.workers,
+        upstream: upstream.as_deref(),
+        etcd,
+    }
+    .render()?;
+    write!(out, "{conf}")?;
+    Ok(())
+}
+
 fn create(kind: Kind, args: CreateArgs, level: Level) -> Result<()> {
     let sites = manage::sites_from_args(args.all_sites, args.site)?;
     let (secret, record) = manage::create(
@@ -366,6 +448,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             print_config(a, "stub", &mut stdout)
         }
+        Command::WasmxConfig(a) => wasmx_config(a, &mut stdout),
         Command::Check(a) => check(&a.store, &mut stdout),
         Command::WorkerSync {
             store,
@@ -398,12 +481,26 @@ fn check(path: &std::path::Path, out: &mut dyn std::io::Write) -> Result<()> {
 }
 
 fn print_config(a: ConfigArgs, default_backend: &str, out: &mut dyn std::io::Write) -> Result<()> {
+    let config = gate_config(&a, default_backend)?;
+    config.validate().map_err(anyhow::Error::msg)?;
+    let json = serde_json::to_string_pretty(&config)?;
+    let text = if a.envoy_yaml {
+        envoy_yaml(&json)?
+    } else {
+        json
+    };
+    writeln!(out, "{}", text.trim_end())?;
+    Ok(())
+}
+
+/// The filter's configuration the flags describe, with the store's credentials.
+fn gate_config(a: &ConfigArgs, default_backend: &str) -> Result<GateConfig> {
     let credentials = if a.without_credentials {
         sessiongate_core::CredentialSet::default()
     } else {
         store::load_set(&a.store.store)?
     };
-    let config = GateConfig {
+    Ok(GateConfig {
         credentials,
         limit: LimitConfig {
             requests: a.requests,
@@ -417,16 +514,7 @@ fn print_config(a: ConfigArgs, default_backend: &str, out: &mut dyn std::io::Wri
             window_seconds: a.guard_window_seconds,
         },
         ..Default::default()
-    };
-    config.validate().map_err(anyhow::Error::msg)?;
-    let json = serde_json::to_string_pretty(&config)?;
-    let text = if a.envoy_yaml {
-        envoy_yaml(&json)?
-    } else {
-        json
-    };
-    writeln!(out, "{}", text.trim_end())?;
-    Ok(())
+    })
 }
 
 fn main() -> ExitCode {

@@ -64,10 +64,7 @@ fn hypers_own_error(buf: &[u8]) -> bool {
 }
 
 fn replacement() -> Vec<u8> {
-    let body = sessiongate_core::error_body(
-        sessiongate_core::ErrorCode::InvalidRequest,
-        "The request is not valid HTTP/1.1 (malformed or oversized request line or headers).",
-    );
+    let body = sessiongate_core::malformed_request_body();
     format!(
         "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
