@@ -302,8 +302,10 @@ struct WasmxArgs {
     /// The etcd key of the limiter's log (with --etcd).
     #[arg(long, default_value = "sessiongate/limiter/v1")]
     etcd_key: String,
-    /// How long one etcd call may take before the request is answered 503
-    /// (with --etcd).
+    /// How long nginx's etcd proxy waits on a member before it answers the
+    /// filter 504 and the request is answered 503 (with --etcd; a next
+    /// member may be tried within it, so an answer takes at most about
+    /// twice this).
     #[arg(long, default_value_t = 250)]
     etcd_timeout_ms: u32,
 }
@@ -325,17 +327,19 @@ fn wasmx_config(a: WasmxArgs, out: &mut dyn std::io::Write) -> Result<()> {
         Backend::Stub => None,
     };
     let etcd = (!a.etcd.is_empty()).then(|| {
+        let proxy = sessiongate::wasmx::EtcdProxy {
+            listen: a.etcd_proxy,
+            members: &a.etcd,
+            timeout_ms: a.etcd_timeout_ms,
+        };
         config.limiter = sessiongate_core::LimiterStore::Etcd {
             cluster: a.etcd_proxy.to_string(),
             key: a.etcd_key.clone(),
-            timeout_ms: a.etcd_timeout_ms,
+            timeout_ms: proxy.callout_timeout_ms(),
             user: None,
             password: None,
         };
-        sessiongate::wasmx::EtcdProxy {
-            listen: a.etcd_proxy,
-            members: &a.etcd,
-        }
+        proxy
     });
     config.validate().map_err(anyhow::Error::msg)?;
     let filter_config = serde_json::to_string(&config)?;

@@ -29,12 +29,12 @@ pub struct NginxConf<'a> {
     /// Where admitted requests go (`http://host:port`); `None`: the filter
     /// answers them itself (the stub).
     pub upstream: Option<&'a str>,
-    /// The limiter on etcd: nginx's own TCP proxy to the members, which the
+    /// The limiter on etcd: nginx's own HTTP proxy to the members, which the
     /// filter's callouts go through.
     pub etcd: Option<EtcdProxy<'a>>,
 }
 
-/// A `stream` proxy in front of etcd's members: ngx_wasm_module's
+/// An HTTP proxy in front of etcd's members: ngx_wasm_module's
 /// `dispatch_http_call` takes one address, not a cluster, so nginx's
 /// upstream is what tries the next member when one is down.
 #[derive(Debug, Clone)]
@@ -43,6 +43,20 @@ pub struct EtcdProxy<'a> {
     pub listen: SocketAddr,
     /// The members' client URLs (`http://host:port`).
     pub members: &'a [String],
+    /// How long the proxy waits on a member: past it, the call is answered
+    /// 504 (the filter's own callout timeout must be longer: see
+    /// [`EtcdProxy::callout_timeout_ms`]).
+    pub timeout_ms: u32,
+}
+
+impl EtcdProxy<'_> {
+    /// The filter's timeout for a callout through the proxy: longer than
+    /// the proxy can take (a next member may be tried until `timeout_ms`,
+    /// connect at most 250 ms, then read for `timeout_ms`), so the proxy's
+    /// 504 arrives first and the filter's timeout is only a backstop.
+    pub fn callout_timeout_ms(&self) -> u32 {
+        self.timeout_ms.saturating_mul(2).saturating_add(500)
+    }
 }
 
 /// Why a configuration cannot be rendered.
@@ -144,7 +158,9 @@ impl NginxConf<'_> {
 worker_processes  {workers};
 daemon            off;
 pid               {prefix}/nginx.pid;
-error_log         {prefix}/logs/error.log  notice;
+# info for the process-wide log: each worker's filter logs its
+# `configured:` line there (run-wasmx.sh waits for one a worker).
+error_log         {prefix}/logs/error.log  info;
 
 events {{
     worker_connections  1024;
@@ -160,7 +176,12 @@ wasm {{
 }}
 
 http {{
-    access_log  {prefix}/logs/access.log;
+    # notice for what requests log: at info nginx writes a refused request's
+    # headers (two Authorization headers, values and all) to the log.
+    error_log  {prefix}/logs/error.log  notice;
+    # The worker's pid in every line: which VM answered.
+    log_format  sessiongate  '$remote_addr [$time_local] \"$request\" $status worker=$pid';
+    access_log  {prefix}/logs/access.log  sessiongate;
     client_body_temp_path  {prefix}/tmp/body;
     proxy_temp_path        {prefix}/tmp/proxy;
     fastcgi_temp_path      {prefix}/tmp/fastcgi;
@@ -168,7 +189,9 @@ http {{
     scgi_temp_path         {prefix}/tmp/scgi;
 
     server {{
-        listen  {listen};
+        # reuseport: the kernel spreads connections over the workers (each
+        # its own VM), rather than whichever worker wakes first taking most.
+        listen  {listen}  reuseport;
         # The filter routes the request target as sent: `//` is a 404, not
         # merged into `/`.
         merge_slashes  off;
@@ -237,15 +260,18 @@ http {{
                 );
             }
         }
-        let _ = writeln!(w, "    }}\n}}");
+        let _ = writeln!(w, "    }}");
         if let Some(etcd) = &self.etcd {
             let _ = write!(
                 w,
                 "
-# The limiter's etcd: the filter calls {listen}, nginx connects to a member
-# that answers and tries the next when one refuses (Envoy's cluster with
-# outlier detection does this in plugin/envoy-fleet.yaml).
-stream {{
+    # The limiter's etcd: the filter calls {listen}, nginx passes the call
+    # to a member that answers and tries the next when one fails (Envoy's
+    # cluster with outlier detection does this in plugin/envoy-fleet.yaml).
+    # An HTTP proxy, not a TCP one: when no member answers in time it still
+    # answers the filter (504), and the filter's answer to that (503
+    # limiter_unavailable) is sent as from any call. A failed dispatch on
+    # ngx_wasm_module drops the response the filter sends from its callback.
     upstream sessiongate_etcd {{
 ",
                 listen = etcd.listen
@@ -254,20 +280,33 @@ stream {{
                 let member = host_port(member)?;
                 let _ = writeln!(w, "        server  {member}  max_fails=1  fail_timeout=2s;");
             }
+            let timeout = etcd.timeout_ms;
             let _ = write!(
                 w,
-                "    }}
+                "        keepalive  16;
+    }}
     server {{
         listen  {listen};
-        proxy_pass  sessiongate_etcd;
-        proxy_connect_timeout  250ms;
-        proxy_next_upstream_tries  0;
+        access_log  off;
+        location / {{
+            proxy_pass  http://sessiongate_etcd;
+            proxy_http_version  1.1;
+            proxy_set_header  Connection  \"\";
+            proxy_connect_timeout  {connect}ms;
+            proxy_send_timeout  {timeout}ms;
+            proxy_read_timeout  {timeout}ms;
+            # A retried call is safe: reads are reads, and a write is a
+            # compare-and-swap that cannot apply twice.
+            proxy_next_upstream  error timeout http_502 http_503 http_504 non_idempotent;
+            proxy_next_upstream_timeout  {timeout}ms;
+        }}
     }}
-}}
 ",
-                listen = etcd.listen
+                listen = etcd.listen,
+                connect = timeout.min(250),
             );
         }
+        let _ = writeln!(w, "}}");
         Ok(out)
     }
 }
@@ -325,7 +364,7 @@ mod tests {
         assert!(!block.contains("proxy_wasm"), "{block}");
         assert!(text.contains("error_page  400  @malformed;"));
         assert!(text.contains("worker_processes  2;"));
-        assert!(text.contains("listen  127.0.0.1:8080;"));
+        assert!(text.contains("listen  127.0.0.1:8080  reuseport;"));
     }
 
     #[test]
@@ -352,6 +391,7 @@ mod tests {
         c.etcd = Some(EtcdProxy {
             listen: "127.0.0.1:7000".parse().unwrap(),
             members: &members,
+            timeout_ms: 400,
         });
         let text = c.render().unwrap();
         assert!(
@@ -363,6 +403,17 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("listen  127.0.0.1:7000;"), "{text}");
+        // Inside http: a member that does not answer in time is still an
+        // HTTP answer to the filter.
+        let http = text.find("http {").unwrap();
+        assert!(
+            text.find("upstream sessiongate_etcd").unwrap() > http,
+            "{text}"
+        );
+        assert!(text.contains("proxy_read_timeout  400ms;"), "{text}");
+        assert!(text.contains("proxy_connect_timeout  250ms;"), "{text}");
+        assert!(!text.contains("stream {"), "{text}");
+        assert_eq!(c.etcd.unwrap().callout_timeout_ms(), 1_300);
     }
 
     #[test]
@@ -370,7 +421,15 @@ mod tests {
         let text = conf("{}", None).render().unwrap();
         let at = text.find("location / {").unwrap();
         let block = &text[at..text[at..].find("\n        }").unwrap() + at];
-        assert!(!block.contains("return"), "{block}");
+        let directives: Vec<&str> = block
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.starts_with('#'))
+            .collect();
+        assert!(
+            !directives.iter().any(|line| line.starts_with("return")),
+            "{block}"
+        );
         assert!(block.contains("proxy_pass  http://unix:/run/sg/let-through.sock:;"));
     }
 

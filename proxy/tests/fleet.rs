@@ -9,209 +9,20 @@
     clippy::indexing_slicing
 )]
 
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
 
+use common::etcd::{Etcd, assert_no_window_over_the_limit, free_port, load};
 use common::{Fixture, Server, fixture};
-use sessiongate_conformance::http::{Response, get, send_raw};
+use sessiongate_conformance::http::{get, send_raw};
 
 const SESSIONS: &str = "/v1/external/sessions/acme/site-a";
 const LIMIT: usize = 5;
 const WINDOW: Duration = Duration::from_secs(2);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A real etcd cluster: one process per member, data in `dir`.
-struct Etcd {
-    dir: PathBuf,
-    token: String,
-    clients: Vec<u16>,
-    peers: Vec<u16>,
-    members: Vec<Option<Child>>,
-    /// More flags for every member.
-    extra: Vec<String>,
-}
-
-impl Etcd {
-    fn start(dir: &Path, size: usize) -> Etcd {
-        Etcd::start_with(dir, size, &[])
-    }
-
-    fn start_with(dir: &Path, size: usize, extra: &[&str]) -> Etcd {
-        let binary = Command::new("etcd").arg("--version").output();
-        assert!(
-            binary.is_ok_and(|o| o.status.success()),
-            "etcd is not installed: `apt-get install etcd-server` (.ci/run does)"
-        );
-        // A port found free can be taken by a parallel test before etcd
-        // binds it (the member then exits): such a cluster is started again
-        // on fresh ports. Any other early exit fails with the member's log.
-        let mut attempt = 1;
-        loop {
-            let mut etcd = Etcd {
-                dir: dir.join(format!("etcd-{}", free_port())),
-                token: format!("sessiongate-test-{}", free_port()),
-                clients: (0..size).map(|_| free_port()).collect(),
-                peers: (0..size).map(|_| free_port()).collect(),
-                members: (0..size).map(|_| None).collect(),
-                extra: extra.iter().map(|e| (*e).to_owned()).collect(),
-            };
-            for i in 0..size {
-                etcd.start_member(i);
-            }
-            match etcd.try_wait_healthy(&(0..size).collect::<Vec<_>>()) {
-                Ok(()) => return etcd,
-                Err(log) if attempt < 3 && log.contains("address already in use") => {
-                    eprintln!("etcd lost a port to another test, starting again: {log}");
-                    attempt += 1;
-                }
-                Err(log) => panic!("{log}"),
-            }
-        }
-    }
-
-    fn start_member(&mut self, i: usize) {
-        let cluster: Vec<String> = self
-            .peers
-            .iter()
-            .enumerate()
-            .map(|(j, p)| format!("m{j}=http://127.0.0.1:{p}"))
-            .collect();
-        let client = format!("http://127.0.0.1:{}", self.clients[i]);
-        let peer = format!("http://127.0.0.1:{}", self.peers[i]);
-        let child = Command::new("etcd")
-            .args(["--name", &format!("m{i}")])
-            .arg("--data-dir")
-            .arg(self.dir.join(format!("m{i}")))
-            .args(["--listen-client-urls", &client])
-            .args(["--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer])
-            .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &cluster.join(",")])
-            .args(["--initial-cluster-state", "new"])
-            .args(["--initial-cluster-token", &self.token])
-            // Fast elections, so a lost leader is replaced within a window.
-            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
-            .args(["--logger", "zap", "--log-level", "error"])
-            .args(&self.extra)
-            .stdout(Stdio::null())
-            .stderr(self.log_file(i))
-            .spawn()
-            .expect("start etcd");
-        self.members[i] = Some(child);
-    }
-
-    fn urls(&self) -> Vec<String> {
-        self.clients
-            .iter()
-            .map(|p| format!("http://127.0.0.1:{p}"))
-            .collect()
-    }
-
-    fn addr(&self, i: usize) -> SocketAddr {
-        format!("127.0.0.1:{}", self.clients[i]).parse().unwrap()
-    }
-
-    /// `POST path` with a JSON body to member `i`, through etcd's gateway.
-    fn post(&self, i: usize, path: &str, body: &str) -> Option<serde_json::Value> {
-        let request = format!(
-            "POST {path} HTTP/1.1\r\nHost: etcd\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        let response = send_raw(self.addr(i), request.as_bytes()).ok()?;
-        (response.status == 200)
-            .then(|| response.json().ok())
-            .flatten()
-    }
-
-    /// Where member `i` writes its errors (opened anew at each start).
-    fn log_file(&self, i: usize) -> std::fs::File {
-        std::fs::create_dir_all(&self.dir).expect("etcd data directory");
-        std::fs::File::create(self.dir.join(format!("m{i}.log"))).expect("etcd log file")
-    }
-
-    fn wait_healthy(&mut self, members: &[usize]) {
-        if let Err(log) = self.try_wait_healthy(members) {
-            panic!("{log}");
-        }
-    }
-
-    /// Waits for `members` to answer healthy; on failure, why, with the
-    /// member's own log when it exited.
-    fn try_wait_healthy(&mut self, members: &[usize]) -> Result<(), String> {
-        let start = Instant::now();
-        for &i in members {
-            loop {
-                let healthy = get(self.addr(i), "/health", None)
-                    .is_ok_and(|r| r.status == 200 && r.text().contains("true"));
-                if healthy {
-                    break;
-                }
-                let exited = self.members[i]
-                    .as_mut()
-                    .and_then(|c| c.try_wait().ok().flatten());
-                if let Some(status) = exited {
-                    let log = std::fs::read_to_string(self.dir.join(format!("m{i}.log")));
-                    return Err(format!(
-                        "etcd member {i} exited ({status}): {}",
-                        log.unwrap_or_default().trim()
-                    ));
-                }
-                if start.elapsed() > Duration::from_secs(30) {
-                    return Err(format!("etcd member {i} never became healthy in 30 s"));
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-        Ok(())
-    }
-
-    /// The member that leads now.
-    fn leader(&self) -> usize {
-        let start = Instant::now();
-        loop {
-            for i in 0..self.members.len() {
-                if self.members[i].is_none() {
-                    continue;
-                }
-                if let Some(status) = self.post(i, "/v3/maintenance/status", "{}")
-                    && status["leader"].as_str().is_some()
-                    && status["leader"] == status["header"]["member_id"]
-                {
-                    return i;
-                }
-            }
-            assert!(start.elapsed() < Duration::from_secs(10), "no leader");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn kill(&mut self, i: usize) {
-        if let Some(mut child) = self.members[i].take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        for i in 0..self.members.len() {
-            self.kill(i);
-        }
-    }
-}
 
 fn config(etcd: &[String], fail_open: bool) -> String {
     let members: Vec<String> = etcd.iter().map(|u| format!("{u:?}")).collect();
@@ -227,72 +38,6 @@ fn serves(fx: &Fixture, etcd: &[String], n: usize, fail_open: bool) -> Vec<Serve
     (0..n)
         .map(|_| Server::start(&fx.dir, &fx.store, &config, 2))
         .collect()
-}
-
-/// What many clients saw, spread over every server, for `run`.
-struct Load {
-    /// (sent, received) of each admitted request.
-    admitted: Vec<(Instant, Instant)>,
-    /// Status of every answer, and the slowest answer.
-    statuses: Vec<u16>,
-    slowest: Duration,
-}
-
-fn load(servers: &[SocketAddr], auth: &str, clients: usize, run: Duration) -> Load {
-    let admitted = Mutex::new(Vec::new());
-    let statuses = Mutex::new(Vec::new());
-    let slowest = Mutex::new(Duration::ZERO);
-    let start = Instant::now();
-    std::thread::scope(|s| {
-        for c in 0..clients {
-            let (admitted, statuses, slowest) = (&admitted, &statuses, &slowest);
-            s.spawn(move || {
-                let mut n = c;
-                while start.elapsed() < run {
-                    let addr = servers[n % servers.len()];
-                    n += 1;
-                    let sent = Instant::now();
-                    let status = get(addr, SESSIONS, Some(auth)).map_or(0, |r: Response| r.status);
-                    let received = Instant::now();
-                    {
-                        let mut slowest = slowest.lock().unwrap();
-                        *slowest = (*slowest).max(received - sent);
-                    }
-                    statuses.lock().unwrap().push(status);
-                    match status {
-                        200 => admitted.lock().unwrap().push((sent, received)),
-                        _ => std::thread::sleep(Duration::from_millis(20)),
-                    }
-                }
-            });
-        }
-    });
-    let mut admitted = admitted.into_inner().unwrap();
-    admitted.sort_by_key(|(_, received)| *received);
-    Load {
-        admitted,
-        statuses: statuses.into_inner().unwrap(),
-        slowest: slowest.into_inner().unwrap(),
-    }
-}
-
-/// Any LIMIT + 1 admissions span at least a window (2 ms for the limiter's
-/// whole milliseconds, as in the hardening test). Each was admitted between
-/// its send and its receipt, so a group is proven to fit in less than a
-/// window only when its latest receipt is less than a window after its
-/// earliest send: the earliest of the group, which need not be the first
-/// received (a request held through a leader election is sent early and
-/// received late).
-fn assert_no_window_over_the_limit(admitted: &[(Instant, Instant)]) {
-    for group in admitted.windows(LIMIT + 1) {
-        let earliest = group.iter().map(|(sent, _)| *sent).min().unwrap();
-        let span = group[LIMIT].1 - earliest;
-        assert!(
-            span + Duration::from_millis(2) >= WINDOW,
-            "{} admissions within {span:?} across the fleet",
-            LIMIT + 1
-        );
-    }
 }
 
 /// Three `serve`s, two VMs each, ~100 clients across them for several
@@ -314,7 +59,7 @@ fn three_serves_on_one_etcd_cluster_share_one_exact_limit() {
             .filter(|s| **s != 200 && **s != 429)
             .collect::<Vec<_>>()
     );
-    assert_no_window_over_the_limit(&seen.admitted);
+    assert_no_window_over_the_limit(&seen.admitted, LIMIT, WINDOW);
     let windows = (run.as_millis() / WINDOW.as_millis()) as usize;
     assert!(
         seen.admitted.len() >= LIMIT * windows && seen.admitted.len() <= LIMIT * (windows + 1),
@@ -354,7 +99,7 @@ fn the_leader_dies_and_the_limit_stays_exact() {
         "an answer took {:?} (timeout 500 ms)",
         seen.slowest
     );
-    assert_no_window_over_the_limit(&seen.admitted);
+    assert_no_window_over_the_limit(&seen.admitted, LIMIT, WINDOW);
     let last = seen.admitted.last().unwrap().1;
     let first = seen.admitted.first().unwrap().0;
     assert!(
@@ -534,7 +279,7 @@ fn components_on_one_etcd_share_one_exact_limit() {
         .filter(|s| ![200, 429].contains(*s))
         .collect();
     assert!(odd.is_empty(), "only admissions and refusals: {odd:?}");
-    assert_no_window_over_the_limit(&seen.admitted);
+    assert_no_window_over_the_limit(&seen.admitted, LIMIT, WINDOW);
     let windows = (run.as_millis() / WINDOW.as_millis()) as usize;
     assert!(
         seen.admitted.len() >= LIMIT * windows && seen.admitted.len() <= LIMIT * (windows + 1),

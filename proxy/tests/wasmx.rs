@@ -1,0 +1,441 @@
+//! The filter on a second, independent proxy-wasm host: Kong's WasmX (nginx
+//! with ngx_wasm_module, built from `../shared/peers/wasmx` by
+//! `plugin/run-wasmx.sh` into `~/.cache/sessiongate/wasmx`), two nginx
+//! workers, one VM each, sharing the limit through `shm_kv`. The whole
+//! conformance suite, the exact limit across the workers, the guard, and the
+//! fleet build on a real etcd cluster.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::etcd::{Etcd, assert_no_window_over_the_limit, free_port, load};
+use common::{
+    BIN, Fixture, assert_functional_suite, assert_no_secret, delete_token, fixture, mint_token,
+};
+use sessiongate_conformance::http::get;
+use sessiongate_conformance::{self as suite, Credentials, Harness};
+
+const SESSIONS: &str = "/v1/external/sessions/acme/site-a";
+/// A cold first start builds WasmX (~17-25 minutes on two busy cores) and
+/// the filter; the tests that start at the same time wait on its lock.
+const FIRST_START: Duration = Duration::from_secs(45 * 60);
+
+/// `plugin/run-wasmx.sh` running nginx, and every line it and nginx printed.
+struct Wasmx {
+    child: Child,
+    port: u16,
+    run: PathBuf,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Wasmx {
+    /// Starts the script on a free port with `args` beside `--store` and
+    /// waits until it says it serves.
+    fn start(store: &Path, run: &Path, args: &[&str]) -> Wasmx {
+        match Wasmx::try_start(store, run, args) {
+            Ok(w) => w,
+            Err(log) => panic!("run-wasmx.sh did not start:\n{log}"),
+        }
+    }
+
+    /// As `start`; on an exit before serving, everything it printed.
+    fn try_start(store: &Path, run: &Path, args: &[&str]) -> Result<Wasmx, String> {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugin/run-wasmx.sh");
+        let port = free_port();
+        let mut child = Command::new("bash")
+            .arg(script)
+            .args(["--store", store.to_str().unwrap()])
+            .args(["--port", &port.to_string()])
+            .args(["--run-dir", run.to_str().unwrap()])
+            .args(args)
+            .env("SESSIONGATE_BIN", BIN)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run plugin/run-wasmx.sh");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let sink = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    eprintln!("wasmx| {line}");
+                    sink.lock().unwrap().push(line);
+                }
+            });
+        }
+        let mut w = Wasmx {
+            child,
+            port,
+            run: run.to_owned(),
+            log,
+        };
+        let start = Instant::now();
+        while !w.log_text().contains("run-wasmx.sh: serving on") {
+            if let Some(status) = w.child.try_wait().unwrap() {
+                // The reader threads may still hold the last lines.
+                std::thread::sleep(Duration::from_millis(200));
+                return Err(format!("exited with {status}:\n{}", w.log_text()));
+            }
+            if start.elapsed() > FIRST_START {
+                return Err(format!(
+                    "not serving after {FIRST_START:?}:\n{}",
+                    w.log_text()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(w)
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    fn count(&self, needle: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// SIGHUP: the script renders the store again and reloads nginx; back
+    /// once it says no old worker is left.
+    fn reload(&self) {
+        let before = self.count("run-wasmx.sh: reloaded");
+        signal(&self.child, "-HUP");
+        let start = Instant::now();
+        while self.count("run-wasmx.sh: reloaded") == before {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "no reload:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, and the script's exit status.
+    fn terminate(&mut self) -> ExitStatus {
+        signal(&self.child, "-TERM");
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The nginx worker pids that answered, from the access log.
+    fn workers_that_answered(&self) -> BTreeSet<String> {
+        std::fs::read_to_string(self.run.join("logs/access.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.rsplit("worker=").next())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn error_log(&self) -> String {
+        std::fs::read_to_string(self.run.join("logs/error.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Wasmx {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            signal(&self.child, "-TERM");
+            let start = Instant::now();
+            while self.child.try_wait().ok().flatten().is_none()
+                && start.elapsed() < Duration::from_secs(30)
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn signal(child: &Child, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal}");
+}
+
+/// The suite's view of WasmX: credentials reach nginx as configuration, so
+/// a new or deleted one is the store changed and a reload.
+struct OnWasmx<'a> {
+    wasmx: &'a Wasmx,
+    fixture: &'a mut Fixture,
+}
+
+impl Harness for OnWasmx<'_> {
+    fn addr(&self) -> SocketAddr {
+        self.wasmx.addr()
+    }
+    fn credentials(&self) -> &Credentials {
+        &self.fixture.creds
+    }
+    fn mint(&mut self, name: &str) -> Result<String, String> {
+        let secret = mint_token(&self.fixture.store, name, &[]);
+        self.fixture.secrets.push(secret.clone());
+        self.wasmx.reload();
+        Ok(secret)
+    }
+    fn revoke(&mut self, name: &str) -> Result<(), String> {
+        delete_token(&self.fixture.store, name);
+        self.wasmx.reload();
+        Ok(())
+    }
+}
+
+/// Every functional case of the conformance suite on WasmX, the duplicate
+/// `Authorization` included (nginx refuses it itself: the contract's JSON
+/// all the same), then a clean stop on SIGTERM.
+#[test]
+fn conformance_suite_against_the_filter_on_wasmx() {
+    let mut fx = fixture();
+    let run = fx.dir.join("wasmx-functional");
+    // The suite sends many invalid credentials on purpose: the guard is tested apart.
+    let mut wasmx = Wasmx::start(
+        &fx.store,
+        &run,
+        &["--requests", "100000", "--guard-failures", "0"],
+    );
+    assert_eq!(
+        wasmx
+            .error_log()
+            .matches("sessiongate: configured: 5 credentials, limit 100000/60s")
+            .count(),
+        2,
+        "each of the two workers configured the filter:\n{}",
+        wasmx.error_log()
+    );
+    assert_functional_suite(&mut OnWasmx {
+        wasmx: &wasmx,
+        fixture: &mut fx,
+    });
+    let conf = std::fs::read_to_string(run.join("nginx.conf")).unwrap();
+    assert_no_secret("the rendered nginx.conf", &conf, &fx.secrets);
+    assert_no_secret("nginx's error log", &wasmx.error_log(), &fx.secrets);
+    let status = wasmx.terminate();
+    assert!(status.success(), "SIGTERM: {status}\n{}", wasmx.log_text());
+    assert!(
+        !run.join("nginx.pid").exists(),
+        "nginx left its pid file: it did not stop cleanly"
+    );
+}
+
+/// Exactly N of many concurrent requests across both workers (both answer:
+/// the limit is shared, not per VM), and the failed-credential guard.
+#[test]
+fn two_workers_share_one_exact_limit_and_the_guard() {
+    let mut fx = fixture();
+    let run = fx.dir.join("wasmx-limit");
+    let wasmx = Wasmx::start(
+        &fx.store,
+        &run,
+        &["--requests", "10", "--guard-failures", "0"],
+    );
+    suite::exact_global_limit(
+        &mut OnWasmx {
+            wasmx: &wasmx,
+            fixture: &mut fx,
+        },
+        10,
+        60,
+        64,
+    )
+    .unwrap();
+    let answered = wasmx.workers_that_answered();
+    assert_eq!(answered.len(), 2, "workers that answered: {answered:?}");
+    drop(wasmx);
+
+    // The guard: three failures from 127.0.0.1, then held, valid or not.
+    let guarded = Wasmx::start(
+        &fx.store,
+        &fx.dir.join("wasmx-guard"),
+        &["--requests", "20", "--guard-failures", "3"],
+    );
+    let wrong = "Bearer fus_0000000000000000000000000000000000000000";
+    for _ in 0..3 {
+        let r = get(guarded.addr(), SESSIONS, Some(wrong)).unwrap();
+        suite::expect_error(&r, 401, "invalid_credentials").unwrap();
+    }
+    let r = get(guarded.addr(), SESSIONS, Some(wrong)).unwrap();
+    suite::guard_refusal_claims_no_budget(&r, 20).unwrap();
+    let valid = format!("Bearer {}", fx.creds.token_all);
+    let r = get(guarded.addr(), SESSIONS, Some(&valid)).unwrap();
+    suite::expect_error(&r, 429, "rate_limited").unwrap();
+}
+
+/// The filter's configuration is one nginx parameter: a store past it is
+/// refused before nginx starts, saying why and what to do.
+#[test]
+fn a_store_past_nginxs_parameter_limit_is_refused_saying_why() {
+    let fx = fixture();
+    for i in 0..20 {
+        mint_token(&fx.store, &format!("more-{i}"), &[]);
+    }
+    let Err(log) = Wasmx::try_start(&fx.store, &fx.dir.join("wasmx-big"), &[]) else {
+        panic!("25 credentials served on WasmX");
+    };
+    assert!(
+        log.contains("nginx takes at most 4093 in one") && log.contains("nothing started"),
+        "{log}"
+    );
+}
+
+const FLEET_LIMIT: usize = 5;
+const FLEET_WINDOW: Duration = Duration::from_secs(2);
+
+fn fleet(fx: &Fixture, etcd: &Etcd, name: &str) -> Wasmx {
+    let members = etcd.urls().join(",");
+    Wasmx::start(
+        &fx.store,
+        &fx.dir.join(name),
+        &[
+            "--fleet",
+            "--etcd",
+            &members,
+            "--etcd-timeout-ms",
+            "500",
+            "--requests",
+            &FLEET_LIMIT.to_string(),
+            "--window-seconds",
+            &FLEET_WINDOW.as_secs().to_string(),
+            "--guard-failures",
+            "0",
+        ],
+    )
+}
+
+/// The fleet build on WasmX: two nginx, two workers each, one limit on a
+/// three-member etcd cluster, exact while the leader dies.
+#[test]
+fn two_nginx_on_one_etcd_cluster_share_one_exact_limit_while_the_leader_dies() {
+    let fx = fixture();
+    let mut etcd = Etcd::start(&fx.dir, 3);
+    let gates = [fleet(&fx, &etcd, "wasmx-a"), fleet(&fx, &etcd, "wasmx-b")];
+    let addrs: Vec<SocketAddr> = gates.iter().map(Wasmx::addr).collect();
+    let auth = format!("Bearer {}", fx.creds.token_all);
+    let leader = etcd.leader();
+    let run = Duration::from_millis(8_000);
+    let seen = std::thread::scope(|s| {
+        let clients = s.spawn(|| load(&addrs, &auth, 64, run));
+        std::thread::sleep(Duration::from_millis(2_500));
+        etcd.kill(leader);
+        clients.join().unwrap()
+    });
+    let odd: Vec<&u16> = seen
+        .statuses
+        .iter()
+        .filter(|s| ![200, 429, 503].contains(*s))
+        .collect();
+    assert!(odd.is_empty(), "every request answered: {odd:?}");
+    assert!(
+        seen.slowest < Duration::from_millis(3_000),
+        "an answer took {:?} (timeout 500 ms)",
+        seen.slowest
+    );
+    assert_no_window_over_the_limit(&seen.admitted, FLEET_LIMIT, FLEET_WINDOW);
+    let windows = (run.as_millis() / FLEET_WINDOW.as_millis()) as usize;
+    // The window the leader died in may admit fewer; every other is full.
+    assert!(
+        seen.admitted.len() >= FLEET_LIMIT * (windows - 1),
+        "{} admitted in {run:?}: expected at least {}",
+        seen.admitted.len(),
+        FLEET_LIMIT * (windows - 1)
+    );
+    for gate in &gates {
+        assert_eq!(
+            gate.workers_that_answered().len(),
+            2,
+            "{}",
+            gate.run.display()
+        );
+    }
+}
+
+/// Quorum lost: 503 `limiter_unavailable` within the timeout, from the
+/// filter, not a hung request; the members back, admissions resume without
+/// a reload.
+#[test]
+fn on_wasmx_without_quorum_the_gate_fails_closed_and_recovers() {
+    let fx = fixture();
+    let mut etcd = Etcd::start(&fx.dir, 3);
+    let gate = fleet(&fx, &etcd, "wasmx-quorum");
+    let auth = format!("Bearer {}", fx.creds.token_all);
+    assert_eq!(get(gate.addr(), SESSIONS, Some(&auth)).unwrap().status, 200);
+    etcd.kill(1);
+    etcd.kill(2);
+    // The last member answers nothing that needs a quorum; until it notices,
+    // a request may still be admitted from what it had.
+    let start = Instant::now();
+    let refused = loop {
+        let sent = Instant::now();
+        let r = get(gate.addr(), SESSIONS, Some(&auth))
+            .unwrap_or_else(|e| panic!("{e}\nnginx's error log:\n{}", gate.error_log()));
+        if r.status == 503 {
+            break (r, sent.elapsed());
+        }
+        assert!([200, 429].contains(&r.status), "{} {}", r.status, r.text());
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "still admitting without a quorum"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (r, took) = refused;
+    assert_eq!(
+        r.json().unwrap()["error"]["code"],
+        "limiter_unavailable",
+        "{}",
+        r.text()
+    );
+    assert!(took < Duration::from_millis(3_000), "the 503 took {took:?}");
+    etcd.start_member(1);
+    etcd.start_member(2);
+    etcd.wait_healthy(&[0, 1, 2]);
+    let start = Instant::now();
+    loop {
+        let status = get(gate.addr(), SESSIONS, Some(&auth)).unwrap().status;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the gate did not recover: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
