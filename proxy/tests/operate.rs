@@ -18,6 +18,7 @@ mod common;
 
 use common::{Server, assert_no_secret, fixture, parse_response, sample, scrape};
 use sessiongate_conformance::http::get;
+use sessiongate_conformance::{self as suite, eventually};
 
 const SESSIONS: &str = "/v1/external/sessions/acme/site-a";
 
@@ -46,6 +47,28 @@ fn closed_within(mut stream: &TcpStream, wait: Duration) -> bool {
             Err(_) => return false,
         }
     }
+}
+
+/// Waits until `expected` of `streams` have been closed by the server and
+/// returns how many are closed then. The others must be held open far
+/// longer than a wait can take (a header timeout of a minute, say), so a
+/// count above `expected` is a connection closed that should not have been.
+fn closed_reaches(streams: &[TcpStream], expected: usize) -> usize {
+    let mut closed = vec![false; streams.len()];
+    eventually(suite::PATIENCE, || {
+        for (done, stream) in closed.iter_mut().zip(streams) {
+            if !*done {
+                *done = closed_within(stream, Duration::from_millis(1));
+            }
+        }
+        let n = closed.iter().filter(|c| **c).count();
+        if n >= expected {
+            Ok(n)
+        } else {
+            Err(format!("{n} of {expected} connections closed"))
+        }
+    })
+    .unwrap()
 }
 
 /// A keep-alive client: one connection, many requests.
@@ -99,10 +122,18 @@ fn cpu_seconds(pid: u32) -> f64 {
 #[test]
 fn a_slowloris_delays_no_real_client_and_is_closed_after_the_header_timeout() {
     let fx = fixture();
-    let config = "[limit]\nrequests = 100000\n[connections]\nheader_timeout_ms = 2000\nidle_timeout_ms = 1000\n";
+    // A header timeout far above how long a served request takes, so a
+    // real client held up by the lorises could not pass for one served.
+    const HEADER_TIMEOUT: Duration = Duration::from_secs(8);
+    let config = format!(
+        "[limit]\nrequests = 100000\n[connections]\nheader_timeout_ms = {}\nidle_timeout_ms = 1000\n",
+        HEADER_TIMEOUT.as_millis()
+    );
+    let config = config.as_str();
     let server = Server::start(&fx.dir, &fx.store, config, 2);
     let auth = format!("Bearer {}", fx.creds.token_all);
     let stop = std::sync::atomic::AtomicBool::new(false);
+    let answers = std::sync::atomic::AtomicUsize::new(0);
     /// Stops the client however the scope ends: a failed assertion must
     /// fail the test, not wait forever for the client thread.
     struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
@@ -121,6 +152,7 @@ fn a_slowloris_delays_no_real_client_and_is_closed_after_the_header_timeout() {
                 assert_eq!(get(server.addr, "/me", Some(&auth)).unwrap().status, 200);
                 slowest = slowest.max(sent.elapsed());
                 answered += 1;
+                answers.store(answered, std::sync::atomic::Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(20));
             }
             (slowest, answered)
@@ -137,17 +169,21 @@ fn a_slowloris_delays_no_real_client_and_is_closed_after_the_header_timeout() {
             })
             .collect();
         let half_sent = loris.len();
-        // Every one is closed once its header timeout (2 s) has passed.
-        let closed = loris
-            .iter()
-            .filter(|c| closed_within(c, Duration::from_secs(5).saturating_sub(opened.elapsed())))
-            .count();
+        // Every one is closed once its header timeout has passed.
+        let closed = closed_reaches(&loris, half_sent);
         let closed_in = opened.elapsed();
-        assert_eq!(
-            closed, half_sent,
-            "half-sent connections left open after {closed_in:?}"
-        );
-        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(closed, half_sent);
+        // The real client goes on being served after they are gone.
+        let after = answers.load(std::sync::atomic::Ordering::Relaxed);
+        eventually(suite::PATIENCE, || {
+            let now = answers.load(std::sync::atomic::Ordering::Relaxed);
+            if now >= after + 10 {
+                Ok(())
+            } else {
+                Err(format!("{} answers since the lorises closed", now - after))
+            }
+        })
+        .unwrap();
         drop(stopping);
         let (slowest, answered) = client.join().unwrap();
         (slowest, answered, half_sent, closed_in)
@@ -156,10 +192,12 @@ fn a_slowloris_delays_no_real_client_and_is_closed_after_the_header_timeout() {
         "slowloris: {half_sent} half-sent connections closed within {closed_in:?}; \
          real client: {answered} answers, slowest {slowest:?}"
     );
-    assert!(slowest < Duration::from_secs(1), "slowest {slowest:?}");
+    // Served throughout: no answer waited for the lorises' timeout (a
+    // bound, not a measurement: a served request takes milliseconds).
+    assert!(slowest < HEADER_TIMEOUT / 2, "slowest {slowest:?}");
     assert!(answered > 20, "{answered}");
     assert!(
-        closed_in >= Duration::from_secs(2),
+        closed_in >= HEADER_TIMEOUT,
         "closed before the timeout: {closed_in:?}"
     );
     let metrics = scrape(&server);
@@ -175,11 +213,11 @@ fn a_slowloris_delays_no_real_client_and_is_closed_after_the_header_timeout() {
     let mut idle = KeepAlive::connect(server.addr);
     assert_eq!(idle.me(&auth).unwrap(), 200);
     let since = Instant::now();
-    assert!(closed_within(&idle.0, Duration::from_secs(4)));
+    assert_eq!(closed_reaches(std::slice::from_ref(&idle.0), 1), 1);
     let waited = since.elapsed();
     assert!(
-        waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
-        "idle connection closed after {waited:?}"
+        waited >= Duration::from_millis(900),
+        "idle connection closed before its timeout, after {waited:?}"
     );
 }
 
@@ -195,20 +233,12 @@ fn past_the_connection_caps_admitted_clients_are_served_and_nothing_spins() {
     let one_address: Vec<TcpStream> = (0..30)
         .map(|_| connect_from("127.0.0.3", server.addr).unwrap())
         .collect();
-    let refused = one_address
-        .iter()
-        .filter(|c| closed_within(c, Duration::from_millis(150)))
-        .count();
-    assert_eq!(refused, 10);
+    assert_eq!(closed_reaches(&one_address, 10), 10);
     // 29 more places in all (1 + 20 + 29 = 50): of 300 more, 271 are closed.
     let flood: Vec<TcpStream> = (0..300)
         .map(|i| connect_from(&format!("127.0.1.{}", 1 + i % 200), server.addr).unwrap())
         .collect();
-    let closed = flood
-        .iter()
-        .filter(|c| closed_within(c, Duration::from_millis(150)))
-        .count();
-    assert_eq!(closed, 271);
+    assert_eq!(closed_reaches(&flood, 271), 271);
     // The admitted keep-alive client is served throughout, and the process,
     // with 50 connections held open and none let in, does nothing.
     let pid = server.child.id();
@@ -273,7 +303,7 @@ fn out_of_file_descriptors_accept_backs_off_and_recovers() {
     let held: Vec<TcpStream> = (0..400)
         .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok())
         .collect();
-    std::thread::sleep(Duration::from_millis(500));
+    server.wait_for_log("accept failed", "no warning with the file limit reached");
     let warnings = || server.log_text().matches("accept failed").count();
     assert!(warnings() >= 1, "{}", server.log_text());
     let warnings_before = warnings();
@@ -301,14 +331,14 @@ fn out_of_file_descriptors_accept_backs_off_and_recovers() {
     );
     drop(held);
     // Descriptors free again: new clients are accepted.
-    let start = Instant::now();
-    while get(addr, "/me", Some(&auth)).map(|r| r.status).ok() != Some(200) {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "accept never recovered"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually(suite::PATIENCE, || match get(addr, "/me", Some(&auth)) {
+        Ok(r) if r.status == 200 => Ok(()),
+        other => Err(format!(
+            "accept never recovered: {:?}",
+            other.map(|r| r.status)
+        )),
+    })
+    .unwrap();
 }
 
 #[test]
@@ -332,11 +362,7 @@ fn readyz_follows_the_store_and_the_limiter() {
     assert_eq!(get(server.addr, SESSIONS, Some(&auth)).unwrap().status, 401);
     // The store mended: ready, and the token admitted.
     std::fs::write(&fx.store, &good).unwrap();
-    let start = Instant::now();
-    while server.admin_get("/readyz").status != 200 {
-        assert!(start.elapsed() < Duration::from_secs(3), "never ready");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    until_ready(&server);
     assert_eq!(get(server.addr, SESSIONS, Some(&auth)).unwrap().status, 200);
     // The limiter's store failing (the fault injection, by a reload): not
     // ready, saying why; and back.
@@ -356,14 +382,7 @@ fn readyz_follows_the_store_and_the_limiter() {
     assert_eq!(r.status, 503);
     std::fs::write(&server.config, config).unwrap();
     server.hangup();
-    let start = Instant::now();
-    while server.admin_get("/readyz").status != 200 {
-        assert!(
-            start.elapsed() < Duration::from_secs(3),
-            "never ready again"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    until_ready(&server);
     let metrics = scrape(&server);
     assert!(sample(&metrics, "sessiongate_limiter_store_errors_total", None) >= 1.0);
     // A store that turns corrupt while serving keeps the last good set: ready.
@@ -382,21 +401,30 @@ fn readyz_follows_the_store_and_the_limiter() {
     );
 }
 
+/// Waits until `/readyz` answers 200.
+fn until_ready(server: &Server) {
+    eventually(suite::PATIENCE, || {
+        let r = server.admin_get("/readyz");
+        if r.status == 200 {
+            Ok(())
+        } else {
+            Err(format!("not ready: {}", r.text()))
+        }
+    })
+    .unwrap();
+}
+
 /// The reload line for the `n`th SIGHUP (1-based), ok or not.
 fn wait_for_reloads(server: &Server, n: usize) {
-    let start = Instant::now();
-    loop {
-        let log = server.log_text();
-        let seen = log.matches("reloaded: limit").count() + log.matches("not reloaded").count();
+    eventually(suite::PATIENCE, || {
+        let seen = server.count_logged("reloaded: limit") + server.count_logged("not reloaded");
         if seen >= n {
-            return;
+            Ok(())
+        } else {
+            Err(format!("reload {n} not logged:\n{}", server.log_text()))
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "reload {n} not logged:\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    })
+    .unwrap();
 }
 
 /// Writes `config` over the server's file, sends SIGHUP, and waits for the

@@ -40,9 +40,11 @@ pub enum Kind {
 pub trait Harness {
     fn addr(&self) -> SocketAddr;
     fn credentials(&self) -> &Credentials;
-    /// Mints a standard token for all sites of [`CUSTOMER`]; returns its secret.
+    /// Mints a standard token for all sites of [`CUSTOMER`]; returns its
+    /// secret once the build admits it (the next request may use it).
     fn mint(&mut self, name: &str) -> Result<String, String>;
-    /// Revokes a credential by name.
+    /// Revokes a credential by name; returns once the build refuses it (the
+    /// next request is told 401).
     fn revoke(&mut self, name: &str) -> Result<(), String>;
     /// Sessions per site of the stub backend.
     fn stub_sessions_per_site(&self) -> usize {
@@ -521,43 +523,51 @@ fn time_filters(h: &mut dyn Harness) -> Result<(), String> {
     })
 }
 
-/// Polls until `check` passes or `within` has elapsed.
-fn eventually(
+/// Polls `check` until it passes and returns what it returned; past
+/// `within`, its last failure and how long it was waited for. `within` is a
+/// generous bound on a condition, not a measurement: a loaded machine may
+/// take many times the usual, and a test that needs a time belongs in a
+/// benchmark.
+pub fn eventually<T>(
     within: Duration,
-    mut check: impl FnMut() -> Result<(), String>,
-) -> Result<(), String> {
+    mut check: impl FnMut() -> Result<T, String>,
+) -> Result<T, String> {
     let start = Instant::now();
+    let mut pause = Duration::from_millis(5);
     loop {
         match check() {
-            Ok(()) => return Ok(()),
-            Err(e) if start.elapsed() > within => return Err(e),
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            Ok(value) => return Ok(value),
+            Err(e) if start.elapsed() > within => {
+                return Err(format!("{e} (still, after {:?})", start.elapsed()));
+            }
+            Err(_) => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
         }
     }
 }
+
+/// How long a test waits for a condition that normally takes well under a
+/// second: long enough for a machine loaded many times over.
+pub const PATIENCE: Duration = Duration::from_secs(60);
 
 fn revocation(h: &mut dyn Harness) -> Result<(), String> {
     let name = format!("revoke-me-{}", std::process::id());
     let token = h.mint(&name)?;
     let addr = h.addr();
-    eventually(Duration::from_secs(3), || {
-        expect_ok(&get(addr, "/me", Some(&bearer(&token)))?).map(|_| ())
-    })
-    .map_err(|e| format!("a new token did not start working: {e}"))?;
+    // `mint` and `revoke` return once the build has the change: the next
+    // request sees it, without polling.
+    expect_ok(&get(addr, "/me", Some(&bearer(&token)))?)
+        .map_err(|e| format!("a new token did not work on the next request: {e}"))?;
     expect_ok(&get(addr, SESSIONS, Some(&bearer(&token)))?)?;
     h.revoke(&name)?;
-    let revoked_at = Instant::now();
-    eventually(Duration::from_secs(3), || {
-        expect_error(
-            &get(addr, "/me", Some(&bearer(&token)))?,
-            401,
-            "invalid_credentials",
-        )
-        .map(|_| ())
-    })?;
-    ensure(revoked_at.elapsed() < Duration::from_millis(1500), || {
-        format!("revocation took {:?}", revoked_at.elapsed())
-    })?;
+    expect_error(
+        &get(addr, "/me", Some(&bearer(&token)))?,
+        401,
+        "invalid_credentials",
+    )
+    .map_err(|e| format!("the next request after the revocation: {e}"))?;
     expect_error(
         &get(addr, SESSIONS, Some(&bearer(&token)))?,
         401,

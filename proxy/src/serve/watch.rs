@@ -79,7 +79,7 @@ fn reported(app: &App, path: &Path, reloaded: Result<()>) -> bool {
             bump(&app.metrics.store_reloads_ok);
             app.store.loaded.store(true, Ordering::Relaxed);
             *error = None;
-            log::info(format_args!("token store {} reloaded", path.display()));
+            log::info(format_args!("token store reloaded: {}", path.display()));
             true
         }
         Err(e) => {

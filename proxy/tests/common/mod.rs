@@ -16,6 +16,9 @@ use sessiongate_conformance::{self as suite, Credentials, Harness};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_sessiongate");
 
+/// What `serve` logs when a change to its token store is in force.
+pub const STORE_RELOADED: &str = "token store reloaded: ";
+
 pub fn cli(args: &[&str]) -> String {
     let out = Command::new(BIN)
         .args(args)
@@ -221,14 +224,46 @@ impl Server {
         assert!(status.success());
     }
 
-    /// Waits until the server has logged `needle`; panics with `what` if it
-    /// has not within 5 s.
+    /// Waits until the server has logged `needle`; panics with `what` (and
+    /// the log) if it has not within the suite's patience.
     pub fn wait_for_log(&self, needle: &str, what: &str) {
-        let start = Instant::now();
-        while !self.log_text().contains(needle) {
-            assert!(start.elapsed() < Duration::from_secs(5), "{what}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.wait_for_logged(needle, 1, what);
+    }
+
+    /// Waits until the server has logged `needle` at least `times` times.
+    pub fn wait_for_logged(&self, needle: &str, times: usize, what: &str) {
+        suite::eventually(suite::PATIENCE, || {
+            let seen = self.count_logged(needle);
+            if seen >= times {
+                Ok(())
+            } else {
+                Err(format!("{what}: {seen} of {times} {needle:?}"))
+            }
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.log_text()));
+    }
+
+    /// Lines the server has logged that contain `needle`.
+    pub fn count_logged(&self, needle: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|line| line.contains(needle))
+            .count()
+    }
+
+    /// Runs `change` (a write to the token store) and waits until the
+    /// server has reloaded the store once more: the next request sees it.
+    pub fn store_changed<T>(&self, change: impl FnOnce() -> T) -> T {
+        let before = self.count_logged(STORE_RELOADED);
+        let changed = change();
+        self.wait_for_logged(
+            STORE_RELOADED,
+            before + 1,
+            "the store change was not loaded",
+        );
+        changed
     }
 
     pub fn log_text(&self) -> String {
@@ -312,12 +347,14 @@ impl Harness for Local<'_> {
         &self.fixture.creds
     }
     fn mint(&mut self, name: &str) -> Result<String, String> {
-        let secret = mint_token(&self.fixture.store, name, &[]);
+        let store = &self.fixture.store;
+        let secret = self.server.store_changed(|| mint_token(store, name, &[]));
         self.fixture.secrets.push(secret.clone());
         Ok(secret)
     }
     fn revoke(&mut self, name: &str) -> Result<(), String> {
-        delete_token(&self.fixture.store, name);
+        let store = &self.fixture.store;
+        self.server.store_changed(|| delete_token(store, name));
         Ok(())
     }
 }
