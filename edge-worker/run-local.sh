@@ -4,10 +4,13 @@
 #
 #   edge-worker/run-local.sh --store FILE --port PORT [--requests N] [--window-seconds S]
 #                            [--backend stub|URL] [--admin-hash HEX] [--state-dir DIR]
-#                            [--credentials-in-store]
+#                            [--credentials-in-store] [--filter-ttl-ms MS]
 #
 # --credentials-in-store: the binding holds no credentials; they live in the
 # Durable Object's store, filled with `sessiongate worker-sync` (README, "Edge").
+# --filter-ttl-ms: how long the Worker trusts its copy of the stored digests'
+# filter, the longest a synced credential waits (default 10000; the
+# SESSIONGATE_FILTER_TTL_MS binding).
 #
 # Builds the Worker first if it is not built or its sources changed. Needs only
 # crates.io and npm: worker-build and wasm-bindgen-cli are installed into
@@ -18,7 +21,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(dirname "$here")"
 
-store="" port="" requests=20 window=60 backend=stub state="" admin_hash="${SESSIONGATE_ADMIN_HASH:-}" without=""
+store="" port="" requests=20 window=60 backend=stub state="" admin_hash="${SESSIONGATE_ADMIN_HASH:-}" without="" filter_ttl=10000
 while [ $# -gt 0 ]; do
   case "$1" in
     --store) store="$2"; shift 2 ;;
@@ -29,7 +32,8 @@ while [ $# -gt 0 ]; do
     --admin-hash) admin_hash="$2"; shift 2 ;;
     --state-dir) state="$2"; shift 2 ;;
     --credentials-in-store) without="--without-credentials"; shift ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    --filter-ttl-ms) filter_ttl="$2"; shift 2 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "run-local.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -104,6 +108,7 @@ mkdir -p "$state/do"
 cp "$here/build/index.js" "$here/build/index_bg.wasm" "$state/"
 "$sessiongate" worker-config --store "$store" --requests "$requests" --window-seconds "$window" --backend "$backend" $without > "$state/config.json"
 printf '%s' "$admin_hash" > "$state/admin-hash"
+printf '%s' "$filter_ttl" > "$state/filter-ttl-ms"
 
 cat > "$state/config.capnp" <<CAPNP
 using Workerd = import "/workerd/workerd.capnp";
@@ -126,6 +131,7 @@ const gate :Workerd.Worker = (
   bindings = [
     (name = "SESSIONGATE_CONFIG", text = embed "config.json"),
     (name = "SESSIONGATE_ADMIN_HASH", text = embed "admin-hash"),
+    (name = "SESSIONGATE_FILTER_TTL_MS", text = embed "filter-ttl-ms"),
     (name = "LIMITER", durableObjectNamespace = "GlobalLimiter"),
   ],
   durableObjectNamespaces = [

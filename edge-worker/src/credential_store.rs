@@ -23,8 +23,24 @@ pub const SYNC_BATCH: usize = 1_000;
 /// Digests in one listing page.
 pub const LISTING_PAGE: usize = 10_000;
 /// How long the Worker trusts its copy of the filter: the longest a created
-/// credential waits to be admitted.
+/// credential waits to be admitted, unless the `SESSIONGATE_FILTER_TTL_MS`
+/// binding says otherwise.
 pub const FILTER_TTL_MS: u64 = 10_000;
+
+/// The filter's lifetime from the binding's text: the default without one;
+/// a binding that is not a whole number of milliseconds from 1 to an hour
+/// is an error (the Worker says so and keeps the default).
+pub fn filter_ttl_ms(binding: Option<&str>) -> Result<u64, String> {
+    let Some(text) = binding else {
+        return Ok(FILTER_TTL_MS);
+    };
+    match text.trim().parse::<u64>() {
+        Ok(ms) if (1..=3_600_000).contains(&ms) => Ok(ms),
+        _ => Err(format!(
+            "SESSIONGATE_FILTER_TTL_MS is {text:?}: milliseconds from 1 to 3600000"
+        )),
+    }
+}
 
 /// The table of stored credentials, keyed by digest (hex).
 pub trait Table {
@@ -178,6 +194,17 @@ impl Table for MapTable {
 mod tests {
     use super::*;
     use sessiongate_core::fixtures::numbered;
+
+    #[test]
+    fn the_filters_lifetime_is_the_bindings_or_the_default() {
+        assert_eq!(filter_ttl_ms(None), Ok(FILTER_TTL_MS));
+        assert_eq!(filter_ttl_ms(Some("250")), Ok(250));
+        assert_eq!(filter_ttl_ms(Some(" 250\n")), Ok(250));
+        for bad in ["", "0", "-5", "1.5", "3600001", "soon"] {
+            let e = filter_ttl_ms(Some(bad)).unwrap_err();
+            assert!(e.contains("SESSIONGATE_FILTER_TTL_MS"), "{e}");
+        }
+    }
 
     fn stored(table: &mut MapTable) -> BTreeMap<String, String> {
         table.list("", usize::MAX).unwrap().into_iter().collect()

@@ -17,11 +17,15 @@ use worker::{
     Result, State, console_error, durable_object, event,
 };
 
-use crate::credential_store::{self, Applied, Batch, FILTER_TTL_MS, LISTING_PAGE, Table};
+use crate::credential_store::{
+    self, Applied, Batch, FILTER_TTL_MS, LISTING_PAGE, Table, filter_ttl_ms,
+};
 use crate::shared_object::{Call, Dirty, Said, SharedObject};
 
 /// The gate's configuration JSON (`sessiongate worker-config`): a secret or a var.
 const CONFIG_BINDING: &str = "SESSIONGATE_CONFIG";
+/// Optional: how long the Worker trusts its copy of the stored digests' filter.
+const TTL_BINDING: &str = "SESSIONGATE_FILTER_TTL_MS";
 /// SHA-256 (hex) of the admin secret that may revoke credentials.
 const ADMIN_BINDING: &str = "SESSIONGATE_ADMIN_HASH";
 const LIMITER_BINDING: &str = "LIMITER";
@@ -152,14 +156,22 @@ async fn call_object(env: &Env, call: &Call) -> std::result::Result<Said, String
     resp.json::<Said>().await.map_err(|e| e.to_string())
 }
 
-/// The stored digests' filter, fetched again once it is older than
-/// [`FILTER_TTL_MS`]. Without one (the object unreachable) every lookup
-/// goes to the object, which then fails it.
+/// How long the filter is trusted: [`FILTER_TTL_MS`] or the binding's.
+fn filter_ttl(env: &Env) -> u64 {
+    filter_ttl_ms(binding_text(env, TTL_BINDING).as_deref()).unwrap_or_else(|e| {
+        console_error!("sessiongate: {e}; using {FILTER_TTL_MS} ms");
+        FILTER_TTL_MS
+    })
+}
+
+/// The stored digests' filter, fetched again once it is older than its
+/// lifetime ([`filter_ttl`]). Without one (the object unreachable) every
+/// lookup goes to the object, which then fails it.
 async fn digest_filter(env: &Env) -> Option<Rc<DigestFilter>> {
     let now = Date::now().as_millis();
     let cached = FILTER.with(|f| f.borrow().clone());
     if let Some((at, filter)) = &cached
-        && now.saturating_sub(*at) < FILTER_TTL_MS
+        && now.saturating_sub(*at) < filter_ttl(env)
     {
         return Some(filter.clone());
     }

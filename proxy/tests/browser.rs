@@ -68,7 +68,7 @@ fn start_driver() -> Driver {
     let started = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
-            started.elapsed() < Duration::from_secs(20),
+            started.elapsed() < suite::PATIENCE,
             "chromedriver did not listen"
         );
         std::thread::sleep(Duration::from_millis(50));
@@ -125,10 +125,7 @@ async fn visible(page: &Client, css: &str) {
         {
             return;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "{css} never showed"
-        );
+        assert!(started.elapsed() < suite::PATIENCE, "{css} never showed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -137,7 +134,7 @@ async fn visible(page: &Client, css: &str) {
 async fn ready(page: &Client) {
     let started = Instant::now();
     while page.find(Locator::Css("body[data-ready]")).await.is_err() {
-        if started.elapsed() > Duration::from_secs(10) {
+        if started.elapsed() > suite::PATIENCE {
             panic!(
                 "the page never got ready at {}: {}",
                 page.current_url().await.unwrap(),
@@ -151,7 +148,7 @@ async fn ready(page: &Client) {
 async fn gone(page: &Client, css: &str) {
     let started = Instant::now();
     while !page.find_all(Locator::Css(css)).await.unwrap().is_empty() {
-        assert!(started.elapsed() < Duration::from_secs(10), "{css} stayed");
+        assert!(started.elapsed() < suite::PATIENCE, "{css} stayed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -55,11 +55,26 @@ struct Workerd {
     store: PathBuf,
     requests: u32,
     window: u32,
+    /// `--filter-ttl-ms` (none: the Worker's default, 10 s).
+    filter_ttl_ms: Option<u32>,
     log: Arc<Mutex<Vec<String>>>,
 }
 
+/// A relaunch builds nothing: a generous bound on workerd's start.
+const RELAUNCH: Duration = Duration::from_secs(300);
+
 impl Workerd {
     fn start(store: &Path, state: &Path, requests: u32, window: u32) -> Workerd {
+        Workerd::start_with(store, state, requests, window, None)
+    }
+
+    fn start_with(
+        store: &Path,
+        state: &Path,
+        requests: u32,
+        window: u32,
+        filter_ttl_ms: Option<u32>,
+    ) -> Workerd {
         let mut w = Workerd {
             child: None,
             port: free_port(),
@@ -67,6 +82,7 @@ impl Workerd {
             store: store.to_owned(),
             requests,
             window,
+            filter_ttl_ms,
             log: Arc::new(Mutex::new(Vec::new())),
         };
         w.launch(FIRST_START);
@@ -83,6 +99,11 @@ impl Workerd {
             .args(["--window-seconds", &self.window.to_string()])
             .args(["--state-dir", self.state.to_str().unwrap()])
             .args(["--admin-hash", &sha256_hex(ADMIN_SECRET)])
+            .args(
+                self.filter_ttl_ms
+                    .iter()
+                    .flat_map(|ms| ["--filter-ttl-ms".to_owned(), ms.to_string()]),
+            )
             .env("SESSIONGATE_BIN", BIN)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -124,7 +145,7 @@ impl Workerd {
         // workerd is exec'd by the script: the kill reached it. Wait for the port.
         let start = Instant::now();
         while TcpStream::connect_timeout(&self.addr(), Duration::from_millis(100)).is_ok()
-            && start.elapsed() < Duration::from_secs(10)
+            && start.elapsed() < suite::PATIENCE
         {
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -163,7 +184,7 @@ impl Harness for Edge<'_> {
         let secret = mint_token(&self.fixture.store, name, &[]);
         self.fixture.secrets.push(secret.clone());
         self.workerd.stop();
-        self.workerd.launch(Duration::from_secs(120));
+        self.workerd.launch(RELAUNCH);
         Ok(secret)
     }
     /// Revocation at once: the admin call records the hash in the Durable Object.
@@ -312,12 +333,12 @@ impl Harness for Stored<'_> {
         worker_sync(&self.fixture.store, self.addr(), &[]);
         let synced = Instant::now();
         let auth = format!("Bearer {secret}");
-        while request(self.addr(), "GET", "/me", &[("Authorization", &auth)])?.status != 200 {
-            if synced.elapsed() > Duration::from_secs(15) {
-                return Err(format!("{name} not admitted 15 s after its sync"));
+        suite::eventually(suite::PATIENCE, || {
+            match request(self.addr(), "GET", "/me", &[("Authorization", &auth)])?.status {
+                200 => Ok(()),
+                status => Err(format!("{name} not admitted after its sync: {status}")),
             }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        })?;
         self.admitted_after.push(synced.elapsed());
         Ok(secret)
     }
@@ -342,7 +363,9 @@ fn a_worker_with_100000_stored_credentials_passes_the_suite() {
     std::fs::write(&fx.store, serde_json::to_vec(&records).unwrap()).unwrap();
     let state = fx.dir.join("workerd-stored");
     let empty = fx.dir.join("binding-holds-none.json");
-    let mut workerd = Workerd::start(&empty, &state, 100_000, 60);
+    // The filter trusted for 300 ms: a synced credential is looked for in
+    // the object's store that soon (the Worker's default is 10 s).
+    let mut workerd = Workerd::start_with(&empty, &state, 100_000, 60, Some(300));
     let config = std::fs::read_to_string(state.join("config.json")).unwrap();
     assert!(config.contains("\"credentials\": []"), "{config}");
 
@@ -364,10 +387,6 @@ fn a_worker_with_100000_stored_credentials_passes_the_suite() {
     let delays = std::mem::take(&mut h.admitted_after);
     eprintln!("created credentials admitted {delays:?} after their sync");
     assert!(!delays.is_empty());
-    assert!(
-        delays.iter().all(|d| *d <= Duration::from_millis(10_500)),
-        "{delays:?}"
-    );
 
     // A dry run names what would change, and changes nothing.
     let secret = mint_token(&fx.store, "pending", &[]);
@@ -377,8 +396,14 @@ fn a_worker_with_100000_stored_credentials_passes_the_suite() {
         plan.contains("1 to write") && plan.contains("create pending (token, fus_****"),
         "{plan}"
     );
+    // The object's own listing, read again by a second dry run, is the
+    // proof: still one to write.
+    let again = worker_sync(&fx.store, workerd.addr(), &["--dry-run"]);
+    assert!(
+        again.contains("1 to write"),
+        "a dry run stored the credential: {again}"
+    );
     let auth = format!("Bearer {secret}");
-    std::thread::sleep(Duration::from_millis(10_500));
     let r = request(workerd.addr(), "GET", "/me", &[("Authorization", &auth)]).unwrap();
     assert_eq!(r.status, 401, "a dry run stored the credential");
 
@@ -416,7 +441,10 @@ fn a_worker_with_100000_stored_credentials_passes_the_suite() {
     workerd.requests = 10;
     workerd.window = 2;
     workerd.stop();
-    workerd.launch(Duration::from_secs(120));
+    workerd.launch(RELAUNCH);
+    // Not a stand-in for a condition: the condition is time itself. The
+    // suite's admissions must fall out of the new 2 s window before the
+    // burst, and the relaunch began after the last of them.
     std::thread::sleep(Duration::from_millis(2_500));
     let mut h = Stored {
         workerd: &mut workerd,

@@ -6,9 +6,11 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use sessiongate_conformance::http::{Response, get, send_raw};
+use sessiongate_conformance::{PATIENCE, eventually};
 
 const SESSIONS: &str = "/v1/external/sessions/acme/site-a";
 
@@ -156,8 +158,10 @@ impl Etcd {
                         log.unwrap_or_default().trim()
                     ));
                 }
-                if start.elapsed() > Duration::from_secs(30) {
-                    return Err(format!("etcd member {i} never became healthy in 30 s"));
+                if start.elapsed() > PATIENCE {
+                    return Err(format!(
+                        "etcd member {i} never became healthy in {PATIENCE:?}"
+                    ));
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -180,7 +184,7 @@ impl Etcd {
                     return i;
                 }
             }
-            assert!(start.elapsed() < Duration::from_secs(10), "no leader");
+            assert!(start.elapsed() < PATIENCE, "no leader");
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -211,16 +215,64 @@ pub struct Load {
 }
 
 pub fn load(servers: &[SocketAddr], auth: &str, clients: usize, run: Duration) -> Load {
+    let start = Instant::now();
+    drive(servers, auth, clients, &|_| start.elapsed() < run)
+}
+
+/// As [`load`], with a fault in the middle: `fault` runs once the fleet has
+/// admitted `admitted` requests (the load is under way, however slowly the
+/// machine started it), and the load goes on for `after` past it.
+pub fn load_through(
+    servers: &[SocketAddr],
+    auth: &str,
+    clients: usize,
+    admitted: usize,
+    after: Duration,
+    fault: impl FnOnce() + Send,
+) -> Load {
+    let faulted: Mutex<Option<Instant>> = Mutex::new(None);
+    let progress = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let waited = eventually(PATIENCE, || {
+                let n = progress.load(Ordering::Relaxed);
+                if n >= admitted {
+                    Ok(())
+                } else {
+                    Err(format!("{n} of {admitted} admitted before the fault"))
+                }
+            });
+            // Whatever the wait's outcome, the load must end.
+            fault();
+            *faulted.lock().unwrap() = Some(Instant::now());
+            waited.unwrap();
+        });
+        drive(servers, auth, clients, &|n| {
+            progress.store(n, Ordering::Relaxed);
+            faulted
+                .lock()
+                .unwrap()
+                .is_none_or(|at| at.elapsed() < after)
+        })
+    })
+}
+
+/// Clients on every server while `go_on(admitted so far)` says so.
+fn drive(
+    servers: &[SocketAddr],
+    auth: &str,
+    clients: usize,
+    go_on: &(dyn Fn(usize) -> bool + Sync),
+) -> Load {
     let admitted = Mutex::new(Vec::new());
     let statuses = Mutex::new(Vec::new());
     let slowest = Mutex::new(Duration::ZERO);
-    let start = Instant::now();
     std::thread::scope(|s| {
         for c in 0..clients {
             let (admitted, statuses, slowest) = (&admitted, &statuses, &slowest);
             s.spawn(move || {
                 let mut n = c;
-                while start.elapsed() < run {
+                while go_on(admitted.lock().unwrap().len()) {
                     let addr = servers[n % servers.len()];
                     n += 1;
                     let sent = Instant::now();

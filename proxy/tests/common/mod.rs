@@ -279,10 +279,7 @@ impl Server {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(
-                start.elapsed() < Duration::from_secs(15),
-                "no exit after SIGTERM"
-            );
+            assert!(start.elapsed() < suite::PATIENCE, "no exit after SIGTERM");
             std::thread::sleep(Duration::from_millis(50));
         }
     }
