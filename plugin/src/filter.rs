@@ -294,8 +294,12 @@ pub(crate) fn carry_out<H: Host>(decision: Decision<'_>, host: &mut H) -> Next {
             for name in Forward::REMOVED_REQUEST_HEADERS {
                 host.set_request_header(name, None);
             }
-            // Replace, never append: a client cannot smuggle its own identity headers.
+            // Replace, never append: a client cannot smuggle its own identity
+            // headers. Removed first, then set: a host may replace several
+            // copies by clearing them all (ngx_wasm_module does, then adds
+            // nothing), and the service would get no identity at all.
             for (name, value) in &forward.add_request_headers {
+                host.set_request_header(name, None);
                 host.set_request_header(name, Some(value));
             }
             // Kept until the response: owned, as the gate may be

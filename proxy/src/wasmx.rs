@@ -218,12 +218,16 @@ http {{
         match self.upstream {
             Some(url) => {
                 let upstream = host_port(url)?;
+                let hygiene = forward_hygiene();
                 let _ = write!(
                     w,
-                    "            # Admitted requests go on to the sessions service, with
-            # the Authorization header removed by the filter.
+                    "            # Admitted requests go on to the sessions service.
             proxy_pass  http://{upstream};
+            # HTTP/1.1, as Envoy and serve speak to the service (nginx's
+            # default is 1.0).
+            proxy_http_version  1.1;
             proxy_set_header  Host  $proxy_host;
+{hygiene}
             # Unreachable or timing out: the contract's 502 (nginx's own
             # would be HTML).
             proxy_intercept_errors  off;
@@ -309,6 +313,47 @@ http {{
         let _ = writeln!(w, "}}");
         Ok(out)
     }
+}
+
+/// The client's headers that go on to the sessions service on WasmX: what a
+/// client of a read-only JSON API sends that the service may use (content
+/// negotiation, caching, tracing). Everything else stays at the gate.
+pub const FORWARDED_CLIENT_HEADERS: &[&str] = &[
+    "accept",
+    "accept-encoding",
+    "accept-language",
+    "user-agent",
+    "cache-control",
+    "if-none-match",
+    "if-modified-since",
+    "x-request-id",
+    "traceparent",
+    "tracestate",
+];
+
+/// `proxy_set_header` lines that make nginx forward what the filter
+/// decided, and nothing else. ngx_wasm_module removes a request header by
+/// zeroing its hash, and replaces the first of several copies by zeroing
+/// the rest, but nginx's proxy module forwards every entry of the list,
+/// zeroed or not (and `proxy_set_header` cannot match a zeroed one): the
+/// client's `Authorization`, and a second, spoofed identity header, would
+/// reach the service. So nginx forwards no client header by itself; each
+/// one forwarded is named, as `$http_…`, which reads only the entries
+/// not zeroed: for the identity headers, the value the filter set.
+fn forward_hygiene() -> String {
+    let mut lines = String::from("            proxy_pass_request_headers  off;\n");
+    let identity = [
+        sessiongate_core::CREDENTIAL_HEADER,
+        sessiongate_core::CUSTOMER_HEADER,
+    ];
+    for name in FORWARDED_CLIENT_HEADERS.iter().chain(&identity) {
+        let variable = name.replace('-', "_");
+        let _ = writeln!(
+            lines,
+            "            proxy_set_header  {name}  $http_{variable};"
+        );
+    }
+    lines
 }
 
 #[cfg(test)]
@@ -431,6 +476,33 @@ mod tests {
             "{block}"
         );
         assert!(block.contains("proxy_pass  http://unix:/run/sg/let-through.sock:;"));
+    }
+
+    #[test]
+    fn the_service_gets_named_headers_only_never_the_secret() {
+        let text = conf("{}", Some("http://10.0.0.5:9000")).render().unwrap();
+        assert!(text.contains("proxy_pass_request_headers  off;"), "{text}");
+        for name in FORWARDED_CLIENT_HEADERS {
+            // Each one is a header core lets through to the service.
+            assert!(
+                sessiongate_core::Forward::keeps_request_header(name),
+                "{name}"
+            );
+            assert!(
+                text.contains(&format!("proxy_set_header  {name}  $http_")),
+                "{name}"
+            );
+        }
+        assert!(
+            text.contains(
+                "proxy_set_header  x-sessiongate-credential  $http_x_sessiongate_credential;"
+            ),
+            "{text}"
+        );
+        assert!(
+            !text.to_ascii_lowercase().contains("$http_authorization"),
+            "{text}"
+        );
     }
 
     #[test]
