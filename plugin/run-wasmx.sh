@@ -146,15 +146,20 @@ stop() {
   exit 0
 }
 reload() {
-  local before
+  local before started
   before="$(workers_of "$pid")"
+  started=$(date +%s)
+  log "reloading: rendering the configuration from the store"
   if ! render; then
     log "reload refused: the new configuration does not pass nginx -t (above); the old one serves on"
     return
   fi
+  log "reloading: nginx -t passed in $(( $(date +%s) - started )) s; old workers $before"
   kill -HUP "$pid"
   # Done when every worker is new and as many as configured are up: no old
-  # worker (old credentials) can take a connection any more.
+  # worker (old credentials) can take a connection any more. An old worker
+  # ends once its requests have (worker_shutdown_timeout bounds it).
+  local said=$started
   while :; do
     local now left=""
     now="$(workers_of "$pid")"
@@ -163,9 +168,13 @@ reload() {
     done
     if [ -z "$left" ] && [ "$(echo "$now" | wc -w)" -ge "$workers" ]; then break; fi
     kill -0 "$pid" 2>/dev/null || return
+    if [ $(( $(date +%s) - said )) -ge 10 ]; then
+      said=$(date +%s)
+      log "reloading: still waiting after $(( said - started )) s (workers now: $now; old: $before)"
+    fi
     sleep 0.05
   done
-  log "reloaded (workers $(workers_of "$pid"))"
+  log "reloaded in $(( $(date +%s) - started )) s (workers $(workers_of "$pid"))"
 }
 trap stop TERM INT
 trap reload HUP

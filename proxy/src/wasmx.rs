@@ -157,6 +157,9 @@ impl NginxConf<'_> {
 # (nginx + ngx_wasm_module). Run: nginx -p {prefix} -c {prefix}/nginx.conf
 worker_processes  {workers};
 daemon            off;
+# A reload (new credentials) ends within this: an old worker still serving
+# a request past it is closed, so old credentials cannot outlive it.
+worker_shutdown_timeout  10s;
 pid               {prefix}/nginx.pid;
 # info for the process-wide log: each worker's filter logs its
 # `configured:` line there (run-wasmx.sh waits for one a worker).
@@ -409,6 +412,7 @@ mod tests {
         assert!(!block.contains("proxy_wasm"), "{block}");
         assert!(text.contains("error_page  400  @malformed;"));
         assert!(text.contains("worker_processes  2;"));
+        assert!(text.contains("worker_shutdown_timeout  10s;"));
         assert!(text.contains("listen  127.0.0.1:8080  reuseport;"));
     }
 

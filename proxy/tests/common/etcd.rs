@@ -322,3 +322,18 @@ pub fn assert_no_window_over_the_limit(
         );
     }
 }
+
+/// Liveness through a fault: admissions went on to the load's last window,
+/// so the fleet came back (a new leader elected) within `after` less a
+/// window. A bound, not a measurement: how many windows were full depends
+/// on how fast a loaded machine elects a leader, which no test should claim.
+pub fn assert_admissions_go_on(seen: &Load, after: Duration, window: Duration) {
+    let last = seen.admitted.last().expect("nothing admitted").1;
+    let first = seen.admitted.first().unwrap().0;
+    assert!(
+        last - first > after - window,
+        "admissions stopped after the fault: {} admitted, the last {:?} after the first",
+        seen.admitted.len(),
+        last - first
+    );
+}
