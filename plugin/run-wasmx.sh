@@ -25,6 +25,13 @@
 # $SESSIONGATE_WASMX_PEER names another copy of the peer folder.
 set -euo pipefail
 
+# bash cannot trap a signal it was started with ignored (nohup, some
+# supervisors): SIGHUP would reload nothing, silently. Start again with it
+# at its default, as nginx itself takes SIGHUP whatever it inherited.
+if [ "$(trap -p HUP)" = "trap -- '' SIGHUP" ]; then
+  exec python3 -c 'import os, signal, sys; signal.signal(signal.SIGHUP, signal.SIG_DFL); os.execvp("bash", ["bash", *sys.argv[1:]])' "$0" "$@"
+fi
+
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(dirname "$here")"
 

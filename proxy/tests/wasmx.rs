@@ -48,7 +48,17 @@ impl Wasmx {
     /// Starts the script on a free port with `args` beside `--store` and
     /// waits until it says it serves.
     fn start(store: &Path, run: &Path, args: &[&str]) -> Wasmx {
-        match Wasmx::try_start(store, run, args) {
+        Wasmx::launch(store, run, args, false)
+    }
+
+    /// As `start`, under `nohup`: started with SIGHUP ignored, as a
+    /// supervisor may, the script must still reload on it.
+    fn start_under_nohup(store: &Path, run: &Path, args: &[&str]) -> Wasmx {
+        Wasmx::launch(store, run, args, true)
+    }
+
+    fn launch(store: &Path, run: &Path, args: &[&str], nohup: bool) -> Wasmx {
+        match Wasmx::spawn(store, run, args, nohup) {
             Ok(w) => w,
             Err(log) => panic!("run-wasmx.sh did not start:\n{log}"),
         }
@@ -56,9 +66,20 @@ impl Wasmx {
 
     /// As `start`; on an exit before serving, everything it printed.
     fn try_start(store: &Path, run: &Path, args: &[&str]) -> Result<Wasmx, String> {
+        Wasmx::spawn(store, run, args, false)
+    }
+
+    fn spawn(store: &Path, run: &Path, args: &[&str], nohup: bool) -> Result<Wasmx, String> {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugin/run-wasmx.sh");
         let port = free_port();
-        let mut child = Command::new("bash")
+        let mut command = if nohup {
+            let mut c = Command::new("nohup");
+            c.arg("bash");
+            c
+        } else {
+            Command::new("bash")
+        };
+        let mut child = command
             .arg(script)
             .args(["--store", store.to_str().unwrap()])
             .args(["--port", &port.to_string()])
@@ -225,8 +246,10 @@ impl Harness for OnWasmx<'_> {
 fn conformance_suite_against_the_filter_on_wasmx() {
     let mut fx = fixture();
     let run = fx.dir.join("wasmx-functional");
-    // The suite sends many invalid credentials on purpose: the guard is tested apart.
-    let mut wasmx = Wasmx::start(
+    // Under nohup, as the loaded runs start the suite: every credential the
+    // suite mints or revokes is a SIGHUP reload, so this proves reloads
+    // work with SIGHUP ignored on entry. The suite sends many invalid credentials on purpose: the guard is tested apart.
+    let mut wasmx = Wasmx::start_under_nohup(
         &fx.store,
         &run,
         &["--requests", "100000", "--guard-failures", "0"],
