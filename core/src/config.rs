@@ -141,7 +141,7 @@ pub enum LimiterStore {
     #[default]
     SharedData,
     /// etcd, through its HTTP/JSON gateway by `proxy_http_call` to `cluster`
-    /// (see [`crate::etcd`]): every proxy that shares the cluster.
+    /// (the `sessiongate-etcd` crate): every proxy that shares the cluster.
     Etcd {
         /// The host's name for the etcd members (an Envoy cluster).
         cluster: String,

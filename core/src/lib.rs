@@ -14,7 +14,6 @@ mod credential_set;
 mod decision;
 mod digest_filter;
 mod error;
-pub mod etcd;
 mod gate;
 mod guard;
 mod headers;

@@ -183,8 +183,7 @@ impl std::ops::Deref for Chosen<'_> {
 pub(crate) fn choose<'g, H: Host>(gate: &'g Gate, host: &H, authorization: &[&[u8]]) -> Chosen<'g> {
     // A host keeps every credential or none (`serve` configures its VMs
     // with none when it keeps them). Asking it with credentials configured
-    // would hash the secret a second time, the decision hashing it again:
-    // a fifth of a 429's instructions in wasm (BENCHMARKS.md).
+    // would hash the secret a second time, the decision hashing it again.
     if !gate.credentials().is_empty() {
         return Chosen::Configured(gate);
     }
@@ -842,7 +841,7 @@ mod tests {
         assert_eq!(m.calls[0].1, "/v3/auth/authenticate");
         assert_eq!(
             m.calls[0].3,
-            sessiongate_core::etcd::LOGIN_TIMEOUT_MS,
+            sessiongate_etcd::LOGIN_TIMEOUT_MS,
             "a login's bcrypt gets its own deadline"
         );
         assert_eq!(last_body(&m)["name"], "gate");

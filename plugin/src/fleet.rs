@@ -1,11 +1,13 @@
 //! The limiter on etcd (feature `fleet`): each step of a decision on the
-//! limiter's log is a callout to etcd's HTTP/JSON gateway (core's `etcd`),
+//! limiter's log is a callout to etcd's HTTP/JSON gateway (`sessiongate-etcd`),
 //! the request paused until its answer; the guard's steps stay on shared
 //! data. A paused stream cannot keep core's pending decision (it borrows the
 //! request), so the request and the answers so far are kept, and the
 //! decision replayed.
 
-use sessiongate_core::{Answer, Gate, KvError, LIMITER_KEY, LimiterStore, Progress, Request, etcd};
+use sessiongate_core::{Answer, Gate, KvError, LIMITER_KEY, LimiterStore, Progress, Request};
+use sessiongate_etcd as etcd;
+use sessiongate_etcd::{After, Attempt, Credentials, Step};
 
 use crate::filter::{Host, LogLevel, Next, SharedData, carry_out};
 
@@ -21,8 +23,8 @@ pub struct Waiting {
     now: u64,
     answers: Vec<Answer<'static>>,
     sent: Option<Sent>,
-    /// Logged in again once for this request after etcd refused a token.
-    relogged: bool,
+    /// Where the call in flight is in etcd's login policy.
+    attempt: Attempt,
 }
 
 /// The call in flight for a waiting request.
@@ -57,7 +59,7 @@ pub fn begin<H: Host>(
         now,
         answers: Vec::new(),
         sent: None,
-        relogged: false,
+        attempt: Attempt::new(),
     };
     let next = drive(gate, host, &mut w);
     if next == Next::Wait {
@@ -83,26 +85,23 @@ pub fn on_callout_response<H: Host>(
         host.log(LogLevel::Warn, "a callout answered that was not sent");
         return Next::Stop;
     };
-    let login = matches!(
-        gate.limiter_store(),
-        LimiterStore::Etcd {
-            user: Some(_),
-            password: Some(_),
-            ..
+    let login = match gate.limiter_store() {
+        LimiterStore::Etcd { user, password, .. } => {
+            Credentials::of(user.as_deref(), password.as_deref())
         }
-    );
+        LimiterStore::SharedData => None,
+    };
     match sent {
-        Sent::Login => match etcd::token(status, body) {
+        Sent::Login => match w.attempt.logged_in(status, body) {
             Ok(token) => host.set_etcd_token(Some(token)),
             Err(e) => w.answers.push(Answer::Failed(KvError(e))),
         },
-        // The token expired (or etcd restarted): log in again, once, and
-        // send the same step.
-        Sent::Step(_) if login && !w.relogged && etcd::needs_login(status, body) => {
-            w.relogged = true;
-            host.set_etcd_token(None);
-        }
-        Sent::Step(sent) => w.answers.push(etcd::answer(sent, status, body)),
+        Sent::Step(sent) => match w.attempt.answered(login, status, body) {
+            // The token expired (or etcd restarted): forget it; the same
+            // step goes again after a login.
+            After::Again => host.set_etcd_token(None),
+            After::Done => w.answers.push(etcd::answer(sent, status, body)),
+        },
     }
     let next = drive(gate, host, &mut w);
     if next == Next::Wait {
@@ -134,7 +133,7 @@ fn drive<H: Host>(gate: &Gate, host: &mut H, w: &mut Waiting) -> Next {
         now,
         answers,
         sent,
-        ..
+        attempt,
     } = w;
     let authorization: Vec<&[u8]> = authorization.iter().map(Vec::as_slice).collect();
     let gate = crate::filter::choose(gate, host, &authorization);
@@ -159,22 +158,24 @@ fn drive<H: Host>(gate: &Gate, host: &mut H, w: &mut Waiting) -> Next {
         let need = pending.need();
         let answer = match need.key() {
             Some(key) if key == LIMITER_KEY => {
+                let login = Credentials::of(user.as_deref(), password.as_deref());
                 let token = host.etcd_token();
-                let (path, body, what) = match (user, password, &token) {
-                    (Some(user), Some(password), None) => (
-                        etcd::AUTHENTICATE,
-                        etcd::authenticate(user, password),
-                        Sent::Login,
-                    ),
-                    _ => match etcd::call(&need, etcd_key) {
-                        Some(call) => (call.path, call.body, Sent::Step(call.sent)),
-                        None => return Next::Stop,
-                    },
-                };
-                let (token, timeout_ms) = match what {
-                    Sent::Login => (None, etcd::login_timeout_ms(*timeout_ms)),
-                    Sent::Step(_) => (token.as_deref(), *timeout_ms),
-                };
+                let (path, body, what, timeout_ms, token) =
+                    match attempt.next(login, token.as_deref(), *timeout_ms) {
+                        Step::LogIn { body, timeout_ms } => {
+                            (etcd::AUTHENTICATE, body, Sent::Login, timeout_ms, None)
+                        }
+                        Step::Send { token } => match etcd::call(&need, etcd_key) {
+                            Some(call) => (
+                                call.path,
+                                call.body,
+                                Sent::Step(call.sent),
+                                *timeout_ms,
+                                token,
+                            ),
+                            None => return Next::Stop,
+                        },
+                    };
                 match host.http_call(cluster, path, body.as_bytes(), timeout_ms, token) {
                     Ok(()) => {
                         *sent = Some(what);

@@ -7,9 +7,8 @@
 
 use std::sync::Arc;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
-use sessiongate_core::{Answer, Need, etcd};
+use sessiongate_core::{Answer, Need};
+use sessiongate_etcd as etcd;
 
 use crate::cluster::Cluster;
 use crate::host::SharedData;
@@ -87,24 +86,14 @@ impl Backing {
     pub async fn set(&self, key: &str, value: Vec<u8>) -> Result<(), Down> {
         match self {
             Backing::Shared(shared) => shared.set(key, value, 0).map(drop).map_err(Down::shared),
-            Backing::Etcd(bucket) => {
-                let body = format!(
-                    r#"{{"success":[{{"request_put":{{"key":"{}","value":"{}"}}}}]}}"#,
-                    BASE64.encode(bucket.key(key)),
-                    BASE64.encode(value)
-                );
-                bucket.plain(etcd::TXN, body).await
-            }
+            Backing::Etcd(bucket) => bucket.plain(etcd::put(&bucket.key(key), &value)).await,
         }
     }
 
     pub async fn delete(&self, key: &str) -> Result<(), Down> {
         match self {
             Backing::Shared(shared) => shared.delete(key).map_err(Down::shared),
-            Backing::Etcd(bucket) => {
-                let body = format!(r#"{{"key":"{}"}}"#, BASE64.encode(bucket.key(key)));
-                bucket.plain("/v3/kv/deleterange", body).await
-            }
+            Backing::Etcd(bucket) => bucket.plain(etcd::delete(&bucket.key(key))).await,
         }
     }
 
@@ -141,8 +130,13 @@ impl EtcdBucket {
         }
     }
 
-    async fn plain(&self, path: &str, body: String) -> Result<(), Down> {
-        match self.cluster.post_json(path, body, self.timeout_ms).await {
+    /// A call whose answer matters only by its status.
+    async fn plain(&self, call: etcd::Call) -> Result<(), Down> {
+        match self
+            .cluster
+            .post_json(call.path, call.body, self.timeout_ms)
+            .await
+        {
             Some((200, _)) => Ok(()),
             Some((status, body)) => Err(Down(format!(
                 "etcd answered {status}: {}",

@@ -15,6 +15,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use sessiongate_etcd::{AUTHENTICATE, After, Attempt, Credentials, RANGE, Step};
+
 use crate::host::{CallResponse, Callout};
 
 /// A call with no timeout (0, as Envoy reads it) still ends: etcd without a
@@ -94,57 +96,61 @@ impl Cluster {
         if self.login.is_some() {
             // Any authenticated call logs in; this one reads nothing.
             let body = r#"{"key":"AA==","count_only":true}"#.to_owned();
-            let _ = self.post_json("/v3/kv/range", body, 5_000).await;
+            let _ = self.post_json(RANGE, body, 5_000).await;
         }
     }
 
     /// `POST path` with a JSON body: the status and body, or `None` when no
-    /// member answered in time. Logged in, when the cluster has a login.
+    /// member answered in time. Logged in, when the cluster has a login
+    /// (etcd's one login policy, `sessiongate_etcd::Attempt`).
     pub async fn post_json(
         &self,
         path: &str,
         body: String,
         timeout_ms: u32,
     ) -> Option<(u16, Vec<u8>)> {
-        let Some((user, password)) = &self.login else {
-            return self.post_with(path, body, timeout_ms, None).await;
-        };
-        for _ in 0..2 {
-            let token = self.token.lock().ok().and_then(|t| t.clone());
-            let token = match token {
-                Some(token) => token,
-                None => {
-                    let login = sessiongate_core::etcd::authenticate(user, password);
-                    let answer = self
-                        .post_with(
-                            sessiongate_core::etcd::AUTHENTICATE,
-                            login,
-                            sessiongate_core::etcd::login_timeout_ms(timeout_ms),
-                            None,
-                        )
-                        .await;
-                    let (status, body) = match answer {
-                        Some((status, body)) => (Some(status), body),
-                        None => (None, Vec::new()),
-                    };
-                    let token = sessiongate_core::etcd::token(status, &body).ok()?;
+        self.post_logged_in(path, body, timeout_ms).await.ok()
+    }
+
+    /// [`Cluster::post_json`], saying why when there is no answer.
+    pub async fn post_logged_in(
+        &self,
+        path: &str,
+        body: String,
+        timeout_ms: u32,
+    ) -> Result<(u16, Vec<u8>), String> {
+        let login = self
+            .login
+            .as_ref()
+            .map(|(user, password)| Credentials { user, password });
+        let mut attempt = Attempt::new();
+        loop {
+            let held = self.token.lock().ok().and_then(|t| t.clone());
+            match attempt.next(login, held.as_deref(), timeout_ms) {
+                Step::LogIn { body, timeout_ms } => {
+                    let answer = self.post_with(AUTHENTICATE, body, timeout_ms, None).await;
+                    let (status, body) = answer.map_or((None, Vec::new()), |(s, b)| (Some(s), b));
+                    let token = attempt.logged_in(status, &body)?;
                     if let Ok(mut slot) = self.token.lock() {
-                        *slot = Some(token.clone());
+                        *slot = Some(token);
                     }
-                    token
                 }
-            };
-            let answer = self
-                .post_with(path, body.clone(), timeout_ms, Some(&token))
-                .await?;
-            if !sessiongate_core::etcd::needs_login(Some(answer.0), &answer.1) {
-                return Some(answer);
-            }
-            if let Ok(mut slot) = self.token.lock() {
-                *slot = None;
+                Step::Send { token } => {
+                    let answer = self
+                        .post_with(path, body.clone(), timeout_ms, token)
+                        .await
+                        .ok_or_else(|| format!("no member of {} answered in time", self.name))?;
+                    match attempt.answered(login, Some(answer.0), &answer.1) {
+                        After::Done => return Ok(answer),
+                        After::Again => {
+                            if let Ok(mut slot) = self.token.lock() {
+                                *slot = None;
+                            }
+                        }
+                    }
+                }
             }
         }
-        None
     }
 
     async fn post_with(

@@ -7,39 +7,40 @@
 //! revision it was read at, so two CLI calls on two machines never lose each
 //! other's change; one that lost is retried on a fresh read.
 //!
-//! The CLI is synchronous, and so is this client: HTTP/1.1 to etcd's
-//! JSON gateway over a `TcpStream`, one member after another on failure.
+//! The CLI is synchronous, and so is this store's face: each call runs the
+//! proxy's one etcd client ([`Cluster`]: its failover, etcd's one login
+//! policy) on a runtime of the store's own, so it works from the CLI and
+//! from a blocking task of `serve` alike.
 //!
 //! With etcd's authentication on: `etcd://USER@HOST:PORT…/PREFIX`, the
 //! password in `SESSIONGATE_ETCD_PASSWORD` (never on a command line, where
 //! `ps` would show it).
 
-use std::io::{Read as _, Write as _};
-use std::net::{TcpStream, ToSocketAddrs as _};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
 use sessiongate_core::{CredentialRecord, CredentialSet};
+use sessiongate_etcd::{RANGE, TXN};
+
+use crate::cluster::Cluster;
 
 const SCHEME: &str = "etcd://";
-/// One member's share of a call.
-const MEMBER_TIMEOUT: Duration = Duration::from_secs(2);
+/// A call's deadline, every member's try and a login included.
+const CALL_TIMEOUT_MS: u32 = 6_000;
 /// Retries of a change that lost to a concurrent one.
 const CHANGE_ATTEMPTS: usize = 5;
 
 /// A token store in etcd.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EtcdStore {
     members: Vec<String>,
     prefix: String,
-    /// etcd's user and password, and the token they got.
-    login: Option<(String, String)>,
-    token: Arc<Mutex<Option<String>>>,
+    cluster: Arc<Cluster>,
+    runtime: Arc<tokio::runtime::Runtime>,
 }
 
 /// What the store keeps one key per: a JSON document under
@@ -106,11 +107,22 @@ impl EtcdStore {
         if members.is_empty() || members.iter().any(|m| !m.contains(':')) {
             bail!("members must be HOST:PORT");
         }
+        let mut cluster = Cluster::new(
+            "etcd",
+            members.iter().map(|m| format!("http://{m}")).collect(),
+        );
+        if let Some((user, password)) = login {
+            cluster = cluster.with_login(user, password);
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the etcd client's runtime")?;
         Ok(EtcdStore {
             members,
             prefix: prefix.to_owned(),
-            login,
-            token: Arc::new(Mutex::new(None)),
+            cluster: Arc::new(cluster),
+            runtime: Arc::new(runtime),
         })
     }
 
@@ -148,7 +160,7 @@ impl EtcdStore {
     }
 
     fn read<T: Document>(&self) -> Result<Vec<Stored<T>>> {
-        let answer = self.post("/v3/kv/range", &self.range(T::COLLECTION, false))?;
+        let answer = self.post(RANGE, &self.range(T::COLLECTION, false))?;
         let mut stored = Vec::new();
         for kv in field(&answer, "kvs").as_array().into_iter().flatten() {
             let key = decode(field(kv, "key"))?;
@@ -175,10 +187,7 @@ impl EtcdStore {
     /// What changes when any credential does: their count and newest
     /// revision (keys only: nothing else of etcd, not the limiter's writes).
     pub fn signature(&self) -> Result<(u64, u64)> {
-        let answer = self.post(
-            "/v3/kv/range",
-            &self.range(CredentialRecord::COLLECTION, true),
-        )?;
+        let answer = self.post(RANGE, &self.range(CredentialRecord::COLLECTION, true))?;
         let kvs = field(&answer, "kvs")
             .as_array()
             .cloned()
@@ -233,7 +242,7 @@ impl EtcdStore {
             u32::from_le_bytes(tail)
         );
         let answer = self.post(
-            "/v3/kv/txn",
+            TXN,
             &json!({
                 "compare": [{ "key": BASE64.encode(&key), "target": "CREATE", "result": "EQUAL", "create_revision": "0" }],
                 "success": [{ "request_put": { "key": BASE64.encode(&key), "value": BASE64.encode(line) } }],
@@ -247,7 +256,7 @@ impl EtcdStore {
 
     /// Every value of `collection`, in key order.
     pub fn lines(&self, collection: &str) -> Result<Vec<Vec<u8>>> {
-        let answer = self.post("/v3/kv/range", &self.range(collection, false))?;
+        let answer = self.post(RANGE, &self.range(collection, false))?;
         field(&answer, "kvs")
             .as_array()
             .into_iter()
@@ -292,72 +301,21 @@ impl EtcdStore {
         if success.is_empty() {
             return Ok(true);
         }
-        let answer = self.post(
-            "/v3/kv/txn",
-            &json!({ "compare": compare, "success": success }),
-        )?;
+        let answer = self.post(TXN, &json!({ "compare": compare, "success": success }))?;
         Ok(field(&answer, "succeeded").as_bool().unwrap_or(false))
     }
 
     /// `POST path` with a JSON body, logged in when the store has a user:
-    /// the answer of the first member that answers 200.
+    /// the answer of the first member that answers (one not a 503).
     fn post(&self, path: &str, body: &Value) -> Result<Value> {
-        let body = body.to_string();
-        let Some((user, password)) = &self.login else {
-            return self.post_as(path, &body, None);
-        };
-        let mut last = None;
-        for _ in 0..2 {
-            let cached = self.token.lock().ok().and_then(|t| t.clone());
-            let token = match cached {
-                Some(token) => token,
-                None => {
-                    let login = sessiongate_core::etcd::authenticate(user, password);
-                    let (status, answer) =
-                        self.exchange_any(sessiongate_core::etcd::AUTHENTICATE, &login, None)?;
-                    let token = sessiongate_core::etcd::token(Some(status), &answer)
-                        .map_err(|e| anyhow!("{user}@: {e}"))?;
-                    if let Ok(mut slot) = self.token.lock() {
-                        *slot = Some(token.clone());
-                    }
-                    token
-                }
-            };
-            let (status, answer) = self.exchange_any(path, &body, Some(&token))?;
-            if !sessiongate_core::etcd::needs_login(Some(status), &answer) {
-                return answered(status, &answer);
-            }
-            if let Ok(mut slot) = self.token.lock() {
-                *slot = None;
-            }
-            last = Some(String::from_utf8_lossy(&answer).into_owned());
-        }
-        bail!("etcd refused {user}'s token: {}", last.unwrap_or_default())
-    }
-
-    fn post_as(&self, path: &str, body: &str, token: Option<&str>) -> Result<Value> {
-        let (status, answer) = self.exchange_any(path, body, token)?;
+        let call = self
+            .cluster
+            .post_logged_in(path, body.to_string(), CALL_TIMEOUT_MS);
+        let (status, answer) = self
+            .runtime
+            .block_on(call)
+            .map_err(|e| anyhow!("etcd at {}: {e}", self.members.join(",")))?;
         answered(status, &answer)
-    }
-
-    /// The first member's answer that is not a 503 (the others are tried
-    /// on a connect error or a 503).
-    fn exchange_any(&self, path: &str, body: &str, token: Option<&str>) -> Result<(u16, Vec<u8>)> {
-        let mut errors = Vec::new();
-        for member in &self.members {
-            match exchange(member, path, body, token) {
-                Ok((503, answer)) => errors.push(format!(
-                    "{member}: 503 {}",
-                    String::from_utf8_lossy(&answer)
-                        .chars()
-                        .take(200)
-                        .collect::<String>()
-                )),
-                Ok(answer) => return Ok(answer),
-                Err(e) => errors.push(format!("{member}: {e:#}")),
-            }
-        }
-        bail!("no etcd member answered: {}", errors.join("; "))
     }
 }
 
@@ -386,68 +344,6 @@ fn decode(text: &Value) -> Result<String> {
     String::from_utf8(bytes).map_err(|_| anyhow!("etcd sent a key or value that is not UTF-8"))
 }
 
-/// One HTTP/1.1 exchange, the connection closed after: status and body.
-fn exchange(member: &str, path: &str, body: &str, token: Option<&str>) -> Result<(u16, Vec<u8>)> {
-    let addr = member
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| anyhow!("cannot resolve {member}"))?;
-    let mut stream = TcpStream::connect_timeout(&addr, MEMBER_TIMEOUT)?;
-    stream.set_read_timeout(Some(MEMBER_TIMEOUT))?;
-    stream.set_write_timeout(Some(MEMBER_TIMEOUT))?;
-    let authorization = token.map_or(String::new(), |t| format!("Authorization: {t}\r\n"));
-    write!(
-        stream,
-        "POST {path} HTTP/1.1\r\nHost: {member}\r\nContent-Type: application/json\r\n{authorization}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
-    let split = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| anyhow!("a response without headers"))?;
-    let (head, rest) = response.split_at(split);
-    let head = String::from_utf8_lossy(head);
-    let payload = rest.get(4..).unwrap_or_default();
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow!("no status line"))?;
-    let chunked = head.lines().any(|l| {
-        let l = l.to_ascii_lowercase();
-        l.starts_with("transfer-encoding:") && l.contains("chunked")
-    });
-    let body = if chunked {
-        dechunk(payload)?
-    } else {
-        payload.to_vec()
-    };
-    Ok((status, body))
-}
-
-fn dechunk(mut data: &[u8]) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or_else(|| anyhow!("a chunk without its size"))?;
-        let size_text = String::from_utf8_lossy(data.get(..line_end).unwrap_or_default());
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)?;
-        data = data.get(line_end + 2..).unwrap_or_default();
-        if size == 0 {
-            return Ok(out);
-        }
-        out.extend_from_slice(
-            data.get(..size)
-                .ok_or_else(|| anyhow!("a chunk cut short"))?,
-        );
-        data = data.get(size + 2..).unwrap_or_default();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -469,14 +365,5 @@ mod tests {
         ] {
             assert!(EtcdStore::parse(Path::new(bad)).unwrap().is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn chunked_bodies() {
-        assert_eq!(
-            dechunk(b"4\r\nWiki\r\n5\r\npedia\r\n0\r\n\r\n").unwrap(),
-            b"Wikipedia"
-        );
-        assert!(dechunk(b"9\r\nshort\r\n").is_err());
     }
 }

@@ -58,9 +58,8 @@ fn allocator(caller: &mut Ctx<'_>) -> Option<TypedFunc<u32, u32>> {
     Some(f)
 }
 
-/// Copies guest memory out, once: a zeroed buffer, then a copy, was a memset
-/// of every reply body (5 % of `serve`'s time on the stub's 160 KB pages in
-/// `perf`; gone from the profile since).
+/// Copies guest memory out, once: into uninitialised capacity, not a zeroed
+/// buffer that the copy would overwrite (a reply body is up to 160 KB).
 fn read(caller: &mut Ctx<'_>, ptr: u32, len: u32) -> Option<Vec<u8>> {
     let mem = memory(caller)?;
     let start = ptr as usize;

@@ -102,8 +102,8 @@ pub struct LocalReply {
 }
 
 /// Streams by context id. The host numbers contexts itself (no client
-/// picks a key), so a multiply hash does, where SipHash was 2 % of a 429's
-/// instructions (every host call looks its stream up).
+/// picks a key), so a multiply hash does: every host call looks its stream
+/// up, and SipHash's resistance to chosen keys buys nothing here.
 type Streams = rustc_hash::FxHashMap<u32, Stream>;
 
 /// An HTTP call a filter made (`proxy_http_call`), for the host to send.

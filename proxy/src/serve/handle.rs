@@ -195,8 +195,8 @@ struct Waiting {
 /// One request's request phase through a filter VM: answered at once (a
 /// local reply, as every 429 is), or waiting on the network. Not async, so
 /// the future hyper moves into place for every request stays small; what
-/// waits on the network is boxed in [`finish_filter`] (inline, it was 4.5 KB
-/// moved per request, a 429's included).
+/// waits on the network is boxed in [`finish_filter`], so a 429 moves none
+/// of it.
 fn start_filter(pool: &Pool, req: &Request<Incoming>, peer: SocketAddr) -> Started {
     let headers = request_headers(req);
     let vm = pool.pick();

@@ -1,7 +1,5 @@
-//! The gate's shared state on etcd, as etcd's v3 HTTP/JSON gateway speaks
-//! it: a step of a decision ([`Need`]) as one gateway call, and the
-//! gateway's answer as an [`Answer`]. Sans-IO: the filter sends the call
-//! with `proxy_http_call`, any other host with its own client.
+//! A step of a decision ([`Need`]) as one gateway call, and the gateway's
+//! answer as an [`Answer`].
 //!
 //! - A read is `POST /v3/kv/range {"key"}`; the version a decision sees is
 //!   the key's `mod_revision`.
@@ -18,76 +16,32 @@ use std::borrow::Cow;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
-use crate::kv::{Entry, KvError};
-use crate::pending::{Answer, Need};
+use sessiongate_core::{Answer, Entry, KvError, Need};
 
-/// The gateway's paths.
+/// The gateway's path of a read.
 pub const RANGE: &str = "/v3/kv/range";
+/// The gateway's path of a transaction.
 pub const TXN: &str = "/v3/kv/txn";
-
-pub const AUTHENTICATE: &str = "/v3/auth/authenticate";
-
-/// The shortest deadline a login gets. etcd checks the password with
-/// bcrypt (cost 10: ~90 ms on an idle core here, ~230 ms with the cores
-/// three times over-subscribed), so the limiter's step deadline (250 ms by
-/// default) would fail logins exactly when the machine is busy, and each
-/// request that follows would try again, adding bcrypt load to the cluster.
-pub const LOGIN_TIMEOUT_MS: u32 = 2_000;
-
-/// The deadline of a login by a limiter whose steps get `step_timeout_ms`.
-pub fn login_timeout_ms(step_timeout_ms: u32) -> u32 {
-    step_timeout_ms.max(LOGIN_TIMEOUT_MS)
-}
+/// The gateway's path of a delete.
+pub const DELETE_RANGE: &str = "/v3/kv/deleterange";
 
 /// What a call was, to read its answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sent {
+    /// A range of one key.
     Read,
+    /// A txn that writes the key if it is as read (its failure branch reads it).
     Write,
-}
-
-/// The call that asks a cluster with authentication on for a token.
-pub fn authenticate(user: &str, password: &str) -> String {
-    let mut body = String::from(r#"{"name":"#);
-    crate::error::push_json_string(&mut body, user);
-    body.push_str(r#","password":"#);
-    crate::error::push_json_string(&mut body, password);
-    body.push('}');
-    body
-}
-
-/// The token in an answer to [`authenticate`].
-pub fn token(status: Option<u16>, body: &[u8]) -> Result<String, String> {
-    match status {
-        Some(200) => string_field(text(body)?, "token")
-            .map(str::to_owned)
-            .ok_or_else(|| format!("etcd's login answer has no token: {}", excerpt(body))),
-        Some(status) => Err(format!(
-            "etcd refused the login ({status}): {}",
-            excerpt(body)
-        )),
-        None => Err("etcd did not answer the login".to_owned()),
-    }
-}
-
-/// Whether an answer says the call's token is missing, expired or invalid
-/// (log in again and retry), rather than anything about the key.
-pub fn needs_login(status: Option<u16>, body: &[u8]) -> bool {
-    if status == Some(401) {
-        return true;
-    }
-    let text = String::from_utf8_lossy(body);
-    status != Some(200)
-        && (text.contains("invalid auth token")
-            || text.contains("user name is empty")
-            || text.contains("\"code\":16"))
 }
 
 /// One gateway call: `POST path` with a JSON body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Call {
+    /// The gateway's path ([`RANGE`] or [`TXN`]).
     pub path: &'static str,
+    /// The JSON body.
     pub body: String,
+    /// What the call is, to read its answer with [`answer`].
     pub sent: Sent,
 }
 
@@ -115,6 +69,31 @@ pub fn call(need: &Need<'_>, key: &str) -> Option<Call> {
         Need::Revoked { .. } => return None,
     };
     Some(Call { path, body, sent })
+}
+
+/// The call that writes `value` under the etcd key `key`, whatever is
+/// there (a txn with no compare; its answer matters only by its status).
+pub fn put(key: &str, value: &[u8]) -> Call {
+    let body = format!(
+        r#"{{"success":[{{"request_put":{{"key":"{}","value":"{}"}}}}]}}"#,
+        BASE64.encode(key),
+        BASE64.encode(value)
+    );
+    Call {
+        path: TXN,
+        body,
+        sent: Sent::Write,
+    }
+}
+
+/// The call that deletes the etcd key `key` (its answer matters only by
+/// its status).
+pub fn delete(key: &str) -> Call {
+    Call {
+        path: DELETE_RANGE,
+        body: format!(r#"{{"key":"{}"}}"#, BASE64.encode(key)),
+        sent: Sent::Write,
+    }
 }
 
 fn txn(key: &str, compare: &str, value: &[u8]) -> String {
@@ -158,7 +137,7 @@ pub fn answer(sent: Sent, status: Option<u16>, body: &[u8]) -> Answer<'static> {
 // (BENCHMARKS.md, size target). Tested on the gateway's own output, and
 // against a real etcd in proxy/tests/fleet.rs.
 
-fn text(body: &[u8]) -> Result<&str, String> {
+pub(crate) fn text(body: &[u8]) -> Result<&str, String> {
     let text = std::str::from_utf8(body).map_err(|_| "not UTF-8".to_owned())?;
     let trimmed = text.trim();
     if !(trimmed.starts_with('{') && trimmed.ends_with('}')) {
@@ -168,7 +147,7 @@ fn text(body: &[u8]) -> Result<&str, String> {
 }
 
 /// The value of the first `"name": "…"` in `json`.
-fn string_field<'a>(json: &'a str, name: &str) -> Option<&'a str> {
+pub(crate) fn string_field<'a>(json: &'a str, name: &str) -> Option<&'a str> {
     let pattern = format!("\"{name}\"");
     let after = json.get(json.find(&pattern)? + pattern.len()..)?;
     let after = after.trim_start().strip_prefix(':')?.trim_start();
@@ -232,7 +211,7 @@ fn failed(message: String) -> Answer<'static> {
     Answer::Failed(KvError(message))
 }
 
-fn excerpt(body: &[u8]) -> String {
+pub(crate) fn excerpt(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
     text.chars().take(200).collect()
 }
@@ -273,6 +252,20 @@ mod tests {
     }
 
     #[test]
+    fn a_put_and_a_delete_name_the_key() {
+        let put = put("sg/k", b"v");
+        assert_eq!(put.path, TXN);
+        let body: serde_json::Value = serde_json::from_str(&put.body).unwrap();
+        assert_eq!(body["success"][0]["request_put"]["key"], b64("sg/k"));
+        assert_eq!(body["success"][0]["request_put"]["value"], b64("v"));
+        assert!(body.get("compare").is_none(), "whatever is there");
+        let delete = delete("sg/k");
+        assert_eq!(delete.path, DELETE_RANGE);
+        let body: serde_json::Value = serde_json::from_str(&delete.body).unwrap();
+        assert_eq!(body["key"], b64("sg/k"));
+    }
+
+    #[test]
     fn a_create_compares_create_revision_to_zero() {
         let c = call(
             &Need::Create {
@@ -289,7 +282,7 @@ mod tests {
 
     #[test]
     fn a_revocation_check_is_not_etcds() {
-        let hash = crate::hash_secret(b"x");
+        let hash = sessiongate_core::hash_secret(b"x");
         assert_eq!(call(&Need::Revoked { hash: &hash }, "k"), None);
     }
 
@@ -345,42 +338,6 @@ mod tests {
     }
 
     #[test]
-    fn a_login_gets_at_least_its_own_deadline() {
-        assert_eq!(login_timeout_ms(250), LOGIN_TIMEOUT_MS);
-        assert_eq!(login_timeout_ms(0), LOGIN_TIMEOUT_MS);
-        assert_eq!(login_timeout_ms(5_000), 5_000);
-    }
-
-    #[test]
-    fn logins() {
-        let body: serde_json::Value = serde_json::from_str(&authenticate("root", "p\"w")).unwrap();
-        assert_eq!(
-            (body["name"].as_str(), body["password"].as_str()),
-            (Some("root"), Some("p\"w"))
-        );
-        assert_eq!(
-            token(Some(200), br#"{"header":{},"token":"abc.42"}"#),
-            Ok("abc.42".to_owned())
-        );
-        assert!(
-            token(
-                Some(400),
-                br#"{"error":"etcdserver: authentication failed"}"#
-            )
-            .is_err()
-        );
-        assert!(token(None, b"").is_err());
-        let expired = br#"{"error":"etcdserver: invalid auth token","code":16}"#;
-        assert!(needs_login(Some(401), expired));
-        assert!(needs_login(Some(400), expired));
-        assert!(!needs_login(Some(200), br#"{"header":{}}"#));
-        assert!(!needs_login(
-            Some(503),
-            br#"{"error":"etcdserver: request timed out","code":14}"#
-        ));
-    }
-
-    #[test]
     fn failures_are_failures() {
         for (status, body) in [
             (None, &b""[..]),
@@ -419,8 +376,6 @@ mod tests {
         ) {
             let _ = answer(Sent::Read, status, &body);
             let _ = answer(Sent::Write, status, &body);
-            let _ = token(status, &body);
-            let _ = needs_login(status, &body);
         }
 
         /// And answers shaped like etcd's, cut or spliced anywhere.
@@ -432,7 +387,6 @@ mod tests {
             let body = format!("{a}{splice}{b}");
             let _ = answer(Sent::Read, Some(200), body.as_bytes());
             let _ = answer(Sent::Write, Some(200), body.as_bytes());
-            let _ = token(Some(200), body.as_bytes());
         }
     }
 }

@@ -1,0 +1,22 @@
+//! etcd as sessiongate speaks it, through etcd's v3 HTTP/JSON gateway
+//! (etcd 3.4 on), sans-IO: this crate builds calls and reads answers; a
+//! driver sends them (the filter with `proxy_http_call`, `serve` and the
+//! CLI with the proxy's one client).
+//!
+//! - [`call`] and [`answer`]: a step of core's decision on the limiter's
+//!   log as one call, and what etcd's answer means for the decision.
+//! - [`Attempt`]: the one login policy, for a cluster with authentication.
+//!
+//! Facts of the gateway: keys and values are base64, int64 fields are JSON
+//! strings, `succeeded` is left out when a compare failed, `kvs` when no key
+//! matched. A read's version is the key's `mod_revision`; a swap compares
+//! it, a create compares `create_revision` to 0, and a txn's failure branch
+//! reads the key, so a lost write comes back with what won.
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+
+mod codec;
+mod login;
+
+pub use codec::{Call, DELETE_RANGE, RANGE, Sent, TXN, answer, call, delete, put};
+pub use login::{AUTHENTICATE, After, Attempt, Credentials, LOGIN_TIMEOUT_MS, Step};
