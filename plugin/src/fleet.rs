@@ -9,7 +9,8 @@ use sessiongate_core::{Answer, Gate, KvError, LIMITER_KEY, LimiterStore, Progres
 use sessiongate_etcd as etcd;
 use sessiongate_etcd::{After, Attempt, Credentials, Step};
 
-use crate::filter::{Host, LogLevel, Next, SharedData, carry_out};
+use crate::decide::{Next, carry_out, choose};
+use crate::host::{Host, LogLevel, SharedKv};
 
 /// A request waiting on the limiter's store: what it needs to decide again
 /// when the answer comes (the decision is replayed from the answers so far,
@@ -136,7 +137,7 @@ fn drive<H: Host>(gate: &Gate, host: &mut H, w: &mut Waiting) -> Next {
         attempt,
     } = w;
     let authorization: Vec<&[u8]> = authorization.iter().map(Vec::as_slice).collect();
-    let gate = crate::filter::choose(gate, host, &authorization);
+    let gate = choose(gate, host, &authorization);
     let req = Request {
         method,
         target,
@@ -184,7 +185,7 @@ fn drive<H: Host>(gate: &Gate, host: &mut H, w: &mut Waiting) -> Next {
                     Err(e) => Answer::Failed(KvError(format!("cannot call {cluster}: {e}"))),
                 }
             }
-            _ => need.perform(&mut SharedData(host)).into_owned(),
+            _ => need.perform(&mut SharedKv(host)).into_owned(),
         };
         answers.push(answer.clone());
         progress = pending.resume(answer);

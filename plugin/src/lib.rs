@@ -1,11 +1,14 @@
 //! sessiongate as a proxy-wasm filter (ABI 0.2.1): a thin adapter over
-//! `sessiongate-core`. [`filter`] is the host-agnostic adapter; `sdk` binds
+//! `sessiongate-core`. [`filter`] is the host-agnostic entry, over the
+//! [`host`] port and the step every decision shares (`decide`); `sdk` binds
 //! it to the proxy-wasm SDK when built for `wasm32-wasip1`.
 
+mod decide;
 pub mod filter;
 #[cfg(feature = "fleet")]
-pub mod fleet;
+mod fleet;
 pub mod header_block;
+pub mod host;
 
 #[cfg(target_arch = "wasm32")]
 mod raw;

@@ -8,8 +8,9 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel as PwLogLevel};
 use sessiongate_core::Gate;
 
-use crate::filter::{self, Host, LogLevel, Metric, Next};
+use crate::filter::{self, Next};
 use crate::header_block::HeaderBlock;
+use crate::host::{self, Host, LogLevel, Metric};
 use crate::raw;
 
 proxy_wasm::main! {{
@@ -102,7 +103,7 @@ impl RootContext for Root {
             }
         }
         drop(metrics);
-        filter::init_shared_state(&mut Wasm {
+        host::init_shared_state(&mut Wasm {
             metrics: self.metrics.clone(),
             etcd_token: self.etcd_token.clone(),
         });

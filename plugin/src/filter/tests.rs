@@ -1,0 +1,554 @@
+use super::*;
+use crate::header_block::HeaderBlock;
+use crate::host::{LogLevel, Metric, init_shared_state};
+use sessiongate_core::{Backend, GateConfig};
+use sessiongate_core::{CREDENTIAL_KEY_PREFIX, ErrorCode, LIMITER_KEY, LimiterStore};
+use std::collections::HashMap;
+
+const TOKEN: &str = "fus_0123456789012345678901234567890123456789";
+
+type SentReply = (u16, Vec<(String, String)>, Vec<u8>);
+
+#[derive(Default)]
+struct Mock {
+    request: Vec<(String, Vec<u8>)>,
+    response: Vec<(String, String)>,
+    reply: Option<SentReply>,
+    shared: HashMap<String, (Vec<u8>, u32)>,
+    metrics: HashMap<String, u64>,
+    logs: Vec<String>,
+    fail_shared: bool,
+    /// Callouts sent: cluster, path, body, timeout.
+    calls: Vec<(String, String, String, u32)>,
+    /// The token each callout carried.
+    tokens: Vec<Option<String>>,
+    refuse_calls: bool,
+    etcd_token: Option<String>,
+    /// How many times the filter asked for `source.address`.
+    address_reads: std::cell::Cell<u32>,
+}
+
+impl Host for Mock {
+    fn request_headers(&self) -> HeaderBlock {
+        HeaderBlock::encode(self.request.iter().map(|(n, v)| (n.as_str(), v.as_slice())))
+    }
+    fn set_request_header(&mut self, name: &str, value: Option<&str>) {
+        self.request.retain(|(n, _)| n != name);
+        if let Some(v) = value {
+            self.request.push((name.into(), v.as_bytes().to_vec()));
+        }
+    }
+    fn set_response_header(&mut self, name: &str, value: &str) {
+        self.response.push((name.into(), value.into()));
+    }
+    fn send_reply(&mut self, status: u16, headers: &HeaderBlock, body: &[u8]) {
+        let h = headers
+            .pairs()
+            .map(|(n, v)| {
+                (
+                    String::from_utf8_lossy(n).into_owned(),
+                    String::from_utf8_lossy(v).into_owned(),
+                )
+            })
+            .collect();
+        self.reply = Some((status, h, body.to_vec()));
+    }
+    fn shared_get(&self, key: &str) -> Result<(Option<Vec<u8>>, u32), String> {
+        if self.fail_shared {
+            return Err("down".into());
+        }
+        Ok(self
+            .shared
+            .get(key)
+            .map_or((None, 0), |(v, c)| (Some(v.clone()), *c)))
+    }
+    fn shared_set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<bool, String> {
+        if self.fail_shared {
+            return Err("down".into());
+        }
+        let current = self.shared.get(key).map_or(0, |(_, c)| *c);
+        if cas != 0 && cas != current {
+            return Ok(false);
+        }
+        self.shared
+            .insert(key.into(), (value.to_vec(), current + 1));
+        Ok(true)
+    }
+    fn now_ms(&self) -> u64 {
+        1_800_000_000_000
+    }
+    fn log(&self, _: LogLevel, _: &str) {}
+    fn increment(&mut self, metric: Metric) {
+        *self.metrics.entry(metric.name()).or_default() += 1;
+    }
+    fn set_credential(&mut self, name: &str) {
+        self.logs.push(format!("credential={name}"));
+    }
+    fn source_address(&self) -> Option<String> {
+        self.address_reads.set(self.address_reads.get() + 1);
+        Some("10.0.0.9:4000".into())
+    }
+    fn http_call(
+        &mut self,
+        cluster: &str,
+        path: &str,
+        body: &[u8],
+        timeout_ms: u32,
+        token: Option<&str>,
+    ) -> Result<(), String> {
+        if self.refuse_calls {
+            return Err("BadArgument".into());
+        }
+        let body = String::from_utf8_lossy(body).into_owned();
+        self.calls
+            .push((cluster.into(), path.into(), body, timeout_ms));
+        self.tokens.push(token.map(str::to_owned));
+        Ok(())
+    }
+    fn etcd_token(&self) -> Option<String> {
+        self.etcd_token.clone()
+    }
+    fn set_etcd_token(&mut self, token: Option<String>) {
+        self.etcd_token = token;
+    }
+}
+
+fn gate(backend: Backend) -> Gate {
+    Gate::new(GateConfig {
+        credentials: sessiongate_core::fixtures::token_set(TOKEN, "t").unwrap(),
+        backend,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+fn request(auth: &[&str]) -> Mock {
+    let mut m = Mock::default();
+    m.request.push((":method".into(), b"GET".to_vec()));
+    m.request
+        .push((":path".into(), b"/v1/external/sessions/acme/s".to_vec()));
+    m.request
+        .push(("x-sessiongate-credential".into(), b"spoofed".to_vec()));
+    for a in auth {
+        m.request
+            .push(("authorization".into(), a.as_bytes().to_vec()));
+    }
+    init_shared_state(&mut m);
+    m
+}
+
+#[test]
+fn metrics_are_indexed_in_the_error_tables_order() {
+    for (i, code) in ErrorCode::ALL.iter().enumerate() {
+        assert_eq!(*code as usize, i);
+        assert_eq!(
+            Metric::denied(*code).name(),
+            format!("sessiongate_denied_{}", code.as_str())
+        );
+    }
+    let names: std::collections::HashSet<String> = Metric::all().map(Metric::name).collect();
+    assert_eq!(names.len(), Metric::COUNT);
+    assert_eq!(Metric::ALLOWED.name(), "sessiongate_allowed");
+    assert_eq!(
+        Metric::ALLOWED_FAIL_OPEN.name(),
+        "sessiongate_allowed_fail_open"
+    );
+}
+
+/// A filter configured with no credentials looks each presented digest
+/// up where the host keeps them: admitted as if configured; a digest the
+/// host lacks, and a record that does not parse, are refused. One
+/// configured with credentials decides alone, asking the host nothing.
+#[test]
+fn credentials_the_host_keeps_by_digest_are_looked_up() {
+    const KEPT: &str = "fus_kept0kept0kept0kept0kept0kept0kept0kept0";
+    let record = sessiongate_core::fixtures::record(
+        KEPT,
+        sessiongate_core::Kind::Token,
+        "kept",
+        sessiongate_core::Sites::All,
+        sessiongate_core::Level::Standard,
+    );
+    let key = format!("{CREDENTIAL_KEY_PREFIX}{}", record.hash);
+    let json = serde_json::to_vec(&[&record]).unwrap();
+    let hosted = Gate::new(GateConfig {
+        backend: Backend::Stub,
+        ..Default::default()
+    })
+    .unwrap();
+    let mut m = request(&[&format!("Bearer {KEPT}")]);
+    m.shared.insert(key.clone(), (json.clone(), 1));
+    assert_eq!(on_request_headers(&hosted, &mut m, &mut None), Next::Stop);
+    assert_eq!(m.reply.clone().unwrap().0, 200);
+    assert_eq!(m.logs, ["credential=kept"]);
+    let mut m = request(&[&format!("Bearer {KEPT}")]);
+    on_request_headers(&hosted, &mut m, &mut None);
+    assert_eq!(m.reply.clone().unwrap().0, 401);
+    let mut m = request(&[&format!("Bearer {KEPT}")]);
+    m.shared
+        .insert(key.clone(), (b"{ not a record".to_vec(), 1));
+    on_request_headers(&hosted, &mut m, &mut None);
+    assert_eq!(m.reply.clone().unwrap().0, 401);
+    // Configured with a credential: the host's record is not consulted.
+    let mut m = request(&[&format!("Bearer {KEPT}")]);
+    m.shared.insert(key, (json, 1));
+    on_request_headers(&gate(Backend::Stub), &mut m, &mut None);
+    assert_eq!(m.reply.clone().unwrap().0, 401);
+}
+
+#[test]
+fn stub_reply_and_metrics() {
+    let mut m = request(&[&format!("Bearer {TOKEN}")]);
+    assert_eq!(
+        on_request_headers(&gate(Backend::Stub), &mut m, &mut None),
+        Next::Stop
+    );
+    let (status, _, body) = m.reply.clone().unwrap();
+    assert_eq!(status, 200);
+    assert!(body.starts_with(b"{\"data\""));
+    assert_eq!(m.metrics.get("sessiongate_allowed"), Some(&1));
+    assert_eq!(m.logs, ["credential=t"]);
+}
+
+#[test]
+fn forward_strips_the_secret_and_replaces_identity_headers() {
+    let mut m = request(&[&format!("Bearer {TOKEN}")]);
+    let next = on_request_headers(&gate(Backend::Upstream(None)), &mut m, &mut None);
+    let Next::Continue(response_headers) = next else {
+        panic!("{next:?}")
+    };
+    assert!(m.reply.is_none());
+    assert!(!m.request.iter().any(|(n, _)| n == "authorization"));
+    let cred: Vec<_> = m
+        .request
+        .iter()
+        .filter(|(n, _)| n == "x-sessiongate-credential")
+        .collect();
+    assert_eq!(cred.len(), 1);
+    assert_eq!(cred[0].1, b"t");
+    on_response_headers(&mut m, &response_headers);
+    assert!(
+        m.response
+            .iter()
+            .any(|(n, v)| n == "ratelimit" && v.contains("remaining=19"))
+    );
+}
+
+#[test]
+fn denials_count_by_code() {
+    let mut m = request(&[]);
+    on_request_headers(&gate(Backend::Stub), &mut m, &mut None);
+    assert_eq!(m.reply.as_ref().map(|r| r.0), Some(401));
+    assert_eq!(m.metrics.get("sessiongate_denied_unauthorized"), Some(&1));
+}
+
+#[test]
+fn shared_data_failure_is_503() {
+    let mut m = request(&[&format!("Bearer {TOKEN}")]);
+    m.fail_shared = true;
+    on_request_headers(&gate(Backend::Stub), &mut m, &mut None);
+    assert_eq!(m.reply.as_ref().map(|r| r.0), Some(503));
+    assert_eq!(
+        m.metrics.get("sessiongate_denied_limiter_unavailable"),
+        Some(&1)
+    );
+}
+
+/// The address is a property read (a host call and a guest allocation):
+/// asked for only when the guard, its one user, is on.
+#[test]
+fn the_address_is_read_only_for_the_guard() {
+    let guarded = gate(Backend::Stub);
+    let open = Gate::new(GateConfig {
+        credentials: sessiongate_core::fixtures::token_set(TOKEN, "t").unwrap(),
+        backend: Backend::Stub,
+        guard: sessiongate_core::GuardConfig {
+            failures: 0,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .unwrap();
+    for (g, reads) in [(&guarded, 1), (&open, 0)] {
+        let mut m = request(&[&format!("Bearer {TOKEN}")]);
+        on_request_headers(g, &mut m, &mut None);
+        assert_eq!(m.reply.as_ref().map(|r| r.0), Some(200));
+        assert_eq!(m.address_reads.get(), reads);
+    }
+}
+
+/// One `Authorization` value or several, the gate sees them all.
+#[test]
+fn every_authorization_value_reaches_the_gate() {
+    let g = gate(Backend::Stub);
+    let valid = format!("Bearer {TOKEN}");
+    for (values, status) in [
+        (vec![valid.as_str()], 200),
+        (vec![valid.as_str(), valid.as_str()], 400),
+        (vec![valid.as_str(), valid.as_str(), "Basic eA=="], 400),
+    ] {
+        let mut m = request(&values);
+        on_request_headers(&g, &mut m, &mut None);
+        assert_eq!(m.reply.as_ref().map(|r| r.0), Some(status), "{values:?}");
+    }
+}
+
+#[test]
+fn repeated_invalid_credentials_from_one_address_are_slowed() {
+    let g = gate(Backend::Stub);
+    let mut m = request(&["Bearer fus_0000000000000000000000000000000000000000"]);
+    for _ in 0..10 {
+        on_request_headers(&g, &mut m, &mut None);
+        assert_eq!(m.reply.as_ref().map(|r| r.0), Some(401));
+    }
+    on_request_headers(&g, &mut m, &mut None);
+    let (status, headers, _) = m.reply.clone().unwrap();
+    assert_eq!(status, 429);
+    assert!(headers.iter().any(|(n, _)| n == "retry-after"));
+    // Even a valid credential waits: the guard answers before any lookup.
+    let mut valid = request(&[&format!("Bearer {TOKEN}")]);
+    valid.shared = m.shared.clone();
+    on_request_headers(&g, &mut valid, &mut None);
+    assert_eq!(valid.reply.as_ref().map(|r| r.0), Some(429));
+    // And none of it spent the global budget.
+    let state = valid
+        .shared
+        .get(LIMITER_KEY)
+        .map(|(v, _)| v.clone())
+        .unwrap_or_default();
+    assert_eq!(
+        sessiongate_core::limiter_log::decode(Some(&state))
+            .unwrap()
+            .len(),
+        0
+    );
+}
+
+#[test]
+fn non_utf8_headers_do_not_panic() {
+    let mut m = request(&[]);
+    m.request
+        .push(("authorization".into(), vec![0xff, 0xfe, b' ', 0x80]));
+    m.request[1].1 = vec![b'/', 0xff];
+    on_request_headers(&gate(Backend::Stub), &mut m, &mut None);
+    assert_eq!(m.reply.as_ref().map(|r| r.0), Some(404));
+}
+
+fn etcd_gate(fail_open: bool) -> Gate {
+    Gate::new(GateConfig {
+        credentials: sessiongate_core::fixtures::token_set(TOKEN, "t").unwrap(),
+        limiter: LimiterStore::Etcd {
+            cluster: "etcd".into(),
+            key: "sg/limiter".into(),
+            timeout_ms: 250,
+            user: None,
+            password: None,
+        },
+        fail_open,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn last_body(m: &Mock) -> serde_json::Value {
+    serde_json::from_str(&m.calls.last().unwrap().2).unwrap()
+}
+
+/// The limiter on etcd: a read, then a create (absent key), each a
+/// callout that pauses the request; the answer admits it.
+#[test]
+fn the_limiter_on_etcd_pauses_for_each_callout_and_admits() {
+    let g = etcd_gate(false);
+    let mut m = request(&[&format!("Bearer {TOKEN}")]);
+    let mut waiting = None;
+    assert_eq!(on_request_headers(&g, &mut m, &mut waiting), Next::Wait);
+    // The guard read its bucket in shared data first, at once: one callout only.
+    assert_eq!(m.calls.len(), 1);
+    let (cluster, path, _, timeout) = m.calls[0].clone();
+    assert_eq!(
+        (cluster.as_str(), path.as_str(), timeout),
+        ("etcd", "/v3/kv/range", 250)
+    );
+    assert_eq!(last_body(&m)["key"], b64(b"sg/limiter"));
+    let absent = br#"{"header":{"revision":"1"}}"#;
+    assert_eq!(
+        on_callout_response(&g, &mut m, &mut waiting, Some(200), absent),
+        Next::Wait
+    );
+    assert_eq!(m.calls[1].1, "/v3/kv/txn");
+    assert_eq!(last_body(&m)["compare"][0]["target"], "CREATE");
+    assert!(m.reply.is_none(), "still waiting");
+    let won = br#"{"header":{"revision":"2"},"succeeded":true}"#;
+    assert_eq!(
+        on_callout_response(&g, &mut m, &mut waiting, Some(200), won),
+        Next::Stop
+    );
+    assert_eq!(m.reply.as_ref().map(|r| r.0), Some(200), "the stub's page");
+    assert_eq!(m.metrics.get("sessiongate_allowed"), Some(&1));
+    assert!(waiting.is_none());
+}
+
+/// A lost txn comes back with the winner's value: the next write
+/// compares its revision, with no read in between.
+#[test]
+fn a_lost_write_retries_on_the_value_it_came_back_with() {
+    let g = etcd_gate(false);
+    let mut m = request(&[&format!("Bearer {TOKEN}")]);
+    let mut waiting = None;
+    on_request_headers(&g, &mut m, &mut waiting);
+    let empty = sessiongate_core::limiter_log::encode(&[]);
+    let found = format!(
+        r#"{{"header":{{}},"kvs":[{{"mod_revision":"7","value":"{}"}}]}}"#,
+        b64(&empty)
+    );
+    on_callout_response(&g, &mut m, &mut waiting, Some(200), found.as_bytes());
+    assert_eq!(last_body(&m)["compare"][0]["mod_revision"], "7");
+    let lost = format!(
+        r#"{{"header":{{}},"responses":[{{"response_range":{{"kvs":[{{"mod_revision":"9","value":"{}"}}]}}}}]}}"#,
+        b64(&empty)
+    );
+    let next = on_callout_response(&g, &mut m, &mut waiting, Some(200), lost.as_bytes());
+    assert_eq!(next, Next::Wait);
+    assert_eq!(m.calls.len(), 3, "read, write, write: no second read");
+    assert_eq!(last_body(&m)["compare"][0]["mod_revision"], "9");
+}
+
+/// Every way a callout can fail is a 503 (fail closed), or an admission
+/// with fail_open; a call the host refuses to send fails at once.
+#[test]
+fn every_callout_failure_fails_closed_or_open() {
+    let failures: [(Option<u16>, &[u8]); 4] = [
+        (None, b""),
+        (Some(503), b"{\"error\":\"etcdserver: request timed out\"}"),
+        (Some(200), b"not json"),
+        (Some(200), b"{\"kvs\":[{\"mod_revision\":\"x\"}]}"),
+    ];
+    for fail_open in [false, true] {
+        let g = etcd_gate(fail_open);
+        for (status, body) in failures {
+            let mut m = request(&[&format!("Bearer {TOKEN}")]);
+            let mut waiting = None;
+            on_request_headers(&g, &mut m, &mut waiting);
+            let next = on_callout_response(&g, &mut m, &mut waiting, status, body);
+            assert_eq!(next, Next::Stop);
+            let expected = if fail_open { 200 } else { 503 };
+            assert_eq!(m.reply.as_ref().map(|r| r.0), Some(expected), "{status:?}");
+        }
+        let mut m = request(&[&format!("Bearer {TOKEN}")]);
+        m.refuse_calls = true;
+        assert_eq!(on_request_headers(&g, &mut m, &mut None), Next::Stop);
+        let expected = if fail_open { 200 } else { 503 };
+        assert_eq!(m.reply.as_ref().map(|r| r.0), Some(expected));
+    }
+}
+
+/// Answers that belong to no waiting request change nothing.
+#[test]
+fn a_stray_callout_answer_is_ignored() {
+    let g = etcd_gate(false);
+    let mut m = request(&[]);
+    assert_eq!(
+        on_callout_response(&g, &mut m, &mut None, Some(200), b"{}"),
+        Next::Stop
+    );
+    assert!(m.reply.is_none());
+}
+
+/// Once the window is known full, a 429 makes no call: the flood stays
+/// local to the instance.
+#[test]
+fn a_known_full_window_is_answered_without_a_callout() {
+    let g = Gate::new(GateConfig {
+        credentials: sessiongate_core::fixtures::token_set(TOKEN, "t").unwrap(),
+        limit: sessiongate_core::LimitConfig {
+            requests: 1,
+            window_seconds: 3600,
+        },
+        limiter: LimiterStore::Etcd {
+            cluster: "etcd".into(),
+            key: "k".into(),
+            timeout_ms: 250,
+            user: None,
+            password: None,
+        },
+        ..Default::default()
+    })
+    .unwrap();
+    let now = 1_800_000_000_000u64;
+    let full = sessiongate_core::limiter_log::encode(&[now - 1]);
+    let found = format!(
+        r#"{{"header":{{}},"kvs":[{{"mod_revision":"3","value":"{}"}}]}}"#,
+        b64(&full)
+    );
+    let mut m = request(&[&format!("Bearer {TOKEN}")]);
+    let mut waiting = None;
+    assert_eq!(on_request_headers(&g, &mut m, &mut waiting), Next::Wait);
+    let next = on_callout_response(&g, &mut m, &mut waiting, Some(200), found.as_bytes());
+    assert_eq!(next, Next::Stop);
+    assert_eq!(m.reply.as_ref().map(|r| r.0), Some(429));
+    let mut again = request(&[&format!("Bearer {TOKEN}")]);
+    assert_eq!(on_request_headers(&g, &mut again, &mut None), Next::Stop);
+    assert_eq!(again.reply.as_ref().map(|r| r.0), Some(429));
+    assert!(
+        again.calls.is_empty(),
+        "no callout while the window is full"
+    );
+}
+
+/// With etcd's authentication on: log in first, send the token with each
+/// step, and when etcd refuses it (expired), log in again once and send
+/// the same step.
+#[test]
+fn etcd_authentication_logs_in_and_again_when_the_token_expires() {
+    let g = Gate::new(GateConfig {
+        credentials: sessiongate_core::fixtures::token_set(TOKEN, "t").unwrap(),
+        limiter: LimiterStore::Etcd {
+            cluster: "etcd".into(),
+            key: "k".into(),
+            timeout_ms: 250,
+            user: Some("gate".into()),
+            password: Some("pw".into()),
+        },
+        ..Default::default()
+    })
+    .unwrap();
+    let mut m = request(&[&format!("Bearer {TOKEN}")]);
+    let mut waiting = None;
+    assert_eq!(on_request_headers(&g, &mut m, &mut waiting), Next::Wait);
+    assert_eq!(m.calls[0].1, "/v3/auth/authenticate");
+    assert_eq!(
+        m.calls[0].3,
+        sessiongate_etcd::LOGIN_TIMEOUT_MS,
+        "a login's bcrypt gets its own deadline"
+    );
+    assert_eq!(last_body(&m)["name"], "gate");
+    assert_eq!(m.tokens[0], None, "a login carries no token");
+    let login = br#"{"header":{},"token":"t1"}"#;
+    on_callout_response(&g, &mut m, &mut waiting, Some(200), login);
+    assert_eq!(m.calls[1].1, "/v3/kv/range");
+    assert_eq!(m.calls[1].3, 250, "a step keeps the limiter's deadline");
+    assert_eq!(m.tokens[1].as_deref(), Some("t1"));
+    let expired = br#"{"error":"etcdserver: invalid auth token","code":16}"#;
+    on_callout_response(&g, &mut m, &mut waiting, Some(401), expired);
+    assert_eq!(m.calls[2].1, "/v3/auth/authenticate", "logged in again");
+    on_callout_response(&g, &mut m, &mut waiting, Some(200), br#"{"token":"t2"}"#);
+    assert_eq!(m.calls[3].1, "/v3/kv/range", "the same step again");
+    assert_eq!(m.tokens[3].as_deref(), Some("t2"));
+    // Refused again: no endless loop; the request fails closed.
+    let next = on_callout_response(&g, &mut m, &mut waiting, Some(401), expired);
+    assert_eq!(next, Next::Stop);
+    assert_eq!(m.reply.as_ref().map(|r| r.0), Some(503));
+    // A wrong password: 503 too.
+    let mut m = request(&[&format!("Bearer {TOKEN}")]);
+    let mut waiting = None;
+    on_request_headers(&g, &mut m, &mut waiting);
+    let refused = br#"{"error":"etcdserver: authentication failed"}"#;
+    let next = on_callout_response(&g, &mut m, &mut waiting, Some(400), refused);
+    assert_eq!(next, Next::Stop);
+    assert_eq!(m.reply.as_ref().map(|r| r.0), Some(503));
+}
