@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one test command, on a fresh machine or a used one: installs what the
 # tests need when it is missing, then runs every test (`cargo test
-# --workspace`). `.ci/run` runs exactly this.
+# --workspace`, and scripts/layout.py's house rules). `.ci/run` runs exactly
+# this.
 #
 #   scripts/test.sh [--loaded] [-- CARGO_TEST_ARGS...]
 #
@@ -114,8 +115,11 @@ if [ -n "$loaded" ]; then
   log "two CPU-bound loops beside the suite: pids ${loops[*]}"
 fi
 
-started=$(date +%s)
 status=0
-cargo test --workspace "${cargo_args[@]}" || status=$?
+# The layout rules cargo does not check: no import circle, no file over 700
+# lines outside tests (scripts/layout.py, which proves itself first).
+python3 scripts/layout.py --self-test && python3 scripts/layout.py || status=$?
+started=$(date +%s)
+cargo test --workspace "${cargo_args[@]}" || status=$((status > 0 ? status : $?))
 log "cargo test --workspace${loaded:+ (loaded)}: exit $status after $(( $(date +%s) - started )) s"
 exit "$status"

@@ -3,11 +3,17 @@
 //! The global limiter and the revocation list live in one Durable Object
 //! (`GlobalLimiter`, one named instance), the only place Cloudflare offers
 //! exact global coordination. [`shared_object`] is what that object does,
-//! runtime-free so it is tested natively; `sdk` binds it and the fetch
-//! handler to the `worker` crate when built for `wasm32-unknown-unknown`.
+//! runtime-free so it is tested natively; when built for
+//! `wasm32-unknown-unknown`, `object` binds it to the `worker` crate's
+//! Durable Object (its credentials in `sql_table`) and `fetch` is the
+//! Worker's fetch handler.
 
 pub mod credential_store;
 pub mod shared_object;
 
 #[cfg(target_arch = "wasm32")]
-mod sdk;
+mod fetch;
+#[cfg(target_arch = "wasm32")]
+mod object;
+#[cfg(target_arch = "wasm32")]
+mod sql_table;

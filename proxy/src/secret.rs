@@ -3,6 +3,9 @@
 use anyhow::{Result, anyhow};
 use sessiongate_core::{KEY_MIN_BODY_LEN, KEY_SUFFIX_LEN, TOKEN_BODY_LEN, TOKEN_PREFIX};
 
+/// A login secret's prefix: told apart from a gate credential at a glance.
+pub const LOGIN_PREFIX: &str = "sgu_";
+
 const BASE62: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 const UPPER_ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
 
@@ -37,11 +40,7 @@ pub fn new_token() -> Result<String> {
 
 /// A console user's login secret: `sgu_` + 40 base62 characters.
 pub fn new_login() -> Result<String> {
-    Ok(format!(
-        "{}{}",
-        crate::users::LOGIN_PREFIX,
-        random_string(BASE62, 40)?
-    ))
+    Ok(format!("{}{}", LOGIN_PREFIX, random_string(BASE62, 40)?))
 }
 
 /// 40 base62 characters, `/`, a 7-character uppercase alphanumeric suffix.

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use sessiongate_core::{Manager, Permission, Role, hash_hex, hash_secret, is_valid_id};
 
 use crate::etcd_store::Document;
+use crate::secret::LOGIN_PREFIX;
 use crate::{manage, secret, store};
 
 /// A user as stored: never the login secret, only its SHA-256.
@@ -48,9 +49,6 @@ impl User {
         }
     }
 }
-
-/// A login secret's prefix: told apart from a gate credential at a glance.
-pub const LOGIN_PREFIX: &str = "sgu_";
 
 /// Creates a user; returns the login secret (shown once) and the user kept.
 pub fn create(
