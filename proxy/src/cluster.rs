@@ -23,6 +23,53 @@ use crate::host::{CallResponse, Callout};
 /// quorum holds a request for seconds, and a paused request must be answered.
 const LONGEST_CALL: Duration = Duration::from_secs(30);
 
+/// Where every etcd client the proxy runs reads etcd's password: never a
+/// file or a command line (where `ps` shows it).
+pub const PASSWORD_VARIABLE: &str = "SESSIONGATE_ETCD_PASSWORD";
+
+/// etcd's user and password, configured one way for every etcd client the
+/// proxy runs (the token store's `etcd://USER@…`, `serve`'s `[limit]
+/// etcd_user`): the user named beside the members, the password in
+/// [`PASSWORD_VARIABLE`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct Login {
+    pub user: String,
+    pub password: String,
+}
+
+impl Login {
+    /// `user`'s login, its password from the environment.
+    pub fn of_user(user: &str) -> Result<Login, String> {
+        if user.is_empty() || user.contains(':') {
+            return Err(format!(
+                "etcd's user {user:?} is a name only: its password goes in {PASSWORD_VARIABLE}"
+            ));
+        }
+        let password = std::env::var(PASSWORD_VARIABLE).map_err(|_| {
+            format!("etcd's user {user:?} needs its password in {PASSWORD_VARIABLE}")
+        })?;
+        Ok(Login {
+            user: user.to_owned(),
+            password,
+        })
+    }
+
+    fn credentials(&self) -> Credentials<'_> {
+        Credentials {
+            user: &self.user,
+            password: &self.password,
+        }
+    }
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Login")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
 /// One named cluster: its members' base URLs.
 pub struct Cluster {
     name: String,
@@ -31,7 +78,7 @@ pub struct Cluster {
     client: Client<HttpConnector, Full<Bytes>>,
     /// etcd's user and password, for the host's own calls ([`Cluster::post_json`]);
     /// the filter's callouts carry the filter's token.
-    login: Option<(String, String)>,
+    login: Option<Login>,
     token: Mutex<Option<String>>,
     /// Calls no member answered in time, for the limiter-store error metric.
     failures: AtomicU64,
@@ -58,8 +105,8 @@ impl Cluster {
 
     /// The host's calls log in to etcd as `user` (and again when etcd
     /// refuses the token).
-    pub fn with_login(mut self, user: String, password: String) -> Cluster {
-        self.login = Some((user, password));
+    pub fn with_login(mut self, login: Login) -> Cluster {
+        self.login = Some(login);
         self
     }
 
@@ -119,10 +166,7 @@ impl Cluster {
         body: String,
         timeout_ms: u32,
     ) -> Result<(u16, Vec<u8>), String> {
-        let login = self
-            .login
-            .as_ref()
-            .map(|(user, password)| Credentials { user, password });
+        let login = self.login.as_ref().map(Login::credentials);
         let mut attempt = Attempt::new();
         loop {
             let held = self.token.lock().ok().and_then(|t| t.clone());

@@ -13,8 +13,7 @@
 //! from a blocking task of `serve` alike.
 //!
 //! With etcd's authentication on: `etcd://USER@HOST:PORT…/PREFIX`, the
-//! password in `SESSIONGATE_ETCD_PASSWORD` (never on a command line, where
-//! `ps` would show it).
+//! password in `SESSIONGATE_ETCD_PASSWORD` ([`Login`]).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -26,7 +25,7 @@ use serde_json::{Value, json};
 use sessiongate_core::{CredentialRecord, CredentialSet};
 use sessiongate_etcd::{RANGE, TXN};
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, Login};
 
 const SCHEME: &str = "etcd://";
 /// A call's deadline, every member's try and a login included.
@@ -57,9 +56,6 @@ impl Document for CredentialRecord {
     }
 }
 
-/// Where the password of `etcd://USER@…` comes from.
-pub const PASSWORD_VARIABLE: &str = "SESSIONGATE_ETCD_PASSWORD";
-
 /// A document as stored, and the revision it was read at.
 struct Stored<T> {
     key: String,
@@ -84,17 +80,10 @@ impl EtcdStore {
             Some((user, hosts)) => (Some(user), hosts),
             None => (None, hosts),
         };
-        let login = match user {
-            Some(user) if user.is_empty() || user.contains(':') => {
-                bail!("USER@ takes no password: put it in {PASSWORD_VARIABLE}")
-            }
-            Some(user) => {
-                let password = std::env::var(PASSWORD_VARIABLE)
-                    .map_err(|_| anyhow!("{user}@ needs the password in {PASSWORD_VARIABLE}"))?;
-                Some((user.to_owned(), password))
-            }
-            None => None,
-        };
+        let login = user
+            .map(Login::of_user)
+            .transpose()
+            .map_err(|e| anyhow!(e))?;
         let prefix = prefix.trim_end_matches('/');
         if prefix.is_empty() {
             bail!("an empty prefix");
@@ -111,8 +100,8 @@ impl EtcdStore {
             "etcd",
             members.iter().map(|m| format!("http://{m}")).collect(),
         );
-        if let Some((user, password)) = login {
-            cluster = cluster.with_login(user, password);
+        if let Some(login) = login {
+            cluster = cluster.with_login(login);
         }
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()

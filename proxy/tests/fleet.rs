@@ -341,12 +341,16 @@ fn the_limiter_logs_in_to_an_etcd_with_authentication() {
         );
     }
     let auth = format!("Bearer {}", fx.creds.token_all);
+    // etcd's user in the config, its password in the environment, as
+    // for the token store below.
     let with = |user: &str, password: &str| {
         let config = config(&etcd.urls(), false).replace(
             "timeout_ms = 500\n",
-            &format!("timeout_ms = 500\netcd_user = {user:?}\netcd_password = {password:?}\n"),
+            &format!("timeout_ms = 500\netcd_user = {user:?}\n"),
         );
-        Server::start(&fx.dir, &fx.store, &config, 1)
+        let (mut command, path) = Server::command(&fx.dir, &fx.store, &config, 1, &[]);
+        command.env("SESSIONGATE_ETCD_PASSWORD", password);
+        Server::spawn(command, path)
     };
     let server = with("gate", "gatepw");
     let r = get(server.addr, SESSIONS, Some(&auth)).unwrap();
@@ -430,7 +434,7 @@ fn the_limiter_logs_in_to_an_etcd_with_authentication() {
     );
     let config = config(&etcd.urls(), false).replace(
         "timeout_ms = 500\n",
-        "timeout_ms = 500\netcd_user = \"gate\"\netcd_password = \"gatepw\"\n",
+        "timeout_ms = 500\netcd_user = \"gate\"\n",
     );
     let config_path = fx.dir.join("authed.toml");
     std::fs::write(&config_path, &config).unwrap();

@@ -420,7 +420,10 @@ fn clusters(settings: &Settings) -> Vec<Arc<crate::cluster::Cluster>> {
             user: Some(user),
             password: Some(password),
             ..
-        } => cluster.with_login(user.clone(), password.clone()),
+        } => cluster.with_login(crate::cluster::Login {
+            user: user.clone(),
+            password: password.clone(),
+        }),
         _ => cluster,
     };
     vec![Arc::new(cluster)]

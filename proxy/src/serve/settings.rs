@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::cluster::{Login, PASSWORD_VARIABLE};
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde::Deserialize;
 use sessiongate_core::{Backend, CredentialSet, GateConfig, LimitConfig, LimiterStore};
@@ -63,9 +64,12 @@ struct LimitSection {
     key: Option<String>,
     /// How long one call to etcd may take, failovers included.
     timeout_ms: Option<u32>,
-    /// etcd's user and password, when its authentication is on.
+    /// etcd's user, when its authentication is on (its password in
+    /// `SESSIONGATE_ETCD_PASSWORD`, as every etcd client's: `cluster::Login`).
     etcd_user: Option<String>,
-    etcd_password: Option<String>,
+    /// Refused with a pointer to the environment: a password is never read
+    /// from a file.
+    etcd_password: Option<toml::Value>,
 }
 
 /// The cluster name the filter calls etcd by (as an Envoy cluster is named).
@@ -140,13 +144,70 @@ impl RestartOnly {
         differs("store", self.store == other.store);
         differs("workers", self.workers == other.workers);
         differs(
-            "limit.store/etcd/key/timeout_ms/etcd_user/etcd_password",
+            "limit.store/etcd/key/timeout_ms/etcd_user",
             self.limiter == other.limiter && self.etcd == other.etcd,
         );
         differs("log_format", self.log_format == other.log_format);
         differs("access_log", self.access_log == other.access_log);
         changed
     }
+}
+
+/// Where the limiter's state lives (`[limit] store`), and etcd's members
+/// when it is there.
+fn limiter_store(name: &str, section: &LimitSection) -> Result<(LimiterStore, Vec<String>)> {
+    Ok(match section.store.as_deref().unwrap_or("local") {
+        "local" => {
+            if section.etcd.is_some()
+                || section.key.is_some()
+                || section.timeout_ms.is_some()
+                || section.etcd_user.is_some()
+                || section.etcd_password.is_some()
+            {
+                bail!(
+                    "{name}: limit.etcd, limit.key, limit.timeout_ms and limit.etcd_user need limit.store = \"etcd\""
+                );
+            }
+            (LimiterStore::SharedData, Vec::new())
+        }
+        "etcd" => {
+            if section.etcd_password.is_some() {
+                bail!(
+                    "{name}: limit.etcd_password: etcd's password is read from {PASSWORD_VARIABLE} only, never from a file; remove it"
+                );
+            }
+            let login = section
+                .etcd_user
+                .as_deref()
+                .map(Login::of_user)
+                .transpose()
+                .map_err(|e| anyhow!("{name}: limit.etcd_user: {e}"))?;
+            let members = section.etcd.clone().unwrap_or_default();
+            if members.is_empty() {
+                bail!("{name}: limit.store = \"etcd\" needs limit.etcd, the members' URLs");
+            }
+            for member in &members {
+                let uri: hyper::Uri = member
+                    .parse()
+                    .map_err(|e| anyhow!("{name}: limit.etcd: {member:?}: {e}"))?;
+                if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+                    bail!("{name}: limit.etcd: {member:?} is not an http://host:port URL");
+                }
+            }
+            let store = LimiterStore::Etcd {
+                cluster: ETCD_CLUSTER.to_owned(),
+                key: section
+                    .key
+                    .clone()
+                    .unwrap_or_else(|| "sessiongate/limiter/v1".to_owned()),
+                timeout_ms: section.timeout_ms.unwrap_or(250),
+                user: login.as_ref().map(|l| l.user.clone()),
+                password: login.map(|l| l.password),
+            };
+            (store, members)
+        }
+        other => bail!("{name}: limit.store must be \"local\" or \"etcd\", not {other:?}"),
+    })
 }
 
 /// Reads the settings: the file (or the embedded default), then `args` over
@@ -175,45 +236,7 @@ pub(super) fn settings(args: &ServeArgs, file_limit: u64) -> Result<Settings> {
         requests: section.requests.unwrap_or(defaults.requests),
         window_seconds: section.window_seconds.unwrap_or(defaults.window_seconds),
     };
-    let (limiter, etcd) = match section.store.as_deref().unwrap_or("local") {
-        "local" => {
-            if section.etcd.is_some()
-                || section.key.is_some()
-                || section.timeout_ms.is_some()
-                || section.etcd_user.is_some()
-            {
-                bail!(
-                    "{name}: limit.etcd, limit.key and limit.timeout_ms need limit.store = \"etcd\""
-                );
-            }
-            (LimiterStore::SharedData, Vec::new())
-        }
-        "etcd" => {
-            let members = section.etcd.unwrap_or_default();
-            if members.is_empty() {
-                bail!("{name}: limit.store = \"etcd\" needs limit.etcd, the members' URLs");
-            }
-            for member in &members {
-                let uri: hyper::Uri = member
-                    .parse()
-                    .map_err(|e| anyhow!("{name}: limit.etcd: {member:?}: {e}"))?;
-                if uri.scheme_str() != Some("http") || uri.authority().is_none() {
-                    bail!("{name}: limit.etcd: {member:?} is not an http://host:port URL");
-                }
-            }
-            let store = LimiterStore::Etcd {
-                cluster: ETCD_CLUSTER.to_owned(),
-                key: section
-                    .key
-                    .unwrap_or_else(|| "sessiongate/limiter/v1".to_owned()),
-                timeout_ms: section.timeout_ms.unwrap_or(250),
-                user: section.etcd_user,
-                password: section.etcd_password,
-            };
-            (store, members)
-        }
-        other => bail!("{name}: limit.store must be \"local\" or \"etcd\", not {other:?}"),
-    };
+    let (limiter, etcd) = limiter_store(&name, &section)?;
     let gate = GateConfig {
         credentials: CredentialSet::default(),
         limit,
@@ -276,4 +299,60 @@ pub(super) fn module_cache_dir() -> Option<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
     Some(base.join("sessiongate").join("modules"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limit(text: &str) -> Result<(LimiterStore, Vec<String>)> {
+        let section: LimitSection = toml::from_str(text)?;
+        limiter_store("test.toml", &section)
+    }
+
+    const ETCD: &str = "store = \"etcd\"\netcd = [\"http://127.0.0.1:2379\"]\n";
+
+    #[test]
+    fn etcd_without_a_user_logs_in_as_no_one() {
+        let (store, members) = limit(ETCD).unwrap();
+        assert_eq!(members, ["http://127.0.0.1:2379"]);
+        let LimiterStore::Etcd { user, password, .. } = store else {
+            panic!("{store:?}");
+        };
+        assert_eq!((user, password), (None, None));
+    }
+
+    /// One way for every etcd client: a password in the file is refused,
+    /// and the error says where it goes instead.
+    #[test]
+    fn a_password_in_the_file_is_refused() {
+        let e = limit(&format!(
+            "{ETCD}etcd_user = \"gate\"\netcd_password = \"pw\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("limit.etcd_password") && e.contains(PASSWORD_VARIABLE),
+            "{e}"
+        );
+        let e = limit("etcd_password = \"pw\"\n").unwrap_err().to_string();
+        assert!(e.contains("need limit.store = \"etcd\""), "{e}");
+    }
+
+    #[test]
+    fn a_user_is_a_name_only() {
+        let e = limit(&format!("{ETCD}etcd_user = \"gate:pw\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("limit.etcd_user") && e.contains(PASSWORD_VARIABLE),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn etcd_settings_need_the_etcd_store() {
+        let e = limit("etcd_user = \"gate\"\n").unwrap_err().to_string();
+        assert!(e.contains("need limit.store = \"etcd\""), "{e}");
+    }
 }

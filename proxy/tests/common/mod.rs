@@ -146,6 +146,19 @@ impl Server {
         workers: usize,
         extra: &[&str],
     ) -> Server {
+        let (command, config_path) = Server::command(dir, store, config, workers, extra);
+        Server::spawn(command, config_path)
+    }
+
+    /// The command `start_with` runs and its config's path, for a test to
+    /// add to (an environment variable) before [`Server::spawn`].
+    pub fn command(
+        dir: &Path,
+        store: &Path,
+        config: &str,
+        workers: usize,
+        extra: &[&str],
+    ) -> (Command, PathBuf) {
         let config_path = dir.join(format!("config-{}.toml", rand_suffix()));
         std::fs::write(&config_path, config).unwrap();
         let mut command = Command::new(BIN);
@@ -167,7 +180,7 @@ impl Server {
             } else {
                 &["--admin", "127.0.0.1:0"][..]
             });
-        Server::spawn(command, config_path)
+        (command, config_path)
     }
 
     /// Runs a prepared `serve` command (its config at `config_path`) and
