@@ -86,6 +86,17 @@ pub fn put(key: &str, value: &[u8]) -> Call {
     }
 }
 
+/// The call that counts the keys named `key` (0 or 1) and reads nothing
+/// else: a linearizable read, so it is answered only with a quorum (a
+/// readiness check).
+pub fn count(key: &str) -> Call {
+    Call {
+        path: RANGE,
+        body: format!(r#"{{"key":"{}","count_only":true}}"#, BASE64.encode(key)),
+        sent: Sent::Read,
+    }
+}
+
 /// The call that deletes the etcd key `key` (its answer matters only by
 /// its status).
 pub fn delete(key: &str) -> Call {
@@ -262,6 +273,11 @@ mod tests {
         let delete = delete("sg/k");
         assert_eq!(delete.path, DELETE_RANGE);
         let body: serde_json::Value = serde_json::from_str(&delete.body).unwrap();
+        let counted: serde_json::Value = serde_json::from_str(&count("k").body).unwrap();
+        assert_eq!(
+            counted,
+            serde_json::json!({"key": b64("k"), "count_only": true})
+        );
         assert_eq!(body["key"], b64("sg/k"));
     }
 

@@ -6,6 +6,9 @@
 //! - [`call`] and [`answer`]: a step of core's decision on the limiter's
 //!   log as one call, and what etcd's answer means for the decision.
 //! - [`Attempt`]: the one login policy, for a cluster with authentication.
+//! - [`range_prefix`] and [`Txn`]: the keys under a prefix as a collection
+//!   of records (the proxy's stores), read with [`range_answer`] and
+//!   [`txn_succeeded`].
 //!
 //! Facts of the gateway: keys and values are base64, int64 fields are JSON
 //! strings, `succeeded` is left out when a compare failed, `kvs` when no key
@@ -17,6 +20,8 @@
 
 mod codec;
 mod login;
+mod prefix;
 
-pub use codec::{Call, DELETE_RANGE, RANGE, Sent, TXN, answer, call, delete, put};
+pub use codec::{Call, DELETE_RANGE, RANGE, Sent, TXN, answer, call, count, delete, put};
 pub use login::{AUTHENTICATE, After, Attempt, Credentials, LOGIN_TIMEOUT_MS, Step};
+pub use prefix::{KeyValue, Txn, range_answer, range_prefix, txn_succeeded};

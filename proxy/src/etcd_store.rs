@@ -19,11 +19,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
-use serde_json::{Value, json};
 use sessiongate_core::{CredentialRecord, CredentialSet};
-use sessiongate_etcd::{RANGE, TXN};
+use sessiongate_etcd::{Call, KeyValue, Txn, range_answer, range_prefix, txn_succeeded};
 
 use crate::cluster::{Cluster, Login};
 
@@ -60,7 +57,7 @@ impl Document for CredentialRecord {
 struct Stored<T> {
     key: String,
     record: T,
-    mod_revision: String,
+    mod_revision: u64,
 }
 
 impl EtcdStore {
@@ -123,15 +120,13 @@ impl EtcdStore {
         format!("{}{name}", self.collection_prefix(T::COLLECTION))
     }
 
-    /// The range covering every key of a collection (`/` + 1 is `0`).
-    fn range(&self, collection: &str, keys_only: bool) -> Value {
-        let prefix = self.collection_prefix(collection);
-        let end = format!("{}0", prefix.trim_end_matches('/'));
-        json!({
-            "key": BASE64.encode(prefix),
-            "range_end": BASE64.encode(end),
-            "keys_only": keys_only,
-        })
+    /// Every key of a collection, in key order.
+    fn range(&self, collection: &str, keys_only: bool) -> Result<Vec<KeyValue>> {
+        let (status, answer) = self.post(&range_prefix(
+            &self.collection_prefix(collection),
+            keys_only,
+        ))?;
+        range_answer(status, &answer).map_err(|e| anyhow!(e))
     }
 
     /// Every credential, in the order they were created.
@@ -149,43 +144,26 @@ impl EtcdStore {
     }
 
     fn read<T: Document>(&self) -> Result<Vec<Stored<T>>> {
-        let answer = self.post(RANGE, &self.range(T::COLLECTION, false))?;
-        let mut stored = Vec::new();
-        for kv in field(&answer, "kvs").as_array().into_iter().flatten() {
-            let key = decode(field(kv, "key"))?;
-            let value = decode(field(kv, "value"))?;
-            let record: T = serde_json::from_slice(value.as_bytes())
-                .with_context(|| format!("the record under {key:?} is corrupt"))?;
-            let created: u64 = field(kv, "create_revision")
-                .as_str()
-                .unwrap_or("0")
-                .parse()?;
-            stored.push((
-                created,
-                Stored {
-                    key,
+        let mut kvs = self.range(T::COLLECTION, false)?;
+        kvs.sort_by_key(|kv| kv.create_revision);
+        kvs.into_iter()
+            .map(|kv| {
+                let record: T = serde_json::from_slice(&kv.value)
+                    .with_context(|| format!("the record under {:?} is corrupt", kv.key))?;
+                Ok(Stored {
+                    key: kv.key,
                     record,
-                    mod_revision: field(kv, "mod_revision").as_str().unwrap_or("0").to_owned(),
-                },
-            ));
-        }
-        stored.sort_by_key(|(created, _)| *created);
-        Ok(stored.into_iter().map(|(_, s)| s).collect())
+                    mod_revision: kv.mod_revision,
+                })
+            })
+            .collect()
     }
 
     /// What changes when any credential does: their count and newest
     /// revision (keys only: nothing else of etcd, not the limiter's writes).
     pub fn signature(&self) -> Result<(u64, u64)> {
-        let answer = self.post(RANGE, &self.range(CredentialRecord::COLLECTION, true))?;
-        let kvs = field(&answer, "kvs")
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        let newest = kvs
-            .iter()
-            .filter_map(|kv| field(kv, "mod_revision").as_str()?.parse::<u64>().ok())
-            .max()
-            .unwrap_or(0);
+        let kvs = self.range(CredentialRecord::COLLECTION, true)?;
+        let newest = kvs.iter().map(|kv| kv.mod_revision).max().unwrap_or(0);
         Ok((kvs.len() as u64, newest))
     }
 
@@ -230,14 +208,7 @@ impl EtcdStore {
             self.collection_prefix(collection),
             u32::from_le_bytes(tail)
         );
-        let answer = self.post(
-            TXN,
-            &json!({
-                "compare": [{ "key": BASE64.encode(&key), "target": "CREATE", "result": "EQUAL", "create_revision": "0" }],
-                "success": [{ "request_put": { "key": BASE64.encode(&key), "value": BASE64.encode(line) } }],
-            }),
-        )?;
-        if field(&answer, "succeeded").as_bool() != Some(true) {
+        if !self.commit_txn(Txn::new().absent(&key).put(&key, line))? {
             bail!("{key} exists already");
         }
         Ok(())
@@ -245,29 +216,23 @@ impl EtcdStore {
 
     /// Every value of `collection`, in key order.
     pub fn lines(&self, collection: &str) -> Result<Vec<Vec<u8>>> {
-        let answer = self.post(RANGE, &self.range(collection, false))?;
-        field(&answer, "kvs")
-            .as_array()
+        Ok(self
+            .range(collection, false)?
             .into_iter()
-            .flatten()
-            .map(|kv| decode(field(kv, "value")).map(String::into_bytes))
-            .collect()
+            .map(|kv| kv.value)
+            .collect())
     }
 
     fn commit<T: Document>(&self, before: &[Stored<T>], after: &[T]) -> Result<bool> {
-        let mut compare = Vec::new();
-        let mut success = Vec::new();
+        let mut txn = Txn::new();
         for old in before {
             let kept = after.iter().find(|r| self.key::<T>(r.name()) == old.key);
             if kept == Some(&old.record) {
                 continue;
             }
-            compare.push(json!({
-                "key": BASE64.encode(&old.key), "target": "MOD", "result": "EQUAL",
-                "mod_revision": old.mod_revision,
-            }));
+            txn.unchanged(&old.key, old.mod_revision);
             if kept.is_none() {
-                success.push(json!({ "request_delete_range": { "key": BASE64.encode(&old.key) } }));
+                txn.delete(&old.key);
             }
         }
         for record in after {
@@ -277,60 +242,32 @@ impl EtcdStore {
                 continue;
             }
             if old.is_none() {
-                compare.push(json!({
-                    "key": BASE64.encode(&key), "target": "CREATE", "result": "EQUAL",
-                    "create_revision": "0",
-                }));
+                txn.absent(&key);
             }
-            let value = serde_json::to_vec(record)?;
-            success.push(json!({ "request_put": {
-                "key": BASE64.encode(&key), "value": BASE64.encode(value),
-            }}));
+            txn.put(&key, &serde_json::to_vec(record)?);
         }
-        if success.is_empty() {
+        if txn.writes_nothing() {
             return Ok(true);
         }
-        let answer = self.post(TXN, &json!({ "compare": compare, "success": success }))?;
-        Ok(field(&answer, "succeeded").as_bool().unwrap_or(false))
+        self.commit_txn(&txn)
     }
 
-    /// `POST path` with a JSON body, logged in when the store has a user:
-    /// the answer of the first member that answers (one not a 503).
-    fn post(&self, path: &str, body: &Value) -> Result<Value> {
-        let call = self
+    /// Sends `txn`: whether its compares held.
+    fn commit_txn(&self, txn: &Txn) -> Result<bool> {
+        let (status, answer) = self.post(&txn.call())?;
+        txn_succeeded(status, &answer).map_err(|e| anyhow!(e))
+    }
+
+    /// Sends `call`, logged in when the store has a user: the status and
+    /// body of the first member that answers (one not a 503).
+    fn post(&self, call: &Call) -> Result<(u16, Vec<u8>)> {
+        let sent = self
             .cluster
-            .post_logged_in(path, body.to_string(), CALL_TIMEOUT_MS);
-        let (status, answer) = self
-            .runtime
-            .block_on(call)
-            .map_err(|e| anyhow!("etcd at {}: {e}", self.members.join(",")))?;
-        answered(status, &answer)
+            .post_logged_in(call.path, call.body.clone(), CALL_TIMEOUT_MS);
+        self.runtime
+            .block_on(sent)
+            .map_err(|e| anyhow!("etcd at {}: {e}", self.members.join(",")))
     }
-}
-
-fn answered(status: u16, answer: &[u8]) -> Result<Value> {
-    if status != 200 {
-        bail!(
-            "etcd answered {status}: {}",
-            String::from_utf8_lossy(answer)
-                .chars()
-                .take(200)
-                .collect::<String>()
-        );
-    }
-    serde_json::from_slice(answer).context("etcd answered what is not JSON")
-}
-
-/// A field of a JSON object (`null` when absent).
-fn field<'v>(value: &'v Value, name: &str) -> &'v Value {
-    value.get(name).unwrap_or(&Value::Null)
-}
-
-fn decode(text: &Value) -> Result<String> {
-    let bytes = BASE64
-        .decode(text.as_str().unwrap_or(""))
-        .map_err(|e| anyhow!("etcd sent bad base64: {e}"))?;
-    String::from_utf8(bytes).map_err(|_| anyhow!("etcd sent a key or value that is not UTF-8"))
 }
 
 #[cfg(test)]

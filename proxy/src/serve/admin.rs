@@ -9,7 +9,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -159,14 +158,8 @@ async fn limiter_check(app: &App) -> Value {
         ) => {
             // A linearizable read (etcd's default) needs a quorum: a
             // minority member alone does not answer it.
-            let body = json!({
-                "key": base64::engine::general_purpose::STANDARD.encode(&key),
-                "count_only": true,
-            });
-            match cluster
-                .post_json("/v3/kv/range", body.to_string(), timeout_ms)
-                .await
-            {
+            let call = sessiongate_etcd::count(&key);
+            match cluster.post_json(call.path, call.body, timeout_ms).await {
                 Some((200, _)) => check(true, "etcd: a quorum answered".to_owned()),
                 Some((status, _)) => check(false, format!("etcd answered {status}")),
                 None => check(
