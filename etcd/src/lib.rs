@@ -9,6 +9,8 @@
 //! - [`range_prefix`] and [`Txn`]: the keys under a prefix as a collection
 //!   of records (the proxy's stores), read with [`range_answer`] and
 //!   [`txn_succeeded`].
+//! - `Cluster` (feature `client`): the one client, async, with one member
+//!   failover policy and one way to configure a login (`Login`).
 //!
 //! Facts of the gateway: keys and values are base64, int64 fields are JSON
 //! strings, `succeeded` is left out when a compare failed, `kvs` when no key
@@ -18,10 +20,14 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+#[cfg(feature = "client")]
+mod client;
 mod codec;
 mod login;
 mod prefix;
 
+#[cfg(feature = "client")]
+pub use client::{Cluster, HttpAnswer, HttpCall, Login, PASSWORD_VARIABLE};
 pub use codec::{Call, DELETE_RANGE, RANGE, Sent, TXN, answer, call, count, delete, put};
 pub use login::{AUTHENTICATE, After, Attempt, Credentials, LOGIN_TIMEOUT_MS, Step};
 pub use prefix::{KeyValue, Txn, range_answer, range_prefix, txn_succeeded};

@@ -3,14 +3,13 @@
 //! store (etcd: a key per event under `PREFIX/audit/`, named by time; a
 //! file store: `NAME.audit.jsonl` beside it, one JSON object a line).
 
-use std::path::Path;
-
 use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 use sessiongate_core::{CredentialRecord, Kind, Level};
 
+use crate::manage;
+use crate::store::Store;
 use crate::users::User;
-use crate::{manage, store};
 
 const LOG: &str = "audit";
 
@@ -118,15 +117,17 @@ impl Event {
 }
 
 /// Appends the event to the store's audit log.
-pub fn record(store_path: &Path, event: &Event) -> Result<()> {
+pub fn record(store: &Store, event: &Event) -> Result<()> {
     let line = serde_json::to_vec(event)?;
-    store::append_line(store_path, LOG, event.at, &line).context("cannot write the audit log")
+    store
+        .append_line(LOG, event.at, &line)
+        .context("cannot write the audit log")
 }
 
 /// The events of one account, oldest first.
-pub fn events(store_path: &Path, customer: &str) -> Result<Vec<Event>> {
+pub fn events(store: &Store, customer: &str) -> Result<Vec<Event>> {
     let mut out = Vec::new();
-    for (n, line) in store::lines(store_path, LOG)?.iter().enumerate() {
+    for (n, line) in store.lines(LOG)?.iter().enumerate() {
         let event: Event = serde_json::from_slice(line)
             .with_context(|| format!("the audit log's entry {n} is corrupt"))?;
         if event.customer == customer {

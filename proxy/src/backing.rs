@@ -10,8 +10,8 @@ use std::sync::Arc;
 use sessiongate_core::{Answer, Need};
 use sessiongate_etcd as etcd;
 
-use crate::cluster::Cluster;
 use crate::host::SharedData;
+use sessiongate_etcd::Cluster;
 
 /// A key's value and version (etcd: its `mod_revision`).
 pub type Versioned = (Vec<u8>, u64);

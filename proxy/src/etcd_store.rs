@@ -22,7 +22,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use sessiongate_core::{CredentialRecord, CredentialSet};
 use sessiongate_etcd::{Call, KeyValue, Txn, range_answer, range_prefix, txn_succeeded};
 
-use crate::cluster::{Cluster, Login};
+use sessiongate_etcd::{Cluster, Login};
 
 const SCHEME: &str = "etcd://";
 /// A call's deadline, every member's try and a login included.
@@ -110,6 +110,11 @@ impl EtcdStore {
             cluster: Arc::new(cluster),
             runtime: Arc::new(runtime),
         })
+    }
+
+    /// `etcd://MEMBERS/PREFIX`, for messages (the user, not the password).
+    pub fn location(&self) -> String {
+        format!("etcd://{}/{}", self.members.join(","), self.prefix)
     }
 
     fn collection_prefix(&self, collection: &str) -> String {

@@ -5,7 +5,6 @@
 pub mod allocator;
 pub mod audit;
 pub mod backing;
-pub mod cluster;
 pub mod component;
 pub mod console;
 pub mod etcd_store;

@@ -10,7 +10,8 @@ use sessiongate_core::{Backend, GateConfig, GuardConfig, LimitConfig};
 use sessiongate_core::{Kind, Level, Permission, Role};
 
 use sessiongate::audit::{self, Action, Event};
-use sessiongate::{manage, serve, store, users};
+use sessiongate::store::Store;
+use sessiongate::{manage, serve, users};
 
 #[derive(Parser)]
 #[command(
@@ -84,6 +85,13 @@ struct StoreArg {
     /// The token store (JSON). A missing file is an empty store.
     #[arg(long, value_name = "FILE")]
     store: PathBuf,
+}
+
+impl StoreArg {
+    /// The store, opened once for the command.
+    fn open(&self) -> Result<Store> {
+        Store::open(&self.store)
+    }
 }
 
 #[derive(Args)]
@@ -228,19 +236,20 @@ fn user(action: UserAction, out: &mut dyn std::io::Write) -> Result<()> {
             role,
             permissions,
         } => {
-            let (secret, user) =
-                users::create(&store.store, &name, &customer, role.into(), permissions)?;
-            audit::record(&store.store, &Event::on_user(Action::Create, &user))?;
+            let store = store.open()?;
+            let (secret, user) = users::create(&store, &name, &customer, role.into(), permissions)?;
+            audit::record(&store, &Event::on_user(Action::Create, &user))?;
             writeln!(out, "{secret}")?;
             eprintln!(
                 "Created user {name:?} of {customer:?}. This is the only time their login secret is shown: hand it over now."
             );
             Ok(())
         }
-        UserAction::List(a) => users::list(&a.store.store, a.json, out),
+        UserAction::List(a) => users::list(&a.store.open()?, a.json, out),
         UserAction::Delete(a) => {
-            let user = users::delete(&a.store.store, &a.name)?;
-            audit::record(&a.store.store, &Event::on_user(Action::Delete, &user))
+            let store = a.store.open()?;
+            let user = users::delete(&store, &a.name)?;
+            audit::record(&store, &Event::on_user(Action::Delete, &user))
         }
     }
 }
@@ -361,8 +370,9 @@ fn wasmx_config(a: WasmxArgs, out: &mut dyn std::io::Write) -> Result<()> {
 
 fn create(kind: Kind, args: CreateArgs, level: Level) -> Result<()> {
     let sites = manage::sites_from_args(args.all_sites, args.site)?;
+    let store = args.store.open()?;
     let (secret, record) = manage::create(
-        &args.store.store,
+        &store,
         kind,
         manage::NewCredential {
             name: args.name.clone(),
@@ -373,10 +383,7 @@ fn create(kind: Kind, args: CreateArgs, level: Level) -> Result<()> {
             owner: None,
         },
     )?;
-    audit::record(
-        &args.store.store,
-        &Event::by_operator(Action::Create, &record, None),
-    )?;
+    audit::record(&store, &Event::by_operator(Action::Create, &record, None))?;
     println!("{secret}");
     eprintln!(
         "Created {} {:?}. This is the only time its secret is shown: store it now.",
@@ -386,9 +393,10 @@ fn create(kind: Kind, args: CreateArgs, level: Level) -> Result<()> {
     Ok(())
 }
 
-fn delete(store: &std::path::Path, kind: Kind, name: &str) -> Result<()> {
-    let record = manage::delete(store, kind, name, &manage::anyone)?;
-    audit::record(store, &Event::by_operator(Action::Delete, &record, None))
+fn delete(store: &StoreArg, kind: Kind, name: &str) -> Result<()> {
+    let store = store.open()?;
+    let record = manage::delete(&store, kind, name, &manage::anyone)?;
+    audit::record(&store, &Event::by_operator(Action::Delete, &record, None))
 }
 
 /// `plugin/envoy.yaml`, with the block between its markers replaced.
@@ -419,29 +427,32 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Token { action } => match action {
             TokenAction::Create(a) => create(Kind::Token, a, Level::Standard),
-            TokenAction::List(a) => manage::list(&a.store.store, Kind::Token, a.json, &mut stdout),
-            TokenAction::Delete(a) => delete(&a.store.store, Kind::Token, &a.name),
+            TokenAction::List(a) => {
+                manage::list(&a.store.open()?, Kind::Token, a.json, &mut stdout)
+            }
+            TokenAction::Delete(a) => delete(&a.store, Kind::Token, &a.name),
         },
         Command::Key { action } => match action {
             KeyAction::Create { create: a, level } => create(Kind::Key, a, level.into()),
-            KeyAction::List(a) => manage::list(&a.store.store, Kind::Key, a.json, &mut stdout),
+            KeyAction::List(a) => manage::list(&a.store.open()?, Kind::Key, a.json, &mut stdout),
             KeyAction::Update {
                 store,
                 name,
                 rename,
                 level,
             } => {
+                let store = store.open()?;
                 let (before, after) = manage::update_key(
-                    &store.store,
+                    &store,
                     &name,
                     rename,
                     level.map(Into::into),
                     &manage::anyone,
                 )?;
                 let event = Event::by_operator(Action::Update, &after, Some(&before));
-                audit::record(&store.store, &event)
+                audit::record(&store, &event)
             }
-            KeyAction::Delete(a) => delete(&a.store.store, Kind::Key, &a.name),
+            KeyAction::Delete(a) => delete(&a.store, Kind::Key, &a.name),
         },
         Command::User { action } => user(action, &mut stdout),
         Command::Console(a) => sessiongate::console::run(a),
@@ -458,7 +469,7 @@ fn run(cli: Cli) -> Result<()> {
             store,
             url,
             dry_run,
-        } => sessiongate::worker_sync::run(&store.store, &url, dry_run, &mut stdout),
+        } => sessiongate::worker_sync::run(&store.open()?, &url, dry_run, &mut stdout),
         Command::Serve(a) => serve::run(a),
     }
 }
@@ -466,11 +477,12 @@ fn run(cli: Cli) -> Result<()> {
 fn check(path: &std::path::Path, out: &mut dyn std::io::Write) -> Result<()> {
     // `serve` takes a missing store for an empty one; asked to check a
     // file, say that there is none rather than "0 credentials".
-    if !path.exists() && sessiongate::etcd_store::EtcdStore::parse(path).is_none() {
+    let store = Store::open(path)?;
+    if store.is_missing_file() {
         anyhow::bail!("no token store at {}", path.display());
     }
     let started = std::time::Instant::now();
-    let set = store::load_set(path)?;
+    let set = store.load_set()?;
     let elapsed = started.elapsed();
     let keys = set.iter().filter(|c| c.kind == Kind::Key).count();
     writeln!(
@@ -502,7 +514,7 @@ fn gate_config(a: &ConfigArgs, default_backend: &str) -> Result<GateConfig> {
     let credentials = if a.without_credentials {
         sessiongate_core::CredentialSet::default()
     } else {
-        store::load_set(&a.store.store)?
+        a.store.open()?.load_set()?
     };
     Ok(GateConfig {
         credentials,

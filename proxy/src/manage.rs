@@ -1,13 +1,13 @@
 //! The management side (contract section 3): create, list, update, delete.
 
-use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Result, bail};
 use sessiongate_core::is_valid_id;
 use sessiongate_core::{CredentialRecord, Kind, Level, Sites};
 
-use crate::{secret, store};
+use crate::secret;
+use crate::store::Store;
 
 /// What `create` needs besides the kind.
 pub struct NewCredential {
@@ -82,7 +82,7 @@ pub fn sites_from_args(all_sites: bool, sites: Vec<String>) -> Result<Sites> {
 
 /// Mints a secret, stores its hash; returns the secret (shown once) and
 /// the record kept.
-pub fn create(path: &Path, kind: Kind, new: NewCredential) -> Result<(String, CredentialRecord)> {
+pub fn create(store: &Store, kind: Kind, new: NewCredential) -> Result<(String, CredentialRecord)> {
     if new.name.trim().is_empty() {
         return Err(Problem::Invalid("the name must not be empty".into()).into());
     }
@@ -114,7 +114,7 @@ pub fn create(path: &Path, kind: Kind, new: NewCredential) -> Result<(String, Cr
     record.owner = new.owner;
     record.checked_hash().map_err(Problem::Invalid)?;
     let name = record.name.clone();
-    store::update(path, |records| {
+    store.update(|records| {
         if records.iter().any(|r| r.name == name) {
             return Err(Problem::NameTaken(name.clone()).into());
         }
@@ -125,8 +125,8 @@ pub fn create(path: &Path, kind: Kind, new: NewCredential) -> Result<(String, Cr
 }
 
 /// Deletes (revokes) a credential that `check` accepts; returns it.
-pub fn delete(path: &Path, kind: Kind, name: &str, check: Check<'_>) -> Result<CredentialRecord> {
-    store::update(path, |records| {
+pub fn delete(store: &Store, kind: Kind, name: &str, check: Check<'_>) -> Result<CredentialRecord> {
+    store.update(|records| {
         let Some(pos) = records
             .iter()
             .position(|r| r.name == name && r.kind == kind)
@@ -144,7 +144,7 @@ pub fn delete(path: &Path, kind: Kind, name: &str, check: Check<'_>) -> Result<C
 /// credential of that name (run before anything is said of it); its secret
 /// stays the same. Returns the key before and after.
 pub fn update_key(
-    path: &Path,
+    store: &Store,
     name: &str,
     rename: Option<String>,
     level: Option<Level>,
@@ -155,7 +155,7 @@ pub fn update_key(
             Problem::Invalid("nothing to change: give a new name and/or a level".into()).into(),
         );
     }
-    store::update(path, |records| {
+    store.update(|records| {
         let taken = rename
             .as_ref()
             .is_some_and(|new| new != name && records.iter().any(|r| &r.name == new));
@@ -213,8 +213,9 @@ pub fn listed(r: &CredentialRecord) -> serde_json::Value {
 }
 
 /// The listing: every field but the hash, never a secret.
-pub fn list(path: &Path, kind: Kind, json: bool, out: &mut dyn std::io::Write) -> Result<()> {
-    let records: Vec<CredentialRecord> = store::load(path)?
+pub fn list(store: &Store, kind: Kind, json: bool, out: &mut dyn std::io::Write) -> Result<()> {
+    let records: Vec<CredentialRecord> = store
+        .load()?
         .into_iter()
         .filter(|r| r.kind == kind)
         .collect();
@@ -294,35 +295,36 @@ mod tests {
     fn lifecycle_keeps_no_secret() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.json");
-        let (token, _) = create(&path, Kind::Token, new("t")).unwrap();
-        let (key, _) = create(&path, Kind::Key, new("k")).unwrap();
+        let store = Store::File(path.clone());
+        let (token, _) = create(&store, Kind::Token, new("t")).unwrap();
+        let (key, _) = create(&store, Kind::Key, new("k")).unwrap();
         let raw = std::fs::read_to_string(&path).unwrap();
         assert!(!raw.contains(&token) && !raw.contains(&key));
         assert!(!raw.contains(&token[4..]) && !raw.contains(key.split('/').next().unwrap()));
-        let records = store::load(&path).unwrap();
+        let records = store.load().unwrap();
         assert_eq!(records[0].level, Level::Standard, "tokens are standard");
         assert_eq!(records[1].level, Level::Admin);
         let mut out = Vec::new();
-        list(&path, Kind::Token, false, &mut out).unwrap();
+        list(&store, Kind::Token, false, &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("fus_****") && !text.contains(&token));
         assert!(
-            create(&path, Kind::Key, new("t")).is_err(),
+            create(&store, Kind::Key, new("t")).is_err(),
             "names are unique across kinds"
         );
         assert!(
-            update_key(&path, "t", Some("x".into()), None, &anyone).is_err(),
+            update_key(&store, "t", Some("x".into()), None, &anyone).is_err(),
             "tokens cannot be renamed"
         );
         update_key(
-            &path,
+            &store,
             "k",
             Some("k2".into()),
             Some(Level::Architect),
             &anyone,
         )
         .unwrap();
-        let records = store::load(&path).unwrap();
+        let records = store.load().unwrap();
         assert_eq!(records[1].name, "k2");
         assert_eq!(records[1].level, Level::Architect);
         assert_eq!(
@@ -330,17 +332,18 @@ mod tests {
             sessiongate_core::hash_hex(&sessiongate_core::hash_secret(key.as_bytes())),
             "the key's value stays the same"
         );
-        delete(&path, Kind::Token, "t", &anyone).unwrap();
-        assert!(delete(&path, Kind::Token, "t", &anyone).is_err());
-        assert_eq!(store::load(&path).unwrap().len(), 1);
+        delete(&store, Kind::Token, "t", &anyone).unwrap();
+        assert!(delete(&store, Kind::Token, "t", &anyone).is_err());
+        assert_eq!(store.load().unwrap().len(), 1);
     }
 
     #[test]
     fn corrupt_store_is_an_error_naming_the_file_and_is_kept() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.json");
+        let store = Store::File(path.clone());
         std::fs::write(&path, b"{ not json").unwrap();
-        let e = create(&path, Kind::Token, new("t"))
+        let e = create(&store, Kind::Token, new("t"))
             .unwrap_err()
             .to_string();
         assert!(e.contains("bad.json") && e.contains("corrupt"), "{e}");
@@ -351,17 +354,18 @@ mod tests {
     fn concurrent_writers_lose_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.json");
+        let store = Store::File(path.clone());
         std::thread::scope(|s| {
             for t in 0..8 {
-                let path = &path;
+                let store = &store;
                 s.spawn(move || {
                     for i in 0..10 {
-                        create(path, Kind::Token, new(&format!("t{t}-{i}"))).unwrap();
+                        create(store, Kind::Token, new(&format!("t{t}-{i}"))).unwrap();
                     }
                 });
             }
         });
-        assert_eq!(store::load(&path).unwrap().len(), 80);
+        assert_eq!(store.load().unwrap().len(), 80);
     }
 
     #[test]

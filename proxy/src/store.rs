@@ -18,24 +18,118 @@ use sessiongate_core::{CredentialRecord, CredentialSet, CredentialSetBuilder};
 pub use crate::etcd_store::Document;
 use crate::etcd_store::EtcdStore;
 
-/// Reads the store's records, in order (what the CLI edits). A missing file
-/// is an empty store; anything unreadable is an error naming the file, never
-/// silently treated as empty.
-pub fn load(path: &Path) -> Result<Vec<CredentialRecord>> {
-    if let Some(etcd) = EtcdStore::parse(path) {
-        return etcd?.load();
-    }
-    load_set(path).map(|set| set.records())
+/// The token store, opened once (a `--store` value parsed, its etcd client
+/// made and logged in once): a JSON file, or keys in etcd.
+#[derive(Clone)]
+pub enum Store {
+    /// One JSON file of records; what is kept with it sits beside it.
+    File(PathBuf),
+    /// Keys under a prefix in etcd.
+    Etcd(EtcdStore),
 }
 
-/// Reads the store into the set a gate uses (what `serve` and the config
-/// commands load). A missing file is an empty store. Read a piece at a time,
-/// its records parsed on every core: a million credentials load in well under
-/// a second, and the file is never in memory whole (BENCHMARKS.md, target 5).
-pub fn load_set(path: &Path) -> Result<CredentialSet> {
-    if let Some(etcd) = EtcdStore::parse(path) {
-        return etcd?.load_set();
+impl Store {
+    /// The store `location` names: `etcd://…`, or a file's path (which need
+    /// not exist: a missing file is an empty store).
+    pub fn open(location: &Path) -> Result<Store> {
+        match EtcdStore::parse(location) {
+            Some(etcd) => etcd.map(Store::Etcd),
+            None => Ok(Store::File(location.to_owned())),
+        }
     }
+
+    /// The store as the user named it, for messages.
+    pub fn location(&self) -> String {
+        match self {
+            Store::File(path) => path.display().to_string(),
+            Store::Etcd(etcd) => etcd.location(),
+        }
+    }
+
+    /// A file store that is not there (`check` says so; `serve` takes it
+    /// for an empty store).
+    pub fn is_missing_file(&self) -> bool {
+        matches!(self, Store::File(path) if !path.exists())
+    }
+
+    /// Reads the store's records, in order (what the CLI edits). A missing
+    /// file is an empty store; anything unreadable is an error naming the
+    /// file, never silently treated as empty.
+    pub fn load(&self) -> Result<Vec<CredentialRecord>> {
+        match self {
+            Store::File(path) => load_set(path).map(|set| set.records()),
+            Store::Etcd(etcd) => etcd.load(),
+        }
+    }
+
+    /// Reads the store into the set a gate uses (what `serve` and the config
+    /// commands load).
+    pub fn load_set(&self) -> Result<CredentialSet> {
+        match self {
+            Store::File(path) => load_set(path),
+            Store::Etcd(etcd) => etcd.load_set(),
+        }
+    }
+
+    /// Runs `change` on the records and writes the result: for a file under
+    /// its exclusive lock, atomically; in etcd in one txn, retried on a
+    /// fresh read when another change got there first.
+    pub fn update<T>(
+        &self,
+        change: impl FnMut(&mut Vec<CredentialRecord>) -> Result<T>,
+    ) -> Result<T> {
+        match self {
+            Store::File(path) => update(path, change),
+            Store::Etcd(etcd) => etcd.update(change),
+        }
+    }
+
+    /// The documents of `T`'s collection kept with the store: in etcd
+    /// beside the credentials, or for a file store in
+    /// `NAME.COLLECTION.json` next to it (a JSON list). Missing: none.
+    pub fn load_documents<T: Document>(&self) -> Result<Vec<T>> {
+        match self {
+            Store::File(path) => load_documents(path),
+            Store::Etcd(etcd) => etcd.load_documents(),
+        }
+    }
+
+    /// Runs `change` on the documents of `T`'s collection, with the same
+    /// guarantees as [`Store::update`].
+    pub fn update_documents<T: Document, R>(
+        &self,
+        change: impl FnMut(&mut Vec<T>) -> Result<R>,
+    ) -> Result<R> {
+        match self {
+            Store::File(path) => update_documents(path, change),
+            Store::Etcd(etcd) => etcd.update_documents(change),
+        }
+    }
+
+    /// Appends one line (no newline in it) to the store's log `collection`:
+    /// in etcd a key per line, for a file store `NAME.COLLECTION.jsonl`
+    /// next to it, written and synced under its lock.
+    pub fn append_line(&self, collection: &str, at_ms: u64, line: &[u8]) -> Result<()> {
+        match self {
+            Store::File(path) => append_line(path, collection, line),
+            Store::Etcd(etcd) => etcd.append(collection, at_ms, line),
+        }
+    }
+
+    /// The lines of the store's log `collection`, oldest first.
+    pub fn lines(&self, collection: &str) -> Result<Vec<Vec<u8>>> {
+        match self {
+            Store::File(path) => lines(path, collection),
+            Store::Etcd(etcd) => etcd.lines(collection),
+        }
+    }
+}
+
+/// A file store's records into the set a gate uses. A missing file is an
+/// empty store. Read a piece at a time, its records parsed on every core: a
+/// million credentials load in well under a second, and the file is never
+/// in memory whole (BENCHMARKS.md, target 5).
+fn load_set(path: &Path) -> Result<CredentialSet> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(CredentialSet::default()),
@@ -264,18 +358,12 @@ fn write_atomically(path: &Path, json: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Runs `change` on the records under the store's exclusive lock, then writes
-/// the result atomically.
-pub fn update<T>(
+fn update<T>(
     path: &Path,
-    change: impl FnMut(&mut Vec<CredentialRecord>) -> Result<T>,
+    mut change: impl FnMut(&mut Vec<CredentialRecord>) -> Result<T>,
 ) -> Result<T> {
-    let mut change = change;
-    if let Some(etcd) = EtcdStore::parse(path) {
-        return etcd?.update(change);
-    }
     let lock = lock(path)?;
-    let mut records = load(path)?;
+    let mut records = load_set(path)?.records();
     let out = change(&mut records)?;
     write_atomically(path, &sessiongate_core::store_format::serialize(&records))?;
     drop(lock);
@@ -306,13 +394,7 @@ fn beside(store: &Path, what: &str) -> PathBuf {
     store.with_file_name(name)
 }
 
-/// The documents of `T`'s collection kept with the store: in etcd beside the
-/// credentials, or for a file store in `NAME.COLLECTION.json` next to it
-/// (a JSON list). Missing: none.
-pub fn load_documents<T: Document>(store: &Path) -> Result<Vec<T>> {
-    if let Some(etcd) = EtcdStore::parse(store) {
-        return etcd?.load_documents();
-    }
+fn load_documents<T: Document>(store: &Path) -> Result<Vec<T>> {
     let path = beside(store, &format!("{}.json", T::COLLECTION));
     match fs::read(&path) {
         Ok(bytes) => {
@@ -323,15 +405,10 @@ pub fn load_documents<T: Document>(store: &Path) -> Result<Vec<T>> {
     }
 }
 
-/// Runs `change` on the documents of `T`'s collection under the same
-/// locking and atomic writes as the credentials.
-pub fn update_documents<T: Document, R>(
+fn update_documents<T: Document, R>(
     store: &Path,
     mut change: impl FnMut(&mut Vec<T>) -> Result<R>,
 ) -> Result<R> {
-    if let Some(etcd) = EtcdStore::parse(store) {
-        return etcd?.update_documents(change);
-    }
     let path = beside(store, &format!("{}.json", T::COLLECTION));
     let lock = lock(&path)?;
     let mut documents = load_documents(store)?;
@@ -343,13 +420,7 @@ pub fn update_documents<T: Document, R>(
     Ok(out)
 }
 
-/// Appends one line (no newline in it) to the store's log `collection`: in
-/// etcd a key per line, for a file store `NAME.COLLECTION.jsonl` next to
-/// it, written and synced under its lock.
-pub fn append_line(store: &Path, collection: &str, at_ms: u64, line: &[u8]) -> Result<()> {
-    if let Some(etcd) = EtcdStore::parse(store) {
-        return etcd?.append(collection, at_ms, line);
-    }
+fn append_line(store: &Path, collection: &str, line: &[u8]) -> Result<()> {
     let path = beside(store, &format!("{collection}.jsonl"));
     let lock = lock(&path)?;
     let mut opts = OpenOptions::new();
@@ -367,11 +438,7 @@ pub fn append_line(store: &Path, collection: &str, at_ms: u64, line: &[u8]) -> R
     Ok(())
 }
 
-/// The lines of the store's log `collection`, oldest first.
-pub fn lines(store: &Path, collection: &str) -> Result<Vec<Vec<u8>>> {
-    if let Some(etcd) = EtcdStore::parse(store) {
-        return etcd?.lines(collection);
-    }
+fn lines(store: &Path, collection: &str) -> Result<Vec<Vec<u8>>> {
     let path = beside(store, &format!("{collection}.jsonl"));
     match fs::read(&path) {
         Ok(bytes) => Ok(bytes

@@ -4,15 +4,14 @@
 //! under the same locking and atomic writes. A user's login secret is shown
 //! once; only its SHA-256 is kept, as for every credential.
 
-use std::path::Path;
-
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 use sessiongate_core::{Manager, Permission, Role, hash_hex, hash_secret, is_valid_id};
 
 use crate::etcd_store::Document;
 use crate::secret::LOGIN_PREFIX;
-use crate::{manage, secret, store};
+use crate::store::Store;
+use crate::{manage, secret};
 
 /// A user as stored: never the login secret, only its SHA-256.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,7 +51,7 @@ impl User {
 
 /// Creates a user; returns the login secret (shown once) and the user kept.
 pub fn create(
-    store_path: &Path,
+    store: &Store,
     name: &str,
     customer: &str,
     role: Role,
@@ -76,7 +75,7 @@ pub fn create(
         hint: format!("{LOGIN_PREFIX}****{}", &secret[secret.len() - 3..]),
         created: manage::now_ms(),
     };
-    store::update_documents(store_path, |users: &mut Vec<User>| {
+    store.update_documents(|users: &mut Vec<User>| {
         if users.iter().any(|u| u.name == user.name) {
             bail!("a user named {:?} already exists", user.name);
         }
@@ -88,8 +87,8 @@ pub fn create(
 
 /// Deletes a user (their credentials stay, owned by a name no one holds,
 /// managed by the account's admins); returns who it was.
-pub fn delete(store_path: &Path, name: &str) -> Result<User> {
-    store::update_documents(store_path, |users: &mut Vec<User>| {
+pub fn delete(store: &Store, name: &str) -> Result<User> {
+    store.update_documents(|users: &mut Vec<User>| {
         let Some(pos) = users.iter().position(|u| u.name == name) else {
             bail!("no user named {name:?}");
         };
@@ -97,8 +96,8 @@ pub fn delete(store_path: &Path, name: &str) -> Result<User> {
     })
 }
 
-pub fn load(store_path: &Path) -> Result<Vec<User>> {
-    store::load_documents(store_path)
+pub fn load(store: &Store) -> Result<Vec<User>> {
+    store.load_documents()
 }
 
 /// The user whose login secret this is, if any. The digest is compared, as
@@ -112,8 +111,8 @@ pub fn authenticate(users: &[User], secret: &str) -> Option<User> {
 }
 
 /// `user list`: every field but the hash.
-pub fn list(store_path: &Path, json: bool, out: &mut dyn std::io::Write) -> Result<()> {
-    let users = load(store_path)?;
+pub fn list(store: &Store, json: bool, out: &mut dyn std::io::Write) -> Result<()> {
+    let users = load(store)?;
     if json {
         let rows: Vec<serde_json::Value> = users
             .iter()
@@ -159,8 +158,9 @@ mod tests {
     fn users_are_kept_hashed_and_unique() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tokens.json");
+        let store = Store::File(path.clone());
         let (secret, _) = create(
-            &path,
+            &store,
             "ann",
             "acme",
             Role::Architect,
@@ -170,14 +170,14 @@ mod tests {
         assert!(secret.starts_with(LOGIN_PREFIX) && secret.len() == 44);
         let raw = std::fs::read_to_string(dir.path().join("tokens.users.json")).unwrap();
         assert!(!raw.contains(&secret) && !raw.contains(&secret[4..]));
-        let users = load(&path).unwrap();
+        let users = load(&store).unwrap();
         assert_eq!(users[0].permissions, [Permission::TokensView]);
         assert_eq!(authenticate(&users, &secret).unwrap().name, "ann");
         assert!(authenticate(&users, "sgu_wrong").is_none());
-        assert!(create(&path, "ann", "globex", Role::Admin, vec![]).is_err());
-        assert!(create(&path, "b/c", "acme", Role::Admin, vec![]).is_err());
-        delete(&path, "ann").unwrap();
-        assert!(delete(&path, "ann").is_err());
-        assert!(load(&path).unwrap().is_empty());
+        assert!(create(&store, "ann", "globex", Role::Admin, vec![]).is_err());
+        assert!(create(&store, "b/c", "acme", Role::Admin, vec![]).is_err());
+        delete(&store, "ann").unwrap();
+        assert!(delete(&store, "ann").is_err());
+        assert!(load(&store).unwrap().is_empty());
     }
 }

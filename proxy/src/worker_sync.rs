@@ -8,29 +8,23 @@
 //! environment, never the command line.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use sessiongate_edge_worker::credential_store::{Applied, Batch, SYNC_BATCH, diff};
 
-use crate::store;
+use crate::store::Store;
 
 /// The environment variable holding the Worker's admin secret.
 pub const ADMIN_SECRET_ENV: &str = "SESSIONGATE_ADMIN_SECRET";
 
-pub fn run(
-    store_path: &Path,
-    url: &str,
-    dry_run: bool,
-    out: &mut dyn std::io::Write,
-) -> Result<()> {
+pub fn run(store: &Store, url: &str, dry_run: bool, out: &mut dyn std::io::Write) -> Result<()> {
     let secret = std::env::var(ADMIN_SECRET_ENV)
         .map_err(|_| anyhow!("set {ADMIN_SECRET_ENV} to the Worker's admin secret"))?;
     let base = url.trim_end_matches('/');
     if !(base.starts_with("http://") || base.starts_with("https://")) {
         bail!("--url must be the Worker's http:// or https:// origin, not {url:?}");
     }
-    let wanted = store::load(store_path)?;
+    let wanted = store.load()?;
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()

@@ -465,6 +465,52 @@ fn the_limiter_logs_in_to_an_etcd_with_authentication() {
         "the component on an authenticated etcd: {}\n{log}",
         r.text()
     );
+
+    // The console opens the store once: its requests share one etcd token,
+    // logging in again only when etcd's 2 s token expires.
+    let user = cli(
+        &[
+            "user",
+            "create",
+            "--store",
+            &store,
+            "--customer",
+            "acme",
+            "--name",
+            "ada",
+            "--role",
+            "admin",
+            "--permission",
+            "api_tokens:view",
+        ],
+        "gatepw",
+    );
+    assert!(
+        user.status.success(),
+        "{}",
+        String::from_utf8_lossy(&user.stderr)
+    );
+    let login = String::from_utf8(user.stdout).unwrap().trim().to_owned();
+    let mut command = Command::new(common::BIN);
+    command
+        .args(["console", "--listen", "127.0.0.1:0", "--store", &store])
+        .env("SESSIONGATE_ETCD_PASSWORD", "gatepw");
+    let console = Server::spawn(command, config_path);
+    let ada = common::console::As::new(console.addr, &login);
+    let (before, started) = (logins(), Instant::now());
+    const REQUESTS: u32 = 10;
+    for _ in 0..REQUESTS {
+        assert_eq!(ada.names("tokens"), ["authed"]);
+    }
+    let (made, took) = (logins() - before, started.elapsed());
+    // One login per expiry at most, and one more for a token that expired
+    // between two requests.
+    let expiries = (took.as_secs_f64() / 2.0).ceil();
+    assert!(
+        made <= expiries + 1.0 && made < f64::from(REQUESTS),
+        "{REQUESTS} console requests in {took:?} logged in {made} times\n{}",
+        console.log_text()
+    );
 }
 
 /// The fleet's token store goes away: `serve` keeps the last good

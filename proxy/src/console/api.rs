@@ -126,7 +126,9 @@ fn list(console: &Console, manager: &Manager<'_>, kind: Kind) -> Result<Reply> {
     if kind == Kind::Token {
         manager.may_list_tokens()?;
     }
-    let rows: Vec<serde_json::Value> = crate::store::load(&console.store)?
+    let rows: Vec<serde_json::Value> = console
+        .store
+        .load()?
         .iter()
         .filter(|r| r.kind == kind && manager.lists(r))
         .map(listed)

@@ -26,6 +26,7 @@ use sessiongate_core::{ErrorCode, GateError};
 
 use crate::log;
 use crate::serve::connections::{Limits, serve_side_listener};
+use crate::store::Store;
 use crate::users::{self, User};
 
 pub use session::COOKIE;
@@ -48,7 +49,8 @@ pub struct ConsoleArgs {
 
 /// What every request of the console shares.
 pub struct Console {
-    store: PathBuf,
+    /// Opened once: an etcd store logs in once, not per request.
+    store: Store,
     sessions: session::Sessions,
     secure_cookie: bool,
 }
@@ -68,10 +70,11 @@ const MAX_BODY: usize = 64 * 1024;
 pub fn run(args: ConsoleArgs) -> Result<()> {
     log::set_format(args.log_format);
     // Fail now, not on the first request, if the store cannot be read.
-    crate::store::load(&args.store)?;
-    users::load(&args.store)?;
+    let store = Store::open(&args.store)?;
+    store.load()?;
+    users::load(&store)?;
     let console = Arc::new(Console {
-        store: args.store,
+        store,
         sessions: session::Sessions::default(),
         secure_cookie: args.secure_cookie,
     });

@@ -109,14 +109,14 @@ fn scrape(app: &App) -> Scrape {
 /// Each check, and whether all pass.
 async fn readiness(app: &App) -> (bool, Value) {
     let credentials = {
-        let loaded = app.store.loaded.load(Ordering::Relaxed);
+        let loaded = app.store_health.loaded.load(Ordering::Relaxed);
         let error = app
-            .store
+            .store_health
             .error
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        let store = app.store_path.display();
+        let store = app.store.location();
         let count = app.credential_count();
         match (loaded, error) {
             (true, None) => check(true, format!("{count} credential(s) from {store}")),

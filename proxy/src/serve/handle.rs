@@ -17,13 +17,14 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use sessiongate_core::{Backend, RATELIMIT_HEADER, RATELIMIT_POLICY_HEADER, is_per_hop};
+use sessiongate_etcd::{HttpAnswer, HttpCall};
 use sessiongate_spin::CLIENT_ADDR_HEADER;
 
 use super::body::Chunks;
 use super::pool::Pool;
 use super::{App, Runner};
 use crate::component::ComponentHost;
-use crate::host::{HeaderList, LocalReply, RequestPhase};
+use crate::host::{CallResponse, Callout, HeaderList, LocalReply, RequestPhase};
 use crate::log;
 
 fn request_headers<B>(req: &Request<B>) -> HeaderList {
@@ -239,9 +240,9 @@ async fn finish_filter(app: &App, pool: &Pool, waiting: Waiting) -> (Response<Ch
         phase = Err(anyhow!("the filter paused on no call"));
         for call in calls {
             let cluster = app.clusters.iter().find(|c| c.name() == call.cluster);
-            let response = match cluster {
-                Some(cluster) => cluster.send(&call).await,
-                None => None,
+            let response = match (cluster, http_call(&call)) {
+                (Some(cluster), Some(http)) => cluster.send(&http).await.map(call_response),
+                _ => None,
             };
             phase = pool.with_vm(vm, |v| v.on_call_response(context, call.token, response));
             if !matches!(phase, Ok(RequestPhase::Paused { .. })) {
@@ -337,6 +338,41 @@ async fn forward(
     tokio::time::timeout(live.upstream_timeout, exchange)
         .await
         .map_err(|_| anyhow!("timed out after {:?}", live.upstream_timeout))?
+}
+
+/// A filter's callout as the cluster sends it (`None` without `:method`
+/// or `:path`: a call the filter could not have meant, failed as Envoy
+/// fails it).
+fn http_call(call: &Callout) -> Option<HttpCall> {
+    let pseudo = |name: &str| {
+        call.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    };
+    Some(HttpCall {
+        method: pseudo(":method")?,
+        path: pseudo(":path")?,
+        headers: call
+            .headers
+            .iter()
+            .filter(|(k, _)| !k.starts_with(':'))
+            .cloned()
+            .collect(),
+        body: call.body.clone(),
+        timeout_ms: call.timeout_ms,
+    })
+}
+
+/// A member's answer as the filter reads it: the status as `:status`.
+fn call_response(answer: HttpAnswer) -> CallResponse {
+    let mut headers = vec![(":status".to_owned(), answer.status.to_string().into_bytes())];
+    headers.extend(answer.headers);
+    CallResponse {
+        headers,
+        body: answer.body,
+        trailers: Vec::new(),
+    }
 }
 
 #[cfg(test)]

@@ -41,7 +41,7 @@ use crate::component::{ComponentHost, KeyValue, Semantics};
 use crate::host::Plugin;
 use crate::log;
 use crate::parse_errors::JsonParseErrors;
-use crate::store;
+use crate::store::Store;
 use access_log::AccessLog;
 use connections::{
     AcceptErrors, Activity, Admission, Limits, Phase, Refusal, Ticket, Tracked, supervise,
@@ -148,14 +148,15 @@ struct App {
     runner: Runner,
     access_log: AccessLog,
     /// The clusters the filter's `proxy_http_call`s go to (etcd's members).
-    clusters: Vec<Arc<crate::cluster::Cluster>>,
+    clusters: Vec<Arc<sessiongate_etcd::Cluster>>,
     metrics: Arc<Metrics>,
     admission: Arc<Admission>,
     accept_errors: Mutex<AcceptErrors>,
     live: RwLock<Arc<Live>>,
     gate: Mutex<GateParts>,
-    store_path: PathBuf,
-    store: StoreHealth,
+    /// The token store, opened once.
+    store: Store,
+    store_health: StoreHealth,
 }
 
 impl App {
@@ -280,7 +281,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
     log::set_format(settings.log_format);
     let started = Instant::now();
     let store_health = StoreHealth::default();
-    let credentials = match store::load_set(&settings.store) {
+    let store = Store::open(&settings.store)?;
+    let credentials = match store.load_set() {
         Ok(credentials) => {
             store_health.loaded.store(true, Ordering::Relaxed);
             credentials
@@ -291,7 +293,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             log::error(format_args!(
                 "token store {} could not be loaded: {e:#}. \
                  Starting with no credentials (not ready) until it can.",
-                settings.store.display()
+                store.location()
             ));
             *store_health
                 .error
@@ -347,8 +349,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
             },
             credentials,
         }),
-        store_path: settings.store.clone(),
-        store: store_health,
+        store,
+        store_health,
     });
     // One single-threaded runtime per worker, each with its own listener on
     // the same port (SO_REUSEPORT, as nginx's workers) and its own VM: no
@@ -410,17 +412,17 @@ fn fail_shared_data_if_asked(shared: &crate::host::SharedData, failing: bool) {
     shared.set_failing(failing);
 }
 
-fn clusters(settings: &Settings) -> Vec<Arc<crate::cluster::Cluster>> {
+fn clusters(settings: &Settings) -> Vec<Arc<sessiongate_etcd::Cluster>> {
     if settings.etcd.is_empty() {
         return Vec::new();
     }
-    let cluster = crate::cluster::Cluster::new(settings::ETCD_CLUSTER, settings.etcd.clone());
+    let cluster = sessiongate_etcd::Cluster::new(settings::ETCD_CLUSTER, settings.etcd.clone());
     let cluster = match &settings.gate.limiter {
         LimiterStore::Etcd {
             user: Some(user),
             password: Some(password),
             ..
-        } => cluster.with_login(crate::cluster::Login {
+        } => cluster.with_login(sessiongate_etcd::Login {
             user: user.clone(),
             password: password.clone(),
         }),
@@ -470,7 +472,7 @@ fn component_runner(
     path: &Path,
     config: Arc<Vec<u8>>,
     settings: &Settings,
-    clusters: &[Arc<crate::cluster::Cluster>],
+    clusters: &[Arc<sessiongate_etcd::Cluster>],
     semantics: Semantics,
 ) -> Result<Runner> {
     let engine = crate::component::engine()?;

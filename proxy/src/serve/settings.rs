@@ -4,10 +4,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::cluster::{Login, PASSWORD_VARIABLE};
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde::Deserialize;
 use sessiongate_core::{Backend, CredentialSet, GateConfig, LimitConfig, LimiterStore};
+use sessiongate_etcd::{Login, PASSWORD_VARIABLE};
 
 use super::ServeArgs;
 use super::connections::{Limits, default_max_connections};
@@ -65,7 +65,7 @@ struct LimitSection {
     /// How long one call to etcd may take, failovers included.
     timeout_ms: Option<u32>,
     /// etcd's user, when its authentication is on (its password in
-    /// `SESSIONGATE_ETCD_PASSWORD`, as every etcd client's: `cluster::Login`).
+    /// `SESSIONGATE_ETCD_PASSWORD`, as every etcd client's: `sessiongate_etcd::Login`).
     etcd_user: Option<String>,
     /// Refused with a pointer to the environment: a password is never read
     /// from a file.

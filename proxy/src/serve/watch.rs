@@ -1,6 +1,6 @@
 //! Watching the token store: a change reaches the gate within a poll period.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use super::App;
 use super::metrics::bump;
 use crate::etcd_store::EtcdStore;
 use crate::log;
-use crate::store;
+use crate::store::Store;
 
 /// How often the store is looked at: the longest a change waits to reach
 /// the gate, besides loading it.
@@ -31,10 +31,10 @@ pub(super) fn gate_config_json(base: &GateConfig, credentials: CredentialSet) ->
 /// An unreadable or corrupt store is logged loudly and the last good
 /// credentials stay in force: never everything, never nothing by accident.
 pub(super) async fn watch_store(app: Arc<App>) {
-    let path = app.store_path.clone();
-    if let Some(Ok(etcd)) = EtcdStore::parse(&path) {
-        return watch_etcd(app, etcd, path).await;
-    }
+    let path = match &app.store {
+        Store::File(path) => path.clone(),
+        Store::Etcd(etcd) => return watch_etcd(app.clone(), etcd.clone()).await,
+    };
     let stamp = |p: &Path| {
         std::fs::metadata(p).ok().map(|m| {
             #[cfg(unix)]
@@ -58,40 +58,45 @@ pub(super) async fn watch_store(app: Arc<App>) {
         let reloaded = if now.is_none() {
             Err(anyhow!("the file is gone"))
         } else {
-            let loaded =
-                store::load_set(&path).and_then(|credentials| app.set_credentials(credentials));
+            let loaded = app
+                .store
+                .load_set()
+                .and_then(|credentials| app.set_credentials(credentials));
             crate::allocator::release_freed_memory();
             loaded
         };
-        reported(&app, &path, reloaded);
+        reported(&app, reloaded);
     }
 }
 
 /// Logs and counts a reload, and keeps what `/readyz` says of the store.
-fn reported(app: &App, path: &Path, reloaded: Result<()>) -> bool {
+fn reported(app: &App, reloaded: Result<()>) -> bool {
     let mut error = app
-        .store
+        .store_health
         .error
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     match reloaded {
         Ok(()) => {
             bump(&app.metrics.store_reloads_ok);
-            app.store.loaded.store(true, Ordering::Relaxed);
+            app.store_health.loaded.store(true, Ordering::Relaxed);
             *error = None;
-            log::info(format_args!("token store reloaded: {}", path.display()));
+            log::info(format_args!(
+                "token store reloaded: {}",
+                app.store.location()
+            ));
             true
         }
         Err(e) => {
             bump(&app.metrics.store_reloads_failed);
-            let kept = if app.store.loaded.load(Ordering::Relaxed) {
+            let kept = if app.store_health.loaded.load(Ordering::Relaxed) {
                 "Keeping the last good credentials."
             } else {
                 "Still no credentials (not ready)."
             };
             log::error(format_args!(
                 "token store {} could not be loaded: {e:#}. {kept}",
-                path.display()
+                app.store.location()
             ));
             *error = Some(format!("{e:#}"));
             false
@@ -102,7 +107,7 @@ fn reported(app: &App, path: &Path, reloaded: Result<()>) -> bool {
 /// The same for a store in etcd: the credentials' keys (count and newest
 /// revision) are polled, and a change reloads them. A failure keeps the
 /// last good credentials and is logged once until it mends.
-async fn watch_etcd(app: Arc<App>, etcd: EtcdStore, path: PathBuf) {
+async fn watch_etcd(app: Arc<App>, etcd: EtcdStore) {
     let mut last = {
         let etcd = etcd.clone();
         tokio::task::spawn_blocking(move || etcd.signature())
@@ -110,7 +115,7 @@ async fn watch_etcd(app: Arc<App>, etcd: EtcdStore, path: PathBuf) {
             .ok()
             .and_then(Result::ok)
     };
-    let mut failing = !app.store.loaded.load(Ordering::Relaxed);
+    let mut failing = !app.store_health.loaded.load(Ordering::Relaxed);
     let mut interval = tokio::time::interval(POLL);
     loop {
         interval.tick().await;
@@ -126,7 +131,7 @@ async fn watch_etcd(app: Arc<App>, etcd: EtcdStore, path: PathBuf) {
             Ok(p) => p,
             Err(e) => {
                 if !failing {
-                    reported(&app, &path, Err(e.context("cannot be read")));
+                    reported(&app, Err(e.context("cannot be read")));
                 }
                 failing = true;
                 continue;
@@ -144,7 +149,7 @@ async fn watch_etcd(app: Arc<App>, etcd: EtcdStore, path: PathBuf) {
         .map_err(|e| anyhow!("{e}"))
         .and_then(|r| r)
         .and_then(|credentials| app.set_credentials(credentials));
-        if reported(&app, &path, reloaded) {
+        if reported(&app, reloaded) {
             last = Some(now);
             failing = false;
         } else {
