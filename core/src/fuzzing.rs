@@ -114,24 +114,6 @@ pub fn config(data: &[u8]) {
     }
 }
 
-/// Any bytes as a token store: an error or records the gate accepts; and
-/// read a piece at a time (as `sessiongate` reads a large store), the same.
-pub fn store(data: &[u8]) {
-    let whole = crate::store_format::parse_set(data);
-    for piece in [1, 7, data.len() / 3 + 1] {
-        let pieces = crate::store_format::parse_pieces(data.chunks(piece));
-        assert_eq!(
-            pieces.as_ref().ok(),
-            whole.as_ref().ok(),
-            "pieces of {piece}: {pieces:?} vs {whole:?}"
-        );
-    }
-    if let Ok(records) = whole.map(|set| set.records()) {
-        let again = crate::store_format::serialize(&records);
-        assert_eq!(crate::store_format::parse(&again).ok(), Some(records));
-    }
-}
-
 /// A limiter state as a shared store may hold it: anything. The first byte
 /// picks a limit of 1 to 50; the rest is the stored value. One step never
 /// panics; it refuses the state as corrupt exactly when `decode` does, and

@@ -25,10 +25,6 @@ mod query;
 mod route;
 mod stub;
 
-/// The token store's file format, cut into records a piece at a time: the
-/// CLI's loader of large stores, apart from everything a gate runs.
-pub mod store_format;
-
 #[cfg(any(test, feature = "testing"))]
 pub mod fixtures;
 #[cfg(any(test, feature = "testing"))]

@@ -33,10 +33,6 @@ fn config_inputs() {
     assert!(replay("config", fuzzing::config) >= 2);
 }
 
-#[test]
-fn store_inputs() {
-    assert!(replay("store", fuzzing::store) >= 1);
-}
 
 #[test]
 fn limiter_inputs() {

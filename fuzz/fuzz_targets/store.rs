@@ -1,4 +1,4 @@
 #![no_main]
-//! See `sessiongate_core::fuzzing::store` for the input shape and the invariants.
+//! See `sessiongate_store::fuzzing::store` for the input shape and the invariants.
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| sessiongate_core::fuzzing::store(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| sessiongate_store::fuzzing::store(data));

@@ -3,19 +3,13 @@
 //! store and credential management.
 
 pub mod allocator;
-pub mod audit;
 pub mod backing;
 pub mod component;
 pub mod console;
-pub mod etcd_store;
 pub mod host;
 pub mod log;
-pub mod manage;
 pub mod parse_errors;
-pub mod secret;
 pub mod serve;
 pub mod shared_data;
-pub mod store;
-pub mod users;
 pub mod wasmx;
 pub mod worker_sync;

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use anyhow::{Context as _, Result, anyhow, bail};
 use sessiongate_edge_worker::credential_store::{Applied, Batch, SYNC_BATCH, diff};
 
-use crate::store::Store;
+use sessiongate_store::Store;
 
 /// The environment variable holding the Worker's admin secret.
 pub const ADMIN_SECRET_ENV: &str = "SESSIONGATE_ADMIN_SECRET";

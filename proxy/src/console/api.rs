@@ -1,6 +1,6 @@
 //! The console's JSON API, `/api/v1/…`: each route checks the rules of
 //! contract section 7 (core's [`Manager`]) and makes its change through
-//! [`crate::manage`], under the store's lock, then appends to the audit log.
+//! [`sessiongate_store::manage`], under the store's lock, then appends to the audit log.
 
 use anyhow::Result;
 use http::{Method, StatusCode};
@@ -12,8 +12,8 @@ use sessiongate_core::{
 };
 
 use super::{Call, Console, Reply, error, json, store_failed};
-use crate::audit::{self, Action, Event};
-use crate::manage::{self, NewCredential, Problem, listed};
+use sessiongate_store::audit::{self, Action, Event};
+use sessiongate_store::manage::{self, NewCredential, Problem, listed};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

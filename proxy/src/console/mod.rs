@@ -26,8 +26,8 @@ use sessiongate_core::{ErrorCode, GateError};
 
 use crate::log;
 use crate::serve::connections::{Limits, serve_side_listener};
-use crate::store::Store;
-use crate::users::{self, User};
+use sessiongate_store::Store;
+use sessiongate_store::users::{self, User};
 
 pub use session::COOKIE;
 

@@ -8,7 +8,7 @@ use http::request::Parts;
 use http::{HeaderValue, Method, StatusCode, header};
 
 use super::{Console, Reply, reply, session};
-use crate::users;
+use sessiongate_store::users;
 
 const APP: &str = include_str!("page/app.html");
 const LOGIN: &str = include_str!("page/login.html");

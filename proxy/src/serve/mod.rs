@@ -41,7 +41,7 @@ use crate::component::{ComponentHost, KeyValue, Semantics};
 use crate::host::Plugin;
 use crate::log;
 use crate::parse_errors::JsonParseErrors;
-use crate::store::Store;
+use sessiongate_store::Store;
 use access_log::AccessLog;
 use connections::{
     AcceptErrors, Activity, Admission, Limits, Phase, Refusal, Ticket, Tracked, supervise,

@@ -11,9 +11,9 @@ use sessiongate_core::{CredentialSet, GateConfig};
 
 use super::App;
 use super::metrics::bump;
-use crate::etcd_store::EtcdStore;
+use sessiongate_store::EtcdStore;
 use crate::log;
-use crate::store::Store;
+use sessiongate_store::Store;
 
 /// How often the store is looked at: the longest a change waits to reach
 /// the gate, besides loading it.

@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
 use anyhow::{Context as _, Result};
-use sessiongate_core::store_format::{Splitter, parse_record};
+use crate::format::{Splitter, parse_record};
 use sessiongate_core::{CredentialRecord, CredentialSet, CredentialSetBuilder};
 
-pub use crate::etcd_store::Document;
+use crate::etcd_store::Document;
 use crate::etcd_store::EtcdStore;
 
 /// The token store, opened once (a `--store` value parsed, its etcd client
@@ -365,7 +365,7 @@ fn update<T>(
     let lock = lock(path)?;
     let mut records = load_set(path)?.records();
     let out = change(&mut records)?;
-    write_atomically(path, &sessiongate_core::store_format::serialize(&records))?;
+    write_atomically(path, &crate::format::serialize(&records))?;
     drop(lock);
     Ok(out)
 }
@@ -454,7 +454,7 @@ fn lines(store: &Path, collection: &str) -> Result<Vec<Vec<u8>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sessiongate_core::store_format::{parse_set, serialize};
+    use crate::format::{parse_set, serialize};
 
     use sessiongate_core::fixtures::numbered as records;
 

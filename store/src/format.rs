@@ -12,11 +12,13 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::credential::CredentialRecord;
-use crate::credential_set::{CredentialSet, CredentialSetBuilder};
+use sessiongate_core::CredentialRecord;
+#[cfg(any(test, feature = "testing"))]
+use sessiongate_core::{CredentialSet, CredentialSetBuilder};
 
-pub const FORMAT_VERSION: u32 = 1;
+pub(crate) const FORMAT_VERSION: u32 = 1;
 
+#[cfg(any(test, feature = "testing"))]
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StoreIn {
@@ -40,9 +42,10 @@ fn check_version(version: u32) -> Result<(), String> {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
 /// Parses a store into the set a gate uses; every record is checked as the
 /// gate will check it.
-pub fn parse_set(bytes: &[u8]) -> Result<CredentialSet, String> {
+pub(crate) fn parse_set(bytes: &[u8]) -> Result<CredentialSet, String> {
     let file: StoreIn = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     check_version(file.version)?;
     // Finished outside serde: a repeated name or secret is the list's
@@ -51,13 +54,14 @@ pub fn parse_set(bytes: &[u8]) -> Result<CredentialSet, String> {
     file.credentials.finish()
 }
 
+#[cfg(any(test, feature = "testing"))]
 /// Parses a store into its records, in order (what the CLI edits).
-pub fn parse(bytes: &[u8]) -> Result<Vec<CredentialRecord>, String> {
+pub(crate) fn parse(bytes: &[u8]) -> Result<Vec<CredentialRecord>, String> {
     parse_set(bytes).map(|set| set.records())
 }
 
 /// The file's bytes: pretty JSON and a final newline, for people who look.
-pub fn serialize(records: &[CredentialRecord]) -> Vec<u8> {
+pub(crate) fn serialize(records: &[CredentialRecord]) -> Vec<u8> {
     let file = StoreOut {
         version: FORMAT_VERSION,
         credentials: records,
@@ -69,13 +73,14 @@ pub fn serialize(records: &[CredentialRecord]) -> Vec<u8> {
 
 /// Parses one record cut by a [`Splitter`]; `index` is its place in the
 /// list (for the error, whose line and column count from the record's `{`).
-pub fn parse_record(index: usize, record: &[u8]) -> Result<CredentialRecord, String> {
+pub(crate) fn parse_record(index: usize, record: &[u8]) -> Result<CredentialRecord, String> {
     serde_json::from_slice(record).map_err(|e| format!("credentials[{index}]: {e} of the record"))
 }
 
+#[cfg(any(test, feature = "testing"))]
 /// The store from its pieces, on one thread: what [`parse_set`] returns for
 /// the bytes joined, without needing them at once.
-pub fn parse_pieces<'a>(
+pub(crate) fn parse_pieces<'a>(
     pieces: impl IntoIterator<Item = &'a [u8]>,
 ) -> Result<CredentialSet, String> {
     let mut splitter = Splitter::new();
@@ -105,11 +110,11 @@ struct Emptied {}
 const MAX_DEPTH: usize = 64;
 
 /// What a [`Splitter`] hands each record to, with its place in the list.
-pub type OnRecord<'a> = dyn FnMut(usize, &[u8]) -> Result<(), String> + 'a;
+pub(crate) type OnRecord<'a> = dyn FnMut(usize, &[u8]) -> Result<(), String> + 'a;
 
 /// Cuts a store's bytes into records and a skeleton, a piece at a time.
 #[derive(Debug, Default)]
-pub struct Splitter {
+pub(crate) struct Splitter {
     skeleton: Vec<u8>,
     /// The containers open at the scan position, outermost first: `{` or `[`.
     open: Vec<u8>,
@@ -167,13 +172,8 @@ const STOP_OUTSIDE: [bool; 256] = stops(false);
 const STOP_INSIDE: [bool; 256] = stops(true);
 
 impl Splitter {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
-    }
-
-    /// How many records were cut so far.
-    pub fn records(&self) -> usize {
-        self.records
     }
 
     /// Scans record bytes; returns where the record ends, if it ends here.
@@ -307,7 +307,7 @@ impl Splitter {
 
     /// Feeds the next piece of the file; `on_record` gets each record whole
     /// (with the number of records before it), in order.
-    pub fn feed(&mut self, mut bytes: &[u8], on_record: &mut OnRecord<'_>) -> Result<(), String> {
+    pub(crate) fn feed(&mut self, mut bytes: &[u8], on_record: &mut OnRecord<'_>) -> Result<(), String> {
         if self.escaped && self.record_depth > 0 {
             // What a backslash that ended the last piece escapes (a record's
             // own scan skips it; the skeleton's scan keeps its own flag).
@@ -379,7 +379,7 @@ impl Splitter {
     /// Checks the skeleton once every piece is fed: the file is a store of
     /// this version, and its list held exactly the records cut. Returns their
     /// number.
-    pub fn finish(self) -> Result<usize, String> {
+    pub(crate) fn finish(self) -> Result<usize, String> {
         if self.record_depth > 0 || self.in_string {
             return Err("the store ends in the middle of a record".into());
         }
@@ -397,7 +397,7 @@ impl Splitter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::credential::{Kind, Level, Sites};
+    use sessiongate_core::{Kind, Level, Sites};
 
     fn records(n: usize) -> Vec<CredentialRecord> {
         (0..n)
