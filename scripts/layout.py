@@ -5,7 +5,9 @@
   `crate::b` in a, directly or through others; a folder module and its own
   children are one concern and not counted);
 - no source file over 700 lines outside tests (a file's `#[cfg(test)] mod
-  tests` block, `tests.rs` files and `tests/` folders are tests).
+  tests` block, `tests.rs` files and `tests/` folders are tests);
+- a crate depends only on the workspace's crates the README's "What is in
+  the box" lets it use (ALLOWED below; dev-dependencies are free).
 
     scripts/layout.py             # check every crate; exit 1 on a breach
     scripts/layout.py --self-test # prove it finds a circle and a long file
@@ -18,6 +20,26 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_LINES = 700
+
+# Which of the workspace's crates each may depend on (the README's table).
+ALLOWED = {
+    "sessiongate-core": set(),
+    "sessiongate-etcd": {"sessiongate-core"},
+    "sessiongate-store": {"sessiongate-core", "sessiongate-etcd"},
+    "sessiongate-plugin": {"sessiongate-core", "sessiongate-etcd"},
+    "sessiongate-edge-worker": {"sessiongate-core"},
+    "sessiongate-spin": {"sessiongate-core"},
+    "sessiongate-spin-wasip2": {"sessiongate-core", "sessiongate-spin"},
+    "sessiongate-conformance": set(),
+    "sessiongate": {
+        "sessiongate-core",
+        "sessiongate-etcd",
+        "sessiongate-store",
+        # The component's constants, the Worker's credential-store wire.
+        "sessiongate-spin",
+        "sessiongate-edge-worker",
+    },
+}
 TEST_BLOCK = re.compile(r"^#\[cfg\(test\)\]\s*\n\s*mod tests\b", re.M)
 
 
@@ -110,10 +132,34 @@ def circles(graph):
     return found
 
 
-def breaches_in(root):
+def workspace_dependencies(manifest):
+    """The crate's name and the `sessiongate*` crates of its [dependencies]."""
+    name, deps, section = None, set(), None
+    for line in open(manifest, encoding="utf-8"):
+        line = line.strip()
+        if line.startswith("["):
+            section = line
+            continue
+        m = re.match(r'name\s*=\s*"([^"]+)"', line)
+        if section == "[package]" and m:
+            name = m.group(1)
+        m = re.match(r"(sessiongate[\w-]*)\s*[.=]", line)
+        if m and section is not None and section.endswith("dependencies]") and "dev-" not in section:
+            deps.add(m.group(1))
+    return name, deps
+
+
+def breaches_in(root, allowed=None):
+    allowed = ALLOWED if allowed is None else allowed
     breaches = []
     for crate in sorted(crates(root)):
         name = os.path.relpath(crate, root)
+        package, deps = workspace_dependencies(os.path.join(crate, "Cargo.toml"))
+        if package in allowed:
+            for dep in sorted(deps - allowed[package]):
+                breaches.append(f"{name}: {package} may not depend on {dep}")
+        elif package is not None and package.startswith("sessiongate") and name != "fuzz":
+            breaches.append(f"{name}: {package} is not in scripts/layout.py's ALLOWED")
         for part in circles(module_graph(crate)):
             breaches.append(f"{name}: import circle between {', '.join(part)}")
         for path, _ in sources(crate):
@@ -128,7 +174,9 @@ def self_test():
     with tempfile.TemporaryDirectory() as root:
         src = os.path.join(root, "demo", "src")
         os.makedirs(os.path.join(src, "serve"))
-        open(os.path.join(root, "demo", "Cargo.toml"), "w").close()
+        with open(os.path.join(root, "demo", "Cargo.toml"), "w") as f:
+            f.write('[package]\nname = "demo"\n[dependencies]\nsessiongate-proxy = { path = ".." }\n'
+                    '[dev-dependencies]\nsessiongate-core = { path = ".." }\n')
         files = {
             "lib.rs": "mod a;\nmod b;\nmod serve;\n",
             "a.rs": "use crate::b::B;\n",
@@ -139,8 +187,9 @@ def self_test():
         for name, text in files.items():
             with open(os.path.join(src, name), "w") as f:
                 f.write(text)
-        found = breaches_in(root)
+        found = breaches_in(root, {"demo": {"sessiongate-core"}})
         want = [
+            "demo: demo may not depend on sessiongate-proxy",
             "demo: import circle between a, b",
             f"demo/src/b.rs: {MAX_LINES + 2} lines outside tests (at most {MAX_LINES})",
         ]
