@@ -5,6 +5,7 @@
 pub mod allocator;
 pub mod backing;
 pub mod component;
+pub mod connections;
 pub mod console;
 pub mod host;
 pub mod log;

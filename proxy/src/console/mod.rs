@@ -25,7 +25,7 @@ use hyper::body::Incoming;
 use sessiongate_core::{ErrorCode, GateError};
 
 use crate::log;
-use crate::serve::connections::{Limits, serve_side_listener};
+use crate::connections::{Limits, serve_side_listener};
 use sessiongate_store::Store;
 use sessiongate_store::users::{self, User};
 

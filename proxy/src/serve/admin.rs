@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use sessiongate_core::{ErrorCode, LimiterStore, error_body};
 use tokio::net::TcpListener;
 
-use super::connections::{Limits, serve_side_listener};
+use crate::connections::{Limits, serve_side_listener};
 use super::metrics::Scrape;
 use super::{App, Runner};
 
@@ -30,7 +30,7 @@ const LIMITS: Limits = Limits {
 };
 
 pub(super) async fn bind(addr: &str) -> Result<TcpListener> {
-    super::connections::listen(addr, false)
+    crate::connections::listen(addr, false)
         .await
         .with_context(|| {
             format!(

@@ -14,7 +14,6 @@
 mod access_log;
 mod admin;
 mod body;
-pub(crate) mod connections;
 mod handle;
 mod metrics;
 mod pool;
@@ -43,7 +42,7 @@ use crate::log;
 use crate::parse_errors::JsonParseErrors;
 use sessiongate_store::Store;
 use access_log::AccessLog;
-use connections::{
+use crate::connections::{
     AcceptErrors, Activity, Admission, Limits, Phase, Refusal, Ticket, Tracked, supervise,
     tracked_service,
 };
@@ -276,7 +275,7 @@ impl App {
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
-    let file_limit = connections::raise_file_limit();
+    let file_limit = crate::connections::raise_file_limit();
     let settings = settings(&args, file_limit)?;
     log::set_format(settings.log_format);
     let started = Instant::now();
@@ -372,7 +371,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
                             return Ok(());
                         };
                         let Some(addr) = addr else { return Ok(()) };
-                        let listener = connections::listen(&addr.to_string(), true)
+                        let listener = crate::connections::listen(&addr.to_string(), true)
                             .await
                             .with_context(|| format!("worker {worker} cannot listen on {addr}"))?;
                         accept_loop(&app, listener, stopped).await;
@@ -531,7 +530,7 @@ async fn serve(
     let listen = std::net::TcpListener::bind(&settings.listen)
         .and_then(|probe| probe.local_addr())
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
-    let listener = connections::listen(&listen.to_string(), settings.workers > 1)
+    let listener = crate::connections::listen(&listen.to_string(), settings.workers > 1)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let local = listener.local_addr()?;

@@ -10,7 +10,7 @@ use sessiongate_core::{Backend, CredentialSet, GateConfig, LimitConfig, LimiterS
 use sessiongate_etcd::{Login, PASSWORD_VARIABLE};
 
 use super::ServeArgs;
-use super::connections::{Limits, default_max_connections};
+use crate::connections::{Limits, default_max_connections};
 
 const DEFAULT_CONFIG: &str = include_str!("../default-config.toml");
 
