@@ -1,12 +1,11 @@
-//! Builds the WebAssembly the binary runs: the proxy-wasm filter for
-//! `wasm32-wasip1`, its fleet build (embedded, so one `cargo build -p
-//! sessiongate` yields a binary that carries the very `.wasm` Envoy loads) and the two wasi:http
-//! components (0.3 and 0.2) for `wasm32-wasip2` (their paths exported for
-//! the tests of `serve --component`). Each nested build has its own target directory (as
-//! substrate's wasm builder does) so it never waits on the outer build's
-//! lock. `SESSIONGATE_PLUGIN_WASM=path` / `SESSIONGATE_COMPONENT_WASM=path` /
-//! `SESSIONGATE_COMPONENT_P2_WASM=path` skip a build and use a prebuilt file
-//! instead.
+//! Builds the WebAssembly the binary embeds: the proxy-wasm filter for
+//! `wasm32-wasip1`, its fleet build, so one `cargo build -p sessiongate`
+//! yields a binary that carries the very `.wasm` Envoy loads. (The wasi:http
+//! components are not embedded: `serve --component` takes a file, and the
+//! tests build theirs, `proxy/tests/common/components.rs`.) The nested
+//! build has its own target directory (as substrate's wasm builder does) so
+//! it never waits on the outer build's lock. `SESSIONGATE_PLUGIN_WASM=path`
+//! skips it and uses a prebuilt file instead.
 
 #![allow(clippy::panic)] // a build script reports failure by panicking
 
@@ -30,42 +29,24 @@ struct WasmBuild {
     features: &'static str,
 }
 
-const BUILDS: &[WasmBuild] = &[
-    WasmBuild {
-        env: "SESSIONGATE_PLUGIN_WASM",
-        package: "sessiongate-plugin",
-        target: "wasm32-wasip1",
-        profile: "plugin",
-        dir: "sessiongate-plugin",
-        artifact: "sessiongate_plugin.wasm",
-        // .cargo/config.toml: the filter's target features.
-        sources: &["plugin/src", "plugin/Cargo.toml", ".cargo/config.toml"],
-        // `serve` can keep its limit on etcd: it embeds the fleet build.
-        features: "fleet",
-    },
-    WasmBuild {
-        env: "SESSIONGATE_COMPONENT_WASM",
-        package: "sessiongate-spin",
-        target: "wasm32-wasip2",
-        profile: "component",
-        dir: "sessiongate-component",
-        artifact: "sessiongate_spin.wasm",
-        sources: &["spin/src", "spin/Cargo.toml", "wit"],
-        features: "",
-    },
-    // The wasi:http 0.2 build. Its own directory: it builds `sessiongate-spin`
-    // as a dependency, whose cdylib there is not the 0.3 build.
-    WasmBuild {
-        env: "SESSIONGATE_COMPONENT_P2_WASM",
-        package: "sessiongate-spin-wasip2",
-        target: "wasm32-wasip2",
-        profile: "component",
-        dir: "sessiongate-component-p2",
-        artifact: "sessiongate_spin_wasip2.wasm",
-        sources: &["spin/src", "spin/Cargo.toml", "spin/wasip2", "wit"],
-        features: "",
-    },
-];
+const BUILDS: &[WasmBuild] = &[WasmBuild {
+    env: "SESSIONGATE_PLUGIN_WASM",
+    package: "sessiongate-plugin",
+    target: "wasm32-wasip1",
+    profile: "plugin",
+    dir: "sessiongate-plugin",
+    artifact: "sessiongate_plugin.wasm",
+    // .cargo/config.toml: the filter's target features.
+    sources: &[
+        "plugin/src",
+        "plugin/Cargo.toml",
+        "etcd/src",
+        "etcd/Cargo.toml",
+        ".cargo/config.toml",
+    ],
+    // `serve` can keep its limit on etcd: it embeds the fleet build.
+    features: "fleet",
+}];
 
 fn main() {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").unwrap_or_default());

@@ -33,7 +33,6 @@ fn config_inputs() {
     assert!(replay("config", fuzzing::config) >= 2);
 }
 
-
 #[test]
 fn limiter_inputs() {
     assert!(replay("limiter", fuzzing::limiter_state) >= 4);

@@ -9,9 +9,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use sessiongate_core::{Backend, GateConfig, GuardConfig, LimitConfig};
 use sessiongate_core::{Kind, Level, Permission, Role};
 
-use sessiongate_store::audit::{self, Action, Event};
-use sessiongate_store::Store;
 use sessiongate::serve;
+use sessiongate_store::Store;
+use sessiongate_store::audit::{self, Action, Event};
 use sessiongate_store::{manage, users};
 
 #[derive(Parser)]

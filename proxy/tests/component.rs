@@ -27,14 +27,15 @@ use sessiongate_conformance::{self as suite};
 /// and what it imports directly (beyond Rust's std runtime).
 struct Build {
     name: &'static str,
-    file: &'static str,
+    /// Builds it on first use (`common::components`).
+    file: fn() -> &'static str,
     world: &'static str,
     imports: &'static [&'static str],
 }
 
 const P3: Build = Build {
     name: "wasi:http 0.3",
-    file: env!("SESSIONGATE_COMPONENT_WASM"),
+    file: common::components::p3,
     world: "gate",
     imports: &[
         "wasi:keyvalue/store@0.2.0-draft2",
@@ -45,7 +46,7 @@ const P3: Build = Build {
 
 const P2: Build = Build {
     name: "wasi:http 0.2",
-    file: env!("SESSIONGATE_COMPONENT_P2_WASM"),
+    file: common::components::p2,
     world: "gate-p2",
     imports: &[
         "wasi:keyvalue/store@0.2.0-draft2",
@@ -69,7 +70,7 @@ fn start(fx: &Fixture, config: &str, build: &Build) -> Server {
 fn start_on(fx: &Fixture, config: &str, build: &Build, semantics: &str) -> Server {
     let args = [
         "--component",
-        build.file,
+        (build.file)(),
         "--key-value-semantics",
         semantics,
     ];
@@ -290,7 +291,7 @@ fn component_and_world_agree(build: &Build) {
     let mut config = wasmtime::Config::new();
     config.wasm_component_model_async(true);
     let engine = wasmtime::Engine::new(&config).unwrap();
-    let component = wasmtime::component::Component::from_file(&engine, build.file).unwrap();
+    let component = wasmtime::component::Component::from_file(&engine, (build.file)()).unwrap();
     let ty = component.component_type();
     let std_runtime = |name: &str| {
         ["cli", "io", "clocks", "filesystem", "random", "sockets"]
@@ -369,12 +370,16 @@ fn manifest_matches(file: &str, build: &Build, package: &str) {
     let component = &manifest["component"][name];
     let source = component["source"].as_str().unwrap();
     // The path the build command writes, relative to spin/.
-    let artifact = Path::new(build.file).file_name().unwrap().to_str().unwrap();
+    let artifact = Path::new((build.file)())
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap();
     let built = format!("wasm32-wasip2/component/{artifact}");
     assert!(
-        source.ends_with(&built) && build.file.ends_with(&built),
+        source.ends_with(&built) && (build.file)().ends_with(&built),
         "{file}: {source} vs {}",
-        build.file
+        (build.file)()
     );
     let stores: Vec<&str> = component["key_value_stores"]
         .as_array()

@@ -266,7 +266,7 @@ fn components_on_one_etcd_share_one_exact_limit() {
     let fx = fixture();
     let etcd = Etcd::start(&fx.dir, 3);
     let config = config(&etcd.urls(), false);
-    let component = env!("SESSIONGATE_COMPONENT_WASM");
+    let component = common::components::p3();
     let servers: Vec<Server> = (0..2)
         .map(|_| Server::start_with(&fx.dir, &fx.store, &config, 2, &["--component", component]))
         .collect();
@@ -438,7 +438,7 @@ fn the_limiter_logs_in_to_an_etcd_with_authentication() {
     );
     let config_path = fx.dir.join("authed.toml");
     std::fs::write(&config_path, &config).unwrap();
-    let component = env!("SESSIONGATE_COMPONENT_WASM");
+    let component = common::components::p3();
     // Server::spawn keeps what serve prints, for the failure's message.
     let mut command = Command::new(common::BIN);
     command

@@ -307,7 +307,11 @@ impl Splitter {
 
     /// Feeds the next piece of the file; `on_record` gets each record whole
     /// (with the number of records before it), in order.
-    pub(crate) fn feed(&mut self, mut bytes: &[u8], on_record: &mut OnRecord<'_>) -> Result<(), String> {
+    pub(crate) fn feed(
+        &mut self,
+        mut bytes: &[u8],
+        on_record: &mut OnRecord<'_>,
+    ) -> Result<(), String> {
         if self.escaped && self.record_depth > 0 {
             // What a backslash that ended the last piece escapes (a record's
             // own scan skips it; the skeleton's scan keeps its own flag).

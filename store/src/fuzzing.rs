@@ -21,4 +21,3 @@ pub fn store(data: &[u8]) {
         assert_eq!(crate::format::parse(&again).ok(), Some(records));
     }
 }
-

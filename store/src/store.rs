@@ -11,8 +11,8 @@ use std::io::{Read, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
-use anyhow::{Context as _, Result};
 use crate::format::{Splitter, parse_record};
+use anyhow::{Context as _, Result};
 use sessiongate_core::{CredentialRecord, CredentialSet, CredentialSetBuilder};
 
 use crate::etcd_store::Document;

@@ -24,8 +24,8 @@ use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
 use sessiongate_core::{ErrorCode, GateError};
 
-use crate::log;
 use crate::connections::{Limits, serve_side_listener};
+use crate::log;
 use sessiongate_store::Store;
 use sessiongate_store::users::{self, User};
 

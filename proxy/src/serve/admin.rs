@@ -17,9 +17,9 @@ use serde_json::{Value, json};
 use sessiongate_core::{ErrorCode, LimiterStore, error_body};
 use tokio::net::TcpListener;
 
-use crate::connections::{Limits, serve_side_listener};
 use super::metrics::Scrape;
 use super::{App, Runner};
+use crate::connections::{Limits, serve_side_listener};
 
 /// The admin listener's connections: a handful of scrapers and probes.
 const LIMITS: Limits = Limits {

@@ -37,17 +37,17 @@ use tokio::net::TcpStream;
 
 use crate::backing::{Backing, EtcdBucket};
 use crate::component::{ComponentHost, KeyValue, Semantics};
-use crate::host::Plugin;
-use crate::log;
-use crate::parse_errors::JsonParseErrors;
-use sessiongate_store::Store;
-use access_log::AccessLog;
 use crate::connections::{
     AcceptErrors, Activity, Admission, Limits, Phase, Refusal, Ticket, Tracked, supervise,
     tracked_service,
 };
+use crate::host::Plugin;
+use crate::log;
+use crate::parse_errors::JsonParseErrors;
+use access_log::AccessLog;
 use metrics::Metrics;
 use pool::{Pool, log_line};
+use sessiongate_store::Store;
 use settings::{Settings, module_cache_dir, settings};
 use watch::{gate_config_json, watch_store};
 

@@ -11,8 +11,8 @@ use sessiongate_core::{CredentialSet, GateConfig};
 
 use super::App;
 use super::metrics::bump;
-use sessiongate_store::EtcdStore;
 use crate::log;
+use sessiongate_store::EtcdStore;
 use sessiongate_store::Store;
 
 /// How often the store is looked at: the longest a change waits to reach

@@ -2,6 +2,7 @@
 //! a fixture of credentials, and the secret-leak check.
 #![allow(dead_code)] // each test binary uses its own part
 
+pub mod components;
 pub mod console;
 pub mod etcd;
 
