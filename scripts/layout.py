@@ -31,10 +31,22 @@ ALLOWED = {
     "sessiongate-spin": {"sessiongate-core"},
     "sessiongate-spin-wasip2": {"sessiongate-core", "sessiongate-spin"},
     "sessiongate-conformance": set(),
+    "sessiongate-shared-data": set(),
+    "sessiongate-filter-host": {"sessiongate-core", "sessiongate-shared-data"},
+    "sessiongate-component-host": {
+        "sessiongate-core",
+        "sessiongate-etcd",
+        "sessiongate-shared-data",
+        # The component's configuration key.
+        "sessiongate-spin",
+    },
     "sessiongate": {
         "sessiongate-core",
         "sessiongate-etcd",
         "sessiongate-store",
+        "sessiongate-shared-data",
+        "sessiongate-filter-host",
+        "sessiongate-component-host",
         # The component's constants, the Worker's credential-store wire.
         "sessiongate-spin",
         "sessiongate-edge-worker",

@@ -6,9 +6,9 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use sessiongate::host::{HeaderList, Plugin, RequestPhase};
 use sessiongate::serve::EMBEDDED_PLUGIN;
 use sessiongate_core::{Backend, GateConfig, LimitConfig};
+use sessiongate_filter_host::{HeaderList, Plugin, RequestPhase};
 
 const TOKEN: &str = "fus_0123456789012345678901234567890123456789";
 
@@ -69,8 +69,9 @@ fn filter(c: &mut Criterion) {
     let mut plugin = plugin;
     let tick = Arc::new(std::sync::atomic::AtomicU64::new(1_800_000_000_000_000_000));
     let clock = tick.clone();
-    plugin.clock =
-        Arc::new(move || clock.fetch_add(61_000_000_000, std::sync::atomic::Ordering::Relaxed));
+    plugin.set_clock(Arc::new(move || {
+        clock.fetch_add(61_000_000_000, std::sync::atomic::Ordering::Relaxed)
+    }));
     let mut vm = plugin
         .start_vm(1, config(20, Backend::Upstream(None)))
         .unwrap();

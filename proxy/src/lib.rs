@@ -1,16 +1,13 @@
 //! The `sessiongate` binary's parts, as a library so benches and tests can
-//! drive them: the proxy-wasm host on wasmtime, the HTTP server, the token
-//! store and credential management.
+//! drive them: `serve` (over the filter host and the component host
+//! crates), the console, the connections both accept, and the CLI's
+//! commands beyond the store's (`wasmx-config`, `worker-sync`).
 
 pub mod allocator;
-pub mod backing;
-pub mod component;
 pub mod connections;
 pub mod console;
-pub mod host;
 pub mod log;
 pub mod parse_errors;
 pub mod serve;
-pub mod shared_data;
 pub mod wasmx;
 pub mod worker_sync;

@@ -23,9 +23,9 @@ use sessiongate_spin::CLIENT_ADDR_HEADER;
 use super::body::Chunks;
 use super::pool::Pool;
 use super::{App, Runner};
-use crate::component::ComponentHost;
-use crate::host::{CallResponse, Callout, HeaderList, LocalReply, RequestPhase};
 use crate::log;
+use sessiongate_component_host::ComponentHost;
+use sessiongate_filter_host::{CallResponse, Callout, HeaderList, LocalReply, RequestPhase};
 
 fn request_headers<B>(req: &Request<B>) -> HeaderList {
     let path = req

@@ -35,18 +35,18 @@ use hyper_util::server::graceful::GracefulShutdown;
 use sessiongate_core::{Backend, CredentialSet, GateConfig, LimiterStore};
 use tokio::net::TcpStream;
 
-use crate::backing::{Backing, EtcdBucket};
-use crate::component::{ComponentHost, KeyValue, Semantics};
 use crate::connections::{
     AcceptErrors, Activity, Admission, Limits, Phase, Refusal, Ticket, Tracked, supervise,
     tracked_service,
 };
-use crate::host::Plugin;
 use crate::log;
 use crate::parse_errors::JsonParseErrors;
 use access_log::AccessLog;
 use metrics::Metrics;
 use pool::{Pool, log_line};
+use sessiongate_component_host::{Backing, EtcdBucket};
+use sessiongate_component_host::{ComponentHost, KeyValue, Semantics};
+use sessiongate_filter_host::Plugin;
 use sessiongate_store::Store;
 use settings::{Settings, module_cache_dir, settings};
 use watch::{gate_config_json, watch_store};
@@ -204,7 +204,7 @@ impl App {
         credentials: Arc<CredentialSet>,
     ) -> Result<()> {
         let host = match &self.runner {
-            Runner::Filter(pool) => Some(&pool.plugin.credentials),
+            Runner::Filter(pool) => Some(pool.plugin.credentials()),
             Runner::Component(_) => None,
         };
         let was_hosted = hosted(host.is_some(), &parts.credentials);
@@ -239,9 +239,9 @@ impl App {
     }
 
     /// The limiter's shared data, when the limit lives in this process.
-    fn shared_data(&self) -> Option<&crate::host::SharedData> {
+    fn shared_data(&self) -> Option<&sessiongate_filter_host::SharedData> {
         match &self.runner {
-            Runner::Filter(pool) => Some(&pool.plugin.shared),
+            Runner::Filter(pool) => Some(pool.plugin.shared()),
             Runner::Component(host) => match &host.kv.backing {
                 Backing::Shared(shared) => Some(shared),
                 Backing::Etcd(_) => None,
@@ -404,7 +404,7 @@ fn describe(backend: &Backend) -> String {
     }
 }
 
-fn fail_shared_data_if_asked(shared: &crate::host::SharedData, failing: bool) {
+fn fail_shared_data_if_asked(shared: &sessiongate_filter_host::SharedData, failing: bool) {
     if failing {
         log::warn("[testing] fail_limiter_store is set: every shared-data call fails");
     }
@@ -445,15 +445,10 @@ fn filter_runner(
     };
     let mut plugin =
         Plugin::compile_cached(&wasm, Arc::new(log_line), module_cache_dir().as_deref())?;
-    plugin.clusters = Arc::new(
-        clusters(settings)
-            .iter()
-            .map(|c| c.name().to_owned())
-            .collect(),
-    );
-    fail_shared_data_if_asked(&plugin.shared, settings.fail_limiter_store);
+    plugin.set_clusters(clusters(settings).iter().map(|c| c.name().to_owned()));
+    fail_shared_data_if_asked(plugin.shared(), settings.fail_limiter_store);
     if let Some(credentials) = hosted {
-        plugin.credentials.set(credentials);
+        plugin.credentials().set(credentials);
     }
     let vms = (0..settings.workers)
         .map(|i| plugin.start_vm(i, config.clone()).map(Mutex::new))
@@ -474,8 +469,8 @@ fn component_runner(
     clusters: &[Arc<sessiongate_etcd::Cluster>],
     semantics: Semantics,
 ) -> Result<Runner> {
-    let engine = crate::component::engine()?;
-    let component = crate::component::load(&engine, path)?;
+    let engine = sessiongate_component_host::engine()?;
+    let component = sessiongate_component_host::load(&engine, path)?;
     // With the limit on etcd, the component's whole bucket lives there too
     // (under the limiter's key + "/kv"), so a fleet of components is exact.
     let backing = match (&settings.gate.limiter, clusters.first()) {
@@ -497,7 +492,7 @@ fn component_runner(
             })
         }
         _ => {
-            let shared = crate::host::SharedData::default();
+            let shared = sessiongate_filter_host::SharedData::default();
             fail_shared_data_if_asked(&shared, settings.fail_limiter_store);
             Backing::Shared(shared)
         }

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use anyhow::{Result, anyhow};
 
 use super::metrics::{Metrics, bump};
-use crate::host::{Plugin, Vm};
 use crate::log;
+use sessiongate_filter_host::{Plugin, Vm};
 
 /// The filter's `proxy_log`: info and above, as Envoy logs by default.
 pub(super) fn log_line(level: u32, msg: &str) {

@@ -12,6 +12,8 @@
 //! instances of their own, so the exact global limit across instances is
 //! the key-value store and nothing else.
 
+mod backing;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -32,13 +34,14 @@ use wasmtime_wasi_http::{
     WasiHttpView,
 };
 
-use crate::backing::{Backing, Down};
+use crate::backing::Down;
+pub use crate::backing::{Backing, EtcdBucket};
 
 /// Host bindings of `wit/gate.wit`'s `host` world. wasi:http and wasi:clocks
 /// are wasmtime's own; only wasi:keyvalue is ours to provide.
 mod bindings {
     wasmtime::component::bindgen!({
-        path: "../wit",
+        path: "../../wit",
         world: "sessiongate:gate/host",
         // wasmtime's wasi:http linker functions need `Send` store data.
         require_store_data_send: true,
@@ -73,7 +76,8 @@ pub struct CasHandle {
 /// How the bucket's `wasi:keyvalue/atomics.swap` behaves: strictly, or as
 /// one of Spin's stores does (read in Spin's `crates/key-value-*/src/store.rs`),
 /// to rehearse a component against the store it will meet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Semantics {
     /// Versions compared; a key absent when read is created by one swap only.
     #[default]

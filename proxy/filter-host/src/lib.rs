@@ -2,10 +2,15 @@
 //! several VMs (one per worker), one shared-data store and one set of metrics
 //! for all of them, and the stream lifecycle Envoy drives
 //! (`context_create → request_headers → response_headers → done → log → delete`).
+//!
+//! It sends nothing itself: a filter's `proxy_http_call`s come back as
+//! [`Callout`]s for the caller to send, their answers handed back with
+//! [`Vm::on_call_response`]. It touches wasmtime and, for the module cache,
+//! one directory.
 
 mod abi;
 
-pub use crate::shared_data::{SharedData, SharedDataDown};
+pub use sessiongate_shared_data::{SharedData, SharedDataDown};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -144,7 +149,11 @@ pub struct Stream {
     pub continued: bool,
 }
 
+/// Where log lines go, with proxy-wasm's level (0 trace … 5 critical): the
+/// filter's and the host's own.
 pub type LogSink = Arc<dyn Fn(u32, &str) + Send + Sync>;
+/// proxy-wasm's `warn` level.
+const LOG_WARN: u32 = 3;
 /// The host clock, in Unix nanoseconds: the system clock, or a fake one for benches.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
@@ -188,14 +197,14 @@ pub struct Plugin {
     engine: Engine,
     module: Module,
     linker: Arc<Linker<VmState>>,
-    pub shared: SharedData,
-    pub credentials: HostCredentials,
-    pub metrics: Arc<Metrics>,
+    shared: SharedData,
+    credentials: HostCredentials,
+    metrics: Arc<Metrics>,
     log: LogSink,
     /// What `proxy_get_current_time_nanoseconds` answers in new VMs.
-    pub clock: Clock,
+    clock: Clock,
     /// The clusters `proxy_http_call` may name (Envoy's cluster names).
-    pub clusters: Arc<HashSet<String>>,
+    clusters: Arc<HashSet<String>>,
 }
 
 impl Plugin {
@@ -222,7 +231,7 @@ impl Plugin {
         }
         let engine = Engine::new(&config).map_err(|e| anyhow!("wasmtime: {e:?}"))?;
         // A cached module was compiled without the map: compile afresh.
-        let module = load_or_compile(&engine, wasm, cache_dir.filter(|_| !perfmap))?;
+        let module = load_or_compile(&engine, wasm, cache_dir.filter(|_| !perfmap), &log)?;
         if module.get_export("proxy_abi_version_0_2_1").is_none() {
             bail!(
                 "the plugin does not export proxy_abi_version_0_2_1: not a proxy-wasm 0.2.1 filter"
@@ -248,6 +257,32 @@ impl Plugin {
             clock: system_clock(),
             clusters: Arc::new(HashSet::new()),
         })
+    }
+
+    /// The shared data every VM of this plugin uses.
+    pub fn shared(&self) -> &SharedData {
+        &self.shared
+    }
+
+    /// The credentials the host answers by digest through shared data.
+    pub fn credentials(&self) -> &HostCredentials {
+        &self.credentials
+    }
+
+    /// The metrics every VM defines and counts.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// New VMs read this clock (benches run a fake one).
+    pub fn set_clock(&mut self, clock: Clock) {
+        self.clock = clock;
+    }
+
+    /// The clusters a filter's `proxy_http_call` may name in new VMs; a
+    /// call to another is refused as Envoy refuses it (`BadArgument`).
+    pub fn set_clusters(&mut self, clusters: impl IntoIterator<Item = String>) {
+        self.clusters = Arc::new(clusters.into_iter().collect());
     }
 
     /// Starts one VM and configures it. A refused configuration is an error.
@@ -305,6 +340,7 @@ fn load_or_compile(
     engine: &Engine,
     wasm: &[u8],
     cache_dir: Option<&std::path::Path>,
+    log: &LogSink,
 ) -> Result<Module> {
     use std::hash::{Hash as _, Hasher as _};
     let compile =
@@ -321,10 +357,10 @@ fn load_or_compile(
         // this exact module and engine configuration (both are in its name).
         match unsafe { Module::deserialize_file(engine, &path) } {
             Ok(module) => return Ok(module),
-            Err(e) => crate::log::warn(format_args!(
-                "ignoring the module cache {}: {e:?}",
-                path.display()
-            )),
+            Err(e) => log(
+                LOG_WARN,
+                &format!("ignoring the module cache {}: {e:?}", path.display()),
+            ),
         }
     }
     let module = compile()?;
@@ -339,10 +375,10 @@ fn load_or_compile(
             Ok(())
         });
     if let Err(e) = written {
-        crate::log::warn(format_args!(
-            "cannot write the module cache {}: {e:#}",
-            path.display()
-        ));
+        log(
+            LOG_WARN,
+            &format!("cannot write the module cache {}: {e:#}", path.display()),
+        );
     }
     Ok(module)
 }
@@ -388,6 +424,13 @@ pub struct Vm {
     store: Store<VmState>,
     exports: Exports,
     next_context: u32,
+}
+
+impl Vm {
+    /// Streams the VM holds: each ends when its request is answered.
+    pub fn open_streams(&self) -> usize {
+        self.store.data().streams.len()
+    }
 }
 
 /// What the request phase decided.
@@ -586,173 +629,5 @@ impl Vm {
             .unwrap_or_default();
         result.context("ending the stream")?;
         Ok(props)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use sessiongate_core::{GateConfig, LimitConfig};
-
-    const TOKEN: &str = "fus_abcdefghijklmnopqrstuvwxyzABCDEFGHIJ0123";
-
-    fn config(requests: u32) -> Arc<Vec<u8>> {
-        let config = GateConfig {
-            credentials: sessiongate_core::fixtures::token_set(TOKEN, "t").unwrap(),
-            limit: LimitConfig {
-                requests,
-                window_seconds: 3600,
-            },
-            ..Default::default()
-        };
-        Arc::new(serde_json::to_vec(&config).unwrap())
-    }
-
-    fn request() -> HeaderList {
-        vec![
-            (":method".into(), b"GET".to_vec()),
-            (
-                ":path".into(),
-                b"/v1/external/sessions/acme/s?startTime=9007199254740991".to_vec(),
-            ),
-            (
-                "authorization".into(),
-                format!("Bearer {TOKEN}").into_bytes(),
-            ),
-        ]
-    }
-
-    /// VMs on four threads racing on one shared-data key, no HTTP in
-    /// between: the global limit still admits exactly N.
-    #[test]
-    fn vms_on_many_threads_admit_exactly_the_limit() {
-        let plugin = Plugin::compile(crate::serve::EMBEDDED_PLUGIN, Arc::new(|_, _| {})).unwrap();
-        let config = config(150);
-        let admitted: usize = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..4)
-                .map(|i| {
-                    let mut vm = plugin.start_vm(i, config.clone()).unwrap();
-                    s.spawn(move || {
-                        (0..400)
-                            .filter(|_| match vm.on_request(request(), None).unwrap() {
-                                RequestPhase::Reply(reply, _) => reply.status == 200,
-                                RequestPhase::Continue { .. } => panic!("stub backend forwarded"),
-                                RequestPhase::Paused { .. } => {
-                                    panic!("shared data needs no callout")
-                                }
-                            })
-                            .count()
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).sum()
-        });
-        assert_eq!(admitted, 150);
-        let denied = plugin
-            .metrics
-            .snapshot()
-            .into_iter()
-            .find(|(n, _)| n == "sessiongate_denied_rate_limited")
-            .map(|(_, v)| v);
-        assert_eq!(denied, Some(1600 - 150));
-    }
-
-    fn etcd_config() -> Arc<Vec<u8>> {
-        let config = GateConfig {
-            credentials: sessiongate_core::fixtures::token_set(TOKEN, "t").unwrap(),
-            limiter: sessiongate_core::LimiterStore::Etcd {
-                cluster: "etcd".into(),
-                key: "sg/limiter".into(),
-                timeout_ms: 250,
-                user: None,
-                password: None,
-            },
-            ..Default::default()
-        };
-        Arc::new(serde_json::to_vec(&config).unwrap())
-    }
-
-    fn plugin_with(clusters: &[&str]) -> Plugin {
-        let mut plugin =
-            Plugin::compile(crate::serve::EMBEDDED_PLUGIN, Arc::new(|_, _| {})).unwrap();
-        plugin.clusters = Arc::new(clusters.iter().map(|c| (*c).to_owned()).collect());
-        plugin
-    }
-
-    fn answer(status: &str, body: &str) -> Option<CallResponse> {
-        Some(CallResponse {
-            headers: vec![(":status".into(), status.as_bytes().to_vec())],
-            body: body.as_bytes().to_vec(),
-            trailers: Vec::new(),
-        })
-    }
-
-    /// The real filter on the host's callout half: a paused request, its
-    /// call as Envoy would send it, answers handed back, then the reply.
-    #[test]
-    fn a_callout_pauses_the_request_until_its_answer() {
-        let plugin = plugin_with(&["etcd"]);
-        let mut vm = plugin.start_vm(0, etcd_config()).unwrap();
-        let RequestPhase::Paused { context, calls } = vm.on_request(request(), None).unwrap()
-        else {
-            panic!("the filter should call etcd");
-        };
-        let [call] = &calls[..] else {
-            panic!("one call: {calls:?}")
-        };
-        let header = |n: &str| {
-            call.headers
-                .iter()
-                .find(|(k, _)| k == n)
-                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-        };
-        assert_eq!(call.cluster, "etcd");
-        assert_eq!(header(":method").as_deref(), Some("POST"));
-        assert_eq!(header(":path").as_deref(), Some("/v3/kv/range"));
-        assert_eq!(header(":authority").as_deref(), Some("etcd"));
-        assert_eq!(call.timeout_ms, 250);
-        // Absent key: the filter creates it.
-        let phase = vm
-            .on_call_response(context, call.token, answer("200", r#"{"header":{}}"#))
-            .unwrap();
-        let RequestPhase::Paused { calls, .. } = phase else {
-            panic!("a write should follow");
-        };
-        let phase = vm
-            .on_call_response(
-                context,
-                calls[0].token,
-                answer("200", r#"{"header":{},"succeeded":true}"#),
-            )
-            .unwrap();
-        let RequestPhase::Reply(reply, _) = phase else {
-            panic!("the stub answers");
-        };
-        assert_eq!(reply.status, 200);
-    }
-
-    /// A call that fails (no answer) or a cluster the host does not know
-    /// (BadArgument, as Envoy answers): 503, the stream ended.
-    #[test]
-    fn failed_calls_and_unknown_clusters_fail_closed() {
-        let plugin = plugin_with(&["etcd"]);
-        let mut vm = plugin.start_vm(0, etcd_config()).unwrap();
-        let RequestPhase::Paused { context, calls } = vm.on_request(request(), None).unwrap()
-        else {
-            panic!("paused");
-        };
-        let RequestPhase::Reply(reply, _) =
-            vm.on_call_response(context, calls[0].token, None).unwrap()
-        else {
-            panic!("answered");
-        };
-        assert_eq!(reply.status, 503);
-        assert!(vm.store.data().streams.is_empty(), "the stream ended");
-
-        let mut vm = plugin_with(&[]).start_vm(0, etcd_config()).unwrap();
-        let RequestPhase::Reply(reply, _) = vm.on_request(request(), None).unwrap() else {
-            panic!("an unknown cluster is refused at once");
-        };
-        assert_eq!(reply.status, 503);
     }
 }

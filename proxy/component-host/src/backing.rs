@@ -10,8 +10,8 @@ use std::sync::Arc;
 use sessiongate_core::{Answer, Need};
 use sessiongate_etcd as etcd;
 
-use crate::host::SharedData;
 use sessiongate_etcd::Cluster;
+use sessiongate_shared_data::{SharedData, SharedDataDown};
 
 /// A key's value and version (etcd: its `mod_revision`).
 pub type Versioned = (Vec<u8>, u64);
@@ -36,7 +36,7 @@ pub struct Down(pub String);
 
 impl Down {
     /// This process's shared data failed (injected, or a poisoned lock).
-    pub fn shared(_: crate::host::SharedDataDown) -> Down {
+    pub fn shared(_: SharedDataDown) -> Down {
         Down("the shared store is unavailable".into())
     }
 }
