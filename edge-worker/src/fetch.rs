@@ -18,7 +18,7 @@ use worker::{
 };
 
 use crate::credential_store::{Batch, FILTER_TTL_MS, filter_ttl_ms};
-use crate::shared_object::{Call, Said};
+use crate::shared_object::{Call, ObjectReply};
 
 /// The gate's configuration JSON (`sessiongate worker-config`): a secret or a var.
 const CONFIG_BINDING: &str = "SESSIONGATE_CONFIG";
@@ -66,10 +66,10 @@ fn log_copy(now: u64) -> Option<(Option<Vec<u8>>, sessiongate_core::Version)> {
     })
 }
 
-fn remember_log(now: u64, said: &Said) {
+fn remember_log(now: u64, reply: &ObjectReply) {
     LOG.with(|l| {
-        *l.borrow_mut() = match said {
-            Said::Value { value, version } => Some((now, value.clone(), *version)),
+        *l.borrow_mut() = match reply {
+            ObjectReply::Value { value, version } => Some((now, value.clone(), *version)),
             _ => None,
         }
     });
@@ -148,10 +148,10 @@ async fn object_request(
     Ok(resp)
 }
 
-async fn call_object(env: &Env, call: &Call) -> std::result::Result<Said, String> {
+async fn call_object(env: &Env, call: &Call) -> std::result::Result<ObjectReply, String> {
     let body = serde_json::to_string(call).map_err(|e| e.to_string())?;
     let mut resp = object_request(env, "/", Some(body)).await?;
-    resp.json::<Said>().await.map_err(|e| e.to_string())
+    resp.json::<ObjectReply>().await.map_err(|e| e.to_string())
 }
 
 /// How long the filter is trusted: [`FILTER_TTL_MS`] or the binding's.
@@ -263,12 +263,12 @@ async fn decide<'g>(
             progress = pending.resume(Answer::Value(entry));
             continue;
         }
-        let said = call_object(env, &Call::for_need(pending.need())).await;
-        if on_log && let Ok(said) = &said {
-            remember_log(now, said);
+        let reply = call_object(env, &Call::for_need(pending.need())).await;
+        if on_log && let Ok(reply) = &reply {
+            remember_log(now, reply);
         }
-        progress = match &said {
-            Ok(said) => pending.resume(said.answer()),
+        progress = match &reply {
+            Ok(reply) => pending.resume(reply.answer()),
             Err(e) => {
                 console_error!("sessiongate: shared state unavailable: {e}");
                 pending.resume(Answer::Failed(KvError(e.clone())))

@@ -7,7 +7,7 @@ use std::cell::{Cell, RefCell};
 use worker::{Date, DurableObject, Env, Request, Response, Result, State, durable_object};
 
 use crate::credential_store::{self, Applied, Batch, LISTING_PAGE, Table};
-use crate::shared_object::{Call, Dirty, SharedObject};
+use crate::shared_object::{Call, Changed, SharedObject};
 use crate::sql_table::{CountRow, SqlTable, sql_error};
 
 /// The gate's shared state and revocation list: one named instance for the
@@ -79,31 +79,31 @@ impl DurableObject for GlobalLimiter {
         }
         // What to write back, taken while the state is borrowed; written
         // after, since a borrow cannot be held across an await.
-        let (said, persist) = {
+        let (reply, persist) = {
             let mut inner = self.inner.borrow_mut();
             let Some((object, _)) = inner.as_mut() else {
                 return Response::error("shared state missing", 500);
             };
-            let (said, dirty) = match object.apply(&call) {
+            let (reply, changed) = match object.apply(&call) {
                 Ok(r) => r,
                 Err(e) => return Response::error(e.to_string(), 500),
             };
-            let persist = match dirty {
-                Dirty::Nothing => Persist::Nothing,
-                Dirty::Key(key) => match object.kv.value(&key) {
+            let persist = match changed {
+                Changed::Nothing => Persist::Nothing,
+                Changed::Key(key) => match object.kv.value(&key) {
                     Some(value) => Persist::Key(key, value.to_vec()),
                     None => Persist::Nothing,
                 },
-                Dirty::Revoked => Persist::Revoked(object.revoked.iter().cloned().collect()),
+                Changed::Revoked => Persist::Revoked(object.revoked.iter().cloned().collect()),
             };
-            (said, persist)
+            (reply, persist)
         };
         match persist {
             Persist::Nothing => {}
             Persist::Key(key, value) => storage.put(&key, value).await?,
             Persist::Revoked(list) => storage.put(REVOKED_KEY, list).await?,
         }
-        Response::from_json(&said)
+        Response::from_json(&reply)
     }
 }
 

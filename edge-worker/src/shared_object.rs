@@ -2,7 +2,7 @@
 //! (an in-memory [`MemoryKv`] that only this single-threaded object
 //! touches, persisted key by key) and the set of revoked credential hashes.
 //! The Worker's driver carries each step a decision needs here as one
-//! [`Call`] and hands what the object [`Said`] back to the decision: no
+//! [`Call`] and hands what the object [`ObjectReply`] back to the decision: no
 //! contract rule lives on either side of the wire.
 
 use std::collections::BTreeSet;
@@ -75,7 +75,7 @@ impl Call {
 /// What the object answers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "said", rename_all = "snake_case")]
-pub enum Said {
+pub enum ObjectReply {
     /// The key's value and version; also the answer to a write that lost,
     /// so the next attempt needs no read.
     Value {
@@ -89,16 +89,16 @@ pub enum Said {
     },
 }
 
-impl Said {
+impl ObjectReply {
     pub fn answer(&self) -> Answer<'_> {
         match self {
-            Said::Value {
+            ObjectReply::Value {
                 value: Some(value),
                 version,
             } => Answer::Value(Some(Entry::borrowed(value, *version))),
-            Said::Value { value: None, .. } => Answer::Value(None),
-            Said::Written => Answer::Written,
-            Said::Revoked { revoked } => Answer::Revoked(*revoked),
+            ObjectReply::Value { value: None, .. } => Answer::Value(None),
+            ObjectReply::Written => Answer::Written,
+            ObjectReply::Revoked { revoked } => Answer::Revoked(*revoked),
         }
     }
 }
@@ -112,7 +112,7 @@ pub struct SharedObject {
 
 /// What a call changed, for the object to persist.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Dirty {
+pub enum Changed {
     Nothing,
     Key(String),
     Revoked,
@@ -129,29 +129,31 @@ impl SharedObject {
         }
     }
 
-    pub fn apply(&mut self, call: &Call) -> Result<(Said, Dirty), KvError> {
-        let current = |kv: &mut MemoryKv, key: &str| -> Result<Said, KvError> {
+    pub fn apply(&mut self, call: &Call) -> Result<(ObjectReply, Changed), KvError> {
+        let current = |kv: &mut MemoryKv, key: &str| -> Result<ObjectReply, KvError> {
             Ok(match kv.get(key)? {
-                Some(e) => Said::Value {
+                Some(e) => ObjectReply::Value {
                     value: Some(e.value.into_owned()),
                     version: e.version,
                 },
-                None => Said::Value {
+                None => ObjectReply::Value {
                     value: None,
                     version: 0,
                 },
             })
         };
-        let wrote =
-            |written: bool, kv: &mut MemoryKv, key: &str| -> Result<(Said, Dirty), KvError> {
-                if written {
-                    Ok((Said::Written, Dirty::Key(key.to_owned())))
-                } else {
-                    Ok((current(kv, key)?, Dirty::Nothing))
-                }
-            };
+        let wrote = |written: bool,
+                     kv: &mut MemoryKv,
+                     key: &str|
+         -> Result<(ObjectReply, Changed), KvError> {
+            if written {
+                Ok((ObjectReply::Written, Changed::Key(key.to_owned())))
+            } else {
+                Ok((current(kv, key)?, Changed::Nothing))
+            }
+        };
         match call {
-            Call::Read { key } => Ok((current(&mut self.kv, key)?, Dirty::Nothing)),
+            Call::Read { key } => Ok((current(&mut self.kv, key)?, Changed::Nothing)),
             Call::Swap {
                 key,
                 version,
@@ -165,19 +167,19 @@ impl SharedObject {
                 wrote(written, &mut self.kv, key)
             }
             Call::Revoked { hash } => Ok((
-                Said::Revoked {
+                ObjectReply::Revoked {
                     revoked: self.revoked.contains(hash),
                 },
-                Dirty::Nothing,
+                Changed::Nothing,
             )),
             Call::Revoke { hash } => {
                 let added = self.revoked.insert(hash.clone());
                 let dirty = if added {
-                    Dirty::Revoked
+                    Changed::Revoked
                 } else {
-                    Dirty::Nothing
+                    Changed::Nothing
                 };
-                Ok((Said::Revoked { revoked: true }, dirty))
+                Ok((ObjectReply::Revoked { revoked: true }, dirty))
             }
         }
     }
@@ -263,7 +265,8 @@ mod tests {
             let call = Call::for_need(pending.need());
             let call: Call = serde_json::from_str(&serde_json::to_string(&call).unwrap()).unwrap();
             let (said, _) = object.apply(&call).unwrap();
-            let said: Said = serde_json::from_str(&serde_json::to_string(&said).unwrap()).unwrap();
+            let said: ObjectReply =
+                serde_json::from_str(&serde_json::to_string(&said).unwrap()).unwrap();
             progress = pending.resume(said.answer());
         }
     }
@@ -286,12 +289,12 @@ mod tests {
         let mut o = SharedObject::new(1);
         let hash = hash_hex(&sessiongate_core::hash_secret(TOKEN.as_bytes()));
         let (_, dirty) = o.apply(&Call::Revoke { hash: hash.clone() }).unwrap();
-        assert_eq!(dirty, Dirty::Revoked);
+        assert_eq!(dirty, Changed::Revoked);
         let d = decide(&g, &mut o, &format!("Bearer {TOKEN}"), 0);
         assert_eq!(d.outcome, Outcome::Denied(ErrorCode::InvalidCredentials));
         assert_eq!(o.kv.version(sessiongate_core::LIMITER_KEY), None);
         let (said, _) = o.apply(&Call::Revoked { hash }).unwrap();
-        assert_eq!(said, Said::Revoked { revoked: true });
+        assert_eq!(said, ObjectReply::Revoked { revoked: true });
     }
 
     #[test]
@@ -316,13 +319,13 @@ mod tests {
         };
         assert_eq!(
             o.apply(&create).unwrap(),
-            (Said::Written, Dirty::Key("k".into()))
+            (ObjectReply::Written, Changed::Key("k".into()))
         );
         let (said, dirty) = o.apply(&create).unwrap();
-        assert_eq!(dirty, Dirty::Nothing);
+        assert_eq!(dirty, Changed::Nothing);
         assert_eq!(
             said,
-            Said::Value {
+            ObjectReply::Value {
                 value: Some(b"a".to_vec()),
                 version: 7
             }
@@ -332,7 +335,10 @@ mod tests {
             version: 6,
             value: b"b".to_vec(),
         };
-        assert!(matches!(o.apply(&stale).unwrap().0, Said::Value { .. }));
+        assert!(matches!(
+            o.apply(&stale).unwrap().0,
+            ObjectReply::Value { .. }
+        ));
     }
 
     #[test]
@@ -349,7 +355,7 @@ mod tests {
             json,
             r#"{"op":"swap","key":"k","version":3,"value":"aGk="}"#
         );
-        let json = serde_json::to_string(&Said::Value {
+        let json = serde_json::to_string(&ObjectReply::Value {
             value: None,
             version: 0,
         })

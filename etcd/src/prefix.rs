@@ -158,13 +158,13 @@ impl Txn {
 /// Whether a txn's compares held (and so its writes happened).
 pub fn txn_succeeded(status: u16, body: &[u8]) -> Result<bool, String> {
     #[derive(Deserialize)]
-    struct Answer {
+    struct TxnAnswer {
         header: Option<serde_json::Value>,
         // Left out when the compare failed.
         #[serde(default)]
         succeeded: bool,
     }
-    let answer: Answer = parsed(status, body)?;
+    let answer: TxnAnswer = parsed(status, body)?;
     if answer.header.is_none() {
         return Err(format!(
             "etcd's txn answer has no header: {}",

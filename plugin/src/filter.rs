@@ -10,18 +10,18 @@ use crate::decide::{carry_out, choose};
 use crate::host::{Host, SharedKv};
 
 #[cfg(feature = "fleet")]
-pub use crate::fleet::{Waiting, on_callout_response};
+pub use crate::fleet::{PausedRequest, on_callout_response};
 
 /// Without the fleet feature no request ever waits on a callout.
 #[cfg(not(feature = "fleet"))]
 #[derive(Debug)]
-pub enum Waiting {}
+pub enum PausedRequest {}
 
 /// The request-headers phase.
 pub fn on_request_headers<H: Host>(
     gate: &Gate,
     host: &mut H,
-    waiting: &mut Option<Waiting>,
+    waiting: &mut Option<PausedRequest>,
 ) -> Next {
     let headers = host.request_headers();
     let pseudo = |name: &str| {
@@ -47,7 +47,7 @@ pub fn on_request_headers<H: Host>(
     };
     // Without the fleet feature the root context refuses an etcd limiter.
     #[cfg(not(feature = "fleet"))]
-    let _: &mut Option<Waiting> = waiting;
+    let _: &mut Option<PausedRequest> = waiting;
     #[cfg(feature = "fleet")]
     if let Some(next) = crate::fleet::begin(
         gate,

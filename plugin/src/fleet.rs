@@ -16,7 +16,7 @@ use crate::host::{Host, LogLevel, SharedKv};
 /// when the answer comes (the decision is replayed from the answers so far,
 /// as a paused stream cannot keep one that borrows its request).
 #[derive(Debug)]
-pub struct Waiting {
+pub struct PausedRequest {
     method: String,
     target: String,
     authorization: Vec<Vec<u8>>,
@@ -42,7 +42,7 @@ enum Sent {
 pub fn begin<H: Host>(
     gate: &Gate,
     host: &mut H,
-    waiting: &mut Option<Waiting>,
+    waiting: &mut Option<PausedRequest>,
     method: &str,
     target: &str,
     authorization: &[&[u8]],
@@ -52,7 +52,7 @@ pub fn begin<H: Host>(
     let LimiterStore::Etcd { .. } = gate.limiter_store() else {
         return None;
     };
-    let mut w = Waiting {
+    let mut w = PausedRequest {
         method: method.to_owned(),
         target: target.to_owned(),
         authorization: authorization.iter().map(|v| v.to_vec()).collect(),
@@ -74,7 +74,7 @@ pub fn begin<H: Host>(
 pub fn on_callout_response<H: Host>(
     gate: &Gate,
     host: &mut H,
-    waiting: &mut Option<Waiting>,
+    waiting: &mut Option<PausedRequest>,
     status: Option<u16>,
     body: &[u8],
 ) -> Next {
@@ -115,7 +115,7 @@ pub fn on_callout_response<H: Host>(
 /// on the guard's buckets on shared data at once, a step on the limiter's
 /// log as a callout to etcd (then [`Next::Wait`]), and the decision, once
 /// made, carried out.
-fn drive<H: Host>(gate: &Gate, host: &mut H, w: &mut Waiting) -> Next {
+fn drive<H: Host>(gate: &Gate, host: &mut H, w: &mut PausedRequest) -> Next {
     let LimiterStore::Etcd {
         cluster,
         key: etcd_key,
@@ -126,7 +126,7 @@ fn drive<H: Host>(gate: &Gate, host: &mut H, w: &mut Waiting) -> Next {
     else {
         return Next::Stop;
     };
-    let Waiting {
+    let PausedRequest {
         method,
         target,
         authorization,

@@ -132,7 +132,7 @@ struct Request {
     etcd_token: EtcdToken,
     response_headers: Vec<(&'static str, String)>,
     /// The decision waiting on a callout to the limiter's store.
-    waiting: Option<filter::Waiting>,
+    waiting: Option<filter::PausedRequest>,
 }
 
 /// The host calls of the SDK behind the filter's [`Host`] trait.

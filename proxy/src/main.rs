@@ -396,7 +396,7 @@ fn create(kind: Kind, args: CreateArgs, level: Level) -> Result<()> {
 
 fn delete(store: &StoreArg, kind: Kind, name: &str) -> Result<()> {
     let store = store.open()?;
-    let record = manage::delete(&store, kind, name, &manage::anyone)?;
+    let record = manage::delete(&store, kind, name, &manage::unrestricted)?;
     audit::record(&store, &Event::by_operator(Action::Delete, &record, None))
 }
 
@@ -448,7 +448,7 @@ fn run(cli: Cli) -> Result<()> {
                     &name,
                     rename,
                     level.map(Into::into),
-                    &manage::anyone,
+                    &manage::unrestricted,
                 )?;
                 let event = Event::by_operator(Action::Update, &after, Some(&before));
                 audit::record(&store, &event)

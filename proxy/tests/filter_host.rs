@@ -69,7 +69,7 @@ fn vms_on_many_threads_admit_exactly_the_limit() {
     });
     assert_eq!(admitted, 150);
     let denied = plugin
-        .metrics()
+        .stats()
         .snapshot()
         .into_iter()
         .find(|(n, _)| n == "sessiongate_denied_rate_limited")

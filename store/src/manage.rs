@@ -46,10 +46,10 @@ impl std::fmt::Display for Problem {
 impl std::error::Error for Problem {}
 
 /// A check run under the store's lock on the record about to change
-/// (the console's rules); the operator's CLI passes [`anyone`].
+/// (the console's rules); the operator's CLI passes [`unrestricted`].
 pub type Check<'a> = &'a dyn Fn(&CredentialRecord) -> Result<()>;
 
-pub fn anyone(_: &CredentialRecord) -> Result<()> {
+pub fn unrestricted(_: &CredentialRecord) -> Result<()> {
     Ok(())
 }
 
@@ -313,7 +313,7 @@ mod tests {
             "names are unique across kinds"
         );
         assert!(
-            update_key(&store, "t", Some("x".into()), None, &anyone).is_err(),
+            update_key(&store, "t", Some("x".into()), None, &unrestricted).is_err(),
             "tokens cannot be renamed"
         );
         update_key(
@@ -321,7 +321,7 @@ mod tests {
             "k",
             Some("k2".into()),
             Some(Level::Architect),
-            &anyone,
+            &unrestricted,
         )
         .unwrap();
         let records = store.load().unwrap();
@@ -332,8 +332,8 @@ mod tests {
             sessiongate_core::hash_hex(&sessiongate_core::hash_secret(key.as_bytes())),
             "the key's value stays the same"
         );
-        delete(&store, Kind::Token, "t", &anyone).unwrap();
-        assert!(delete(&store, Kind::Token, "t", &anyone).is_err());
+        delete(&store, Kind::Token, "t", &unrestricted).unwrap();
+        assert!(delete(&store, Kind::Token, "t", &unrestricted).is_err());
         assert_eq!(store.load().unwrap().len(), 1);
     }
 

@@ -32,37 +32,44 @@ pub struct EtcdBucket {
 
 /// The bucket could not be reached (or answered what it should not).
 #[derive(Debug)]
-pub struct Down(pub String);
+pub struct BucketUnavailable(pub String);
 
-impl Down {
+impl BucketUnavailable {
     /// This process's shared data failed (injected, or a poisoned lock).
-    pub fn shared(_: SharedDataDown) -> Down {
-        Down("the shared store is unavailable".into())
+    pub fn shared(_: SharedDataDown) -> BucketUnavailable {
+        BucketUnavailable("the shared store is unavailable".into())
     }
 }
 
 impl Backing {
-    pub async fn get(&self, key: &str) -> Result<Option<Versioned>, Down> {
+    pub async fn get(&self, key: &str) -> Result<Option<Versioned>, BucketUnavailable> {
         match self {
             Backing::Shared(shared) => shared
                 .get(key)
                 .map(|v| v.map(|(value, version)| (value, u64::from(version))))
-                .map_err(Down::shared),
+                .map_err(BucketUnavailable::shared),
             Backing::Etcd(bucket) => match bucket.step(&Need::Read { key }).await {
                 Answer::Value(entry) => Ok(entry.map(|e| (e.value.into_owned(), e.version))),
-                other => Err(Down(format!("{other:?}"))),
+                other => Err(BucketUnavailable(format!("{other:?}"))),
             },
         }
     }
 
     /// Writes `value` if the key is still at `seen` (0: absent).
-    pub async fn swap(&self, key: &str, value: Vec<u8>, seen: u64) -> Result<bool, Down> {
+    pub async fn swap(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        seen: u64,
+    ) -> Result<bool, BucketUnavailable> {
         match self {
             Backing::Shared(shared) => {
                 let Ok(seen) = u32::try_from(seen) else {
                     return Ok(false);
                 };
-                shared.swap_if(key, value, seen).map_err(Down::shared)
+                shared
+                    .swap_if(key, value, seen)
+                    .map_err(BucketUnavailable::shared)
             }
             Backing::Etcd(bucket) => {
                 let need = match seen {
@@ -76,33 +83,38 @@ impl Backing {
                 match bucket.step(&need).await {
                     Answer::Written => Ok(true),
                     Answer::Value(_) | Answer::Conflict => Ok(false),
-                    other => Err(Down(format!("{other:?}"))),
+                    other => Err(BucketUnavailable(format!("{other:?}"))),
                 }
             }
         }
     }
 
     /// Writes `value` whatever is there.
-    pub async fn set(&self, key: &str, value: Vec<u8>) -> Result<(), Down> {
+    pub async fn set(&self, key: &str, value: Vec<u8>) -> Result<(), BucketUnavailable> {
         match self {
-            Backing::Shared(shared) => shared.set(key, value, 0).map(drop).map_err(Down::shared),
+            Backing::Shared(shared) => shared
+                .set(key, value, 0)
+                .map(drop)
+                .map_err(BucketUnavailable::shared),
             Backing::Etcd(bucket) => bucket.plain(etcd::put(&bucket.key(key), &value)).await,
         }
     }
 
-    pub async fn delete(&self, key: &str) -> Result<(), Down> {
+    pub async fn delete(&self, key: &str) -> Result<(), BucketUnavailable> {
         match self {
-            Backing::Shared(shared) => shared.delete(key).map_err(Down::shared),
+            Backing::Shared(shared) => shared.delete(key).map_err(BucketUnavailable::shared),
             Backing::Etcd(bucket) => bucket.plain(etcd::delete(&bucket.key(key))).await,
         }
     }
 
     /// Every key of the bucket (shared data only: in etcd the bucket is the
     /// component's alone, and listing it is not something it does).
-    pub fn keys(&self) -> Result<Vec<String>, Down> {
+    pub fn keys(&self) -> Result<Vec<String>, BucketUnavailable> {
         match self {
-            Backing::Shared(shared) => shared.keys().map_err(Down::shared),
-            Backing::Etcd(_) => Err(Down("listing keys in etcd is not supported".into())),
+            Backing::Shared(shared) => shared.keys().map_err(BucketUnavailable::shared),
+            Backing::Etcd(_) => Err(BucketUnavailable(
+                "listing keys in etcd is not supported".into(),
+            )),
         }
     }
 }
@@ -131,18 +143,18 @@ impl EtcdBucket {
     }
 
     /// A call whose answer matters only by its status.
-    async fn plain(&self, call: etcd::Call) -> Result<(), Down> {
+    async fn plain(&self, call: etcd::Call) -> Result<(), BucketUnavailable> {
         match self
             .cluster
             .post_json(call.path, call.body, self.timeout_ms)
             .await
         {
             Some((200, _)) => Ok(()),
-            Some((status, body)) => Err(Down(format!(
+            Some((status, body)) => Err(BucketUnavailable(format!(
                 "etcd answered {status}: {}",
                 String::from_utf8_lossy(&body)
             ))),
-            None => Err(Down("etcd did not answer".into())),
+            None => Err(BucketUnavailable("etcd did not answer".into())),
         }
     }
 }

@@ -34,7 +34,7 @@ use wasmtime_wasi_http::{
     WasiHttpView,
 };
 
-use crate::backing::Down;
+use crate::backing::BucketUnavailable;
 pub use crate::backing::{Backing, EtcdBucket};
 
 /// Host bindings of `wit/gate.wit`'s `host` world. wasi:http and wasi:clocks
@@ -139,7 +139,7 @@ impl KeyValue {
             (Semantics::SpinRedis, _) => shared.swap_if(&cas.key, value, seen).map(|_| false),
             (Semantics::Strict, _) => shared.swap_if(&cas.key, value, seen),
         }
-        .map_err(|e| down(Down::shared(e)))
+        .map_err(|e| down(BucketUnavailable::shared(e)))
     }
 
     fn host_owned(key: &str) -> Result<(), store::Error> {
@@ -150,7 +150,7 @@ impl KeyValue {
     }
 }
 
-fn down(Down(why): Down) -> store::Error {
+fn down(BucketUnavailable(why): BucketUnavailable) -> store::Error {
     store::Error::Other(why)
 }
 

@@ -542,7 +542,7 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             let Some(name) = read_string(&mut c, np, nl) else {
                 return status(Status::BadArgument);
             };
-            let id = c.data().metrics.define(kind, &name);
+            let id = c.data().stats.define(kind, &name);
             or_bad(write_u32(&mut c, ret_id, id))
         },
     )?;
@@ -550,7 +550,7 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_increment_metric",
         |c: Ctx<'_>, id: u32, offset: i64| -> u32 {
-            if c.data().metrics.increment(id, offset) {
+            if c.data().stats.increment(id, offset) {
                 status(Status::Ok)
             } else {
                 status(Status::NotFound)

@@ -1,5 +1,5 @@
 //! A proxy-wasm host on wasmtime, shaped like Envoy's: one compiled module,
-//! several VMs (one per worker), one shared-data store and one set of metrics
+//! several VMs (one per worker), one shared-data store and one set of stats
 //! for all of them, and the stream lifecycle Envoy drives
 //! (`context_create → request_headers → response_headers → done → log → delete`).
 //!
@@ -53,14 +53,14 @@ impl HostCredentials {
     }
 }
 
-/// Metrics shared by every VM, by name (as Envoy's stats are).
+/// Counters every VM defines and increments by name (Envoy's stats).
 #[derive(Default)]
-pub struct Metrics {
+pub struct Stats {
     names: Mutex<Vec<String>>,
     values: Mutex<Vec<Arc<AtomicI64>>>,
 }
 
-impl Metrics {
+impl Stats {
     fn define(&self, _kind: u32, name: &str) -> u32 {
         let (Ok(mut names), Ok(mut values)) = (self.names.lock(), self.values.lock()) else {
             return 0;
@@ -181,7 +181,7 @@ pub struct VmState {
     streams: Streams,
     shared: SharedData,
     credentials: HostCredentials,
-    metrics: Arc<Metrics>,
+    stats: Arc<Stats>,
     log: LogSink,
     clock: Clock,
     /// The clusters `proxy_http_call` may name.
@@ -199,7 +199,7 @@ pub struct Plugin {
     linker: Arc<Linker<VmState>>,
     shared: SharedData,
     credentials: HostCredentials,
-    metrics: Arc<Metrics>,
+    stats: Arc<Stats>,
     log: LogSink,
     /// What `proxy_get_current_time_nanoseconds` answers in new VMs.
     clock: Clock,
@@ -252,7 +252,7 @@ impl Plugin {
             linker: Arc::new(linker),
             shared: SharedData::default(),
             credentials: HostCredentials::default(),
-            metrics: Arc::new(Metrics::default()),
+            stats: Arc::new(Stats::default()),
             log,
             clock: system_clock(),
             clusters: Arc::new(HashSet::new()),
@@ -269,9 +269,9 @@ impl Plugin {
         &self.credentials
     }
 
-    /// The metrics every VM defines and counts.
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
+    /// The stats every VM defines and counts.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
     }
 
     /// New VMs read this clock (benches run a fake one).
@@ -296,7 +296,7 @@ impl Plugin {
             streams: Streams::default(),
             shared: self.shared.clone(),
             credentials: self.credentials.clone(),
-            metrics: self.metrics.clone(),
+            stats: self.stats.clone(),
             log: self.log.clone(),
             clock: self.clock.clone(),
             clusters: self.clusters.clone(),

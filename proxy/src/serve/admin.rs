@@ -94,7 +94,7 @@ async fn route(app: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {
 
 fn scrape(app: &App) -> Scrape {
     let (filter, component_instances) = match &app.runner {
-        Runner::Filter(pool) => (pool.plugin.metrics().snapshot(), None),
+        Runner::Filter(pool) => (pool.plugin.stats().snapshot(), None),
         Runner::Component(host) => (Vec::new(), Some(host.instances_created())),
     };
     Scrape {

@@ -117,7 +117,7 @@ pub(super) async fn handle(
     let (response, credential) = match &app.runner {
         Runner::Filter(pool) => match start_filter(pool, &req, peer) {
             Started::Answered(response, credential) => (response, credential),
-            Started::Waiting(waiting) => Box::pin(finish_filter(&app, pool, waiting)).await,
+            Started::InFilter(waiting) => Box::pin(finish_filter(&app, pool, waiting)).await,
         },
         Runner::Component(host) => (Box::pin(handle_component(host, req, peer)).await, None),
     };
@@ -182,12 +182,12 @@ fn credential(mut props: HashMap<String, Vec<u8>>) -> Credential {
 /// Where the request phase left a request.
 enum Started {
     Answered(Response<Chunks>, Credential),
-    Waiting(Waiting),
+    InFilter(InFilter),
 }
 
 /// A request the filter has not finished with: paused on its callouts, or
 /// let through to the upstream.
-struct Waiting {
+struct InFilter {
     method: hyper::Method,
     vm: usize,
     phase: Result<RequestPhase>,
@@ -206,7 +206,7 @@ fn start_filter(pool: &Pool, req: &Request<Incoming>, peer: SocketAddr) -> Start
             let (response, credential) = local_reply(reply, props);
             Started::Answered(response, credential)
         }
-        phase => Started::Waiting(Waiting {
+        phase => Started::InFilter(InFilter {
             method: req.method().clone(),
             vm,
             phase,
@@ -227,8 +227,12 @@ fn local_reply(
 /// The rest of a request the filter paused or let through: its callouts
 /// sent and answered, or the upstream's response through the filter's
 /// response phase.
-async fn finish_filter(app: &App, pool: &Pool, waiting: Waiting) -> (Response<Chunks>, Credential) {
-    let Waiting {
+async fn finish_filter(
+    app: &App,
+    pool: &Pool,
+    waiting: InFilter,
+) -> (Response<Chunks>, Credential) {
+    let InFilter {
         method,
         vm,
         mut phase,

@@ -520,7 +520,7 @@ async fn serve(
     bound: tokio::sync::watch::Sender<Option<SocketAddr>>,
 ) -> Result<()> {
     // The port is this process's alone: a plain bind first fails when
-    // anyone holds it (SO_REUSEPORT would let a second serve share it), and
+    // unrestricted holds it (SO_REUSEPORT would let a second serve share it), and
     // names the port when 0 was asked for.
     let listen = std::net::TcpListener::bind(&settings.listen)
         .and_then(|probe| probe.local_addr())

@@ -12,15 +12,15 @@ use spin_sdk::http::{
 };
 
 /// An answer before it is written: status, headers, body.
-struct Answer {
+struct Outgoing {
     status: u16,
     headers: Vec<(String, Vec<u8>)>,
     body: Vec<u8>,
 }
 
-impl Answer {
-    fn reply(reply: Reply<'_>) -> Answer {
-        Answer {
+impl Outgoing {
+    fn reply(reply: Reply<'_>) -> Outgoing {
+        Outgoing {
             status: reply.status,
             headers: reply
                 .headers
@@ -31,9 +31,9 @@ impl Answer {
         }
     }
 
-    fn internal_error(message: &str) -> Answer {
+    fn internal_error(message: &str) -> Outgoing {
         eprintln!("sessiongate: {message}");
-        Answer::reply(Gate::internal_error_reply("The gate is misconfigured."))
+        Outgoing::reply(Gate::internal_error_reply("The gate is misconfigured."))
     }
 }
 
@@ -55,15 +55,15 @@ async fn handle(req: IncomingRequest, out: ResponseOutparam) {
     }
 }
 
-async fn answer(req: &IncomingRequest) -> Answer {
+async fn answer(req: &IncomingRequest) -> Outgoing {
     let bucket = match Bucket::open() {
         Ok(b) => b,
-        Err(e) => return Answer::internal_error(&e),
+        Err(e) => return Outgoing::internal_error(&e),
     };
     let gate = match bucket.gate() {
         Ok(g) => g,
         Err(e) => {
-            return Answer::internal_error(&format!(
+            return Outgoing::internal_error(&format!(
                 "invalid configuration, refusing requests: {e}"
             ));
         }
@@ -87,7 +87,7 @@ async fn answer(req: &IncomingRequest) -> Answer {
     };
     let decision = bucket.decide(&gate, &request);
     match decision.action {
-        Action::Reply(reply) => Answer::reply(reply),
+        Action::Reply(reply) => Outgoing::reply(reply),
         Action::Forward(f) => forward(&headers, &gate, &target, f).await,
     }
 }
@@ -100,13 +100,13 @@ async fn forward(
     gate: &Gate,
     target: &str,
     f: Forward<'_>,
-) -> Answer {
+) -> Outgoing {
     let Backend::Upstream(Some(origin)) = gate.backend() else {
-        return Answer::internal_error("backend \"upstream\" needs an origin URL in a component");
+        return Outgoing::internal_error("backend \"upstream\" needs an origin URL in a component");
     };
     let url = format!("{origin}{target}");
     let Ok(uri) = url.parse::<http::Uri>() else {
-        return Answer::internal_error(&format!("bad upstream URL {url:?}"));
+        return Outgoing::internal_error(&format!("bad upstream URL {url:?}"));
     };
     let mut sent: Vec<(String, Vec<u8>)> = headers
         .iter()
@@ -129,7 +129,7 @@ async fn forward(
     );
     let request = match Fields::from_list(&sent) {
         Ok(fields) => OutgoingRequest::new(fields),
-        Err(e) => return Answer::internal_error(&format!("bad upstream headers: {e:?}")),
+        Err(e) => return Outgoing::internal_error(&format!("bad upstream headers: {e:?}")),
     };
     let scheme = match uri.scheme_str() {
         Some("https") => Scheme::Https,
@@ -143,7 +143,7 @@ async fn forward(
             .is_err()
         || request.set_path_with_query(path).is_err()
     {
-        return Answer::internal_error(&format!("cannot address the upstream at {url:?}"));
+        return Outgoing::internal_error(&format!("cannot address the upstream at {url:?}"));
     }
     let relayed = match spin_sdk::http::send::<_, IncomingResponse>(request).await {
         Ok(response) => {
@@ -163,7 +163,7 @@ async fn forward(
         }
     };
     let Some((status, mut headers, body)) = relayed else {
-        return Answer::reply(Gate::upstream_unavailable(Some(f)));
+        return Outgoing::reply(Gate::upstream_unavailable(Some(f)));
     };
     // One hop's headers stay on it (wasi:http refuses them in a response).
     headers.retain(|(name, _)| {
@@ -178,7 +178,7 @@ async fn forward(
             .iter()
             .map(|(n, v)| ((*n).to_owned(), v.as_bytes().to_vec())),
     );
-    Answer {
+    Outgoing {
         status,
         headers,
         body,
