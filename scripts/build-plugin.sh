@@ -7,7 +7,7 @@
 # Default: `opt-level = "s"` (3 for the crates Cargo.toml names), then
 # `wasm-opt -Oz --converge`: under 250 KB
 # and under 5 us a request under wasmtime (`"z"` is 9 % smaller and 30 %
-# slower; BENCHMARKS.md has the table). `--fast`: `opt-level = 3`
+# slower). `--fast`: `opt-level = 3`
 # throughout, then `wasm-opt -O3`: larger (the tests hold it under 300,000
 # bytes) and faster again. Prints the path and
 # the sizes. `--fleet`: with the limiter on etcd (the `fleet` feature;
@@ -15,8 +15,8 @@
 #
 # The filter uses WebAssembly's 128-bit SIMD (Wasm 2.0; V8 from 9.1, so
 # Envoy's default runtime, and Wasmtime run it): SHA-256 of every presented
-# secret has a SIMD form in `sha2`, and the filter is smaller with it
-# (BENCHMARKS.md). `--no-simd` builds one for a runtime without it. The
+# secret has a SIMD form in `sha2`, and the filter is smaller with it.
+# `--no-simd` builds one for a runtime without it. The
 # flag is also in .cargo/config.toml, for every other build of the filter
 # (the one `serve` embeds); the RUSTFLAGS set here replace that file's.
 set -euo pipefail

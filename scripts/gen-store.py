@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Writes a token store of N credentials to standard output, for the store
-benchmark (BENCHMARKS.md, target 5):  scripts/gen-store.py 1000000 > big.json
+benchmark:  scripts/gen-store.py 1000000 > big.json
 
 The records look like the ones `sessiongate tokens create` writes (pretty
 JSON, hashes only): four tokens to one key, 100 customers, half the

@@ -3,7 +3,7 @@
 # (all threads, host and the filter's compiled wasm alike), under a steady
 # wrk load. A count, not a time: the same binary gives the same figure within
 # ~1 % on a loaded or a noisy machine, where req/s moves by 10-20 % between
-# runs (BENCHMARKS.md), so two builds can be compared one after the other.
+# runs, so two builds can be compared one after the other.
 #
 #   scripts/serve-instructions.sh [BINARY] [flood|page] [SECONDS]
 #     flood: the 429 flood (limit 1 a day), as scripts/bench-load.sh (a)

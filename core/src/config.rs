@@ -10,10 +10,13 @@ use crate::stub::DEFAULT_SESSIONS_PER_SITE;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+/// The global limit: `requests` per `window_seconds` (the contract: 20 a minute).
 pub struct LimitConfig {
     #[serde(default = "default_requests")]
+    /// Requests admitted per window, all credentials together.
     pub requests: u32,
     #[serde(default = "default_window")]
+    /// The window's length in seconds.
     pub window_seconds: u32,
 }
 
@@ -45,6 +48,7 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// Parses `stub` or an upstream's `http://host:port` (as the CLI's `--backend` takes it).
     pub fn parse(s: &str) -> Result<Backend, String> {
         match s {
             "stub" => Ok(Backend::Stub),
@@ -83,7 +87,12 @@ pub enum ConfigError {
     /// gives one the wrong type.
     Syntax(String),
     /// A field holds a value the gate does not accept.
-    Invalid { field: &'static str, reason: String },
+    Invalid {
+        /// The field, as the JSON names it.
+        field: &'static str,
+        /// What is wrong with its value.
+        reason: String,
+    },
 }
 
 impl std::fmt::Display for ConfigError {
@@ -109,13 +118,16 @@ pub struct GateConfig {
     #[serde(default)]
     pub credentials: CredentialSet,
     #[serde(default)]
+    /// The global limit (defaults to the contract's 20 a minute).
     pub limit: LimitConfig,
     #[serde(default)]
+    /// Where admitted requests go: the stub, or an upstream.
     pub backend: Backend,
     /// Admit when the limiter's shared state fails. Off: fail closed (`503`).
     #[serde(default)]
     pub fail_open: bool,
     #[serde(default = "default_stub_sessions")]
+    /// Sessions the stub answers per site (the contract's paging needs more than 1,000).
     pub stub_sessions_per_site: u32,
     /// The failed-credential guard (per client address).
     #[serde(default)]
@@ -153,6 +165,7 @@ pub enum LimiterStore {
         /// etcd's own user, when the cluster has authentication on: the
         /// filter logs in for a token and again when it expires.
         user: Option<String>,
+        /// etcd's password for `user`; the filter reads it from its configuration, the CLI from `SESSIONGATE_ETCD_PASSWORD`.
         password: Option<String>,
     },
 }
@@ -184,6 +197,7 @@ enum StoreName {
 }
 
 impl LimiterStore {
+    /// Whether the limiter lives in the host's shared data (one VM set) rather than etcd.
     pub fn is_shared_data(&self) -> bool {
         *self == LimiterStore::SharedData
     }

@@ -11,8 +11,9 @@ use crate::route::is_valid_id;
 
 /// `fus_` and 40 characters of `[A-Za-z0-9]`.
 pub const TOKEN_PREFIX: &str = "fus_";
+/// The number of `[A-Za-z0-9]` characters after [`TOKEN_PREFIX`].
 pub const TOKEN_BODY_LEN: usize = 40;
-pub const TOKEN_LEN: usize = TOKEN_PREFIX.len() + TOKEN_BODY_LEN;
+pub(crate) const TOKEN_LEN: usize = TOKEN_PREFIX.len() + TOKEN_BODY_LEN;
 /// A key's suffix: 7 characters after the last `/`.
 pub const KEY_SUFFIX_LEN: usize = 7;
 /// A key's random body is at least this many base62 characters.
@@ -26,6 +27,7 @@ pub fn hash_secret(secret: &[u8]) -> SecretHash {
     Sha256::digest(secret).into()
 }
 
+/// A digest as lowercase hex, the form records and keys store it in.
 pub fn hash_hex(hash: &SecretHash) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(64);
@@ -137,8 +139,11 @@ pub fn hint(kind: Kind, secret: &str) -> String {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+/// Which of the two credential shapes a record is.
 pub enum Kind {
+    /// A `Bearer fus_…` token.
     Token,
+    /// A `Basic` API key, with a permission level.
     Key,
 }
 
@@ -149,8 +154,11 @@ pub enum Kind {
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     #[default]
+    /// Lists sessions (what the API needs; a token's level).
     Standard,
+    /// Above standard (`GET /me` says `ARCHITECT`).
     Architect,
+    /// The highest level (`GET /me` says `ADMIN`).
     Admin,
 }
 
@@ -164,10 +172,12 @@ impl Level {
         }
     }
 
+    /// Whether a credential of this level may do what needs `required`.
     pub fn satisfies(self, required: Level) -> bool {
         self >= required
     }
 
+    /// Parses the lowercase name (`standard`, `architect`, `admin`).
     pub fn parse(s: &str) -> Option<Level> {
         match s {
             "standard" => Some(Level::Standard),
@@ -191,11 +201,14 @@ impl fmt::Display for Level {
 /// The sites a credential may read: every site of its customer, or a list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Sites {
+    /// Every site of the credential's customer.
     All,
+    /// Only these site ids.
     List(Vec<String>),
 }
 
 impl Sites {
+    /// Whether `site` is in scope.
     pub fn contains(&self, site: &str) -> bool {
         match self {
             Sites::All => true,
@@ -244,16 +257,23 @@ impl<'de> Deserialize<'de> for Sites {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialRecord {
+    /// Unique within the store; what lists and the access log show.
     pub name: String,
+    /// What its creator wrote about it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Token or key.
     pub kind: Kind,
     /// Lowercase hex SHA-256 of the whole secret.
     pub hash: String,
+    /// What lists show of the secret: `fus_****abc`, or a key's suffix.
     pub hint: String,
+    /// The customer id whose sessions it reads.
     pub customer: String,
+    /// The sites of that customer it reads.
     pub sites: Sites,
     #[serde(default)]
+    /// What it may do (keys; tokens are standard).
     pub level: Level,
     /// Creation time, Unix milliseconds.
     pub created: u64,
@@ -336,7 +356,9 @@ pub enum Presented {
     /// `Basic …`: a key, raw or as RFC 7617 `user:password`. Up to two
     /// candidates: the raw value, and the secret inside its base64 form.
     Basic {
+        /// The digest of the value as sent.
         raw: SecretHash,
+        /// The digest of the secret inside `user:password`, when the value is its base64.
         decoded: Option<SecretHash>,
     },
 }
@@ -345,9 +367,13 @@ pub enum Presented {
 /// with one body whichever it was, so the reason is for logs and metrics only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Malformed {
+    /// No space-separated scheme.
     NoScheme,
+    /// A scheme other than `Bearer` or `Basic`.
     UnknownScheme,
+    /// A bearer value that is not `fus_` and 40 base62 characters.
     NotATokenShape,
+    /// A scheme with nothing after it.
     Empty,
 }
 
@@ -383,6 +409,7 @@ pub fn presented_hashes(authorization: &[&[u8]]) -> Vec<SecretHash> {
     }
 }
 
+/// Reads an `Authorization` value into the digests it presents, without keeping the secret.
 pub fn parse_authorization(value: &[u8]) -> Result<Presented, Malformed> {
     let value = trim_ows(value);
     let split = value
@@ -434,8 +461,8 @@ pub fn split_joined(value: &[u8]) -> Vec<&[u8]> {
 mod tests {
     use super::*;
 
-    pub const TOKEN: &str = "fus_abcdefghijABCDEFGHIJ0123456789klmnopqrst";
-    pub const KEY: &str = "k3yB0dyk3yB0dyk3yB0dyk3yB0dyk3yB0dyXY/AB12CD3";
+    pub(super) const TOKEN: &str = "fus_abcdefghijABCDEFGHIJ0123456789klmnopqrst";
+    pub(super) const KEY: &str = "k3yB0dyk3yB0dyk3yB0dyk3yB0dyk3yB0dyXY/AB12CD3";
 
     #[test]
     fn shapes() {

@@ -33,14 +33,23 @@ struct Entry {
 /// One credential, borrowed from its set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Credential<'a> {
+    /// Unique within the set.
     pub name: &'a str,
+    /// What its creator wrote about it.
     pub description: Option<&'a str>,
+    /// Token or key.
     pub kind: Kind,
+    /// SHA-256 of the whole secret.
     pub hash: &'a SecretHash,
+    /// What lists show of the secret: `fus_****abc`, or a key's suffix.
     pub hint: &'a str,
+    /// The customer id whose sessions it reads.
     pub customer: &'a str,
+    /// The sites of that customer it reads.
     pub sites: SiteScope<'a>,
+    /// What it may do.
     pub level: Level,
+    /// Creation time, Unix milliseconds.
     pub created: u64,
     /// The name of the user who created it (none: the operator's CLI).
     pub owner: Option<&'a str>,
@@ -49,12 +58,14 @@ pub struct Credential<'a> {
 /// The sites a credential may read, borrowed from its set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SiteScope<'a> {
+    /// Every site of the credential's customer.
     All,
     /// Site ids joined with commas.
     List(&'a str),
 }
 
 impl<'a> SiteScope<'a> {
+    /// Whether `site` is in scope.
     pub fn contains(self, site: &str) -> bool {
         match self {
             SiteScope::All => true,
@@ -62,6 +73,7 @@ impl<'a> SiteScope<'a> {
         }
     }
 
+    /// An owned copy, as a record holds it.
     pub fn to_sites(self) -> Sites {
         match self {
             SiteScope::All => Sites::All,
@@ -71,10 +83,12 @@ impl<'a> SiteScope<'a> {
 }
 
 impl Credential<'_> {
+    /// The digest as lowercase hex.
     pub fn hash_hex(&self) -> String {
         hash_hex(self.hash)
     }
 
+    /// An owned record, as the store writes it.
     pub fn to_record(&self) -> CredentialRecord {
         CredentialRecord {
             name: self.name.to_owned(),
@@ -136,10 +150,12 @@ impl CredentialSet {
         builder.finish()
     }
 
+    /// How many credentials the set holds.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    /// Whether the set holds none.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -177,6 +193,7 @@ impl CredentialSet {
         self.entries.iter().map(|e| self.view(e))
     }
 
+    /// Every credential as an owned record, in name order.
     pub fn records(&self) -> Vec<CredentialRecord> {
         self.iter().map(|c| c.to_record()).collect()
     }
@@ -224,8 +241,8 @@ impl CredentialSet {
 }
 
 /// Checks names for duplicates: they come from the operator's own store, not
-/// from requests, so a multiply-rotate hash will do (BENCHMARKS.md has what
-/// SipHash cost a million-record load).
+/// from requests, so a multiply-rotate hash will do, and costs a
+/// million-record load less than SipHash.
 #[derive(Default)]
 struct NameHasher(u64);
 
@@ -263,10 +280,12 @@ impl CredentialSetBuilder {
         }
     }
 
+    /// How many credentials were added.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    /// Whether none were added.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

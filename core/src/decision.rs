@@ -7,19 +7,22 @@ use crate::error::ErrorCode;
 use crate::headers::Computed;
 
 /// The header a challenge names both schemes in.
-pub const WWW_AUTHENTICATE: &str = "Bearer realm=\"sessions\", Basic realm=\"sessions\"";
+pub(crate) const WWW_AUTHENTICATE: &str = "Bearer realm=\"sessions\", Basic realm=\"sessions\"";
 /// Request headers the forwarded request gains (the credential's name, its
 /// customer): set by the gate, replacing any a client sent.
 pub const CREDENTIAL_HEADER: &str = "x-sessiongate-credential";
+/// The request header a forward names the customer in (the gate removes any the client sent).
 pub const CUSTOMER_HEADER: &str = "x-sessiongate-customer";
 /// The rate-limit headers of section 4, as the gate names them (lowercase).
 pub const RATELIMIT_HEADER: &str = "ratelimit";
+/// The IETF `RateLimit-Policy` header: the limit in force.
 pub const RATELIMIT_POLICY_HEADER: &str = "ratelimit-policy";
 
 /// What the host knows of a request. Header values are raw bytes: they may
 /// not be UTF-8, and the gate must not fail on them.
 #[derive(Debug, Clone, Copy)]
 pub struct Request<'a> {
+    /// The HTTP method, as the host received it.
     pub method: &'a str,
     /// Path and query, as on the request line (`:path` in Envoy).
     pub target: &'a str,
@@ -38,11 +41,14 @@ pub type Headers<'g> = Vec<(&'static str, FieldValue<'g>)>;
 /// so that a decision allocates no header value.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum FieldValue<'g> {
+    /// Text the gate holds: the policy, a constant.
     Borrowed(&'g str),
+    /// Text the decision made (`RateLimit`, `Retry-After`).
     Computed(Computed),
 }
 
 impl FieldValue<'_> {
+    /// The value as text.
     pub fn as_str(&self) -> &str {
         match self {
             FieldValue::Borrowed(s) => s,
@@ -91,8 +97,11 @@ impl PartialEq<&str> for FieldValue<'_> {
 /// A response the gate sends itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply<'g> {
+    /// The HTTP status.
     pub status: u16,
+    /// The response headers.
     pub headers: Headers<'g>,
+    /// The response body (JSON).
     pub body: Body,
 }
 
@@ -101,11 +110,14 @@ pub struct Reply<'g> {
 /// limit's 429, made once with the gate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Body {
+    /// Made for this reply.
     Made(String),
+    /// Made once and shared (the stub's cache, the 429).
     Shared(Arc<String>),
 }
 
 impl Body {
+    /// The body as text.
     pub fn as_str(&self) -> &str {
         match self {
             Body::Made(s) => s,
@@ -186,24 +198,31 @@ pub fn is_per_hop(name: &str) -> bool {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+/// What a host does with a request: answer it, or send it on.
 pub enum Action<'g> {
+    /// Answer it here.
     Reply(Reply<'g>),
+    /// Send it to the backend, with these changes.
     Forward(Forward<'g>),
 }
 
 /// How a request ended, for metrics and the access log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
+    /// Admitted by credential, scope, level and limit.
     Allowed,
     /// The limiter failed and `fail_open` let the request through.
     AllowedFailOpen,
+    /// Refused with this error.
     Denied(ErrorCode),
 }
 
 /// What to do with a request. It borrows from the gate that made it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision<'g> {
+    /// Answer or forward.
     pub action: Action<'g>,
+    /// How it ended, for metrics.
     pub outcome: Outcome,
     /// The credential's name once authenticated (never its secret).
     pub credential: Option<&'g str>,

@@ -42,6 +42,7 @@ impl DigestFilter {
         (!bits.is_empty()).then_some(DigestFilter { bits })
     }
 
+    /// The filter's bits, to store or send (read back with [`DigestFilter::from_bytes`]).
     pub fn as_bytes(&self) -> &[u8] {
         &self.bits
     }

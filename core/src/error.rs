@@ -6,14 +6,23 @@ use std::fmt;
 /// Every error the gate itself produces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
+    /// `400`: a path, method or query the API does not have the shape of.
     InvalidRequest,
+    /// `401`: no `Authorization` header.
     Unauthorized,
+    /// `401`: a credential that is malformed, unknown or revoked.
     InvalidCredentials,
+    /// `403`: a credential that may not read this site or needs a higher level.
     Forbidden,
+    /// `404`: no such route.
     NotFound,
+    /// `405`: a method other than `GET` on the sessions route.
     MethodNotAllowed,
+    /// `429`: the global limit is spent.
     RateLimited,
+    /// `502`: the backend did not answer.
     UpstreamUnavailable,
+    /// `503`: the limiter's shared state failed and the gate fails closed.
     LimiterUnavailable,
 }
 
@@ -31,6 +40,7 @@ impl ErrorCode {
         ErrorCode::LimiterUnavailable,
     ];
 
+    /// The HTTP status the contract gives this error.
     pub const fn status(self) -> u16 {
         match self {
             ErrorCode::InvalidRequest => 400,
@@ -44,6 +54,7 @@ impl ErrorCode {
         }
     }
 
+    /// The code as the JSON body's `error` field spells it.
     pub const fn as_str(self) -> &'static str {
         match self {
             ErrorCode::InvalidRequest => "invalid_request",
@@ -68,12 +79,14 @@ impl fmt::Display for ErrorCode {
 /// An error answer: its code and the one sentence a person reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GateError {
+    /// Which error.
     pub code: ErrorCode,
     /// Most messages are fixed text: borrowed, not copied, per error.
     pub message: Cow<'static, str>,
 }
 
 impl GateError {
+    /// An error with its code and message.
     pub fn new(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
         GateError {
             code,
@@ -88,8 +101,7 @@ impl GateError {
 }
 
 /// The JSON body of section 6, written into one buffer: it is on every
-/// error, and the 429 is the answer a flood gets (BENCHMARKS.md has what a
-/// `json!` map cost).
+/// error, and the 429 is the answer a flood gets: no map is built.
 pub fn error_body(code: ErrorCode, message: &str) -> String {
     body_with_code(code.as_str(), message)
 }
@@ -127,7 +139,7 @@ fn body_with_code(code: &str, message: &str) -> String {
 /// control characters escaped (RFC 8259 section 7), everything else as is.
 /// Scans bytes: every byte that needs escaping is ASCII, and no byte of a
 /// multi-byte UTF-8 character is below 0x80, so each cut is a char boundary.
-pub fn push_json_string(out: &mut String, s: &str) {
+pub(crate) fn push_json_string(out: &mut String, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push('"');
     // The usual case, every fixed message: nothing to escape. A fold with no

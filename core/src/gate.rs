@@ -103,6 +103,7 @@ pub(crate) enum Scoped<'g> {
 }
 
 impl Gate {
+    /// A gate for a checked configuration.
     pub fn new(config: GateConfig) -> Result<Gate, ConfigError> {
         config.validate()?;
         let limit = Limit::new(config.limit.requests, config.limit.window_seconds);
@@ -130,6 +131,7 @@ impl Gate {
         })
     }
 
+    /// A gate from the configuration's JSON.
     pub fn from_json(bytes: &[u8]) -> Result<Gate, ConfigError> {
         Gate::new(GateConfig::from_json(bytes)?)
     }
@@ -169,14 +171,17 @@ impl Gate {
         self
     }
 
+    /// The global limit in force.
     pub fn limit(&self) -> Limit {
         self.common.limit
     }
 
+    /// Where admitted requests go.
     pub fn backend(&self) -> &Backend {
         &self.common.backend
     }
 
+    /// The credentials the gate admits.
     pub fn credentials(&self) -> &CredentialSet {
         &self.credentials
     }

@@ -11,17 +11,19 @@
 use serde::{Deserialize, Serialize};
 
 /// Buckets (shared-store keys) the addresses are spread over.
-pub const BUCKETS: u64 = 1024;
+pub(crate) const BUCKETS: u64 = 1024;
 /// Addresses one bucket remembers.
-pub const ADDRESSES_PER_BUCKET: usize = 8;
+pub(crate) const ADDRESSES_PER_BUCKET: usize = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+/// The failed-credential guard: how many bad credentials one client address may present per window.
 pub struct GuardConfig {
     /// Failed credentials an address may present per window; 0 turns the guard off.
     #[serde(default = "default_failures")]
     pub failures: u32,
     #[serde(default = "default_window")]
+    /// The window's length in seconds.
     pub window_seconds: u32,
 }
 
@@ -42,6 +44,7 @@ impl Default for GuardConfig {
 }
 
 impl GuardConfig {
+    /// Whether the guard is on.
     pub fn enabled(&self) -> bool {
         self.failures > 0
     }
@@ -66,7 +69,7 @@ pub(crate) fn bucket_key(address: &str) -> String {
 
 /// The client part of `ip:port` (Envoy's `source.address`), so every
 /// connection of one client counts together.
-pub fn client_of(source: &str) -> &str {
+pub(crate) fn client_of(source: &str) -> &str {
     if let Some(rest) = source.strip_prefix('[') {
         return rest.split(']').next().unwrap_or(source);
     }

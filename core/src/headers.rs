@@ -3,14 +3,14 @@
 use crate::limiter::{Limit, Verdict};
 
 /// `RateLimit-Policy: 20;w=60`
-pub fn policy(limit: Limit) -> String {
+pub(crate) fn policy(limit: Limit) -> String {
     format!("{};w={}", limit.requests, limit.window_seconds())
 }
 
 /// `RateLimit: limit=20, remaining=N, reset=S`. Written by hand into a
-/// value kept inline: it is on every answer of the API (BENCHMARKS.md has
-/// what `format!` and a `String` apiece cost).
-pub fn ratelimit(limit: Limit, v: &Verdict) -> Computed {
+/// value kept inline: it is on every answer of the API, so it allocates
+/// nothing.
+pub(crate) fn ratelimit(limit: Limit, v: &Verdict) -> Computed {
     let mut out = Computed::default();
     out.push(b"limit=");
     out.push_decimal(u64::from(limit.requests));
@@ -22,7 +22,7 @@ pub fn ratelimit(limit: Limit, v: &Verdict) -> Computed {
 }
 
 /// `n` in decimal (`Retry-After`).
-pub fn decimal(n: u64) -> Computed {
+pub(crate) fn decimal(n: u64) -> Computed {
     let mut out = Computed::default();
     out.push_decimal(n);
     out
@@ -77,6 +77,7 @@ impl Computed {
         }
     }
 
+    /// The value as text.
     pub fn as_str(&self) -> &str {
         let bytes = self.bytes.get(..usize::from(self.len)).unwrap_or_default();
         // Only ASCII is ever pushed.

@@ -16,7 +16,9 @@ pub type Version = u64;
 /// A key's value and the version it was read at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry<'a> {
+    /// The bytes stored.
     pub value: Cow<'a, [u8]>,
+    /// The version they were read at (compare-and-swap takes it).
     pub version: Version,
 }
 
@@ -75,7 +77,7 @@ pub trait Kv {
 #[derive(Debug, Clone)]
 pub struct MemoryKv {
     /// Ordered, not hashed: a gate touches one to a few keys, and comparing
-    /// them costs less than hashing each lookup (BENCHMARKS.md).
+    /// them costs less than hashing each lookup.
     entries: BTreeMap<String, (Vec<u8>, Version)>,
     /// The version the next created key starts at.
     first_version: Version,
@@ -98,6 +100,7 @@ impl MemoryKv {
         }
     }
 
+    /// The value stored at `key`, if any.
     pub fn value(&self, key: &str) -> Option<&[u8]> {
         self.entries.get(key).map(|(v, _)| v.as_slice())
     }

@@ -7,6 +7,7 @@
 //! synchronous [`Kv`]. Every build of sessiongate (proxy-wasm filter,
 //! Worker, component, local host) is a thin driver over this crate.
 #![forbid(unsafe_code)]
+#![warn(unreachable_pub, missing_docs)]
 
 mod config;
 mod credential;
@@ -30,40 +31,49 @@ pub mod fixtures;
 #[cfg(any(test, feature = "testing"))]
 pub mod fuzzing;
 
+// Driving a decision: a gate, a request in, steps of the shared state, a
+// decision out.
+pub use decision::{
+    Action, Body, Decision, FieldValue, Forward, Headers, Outcome, Reply, Request, is_per_hop,
+};
+pub use gate::Gate;
+pub use headers::Computed;
+pub use kv::{Entry, Kv, KvError, MemoryKv, Version};
+pub use pending::{Answer, Need, Pending, Progress};
+
+// Configuring a gate.
 pub use config::{Backend, ConfigError, GateConfig, LimitConfig, LimiterStore};
+pub use guard::GuardConfig;
+pub use limiter::{LIMITER_KEY, Limit, LimiterError};
+
+/// The limiter's stored log, for tests and tools that inspect a state.
+pub mod limiter_log {
+    pub use crate::limiter::{decode, encode};
+}
+
+// Credentials: their shapes, digests and records, and the set a gate admits.
 pub use credential::{
     CredentialRecord, KEY_MIN_BODY_LEN, KEY_SUFFIX_LEN, Kind, Level, Malformed, Presented,
     SecretHash, Sites, TOKEN_BODY_LEN, TOKEN_PREFIX, hash_hex, hash_secret, hint, is_key, is_token,
     parse_authorization, parse_hash_hex, presented_hashes, split_joined,
 };
 pub use credential_set::{Credential, CredentialSet, CredentialSetBuilder, SiteScope};
-pub use decision::{
-    Action, Body, CREDENTIAL_HEADER, CUSTOMER_HEADER, Decision, FieldValue, Forward, Headers,
-    Outcome, RATELIMIT_HEADER, RATELIMIT_POLICY_HEADER, Reply, Request, WWW_AUTHENTICATE,
-    is_per_hop,
-};
 pub use digest_filter::DigestFilter;
-pub use headers::Computed;
+
+// Who may manage which credentials (contract section 7).
+pub use management::{Manager, Permission, Refusal, Role};
+
+// The wire: errors, headers, ids, and the stub's sessions.
+pub use decision::{CREDENTIAL_HEADER, CUSTOMER_HEADER, RATELIMIT_HEADER, RATELIMIT_POLICY_HEADER};
+pub use error::{ErrorCode, GateError, error_body, internal_error_body, malformed_request_body};
+pub use query::percent_decode;
+pub use route::is_valid_id;
+pub use stub::{DEFAULT_SESSIONS_PER_SITE, Session};
 
 /// The shared-data key under which a host that keeps credentials itself
 /// (`serve` with a large store) answers a credential, by its digest in hex
 /// (`sessiongate/credential/<sha-256 hex>`): a JSON list of its one record.
 pub const CREDENTIAL_KEY_PREFIX: &str = "sessiongate/credential/";
-pub use error::{ErrorCode, GateError, error_body, internal_error_body, malformed_request_body};
-pub use gate::Gate;
-pub use guard::{GuardConfig, client_of};
-pub use kv::{Entry, Kv, KvError, MemoryKv, Version};
-pub use limiter::{LIMITER_KEY, Limit, LimiterError, MAX_REQUESTS, Verdict};
-pub use management::{Manager, Permission, Refusal, Role};
-pub use pending::{Answer, Need, Pending, Progress};
-pub use query::{SessionQuery, percent_decode};
-pub use route::is_valid_id;
-pub use stub::{DEFAULT_SESSIONS_PER_SITE, Session, StubSite};
-
-/// The limiter's stored log, for tests and tools that inspect a state.
-pub mod limiter_log {
-    pub use crate::limiter::{decode, encode};
-}
 
 /// The stream property a filter sets to the admitted credential's name, for
 /// the host's access log (Envoy: filter state `wasm.sessiongate_credential`,

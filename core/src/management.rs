@@ -14,18 +14,24 @@ use crate::error::{ErrorCode, GateError};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// Creates standard keys; views and changes only their own.
     Standard,
+    /// Creates standard and architect keys; views and changes only their own.
     Architect,
+    /// Creates keys of every level; views and changes every key of the account.
     Admin,
 }
 
 impl Role {
+    /// Every role, lowest first.
     pub const ALL: [Role; 3] = [Role::Standard, Role::Architect, Role::Admin];
 
+    /// Parses the lowercase name (`standard`, `architect`, `admin`).
     pub fn parse(s: &str) -> Option<Role> {
         Role::ALL.into_iter().find(|r| r.as_str() == s)
     }
 
+    /// The lowercase name.
     pub const fn as_str(self) -> &'static str {
         match self {
             Role::Standard => "standard",
@@ -88,16 +94,19 @@ pub enum Permission {
 }
 
 impl Permission {
+    /// Every permission.
     pub const ALL: [Permission; 3] = [
         Permission::TokensView,
         Permission::TokensCreate,
         Permission::TokensDelete,
     ];
 
+    /// Parses the name as the user's record spells it.
     pub fn parse(s: &str) -> Option<Permission> {
         Permission::ALL.into_iter().find(|p| p.as_str() == s)
     }
 
+    /// The name as the user's record spells it.
     pub const fn as_str(self) -> &'static str {
         match self {
             Permission::TokensView => "api_tokens:view",
@@ -120,9 +129,17 @@ pub enum Refusal {
     /// The action on tokens needs a permission the user lacks.
     MissingPermission(Permission),
     /// The key's level (created, or after the change) is above the user's role.
-    LevelAboveRole { role: Role, level: Level },
+    LevelAboveRole {
+        /// The user's role.
+        role: Role,
+        /// The level asked for.
+        level: Level,
+    },
     /// A standard or architect user acted on a key someone else created.
-    NotTheOwner { role: Role },
+    NotTheOwner {
+        /// The user's role.
+        role: Role,
+    },
     /// Only admins read the audit log.
     AdminsOnly,
 }
@@ -162,9 +179,13 @@ impl Refusal {
 /// A user of an account, acting on its credentials.
 #[derive(Debug, Clone, Copy)]
 pub struct Manager<'a> {
+    /// The user's name (a key's owner).
     pub name: &'a str,
+    /// The customer account the user belongs to.
     pub customer: &'a str,
+    /// The user's role.
     pub role: Role,
+    /// The user's token permissions.
     pub permissions: &'a [Permission],
 }
 
@@ -197,14 +218,17 @@ impl Manager<'_> {
         self.role.sees_every_key() || record.owner.as_deref() == Some(self.name)
     }
 
+    /// May the user list the account's tokens?
     pub fn may_list_tokens(&self) -> Result<(), Refusal> {
         self.needs(Permission::TokensView)
     }
 
+    /// May the user create a token?
     pub fn may_create_token(&self) -> Result<(), Refusal> {
         self.needs(Permission::TokensCreate)
     }
 
+    /// May the user delete a token?
     pub fn may_delete_token(&self) -> Result<(), Refusal> {
         self.needs(Permission::TokensDelete)
     }
@@ -220,6 +244,7 @@ impl Manager<'_> {
         }
     }
 
+    /// May the user create a key of this level?
     pub fn may_create_key(&self, level: Level) -> Result<(), Refusal> {
         self.within_role(level)
     }
@@ -235,6 +260,7 @@ impl Manager<'_> {
         self.within_role(level.unwrap_or(key.level))
     }
 
+    /// May the user delete (or change) this key?
     pub fn may_delete_key(&self, key: &CredentialRecord) -> Result<(), Refusal> {
         if self.owns_or_oversees(key) {
             Ok(())
@@ -243,6 +269,7 @@ impl Manager<'_> {
         }
     }
 
+    /// May the user read the audit log?
     pub fn may_read_audit(&self) -> Result<(), Refusal> {
         if self.role == Role::Admin {
             Ok(())

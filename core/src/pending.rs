@@ -27,7 +27,9 @@ use crate::limiter::{self, LIMITER_KEY, LimiterError, MAX_CAS_ATTEMPTS, Step, Ve
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Progress<'g, 'r> {
+    /// Decided.
     Done(Decision<'g>),
+    /// Needs a step of the shared state first.
     Pending(Pending<'g, 'r>),
 }
 
@@ -35,22 +37,36 @@ pub enum Progress<'g, 'r> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Need<'p> {
     /// Read `key`: [`Answer::Value`].
-    Read { key: &'p str },
+    Read {
+        /// The key.
+        key: &'p str,
+    },
     /// Write `value` to `key` if it is still at `version`:
     /// [`Answer::Written`], or [`Answer::Conflict`] when another writer got
     /// there first ([`Answer::Value`] with what is there now, where the
     /// shared state returns it in the same round trip, saves a read).
     Swap {
+        /// The key.
         key: &'p str,
+        /// The version the value was read at.
         version: Version,
+        /// The value to write.
         value: &'p [u8],
     },
     /// Write `value` to `key` if it is absent: answered as a swap is. Apart
     /// from [`Need::Swap`] because some key-value services make a swap
     /// atomic but not a create.
-    Create { key: &'p str, value: &'p [u8] },
+    Create {
+        /// The key.
+        key: &'p str,
+        /// The value to write.
+        value: &'p [u8],
+    },
     /// Was the credential with this SHA-256 revoked? [`Answer::Revoked`].
-    Revoked { hash: &'p SecretHash },
+    Revoked {
+        /// SHA-256 of the whole secret.
+        hash: &'p SecretHash,
+    },
 }
 
 impl Need<'_> {
@@ -92,6 +108,7 @@ pub enum Answer<'a> {
     Written,
     /// The write lost to another writer.
     Conflict,
+    /// Whether the credential was revoked.
     Revoked(bool),
     /// The step could not be performed (the shared state failed, timed out,
     /// answered what this is not).
@@ -445,6 +462,7 @@ impl<'a> Answer<'a> {
         }
     }
 
+    /// A write's answer from a key-value call's result (`false`: lost to another writer).
     pub fn written(result: Result<bool, KvError>) -> Answer<'a> {
         match result {
             Ok(true) => Answer::Written,

@@ -5,11 +5,11 @@ use std::borrow::Cow;
 use crate::error::{ErrorCode, GateError};
 
 /// Largest value a query integer may take: JavaScript's `Number.MAX_SAFE_INTEGER`.
-pub const MAX_SAFE_INTEGER: u64 = 9_007_199_254_740_991;
+pub(crate) const MAX_SAFE_INTEGER: u64 = 9_007_199_254_740_991;
 
 /// The three optional parameters of the sessions endpoint.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SessionQuery {
+pub(crate) struct SessionQuery {
     /// Sessions that start at or after this time (Unix ms).
     pub start_time: Option<u64>,
     /// Sessions that end at or before this time (Unix ms).
@@ -105,7 +105,7 @@ fn parse_integer(name: &str, value: Option<&[u8]>) -> Result<u64, GateError> {
 
 /// Parses the raw query (the part after `?`, if any). Every failure is
 /// `400 invalid_request` with a message that names the parameter.
-pub fn parse_query(raw: Option<&str>) -> Result<SessionQuery, GateError> {
+pub(crate) fn parse_query(raw: Option<&str>) -> Result<SessionQuery, GateError> {
     let mut values: [Option<u64>; 3] = [None; 3];
     // Bytes, not `str` patterns: the query is ASCII in every answer that
     // passes, and a byte split is a plain loop.

@@ -1,13 +1,13 @@
 //! Routing (contract section 1): which route a raw request target names.
 
 /// The API prefix whose responses carry the rate-limit headers.
-pub const API_PREFIX: &str = "/v1/external/";
+pub(crate) const API_PREFIX: &str = "/v1/external/";
 const SESSIONS_PREFIX: &str = "/v1/external/sessions/";
 /// Longest allowed id segment.
-pub const MAX_ID_LEN: usize = 128;
+pub(crate) const MAX_ID_LEN: usize = 128;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route<'a> {
+pub(crate) enum Route<'a> {
     /// `GET /v1/external/sessions/{customerId}/{siteId}`
     Sessions {
         customer: &'a str,
@@ -19,7 +19,7 @@ pub enum Route<'a> {
 }
 
 /// Splits a request target into its path and its raw query (without the `?`).
-pub fn split_target(target: &str) -> (&str, Option<&str>) {
+pub(crate) fn split_target(target: &str) -> (&str, Option<&str>) {
     match split_at_ascii(target, b'?') {
         Some((path, query)) => (path, Some(query)),
         None => (target, None),
@@ -47,7 +47,7 @@ pub fn is_valid_id(s: &str) -> bool {
 
 /// Routes a path (no query). Exact match only: no trailing slash, no extra segment,
 /// no normalisation of dot segments or doubled slashes.
-pub fn route(path: &str) -> Route<'_> {
+pub(crate) fn route(path: &str) -> Route<'_> {
     if path == "/me" {
         return Route::Me;
     }
@@ -65,7 +65,7 @@ pub fn route(path: &str) -> Route<'_> {
 }
 
 /// Whether a response to this path belongs to the rate-limited API.
-pub fn is_limited_api(path: &str) -> bool {
+pub(crate) fn is_limited_api(path: &str) -> bool {
     path.starts_with(API_PREFIX)
 }
 

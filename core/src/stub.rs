@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::query::SessionQuery;
 
 /// Sessions a page holds at most.
-pub const PAGE_SIZE: usize = 1_000;
+pub(crate) const PAGE_SIZE: usize = 1_000;
 /// Sessions per site unless configured otherwise: 3 pages (1,000 + 1,000 + 600).
 pub const DEFAULT_SESSIONS_PER_SITE: u32 = 2_600;
 /// 2024-06-01T00:00:00Z, in ms.
@@ -40,14 +40,20 @@ fn splitmix(mut x: u64) -> u64 {
 /// One synthetic session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
+    /// The session's id.
     pub id: u64,
+    /// The visitor's id.
     pub user: u32,
+    /// Pages viewed.
     pub pages: u32,
+    /// Length in milliseconds.
     pub duration: u64,
+    /// Start, Unix milliseconds.
     pub timestamp: u64,
 }
 
 impl Session {
+    /// End, Unix milliseconds.
     pub fn end_timestamp(&self) -> u64 {
         self.timestamp + self.duration
     }
@@ -55,32 +61,26 @@ impl Session {
 
 /// The sessions of one site.
 #[derive(Debug, Clone, Copy)]
-pub struct StubSite {
+pub(crate) struct StubSite {
     seed: u64,
     count: u32,
 }
 
 impl StubSite {
-    pub fn new(customer: &str, site: &str, count: u32) -> Self {
+    /// The sessions of `site` of `customer`: `count` of them, the same on every call.
+    pub(crate) fn new(customer: &str, site: &str, count: u32) -> Self {
         StubSite {
             seed: fnv1a(&[customer, site]),
             count,
         }
     }
 
-    pub fn len(&self) -> u32 {
-        self.count
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
-    }
-
     fn base(&self) -> u64 {
         EPOCH_MS + self.seed % 86_400_000
     }
 
-    pub fn session(&self, i: u32) -> Session {
+    /// The `i`th session, oldest first.
+    pub(crate) fn session(&self, i: u32) -> Session {
         let r = splitmix(self.seed ^ u64::from(i).wrapping_mul(0x2545_f491_4f6c_dd1d));
         let timestamp = self.base() + u64::from(i) * SPACING_MS + r % (SPACING_MS - 1);
         Session {
@@ -109,7 +109,7 @@ impl StubSite {
     }
 
     /// The page the query asks for, and the cursor when more sessions follow.
-    pub fn page(&self, q: &SessionQuery) -> (Vec<Session>, Option<u64>) {
+    pub(crate) fn page(&self, q: &SessionQuery) -> (Vec<Session>, Option<u64>) {
         let from = match (q.start_time, q.start_after) {
             (Some(s), Some(a)) => self
                 .first_after(a)
@@ -132,7 +132,7 @@ impl StubSite {
     }
 
     /// The `200` body: `{"data":{"startAfter":…,"sessions":[…]}}`.
-    pub fn page_json(&self, q: &SessionQuery) -> String {
+    pub(crate) fn page_json(&self, q: &SessionQuery) -> String {
         let (sessions, cursor) = self.page(q);
         let mut out = String::with_capacity(64 + sessions.len() * 170);
         out.push_str("{\"data\":{");
@@ -162,20 +162,20 @@ impl StubSite {
 }
 
 /// Pages kept per [`PageCache`]: a full page is ~160 KB of JSON.
-pub const CACHED_PAGES: usize = 8;
+pub(crate) const CACHED_PAGES: usize = 8;
 
 /// The last pages rendered. A page is a pure function of (customer, site,
 /// sessions per site, query), so a repeated request can be answered with the
 /// bytes already made: rendering 1,000 sessions was nearly all of an
 /// admitted request's cost under load. Least recently used goes first.
 #[derive(Debug, Default)]
-pub struct PageCache {
+pub(crate) struct PageCache {
     /// Most recent last.
     pages: Vec<(String, String, u32, SessionQuery, Arc<String>)>,
 }
 
 impl PageCache {
-    pub fn page_json(
+    pub(crate) fn page_json(
         &mut self,
         customer: &str,
         site: &str,

@@ -1,6 +1,6 @@
 //! The process's allocator: mimalloc, not glibc's malloc. A request's small
 //! allocations come from a per-thread free list without glibc's bin sorting
-//! and consolidation (what it is worth is in BENCHMARKS.md).
+//! and consolidation.
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

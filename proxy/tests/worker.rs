@@ -210,7 +210,7 @@ fn conformance_suite_against_the_worker_on_workerd() {
     let mut fx = fixture();
     let state = fx.dir.join("workerd-functional");
     let mut workerd = Workerd::start(&fx.store, &state, 100_000, 60);
-    // BENCHMARKS.md, target 4: what a deploy uploads stays within 1 MB.
+    // What a deploy uploads stays within 1 MB (Workers' free plan).
     let bundle: u64 = ["index_bg.wasm", "index.js"]
         .iter()
         .map(|f| std::fs::metadata(state.join(f)).unwrap().len())

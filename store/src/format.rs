@@ -274,7 +274,7 @@ impl Splitter {
     /// or the part of it this piece holds, begins). When it ends here, hands
     /// it on whole and returns the bytes it took; otherwise keeps them for
     /// the next piece.
-    // Inlined: it runs once per record (BENCHMARKS.md, loading a store).
+    // Inlined: it runs once per record.
     #[inline]
     fn cut_record(
         &mut self,

@@ -128,7 +128,7 @@ impl Store {
 /// A file store's records into the set a gate uses. A missing file is an
 /// empty store. Read a piece at a time, its records parsed on every core: a
 /// million credentials load in well under a second, and the file is never
-/// in memory whole (BENCHMARKS.md, target 5).
+/// in memory whole.
 fn load_set(path: &Path) -> Result<CredentialSet> {
     let file = match File::open(path) {
         Ok(f) => f,

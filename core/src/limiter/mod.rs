@@ -23,20 +23,24 @@ use crate::kv::KvError;
 
 /// Bounded retries on a lost compare-and-swap before the decision gives up
 /// (`503`, or admitted when failing open).
-pub const MAX_CAS_ATTEMPTS: usize = 64;
+pub(crate) const MAX_CAS_ATTEMPTS: usize = 64;
 /// Upper bound on `requests` so the shared state stays bounded (at most
 /// 12 bytes an admission, less when admissions share a millisecond).
-pub const MAX_REQUESTS: u32 = 100_000;
+pub(crate) const MAX_REQUESTS: u32 = 100_000;
 /// The key of the global limiter's state in the shared state.
 pub const LIMITER_KEY: &str = "sessiongate.limiter.v1";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The global limit as the limiter counts it.
 pub struct Limit {
+    /// Requests admitted per window.
     pub requests: u32,
+    /// The window's length in milliseconds.
     pub window_ms: u64,
 }
 
 impl Limit {
+    /// A limit of `requests` per `window_seconds`.
     pub fn new(requests: u32, window_seconds: u32) -> Self {
         Limit {
             requests,
@@ -44,6 +48,7 @@ impl Limit {
         }
     }
 
+    /// The window in whole seconds (for the policy header).
     pub fn window_seconds(&self) -> u64 {
         self.window_ms / 1000
     }
@@ -51,7 +56,8 @@ impl Limit {
 
 /// What the limiter says about one request, with what the headers need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Verdict {
+pub(crate) struct Verdict {
+    /// Whether this request is admitted.
     pub admitted: bool,
     /// Slots left in the window after this decision.
     pub remaining: u32,

@@ -224,7 +224,7 @@ impl Plugin {
         let mut config = Config::new();
         config.cranelift_opt_level(wasmtime::OptLevel::Speed);
         // `perf` names the guest's functions from /tmp/perf-<pid>.map (build
-        // the filter with its name section for Rust names: BENCHMARKS.md).
+        // the filter with its name section for Rust names).
         let perfmap = std::env::var_os("SESSIONGATE_PERF_MAP").is_some();
         if perfmap {
             config.profiler(wasmtime::ProfilingStrategy::PerfMap);

@@ -288,7 +288,7 @@ thread_local! {
     /// The upstream client of this worker's runtime: its pooled
     /// connections live on the thread that made them, so a request never
     /// waits on another worker's reactor (one client shared by every worker
-    /// made each pooled request wake another thread; BENCHMARKS.md).
+    /// would make each pooled request wake another thread).
     static UPSTREAM: Client<HttpConnector, Full<Bytes>> = {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);

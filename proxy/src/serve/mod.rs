@@ -117,7 +117,7 @@ struct GateParts {
 /// configuration: the host keeps one set and answers each lookup by digest
 /// (`HostCredentials`). Below it, inline is a little faster a request and
 /// costs little memory; above, parsing the set into every VM costs seconds
-/// and a copy per VM (BENCHMARKS.md, a million credentials).
+/// and a copy per VM.
 const INLINE_MAX: usize = 10_000;
 
 /// Whether `credentials` are kept by the host rather than each VM.
@@ -353,7 +353,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     });
     // One single-threaded runtime per worker, each with its own listener on
     // the same port (SO_REUSEPORT, as nginx's workers) and its own VM: no
-    // work stealing, no VM shared between threads (BENCHMARKS.md).
+    // work stealing, no VM shared between threads.
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let (bound, bound_rx) = tokio::sync::watch::channel::<Option<SocketAddr>>(None);
     let mut others = Vec::new();
