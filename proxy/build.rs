@@ -2,40 +2,41 @@
 //! `wasm32-wasip1`, its fleet build, so one `cargo build -p sessiongate`
 //! yields a binary that carries the very `.wasm` Envoy loads. (The wasi:http
 //! components are not embedded: `serve --component` takes a file, and the
-//! tests build theirs, `proxy/tests/common/components.rs`.) The nested
-//! build has its own target directory (as substrate's wasm builder does) so
-//! it never waits on the outer build's lock. `SESSIONGATE_PLUGIN_WASM=path`
+//! tests build theirs, `proxy/tests/common/components.rs`; both through
+//! nested_build.rs). `SESSIONGATE_PLUGIN_WASM=path`
 //! skips it and uses a prebuilt file instead.
 
 #![allow(clippy::panic)] // a build script reports failure by panicking
 
 use std::env;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-/// One nested build: a workspace package, for a wasm target, in a profile.
-struct WasmBuild {
+#[path = "nested_build.rs"]
+mod nested_build;
+
+use nested_build::NestedBuild;
+
+/// The wasm the binary embeds.
+struct Embedded {
     /// The variable that names a prebuilt file, and the one the path is exported as.
     env: &'static str,
-    package: &'static str,
-    target: &'static str,
-    profile: &'static str,
+    build: NestedBuild,
     /// The directory beside the outer build's profile directories.
     dir: &'static str,
-    artifact: &'static str,
     /// What it is built from, relative to the workspace.
     sources: &'static [&'static str],
-    /// Cargo features to build it with.
-    features: &'static str,
 }
 
-const BUILDS: &[WasmBuild] = &[WasmBuild {
+const EMBEDDED: &[Embedded] = &[Embedded {
     env: "SESSIONGATE_PLUGIN_WASM",
-    package: "sessiongate-plugin",
-    target: "wasm32-wasip1",
-    profile: "plugin",
+    // `serve` can keep its limit on etcd: it embeds the fleet build.
+    build: NestedBuild {
+        package: "sessiongate-plugin",
+        target: "wasm32-wasip1",
+        profile: "plugin",
+        features: "fleet",
+    },
     dir: "sessiongate-plugin",
-    artifact: "sessiongate_plugin.wasm",
     // .cargo/config.toml: the filter's target features.
     sources: &[
         "plugin/src",
@@ -43,9 +44,8 @@ const BUILDS: &[WasmBuild] = &[WasmBuild {
         "etcd/src",
         "etcd/Cargo.toml",
         ".cargo/config.toml",
+        "proxy/nested_build.rs",
     ],
-    // `serve` can keep its limit on etcd: it embeds the fleet build.
-    features: "fleet",
 }];
 
 fn main() {
@@ -58,18 +58,18 @@ fn main() {
             workspace.join(watched).display()
         );
     }
-    for build in BUILDS {
-        println!("cargo:rerun-if-env-changed={}", build.env);
-        let wasm = match env::var_os(build.env) {
+    for embedded in EMBEDDED {
+        println!("cargo:rerun-if-env-changed={}", embedded.env);
+        let wasm = match env::var_os(embedded.env) {
             Some(prebuilt) => PathBuf::from(prebuilt),
-            None => nested_build(build, &workspace, &out_dir),
+            None => nested_build(embedded, &workspace, &out_dir),
         };
-        println!("cargo:rustc-env={}={}", build.env, wasm.display());
+        println!("cargo:rustc-env={}={}", embedded.env, wasm.display());
     }
 }
 
-fn nested_build(build: &WasmBuild, workspace: &Path, out_dir: &Path) -> PathBuf {
-    for watched in build.sources {
+fn nested_build(embedded: &Embedded, workspace: &Path, out_dir: &Path) -> PathBuf {
+    for watched in embedded.sources {
         println!(
             "cargo:rerun-if-changed={}",
             workspace.join(watched).display()
@@ -79,43 +79,10 @@ fn nested_build(build: &WasmBuild, workspace: &Path, out_dir: &Path) -> PathBuf 
     let target_dir = out_dir
         .ancestors()
         .nth(4)
-        .map(|t| t.join(build.dir))
-        .unwrap_or_else(|| out_dir.join(build.dir));
-    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(workspace)
-        .args([
-            "build",
-            "--package",
-            build.package,
-            "--target",
-            build.target,
-        ])
-        .args(["--profile", build.profile, "--target-dir"])
-        .arg(&target_dir)
-        .args(if build.features.is_empty() {
-            vec![]
-        } else {
-            vec!["--features", build.features]
-        })
-        // The outer build's flags and wrappers (clippy, coverage) are for the host target.
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("RUSTC_WORKSPACE_WRAPPER")
-        .env_remove("RUSTC_WRAPPER")
-        .env_remove("CARGO_TARGET_DIR")
-        .env_remove("CARGO_BUILD_TARGET")
-        .status();
-    match status {
-        Ok(s) if s.success() => {}
-        Ok(s) => panic!(
-            "building {} for {} failed ({s}); is the target installed? `rustup target add {}`",
-            build.package, build.target, build.target
-        ),
-        Err(e) => panic!("cannot run cargo to build {}: {e}", build.package),
-    }
-    target_dir
-        .join(build.target)
-        .join(build.profile)
-        .join(build.artifact)
+        .map(|t| t.join(embedded.dir))
+        .unwrap_or_else(|| out_dir.join(embedded.dir));
+    embedded
+        .build
+        .run(workspace, &target_dir)
+        .unwrap_or_else(|e| panic!("{e}"))
 }
