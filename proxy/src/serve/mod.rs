@@ -156,6 +156,8 @@ struct App {
     /// The token store, opened once.
     store: Store,
     store_health: StoreHealth,
+    /// The file store's stamp as it was loaded (what the watch compares with).
+    loaded_stamp: watch::FileStamp,
 }
 
 impl App {
@@ -281,6 +283,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let started = Instant::now();
     let store_health = StoreHealth::default();
     let store = Store::open(&settings.store)?;
+    let loaded_stamp = match &store {
+        Store::File(path) => watch::stamp(path),
+        Store::Etcd(_) => None,
+    };
     let credentials = match store.load_set() {
         Ok(credentials) => {
             store_health.loaded.store(true, Ordering::Relaxed);
@@ -350,6 +356,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         }),
         store,
         store_health,
+        loaded_stamp,
     });
     // One single-threaded runtime per worker, each with its own listener on
     // the same port (SO_REUSEPORT, as nginx's workers) and its own VM: no

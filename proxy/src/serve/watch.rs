@@ -19,6 +19,21 @@ use sessiongate_store::Store;
 /// the gate, besides loading it.
 const POLL: Duration = Duration::from_millis(200);
 
+/// What tells one version of a store's file from another: its modification
+/// time, length and inode (`None`: no file).
+pub(super) type FileStamp = Option<(Option<std::time::SystemTime>, u64, u64)>;
+
+/// The store file's stamp now.
+pub(super) fn stamp(p: &Path) -> FileStamp {
+    std::fs::metadata(p).ok().map(|m| {
+        #[cfg(unix)]
+        let ino = std::os::unix::fs::MetadataExt::ino(&m);
+        #[cfg(not(unix))]
+        let ino = 0u64;
+        (m.modified().ok(), m.len(), ino)
+    })
+}
+
 pub(super) fn gate_config_json(base: &GateConfig, credentials: CredentialSet) -> Result<Vec<u8>> {
     let config = GateConfig {
         credentials,
@@ -35,16 +50,9 @@ pub(super) async fn watch_store(app: Arc<App>) {
         Store::File(path) => path.clone(),
         Store::Etcd(etcd) => return watch_etcd(app.clone(), etcd.clone()).await,
     };
-    let stamp = |p: &Path| {
-        std::fs::metadata(p).ok().map(|m| {
-            #[cfg(unix)]
-            let ino = std::os::unix::fs::MetadataExt::ino(&m);
-            #[cfg(not(unix))]
-            let ino = 0u64;
-            (m.modified().ok(), m.len(), ino)
-        })
-    };
-    let mut last = stamp(&path);
+    // The file as it was loaded at start-up, not as it is when this task
+    // first runs: a change in between (a loaded machine) is still a change.
+    let mut last = app.loaded_stamp;
     let mut interval = tokio::time::interval(POLL);
     loop {
         interval.tick().await;
