@@ -32,7 +32,7 @@ fn gate_with_limit(n: usize, requests: u32, window_seconds: u32) -> Gate {
         })
         .collect();
     Gate::new(GateConfig {
-        credentials: CredentialSet::new(credentials).unwrap(),
+        credentials: CredentialSet::new(credentials).unwrap().into(),
         limit: LimitConfig {
             requests,
             window_seconds,

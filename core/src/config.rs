@@ -114,9 +114,11 @@ fn invalid(field: &'static str, reason: String) -> ConfigError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GateConfig {
-    /// Checked and indexed as it is parsed (see [`CredentialSet`]).
+    /// The credentials a gate admits: listed (checked and indexed as they
+    /// are parsed, see [`CredentialSet`]), or, in builds with the `etcd`
+    /// feature, where to look them up (`{"store": "etcd", …}`).
     #[serde(default)]
-    pub credentials: CredentialSet,
+    pub credentials: CredentialSource,
     #[serde(default)]
     /// The global limit (defaults to the contract's 20 a minute).
     pub limit: LimitConfig,
@@ -258,6 +260,156 @@ impl From<LimiterStore> for LimiterRepr {
     }
 }
 
+/// Where a gate's credentials come from. In JSON a list of records, or (in
+/// builds with the `etcd` feature) an object naming the store,
+/// `{"store": "etcd", "cluster": …, "prefix": …}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialSource {
+    /// Listed in the configuration.
+    Listed(CredentialSet),
+    /// Looked up by digest in etcd, as a request presents them.
+    #[cfg(feature = "etcd")]
+    Etcd(CredentialStore),
+}
+
+impl Default for CredentialSource {
+    fn default() -> Self {
+        CredentialSource::Listed(CredentialSet::default())
+    }
+}
+
+impl From<CredentialSet> for CredentialSource {
+    fn from(set: CredentialSet) -> Self {
+        CredentialSource::Listed(set)
+    }
+}
+
+impl CredentialSource {
+    /// The listed credentials (none when they are looked up).
+    pub fn listed(&self) -> Option<&CredentialSet> {
+        match self {
+            CredentialSource::Listed(set) => Some(set),
+            #[cfg(feature = "etcd")]
+            CredentialSource::Etcd(_) => None,
+        }
+    }
+}
+
+impl Serialize for CredentialSource {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            CredentialSource::Listed(set) => set.serialize(s),
+            #[cfg(feature = "etcd")]
+            CredentialSource::Etcd(store) => store.serialize(s),
+        }
+    }
+}
+
+/// A list is read record by record (never held whole); an object is a store.
+impl<'de> Deserialize<'de> for CredentialSource {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Source;
+        impl<'de> serde::de::Visitor<'de> for Source {
+            type Value = CredentialSource;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                if cfg!(feature = "etcd") {
+                    f.write_str("a list of credential records, or {\"store\": \"etcd\", …}")
+                } else {
+                    f.write_str("a list of credential records")
+                }
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<CredentialSource, A::Error> {
+                let d = serde::de::value::SeqAccessDeserializer::new(seq);
+                CredentialSet::deserialize(d).map(CredentialSource::Listed)
+            }
+            #[cfg(feature = "etcd")]
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<CredentialSource, A::Error> {
+                let d = serde::de::value::MapAccessDeserializer::new(map);
+                CredentialStore::deserialize(d).map(CredentialSource::Etcd)
+            }
+        }
+        d.deserialize_any(Source)
+    }
+}
+
+/// Where a filter looks credentials up: etcd's HTTP/JSON gateway by
+/// `proxy_http_call` to `cluster`, under a store's `prefix` (the
+/// `sessiongate-etcd` crate's key layout), with a cache per VM.
+#[cfg(feature = "etcd")]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialStore {
+    /// Must be `"etcd"`.
+    #[serde(default = "etcd_store_name")]
+    pub store: String,
+    /// The host's name for the etcd members (an Envoy cluster).
+    #[serde(default = "default_etcd_cluster")]
+    pub cluster: String,
+    /// The store's prefix, as in `etcd://…/PREFIX`.
+    pub prefix: String,
+    /// How long one call may take before the request is answered `503`.
+    #[serde(default = "default_etcd_timeout")]
+    pub timeout_ms: u32,
+    /// etcd's own user, when the cluster has authentication on (the
+    /// limiter's, when both are on etcd: a VM holds one token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// etcd's password for `user`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// How often each VM reads the credentials' revision (its tick): a
+    /// change anywhere holds in every VM within this and one call.
+    #[serde(default = "default_tick_ms")]
+    pub tick_ms: u32,
+    /// How long a cached answer is used after its last confirmation when
+    /// etcd cannot be read; then a request is `503`.
+    #[serde(default = "default_max_stale_ms")]
+    pub max_stale_ms: u32,
+    /// Cached answers per VM, hits and misses (full: all dropped).
+    #[serde(default = "default_cache_entries")]
+    pub cache_entries: usize,
+}
+
+#[cfg(feature = "etcd")]
+impl Default for CredentialStore {
+    fn default() -> Self {
+        CredentialStore {
+            store: etcd_store_name(),
+            cluster: default_etcd_cluster(),
+            prefix: "sessiongate".to_owned(),
+            timeout_ms: default_etcd_timeout(),
+            user: None,
+            password: None,
+            tick_ms: default_tick_ms(),
+            max_stale_ms: default_max_stale_ms(),
+            cache_entries: default_cache_entries(),
+        }
+    }
+}
+
+#[cfg(feature = "etcd")]
+fn etcd_store_name() -> String {
+    "etcd".to_owned()
+}
+#[cfg(feature = "etcd")]
+fn default_tick_ms() -> u32 {
+    250
+}
+#[cfg(feature = "etcd")]
+fn default_max_stale_ms() -> u32 {
+    30_000
+}
+#[cfg(feature = "etcd")]
+fn default_cache_entries() -> usize {
+    10_000
+}
+
 fn default_etcd_cluster() -> String {
     "sessiongate_etcd".to_owned()
 }
@@ -275,7 +427,7 @@ fn default_stub_sessions() -> u32 {
 impl Default for GateConfig {
     fn default() -> Self {
         GateConfig {
-            credentials: CredentialSet::default(),
+            credentials: CredentialSource::default(),
             limit: LimitConfig::default(),
             backend: Backend::Stub,
             fail_open: false,
@@ -343,8 +495,68 @@ impl GateConfig {
                 ));
             }
         }
+        #[cfg(feature = "etcd")]
+        if let CredentialSource::Etcd(store) = &self.credentials {
+            self.validate_store(store)?;
+        }
         if self.stub_sessions_per_site > 1_000_000 {
             return Err(invalid("stub_sessions_per_site", "at most 1000000".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(feature = "etcd")]
+impl GateConfig {
+    fn validate_store(&self, store: &CredentialStore) -> Result<(), ConfigError> {
+        let field = "credentials";
+        if store.store != "etcd" {
+            return Err(invalid(
+                "credentials.store",
+                format!("must be \"etcd\", not {:?}", store.store),
+            ));
+        }
+        if store.cluster.is_empty() || store.prefix.trim_matches('/').is_empty() {
+            return Err(invalid(
+                field,
+                "cluster and prefix must not be empty".into(),
+            ));
+        }
+        if store.user.is_some() != store.password.is_some() {
+            return Err(invalid(field, "user and password go together".into()));
+        }
+        for (name, value, max) in [
+            ("credentials.timeout_ms", store.timeout_ms, 10_000),
+            ("credentials.tick_ms", store.tick_ms, 60_000),
+        ] {
+            if value == 0 || value > max {
+                return Err(invalid(
+                    name,
+                    format!("must be from 1 to {max}, not {value}"),
+                ));
+            }
+        }
+        if store.max_stale_ms < store.tick_ms {
+            return Err(invalid(
+                "credentials.max_stale_ms",
+                "must be at least tick_ms".into(),
+            ));
+        }
+        if store.cache_entries == 0 {
+            return Err(invalid(
+                "credentials.cache_entries",
+                "must be at least 1".into(),
+            ));
+        }
+        // One etcd token per VM: the limiter and the store log in as one user.
+        if let LimiterStore::Etcd { cluster, user, .. } = &self.limiter
+            && (user.is_some() || store.user.is_some())
+            && (*cluster != store.cluster || *user != store.user)
+        {
+            return Err(invalid(
+                field,
+                "with authentication, the store's cluster and user must be the limiter's".into(),
+            ));
         }
         Ok(())
     }
@@ -409,5 +621,79 @@ mod tests {
         };
         let json = serde_json::to_vec(&c).unwrap();
         assert_eq!(GateConfig::from_json(&json).unwrap(), c);
+    }
+
+    #[cfg(feature = "etcd")]
+    #[test]
+    fn credentials_can_name_a_store_instead_of_a_list() {
+        let c = GateConfig::from_json(
+            br#"{"credentials":{"store":"etcd","cluster":"etcd_c","prefix":"sg","tick_ms":100}}"#,
+        )
+        .unwrap();
+        let CredentialSource::Etcd(store) = &c.credentials else {
+            panic!("{c:?}");
+        };
+        assert_eq!(
+            (store.cluster.as_str(), store.prefix.as_str()),
+            ("etcd_c", "sg")
+        );
+        assert_eq!(
+            (store.tick_ms, store.max_stale_ms, store.timeout_ms),
+            (100, 30_000, 250)
+        );
+        // Round trip, and a gate made of it holds no credentials but the store.
+        let json = serde_json::to_vec(&c).unwrap();
+        assert_eq!(GateConfig::from_json(&json).unwrap(), c);
+        let gate = crate::Gate::new(c).unwrap();
+        assert!(gate.credentials().is_empty());
+        assert_eq!(gate.credential_store().unwrap().prefix, "sg");
+        // A list is still a list.
+        let listed = GateConfig::from_json(br#"{"credentials":[]}"#).unwrap();
+        assert_eq!(listed.credentials, CredentialSource::default());
+    }
+
+    #[cfg(feature = "etcd")]
+    #[test]
+    fn a_bad_store_is_refused_with_its_field() {
+        for (json, field) in [
+            (
+                r#"{"credentials":{"store":"redis","prefix":"sg"}}"#,
+                "credentials.store",
+            ),
+            (r#"{"credentials":{"store":"etcd"}}"#, "prefix"),
+            (
+                r#"{"credentials":{"store":"etcd","prefix":"/"}}"#,
+                "credentials",
+            ),
+            (
+                r#"{"credentials":{"store":"etcd","prefix":"sg","tick_ms":0}}"#,
+                "credentials.tick_ms",
+            ),
+            (
+                r#"{"credentials":{"store":"etcd","prefix":"sg","tick_ms":500,"max_stale_ms":100}}"#,
+                "credentials.max_stale_ms",
+            ),
+            (
+                r#"{"credentials":{"store":"etcd","prefix":"sg","user":"u"}}"#,
+                "user and password",
+            ),
+            (
+                r#"{"credentials":{"store":"etcd","prefix":"sg","cache_entries":0}}"#,
+                "credentials.cache_entries",
+            ),
+            (
+                r#"{"credentials":{"store":"etcd","prefix":"sg","bogus":1}}"#,
+                "bogus",
+            ),
+            (
+                r#"{"credentials":{"store":"etcd","prefix":"sg","user":"a","password":"p"},"limiter":{"store":"etcd","user":"b","password":"p"}}"#,
+                "the limiter's",
+            ),
+        ] {
+            let e = GateConfig::from_json(json.as_bytes())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field), "{json}: {e}");
+        }
     }
 }

@@ -35,7 +35,7 @@ fn gate() -> &'static Gate {
             Err(e) => panic!("fuzz credentials: {e}"),
         };
         let config = GateConfig {
-            credentials,
+            credentials: credentials.into(),
             // Small pages: the fuzzer's time goes to parsing, not to JSON output.
             stub_sessions_per_site: 3,
             ..Default::default()

@@ -42,6 +42,8 @@ pub(crate) struct Common {
     stub_sessions_per_site: u32,
     guard: GuardConfig,
     limiter: LimiterStore,
+    #[cfg(feature = "etcd")]
+    credential_store: Option<crate::config::CredentialStore>,
     revocation_list: bool,
     /// `RateLimit-Policy`, the same on every answer: written once.
     policy: String,
@@ -107,8 +109,15 @@ impl Gate {
     pub fn new(config: GateConfig) -> Result<Gate, ConfigError> {
         config.validate()?;
         let limit = Limit::new(config.limit.requests, config.limit.window_seconds);
+        #[cfg(feature = "etcd")]
+        let (credentials, credential_store) = match config.credentials {
+            crate::config::CredentialSource::Listed(set) => (set, None),
+            crate::config::CredentialSource::Etcd(store) => (CredentialSet::default(), Some(store)),
+        };
+        #[cfg(not(feature = "etcd"))]
+        let crate::config::CredentialSource::Listed(credentials) = config.credentials;
         Ok(Gate {
-            credentials: config.credentials,
+            credentials,
             common: Arc::new(Common {
                 limit,
                 policy: headers::policy(limit),
@@ -126,6 +135,8 @@ impl Gate {
                 limiter: config.limiter,
                 #[cfg(not(feature = "etcd"))]
                 limiter: LimiterStore::SharedData,
+                #[cfg(feature = "etcd")]
+                credential_store,
                 revocation_list: false,
             }),
         })
@@ -184,6 +195,31 @@ impl Gate {
     /// The credentials the gate admits.
     pub fn credentials(&self) -> &CredentialSet {
         &self.credentials
+    }
+
+    /// Where the credentials are looked up, when the configuration lists
+    /// none but names a store.
+    #[cfg(feature = "etcd")]
+    pub fn credential_store(&self) -> Option<&crate::config::CredentialStore> {
+        self.common.credential_store.as_ref()
+    }
+
+    /// The digests to look up before deciding `req` over credentials kept
+    /// elsewhere ([`Gate::with_credentials`]): none when its decision ends
+    /// before the credential (route, method, query), when nothing
+    /// well-formed is presented, or when this gate holds it.
+    pub fn digests_to_look_up(&self, req: &Request<'_>) -> Vec<SecretHash> {
+        if self.route(req).is_err() {
+            return Vec::new();
+        }
+        self.missing_digests(req.authorization)
+    }
+
+    /// The answer to a request whose credential could not be looked up
+    /// (its store unreachable): `503 limiter_unavailable`, never a `401`
+    /// that would tell a valid customer their credential was revoked.
+    pub fn lookup_unavailable(&self) -> Decision<'_> {
+        self.limiter_unavailable(None)
     }
 
     /// Where its host keeps the limiter's state.

@@ -42,7 +42,9 @@ pub use kv::{Entry, Kv, KvError, MemoryKv, Version};
 pub use pending::{Answer, Need, Pending, Progress};
 
 // Configuring a gate.
-pub use config::{Backend, ConfigError, GateConfig, LimitConfig, LimiterStore};
+#[cfg(feature = "etcd")]
+pub use config::CredentialStore;
+pub use config::{Backend, ConfigError, CredentialSource, GateConfig, LimitConfig, LimiterStore};
 pub use guard::GuardConfig;
 pub use limiter::{LIMITER_KEY, Limit, LimiterError};
 

@@ -44,7 +44,8 @@ fn config(backend: Backend, requests: u32) -> GateConfig {
             ),
             rec(KEY_ADMIN, Kind::Key, "key-admin", Sites::All, Level::Admin),
         ])
-        .unwrap(),
+        .unwrap()
+        .into(),
         limit: LimitConfig {
             requests,
             window_seconds: 60,
@@ -303,8 +304,10 @@ fn malformed_unknown_and_revoked_share_one_body() {
     assert!(bodies.windows(2).all(|w| w[0] == w[1]));
     // Revoked = no longer in the set: a gate built without the record.
     let mut cfg = config(Backend::Stub, 20);
-    let kept = cfg.credentials.records().into_iter();
-    cfg.credentials = CredentialSet::new(kept.filter(|r| r.name != "all-sites").collect()).unwrap();
+    let kept = cfg.credentials.listed().unwrap().records().into_iter();
+    cfg.credentials = CredentialSet::new(kept.filter(|r| r.name != "all-sites").collect())
+        .unwrap()
+        .into();
     let revoked = Gate::new(cfg).unwrap();
     let d = run(&revoked, &get(SESSIONS, &ok_auth()), &mut s);
     expect_error(&d, ErrorCode::InvalidCredentials);
@@ -643,7 +646,7 @@ fn deciding_over_credentials_looked_up_by_digest_is_the_same_decision() {
     let all = gate();
     let store: Vec<CredentialRecord> = all.credentials().records();
     let empty = Gate::new(GateConfig {
-        credentials: CredentialSet::default(),
+        credentials: CredentialSet::default().into(),
         ..config(Backend::Stub, 20)
     })
     .unwrap();

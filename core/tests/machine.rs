@@ -27,7 +27,8 @@ fn config() -> GateConfig {
             Sites::All,
             Level::Standard,
         )])
-        .unwrap(),
+        .unwrap()
+        .into(),
         limit: LimitConfig {
             requests: N,
             window_seconds: (W_MS / 1000) as u32,
@@ -328,7 +329,7 @@ fn an_unanswered_revocation_check_fails_closed_unless_fail_open() {
     };
     let outcome = |fail_open: bool| {
         let mut config = GateConfig {
-            credentials: gate().credentials().clone(),
+            credentials: gate().credentials().clone().into(),
             fail_open,
             ..Default::default()
         };

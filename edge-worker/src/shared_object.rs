@@ -234,7 +234,9 @@ mod tests {
 
     fn gate(requests: u32) -> Gate {
         Gate::new(GateConfig {
-            credentials: sessiongate_core::fixtures::token_set(TOKEN, "t").unwrap(),
+            credentials: sessiongate_core::fixtures::token_set(TOKEN, "t")
+                .unwrap()
+                .into(),
             limit: LimitConfig {
                 requests,
                 window_seconds: 1,

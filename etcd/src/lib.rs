@@ -5,6 +5,8 @@
 //!
 //! - [`call`] and [`answer`]: a step of core's decision on the limiter's
 //!   log as one call, and what etcd's answer means for the decision.
+//! - [`lookup`] and [`revision`]: the credential store's keys as the
+//!   filter reads them (by digest, and the credentials' revision).
 //! - [`Attempt`]: the one login policy, for a cluster with authentication.
 //! - [`range_prefix`] and [`Txn`]: the keys under a prefix as a collection
 //!   of records (the proxy's stores), read with [`range_answer`] and
@@ -23,11 +25,16 @@
 #[cfg(feature = "client")]
 mod client;
 mod codec;
+mod credentials;
 mod login;
 mod prefix;
 
 #[cfg(feature = "client")]
 pub use client::{Cluster, HttpAnswer, HttpCall, Login, PASSWORD_VARIABLE};
 pub use codec::{Call, DELETE_RANGE, RANGE, Sent, TXN, answer, call, count, delete, put};
+pub use credentials::{
+    BY_DIGEST, BY_NAME, Found, change_key, digest_key, lookup, lookup_answer, revision,
+    revision_answer,
+};
 pub use login::{AUTHENTICATE, After, Attempt, Credentials, LOGIN_TIMEOUT_MS, Step};
 pub use prefix::{KeyValue, Txn, range_answer, range_prefix, txn_succeeded};

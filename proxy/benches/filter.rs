@@ -14,7 +14,9 @@ const TOKEN: &str = "fus_0123456789012345678901234567890123456789";
 
 fn config(requests: u32, backend: Backend) -> Arc<Vec<u8>> {
     let config = GateConfig {
-        credentials: sessiongate_core::fixtures::token_set(TOKEN, "bench").unwrap(),
+        credentials: sessiongate_core::fixtures::token_set(TOKEN, "bench")
+            .unwrap()
+            .into(),
         limit: LimitConfig {
             requests,
             window_seconds: 60,

@@ -74,8 +74,17 @@ enum Command {
         dry_run: bool,
     },
     /// Load a token store as `serve` does: how many credentials it holds and
-    /// how long loading took, or what is wrong with it (exit status 1).
-    Check(StoreArg),
+    /// how long loading took, or what is wrong with it (exit status 1). In
+    /// etcd, also that the digest index the filter reads agrees with the
+    /// records.
+    Check {
+        #[command(flatten)]
+        store: StoreArg,
+        /// In etcd: write the digest index from the records where it
+        /// disagrees (a store written before the index was kept).
+        #[arg(long)]
+        repair: bool,
+    },
     /// Serve HTTP, running the proxy-wasm filter (or, with `--component`, the
     /// wasi:http component) under wasmtime.
     Serve(serve::ServeArgs),
@@ -465,7 +474,7 @@ fn run(cli: Cli) -> Result<()> {
             print_config(a, "stub", &mut stdout)
         }
         Command::WasmxConfig(a) => wasmx_config(a, &mut stdout),
-        Command::Check(a) => check(&a.store, &mut stdout),
+        Command::Check { store, repair } => check(&store.store, repair, &mut stdout),
         Command::WorkerSync {
             store,
             url,
@@ -475,7 +484,7 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn check(path: &std::path::Path, out: &mut dyn std::io::Write) -> Result<()> {
+fn check(path: &std::path::Path, repair: bool, out: &mut dyn std::io::Write) -> Result<()> {
     // `serve` takes a missing store for an empty one; asked to check a
     // file, say that there is none rather than "0 credentials".
     let store = Store::open(path)?;
@@ -494,6 +503,25 @@ fn check(path: &std::path::Path, out: &mut dyn std::io::Write) -> Result<()> {
         set.len() - keys,
         elapsed.as_millis()
     )?;
+    if let Store::Etcd(etcd) = &store {
+        if repair {
+            let fixed = etcd.repair_index()?;
+            writeln!(out, "digest index: {fixed} entries written or removed")?;
+        }
+        let disagreements = etcd.index_disagreements()?;
+        if !disagreements.is_empty() {
+            anyhow::bail!(
+                "the digest index disagrees with the records ({} places):\n  {}\n\
+                 Run `sessiongate check --store {} --repair` to write it from the records.",
+                disagreements.len(),
+                disagreements.join("\n  "),
+                path.display()
+            );
+        }
+        writeln!(out, "digest index: agrees with the {} records", set.len())?;
+    } else if repair {
+        anyhow::bail!("--repair is for a store in etcd; a file store has no index");
+    }
     Ok(())
 }
 
@@ -518,7 +546,7 @@ fn gate_config(a: &ConfigArgs, default_backend: &str) -> Result<GateConfig> {
         a.store.open()?.load_set()?
     };
     Ok(GateConfig {
-        credentials,
+        credentials: credentials.into(),
         limit: LimitConfig {
             requests: a.requests,
             window_seconds: a.window_seconds,

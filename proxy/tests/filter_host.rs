@@ -18,7 +18,9 @@ const TOKEN: &str = "fus_abcdefghijklmnopqrstuvwxyzABCDEFGHIJ0123";
 
 fn config(requests: u32) -> Arc<Vec<u8>> {
     let config = GateConfig {
-        credentials: sessiongate_core::fixtures::token_set(TOKEN, "t").unwrap(),
+        credentials: sessiongate_core::fixtures::token_set(TOKEN, "t")
+            .unwrap()
+            .into(),
         limit: LimitConfig {
             requests,
             window_seconds: 3600,
@@ -79,7 +81,9 @@ fn vms_on_many_threads_admit_exactly_the_limit() {
 
 fn etcd_config() -> Arc<Vec<u8>> {
     let config = GateConfig {
-        credentials: sessiongate_core::fixtures::token_set(TOKEN, "t").unwrap(),
+        credentials: sessiongate_core::fixtures::token_set(TOKEN, "t")
+            .unwrap()
+            .into(),
         limiter: sessiongate_core::LimiterStore::Etcd {
             cluster: "etcd".into(),
             key: "sg/limiter".into(),

@@ -20,7 +20,10 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use sessiongate_core::{CredentialRecord, CredentialSet};
-use sessiongate_etcd::{Call, KeyValue, Txn, range_answer, range_prefix, txn_succeeded};
+use sessiongate_etcd::{
+    BY_DIGEST, BY_NAME, Call, KeyValue, Txn, change_key, digest_key, range_answer, range_prefix,
+    txn_succeeded,
+};
 
 use sessiongate_etcd::{Cluster, Login};
 
@@ -29,6 +32,9 @@ const SCHEME: &str = "etcd://";
 const CALL_TIMEOUT_MS: u32 = 6_000;
 /// Retries of a change that lost to a concurrent one.
 const CHANGE_ATTEMPTS: usize = 5;
+/// Records per txn of an index repair: etcd takes at most 128 operations
+/// of each kind in one txn (`--max-txn-ops`).
+pub(crate) const REPAIR_BATCH: usize = 100;
 
 /// A token store in etcd.
 #[derive(Clone)]
@@ -42,14 +48,25 @@ pub struct EtcdStore {
 /// What the store keeps one key per: a JSON document under
 /// `PREFIX/COLLECTION/NAME`.
 pub trait Document: serde::Serialize + serde::de::DeserializeOwned + PartialEq + Clone {
+    /// The collection's name, under the store's prefix.
     const COLLECTION: &'static str;
+    /// The document's name, unique in its collection.
     fn name(&self) -> &str;
+    /// The key it is also kept under by digest (credentials: the SHA-256
+    /// of the secret, in hex), changed in the same txn as the document;
+    /// `None`: not indexed.
+    fn digest(&self) -> Option<&str> {
+        None
+    }
 }
 
 impl Document for CredentialRecord {
-    const COLLECTION: &'static str = "credentials";
+    const COLLECTION: &'static str = BY_NAME;
     fn name(&self) -> &str {
         &self.name
+    }
+    fn digest(&self) -> Option<&str> {
+        Some(&self.hash)
     }
 }
 
@@ -254,7 +271,134 @@ impl EtcdStore {
         if txn.writes_nothing() {
             return Ok(true);
         }
+        self.index(&mut txn, before, after)?;
         self.commit_txn(&txn)
+    }
+
+    /// The digest index's writes for a change from `before` to `after`, and
+    /// the change key's: in the change's own txn, so the index never
+    /// disagrees with the records (the records' compares guard both).
+    fn index<T: Document>(&self, txn: &mut Txn, before: &[Stored<T>], after: &[T]) -> Result<()> {
+        let old: std::collections::HashMap<&str, &T> = before
+            .iter()
+            .filter_map(|s| Some((s.record.digest()?, &s.record)))
+            .collect();
+        let new: std::collections::HashMap<&str, &T> = after
+            .iter()
+            .filter_map(|r| Some((r.digest()?, r)))
+            .collect();
+        if old.is_empty() && new.is_empty() {
+            return Ok(());
+        }
+        for digest in old.keys().filter(|d| !new.contains_key(*d)) {
+            txn.delete(&digest_key(&self.prefix, digest));
+        }
+        for (digest, record) in &new {
+            let key = digest_key(&self.prefix, digest);
+            match old.get(digest) {
+                Some(was) if was == record => continue,
+                Some(_) => {}
+                None => {
+                    txn.absent(&key);
+                }
+            }
+            txn.put(&key, &serde_json::to_vec(record)?);
+        }
+        txn.put(&change_key(&self.prefix), b"");
+        Ok(())
+    }
+
+    /// Where the digest index disagrees with the records, a line each
+    /// (empty: it agrees).
+    pub fn index_disagreements(&self) -> Result<Vec<String>> {
+        let (records, index) = self.records_and_index()?;
+        let mut out = Vec::new();
+        for (digest, record) in &records {
+            match index.get(digest) {
+                None => out.push(format!("{:?} is not indexed by its digest", record.name)),
+                Some(indexed) if indexed != record => out.push(format!(
+                    "{:?}'s record under its digest differs from the one under its name",
+                    record.name
+                )),
+                Some(_) => {}
+            }
+        }
+        for (digest, indexed) in &index {
+            if !records.contains_key(digest) {
+                out.push(format!(
+                    "the digest {digest}… ({:?}) is indexed but no record has it",
+                    indexed.name
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes the digest index from the records (a store written before
+    /// the index was kept, or one mended by hand): what is missing or
+    /// differs, and removes what no record has, in txns of at most
+    /// 100 records that each require those records unchanged.
+    /// Returns how many index keys it wrote or removed.
+    pub fn repair_index(&self) -> Result<usize> {
+        let stored = self.read::<CredentialRecord>()?;
+        let (_, index) = self.records_and_index()?;
+        let mut fixes: Vec<(Option<&Stored<CredentialRecord>>, String)> = Vec::new();
+        for s in &stored {
+            if index.get(&s.record.hash) != Some(&s.record) {
+                fixes.push((Some(s), s.record.hash.clone()));
+            }
+        }
+        let named: std::collections::HashSet<&str> =
+            stored.iter().map(|s| s.record.hash.as_str()).collect();
+        for digest in index.keys().filter(|d| !named.contains(d.as_str())) {
+            fixes.push((None, digest.clone()));
+        }
+        for batch in fixes.chunks(REPAIR_BATCH) {
+            let mut txn = Txn::new();
+            for (record, digest) in batch {
+                let key = digest_key(&self.prefix, digest);
+                match record {
+                    Some(s) => {
+                        txn.unchanged(&s.key, s.mod_revision);
+                        txn.put(&key, &serde_json::to_vec(&s.record)?);
+                    }
+                    None => {
+                        txn.delete(&key);
+                    }
+                }
+            }
+            txn.put(&change_key(&self.prefix), b"");
+            if !self.commit_txn(&txn)? {
+                bail!("the store changed while its index was repaired; run it again");
+            }
+        }
+        Ok(fixes.len())
+    }
+
+    /// The records by digest, and the index's.
+    #[allow(clippy::type_complexity)]
+    fn records_and_index(
+        &self,
+    ) -> Result<(
+        std::collections::BTreeMap<String, CredentialRecord>,
+        std::collections::BTreeMap<String, CredentialRecord>,
+    )> {
+        let records = self
+            .load()?
+            .into_iter()
+            .map(|r| (r.hash.clone(), r))
+            .collect();
+        let index = self
+            .range(BY_DIGEST, false)?
+            .into_iter()
+            .map(|kv| {
+                let record: CredentialRecord = serde_json::from_slice(&kv.value)
+                    .with_context(|| format!("the index entry {:?} is corrupt", kv.key))?;
+                let digest = kv.key.rsplit('/').next().unwrap_or_default().to_owned();
+                Ok((digest, record))
+            })
+            .collect::<Result<_>>()?;
+        Ok((records, index))
     }
 
     /// Sends `txn`: whether its compares held.

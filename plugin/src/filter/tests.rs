@@ -115,7 +115,9 @@ impl Host for Mock {
 
 fn gate(backend: Backend) -> Gate {
     Gate::new(GateConfig {
-        credentials: sessiongate_core::fixtures::token_set(TOKEN, "t").unwrap(),
+        credentials: sessiongate_core::fixtures::token_set(TOKEN, "t")
+            .unwrap()
+            .into(),
         backend,
         ..Default::default()
     })
@@ -260,7 +262,9 @@ fn shared_data_failure_is_503() {
 fn the_address_is_read_only_for_the_guard() {
     let guarded = gate(Backend::Stub);
     let open = Gate::new(GateConfig {
-        credentials: sessiongate_core::fixtures::token_set(TOKEN, "t").unwrap(),
+        credentials: sessiongate_core::fixtures::token_set(TOKEN, "t")
+            .unwrap()
+            .into(),
         backend: Backend::Stub,
         guard: sessiongate_core::GuardConfig {
             failures: 0,
@@ -336,7 +340,9 @@ fn non_utf8_headers_do_not_panic() {
 
 fn etcd_gate(fail_open: bool) -> Gate {
     Gate::new(GateConfig {
-        credentials: sessiongate_core::fixtures::token_set(TOKEN, "t").unwrap(),
+        credentials: sessiongate_core::fixtures::token_set(TOKEN, "t")
+            .unwrap()
+            .into(),
         limiter: LimiterStore::Etcd {
             cluster: "etcd".into(),
             key: "sg/limiter".into(),
@@ -464,7 +470,9 @@ fn a_stray_callout_answer_is_ignored() {
 #[test]
 fn a_known_full_window_is_answered_without_a_callout() {
     let g = Gate::new(GateConfig {
-        credentials: sessiongate_core::fixtures::token_set(TOKEN, "t").unwrap(),
+        credentials: sessiongate_core::fixtures::token_set(TOKEN, "t")
+            .unwrap()
+            .into(),
         limit: sessiongate_core::LimitConfig {
             requests: 1,
             window_seconds: 3600,
@@ -506,7 +514,9 @@ fn a_known_full_window_is_answered_without_a_callout() {
 #[test]
 fn etcd_authentication_logs_in_and_again_when_the_token_expires() {
     let g = Gate::new(GateConfig {
-        credentials: sessiongate_core::fixtures::token_set(TOKEN, "t").unwrap(),
+        credentials: sessiongate_core::fixtures::token_set(TOKEN, "t")
+            .unwrap()
+            .into(),
         limiter: LimiterStore::Etcd {
             cluster: "etcd".into(),
             key: "k".into(),

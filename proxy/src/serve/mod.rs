@@ -229,7 +229,7 @@ impl App {
             host.set(Arc::default());
         }
         parts.base = GateConfig {
-            credentials: CredentialSet::default(),
+            credentials: CredentialSet::default().into(),
             ..base
         };
         parts.credentials = credentials;
@@ -349,7 +349,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         })),
         gate: Mutex::new(GateParts {
             base: GateConfig {
-                credentials: CredentialSet::default(),
+                credentials: CredentialSet::default().into(),
                 ..settings.gate.clone()
             },
             credentials,

@@ -238,7 +238,7 @@ pub(super) fn settings(args: &ServeArgs, file_limit: u64) -> Result<Settings> {
     };
     let (limiter, etcd) = limiter_store(&name, &section)?;
     let gate = GateConfig {
-        credentials: CredentialSet::default(),
+        credentials: CredentialSet::default().into(),
         limit,
         limiter,
         backend,

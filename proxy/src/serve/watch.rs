@@ -36,7 +36,7 @@ pub(super) fn stamp(p: &Path) -> FileStamp {
 
 pub(super) fn gate_config_json(base: &GateConfig, credentials: CredentialSet) -> Result<Vec<u8>> {
     let config = GateConfig {
-        credentials,
+        credentials: credentials.into(),
         ..base.clone()
     };
     Ok(serde_json::to_vec(&config)?)

@@ -1,0 +1,225 @@
+//! Credentials read from the fleet's store in etcd (feature `fleet`,
+//! configuration `"credentials": {"store": "etcd", …}`): a request's
+//! presented digests are looked up by digest (one txn call per digest not
+//! cached), and the answers kept in a bounded cache per VM, hits and misses
+//! alike. The root context's tick reads the credentials' revision (one key)
+//! and drops every cached answer when it moved, so a change anywhere holds
+//! in this VM within a tick period and a call. When etcd cannot be read an
+//! answer is kept only `max_stale_ms` past its last confirmation; then the
+//! request is `503`, never a `401` that would tell a valid customer their
+//! credential was revoked.
+
+use std::collections::HashMap;
+
+use sessiongate_core::{CredentialSet, CredentialStore, SecretHash};
+use sessiongate_etcd::Found;
+
+/// What the cache holds of one digest.
+#[derive(Debug, Clone)]
+struct Cached {
+    /// The credential (a set of one), or `None`: no credential has the digest.
+    credential: Option<CredentialSet>,
+    /// When etcd said so (ms).
+    fetched_at: u64,
+}
+
+/// One VM's cache of looked-up credentials.
+#[derive(Debug, Default)]
+pub struct CredentialCache {
+    entries: HashMap<SecretHash, Cached>,
+    /// The credentials' revision the entries are of (`None`: none read yet).
+    revision: Option<u64>,
+    /// When a tick last read the revision (ms).
+    confirmed_at: u64,
+    /// A tick's read is in flight.
+    pub(crate) ticking: bool,
+}
+
+/// What a request's credentials need before its decision.
+#[derive(Debug)]
+pub(crate) enum Lookup {
+    /// Decide over these (empty: nothing presented is a credential).
+    Decide(CredentialSet),
+    /// Look this digest up first.
+    Fetch(SecretHash),
+}
+
+impl CredentialCache {
+    /// What the cache says of `digests` at `now`: the first that is a
+    /// credential, or the first it does not know (or knows too long ago).
+    pub(crate) fn lookup(&self, store: &CredentialStore, digests: &[SecretHash], now: u64) -> Lookup {
+        for digest in digests {
+            match self.entries.get(digest) {
+                Some(cached) if self.fresh(store, cached, now) => {
+                    if let Some(set) = &cached.credential {
+                        return Lookup::Decide(set.clone());
+                    }
+                }
+                _ => return Lookup::Fetch(*digest),
+            }
+        }
+        Lookup::Decide(CredentialSet::default())
+    }
+
+    /// Whether an answer may still be used: confirmed (fetched, or its
+    /// revision read since) within `max_stale_ms`.
+    fn fresh(&self, store: &CredentialStore, cached: &Cached, now: u64) -> bool {
+        let confirmed = cached.fetched_at.max(self.confirmed_at);
+        now.saturating_sub(confirmed) <= u64::from(store.max_stale_ms)
+    }
+
+    /// A lookup's answer for `digest`. A record that does not parse is
+    /// `Err` (and not kept): the store is corrupt, not the credential absent.
+    pub(crate) fn found(
+        &mut self,
+        store: &CredentialStore,
+        digest: SecretHash,
+        found: Found,
+        now: u64,
+    ) -> Result<(), String> {
+        let credential = match &found.record {
+            None => None,
+            Some(record) => {
+                let mut list = Vec::with_capacity(record.len() + 2);
+                list.push(b'[');
+                list.extend_from_slice(record);
+                list.push(b']');
+                let set = CredentialSet::from_json(&list)
+                    .map_err(|e| format!("the record under this digest is corrupt: {e}"))?;
+                Some(set)
+            }
+        };
+        if !self.at_revision(found.revision) {
+            // An answer older than what a tick read since: not kept.
+            return Ok(());
+        }
+        if self.entries.len() >= store.cache_entries {
+            self.entries.clear();
+        }
+        self.entries.insert(
+            digest,
+            Cached {
+                credential,
+                fetched_at: now,
+            },
+        );
+        Ok(())
+    }
+
+    /// A tick read the credentials' revision at `now`.
+    pub(crate) fn confirmed(&mut self, revision: u64, now: u64) {
+        if self.at_revision(revision) {
+            self.confirmed_at = now;
+        }
+    }
+
+    /// Moves the cache to `revision` if it is newer (dropping every entry:
+    /// any of them may have changed); whether `revision` is the cache's now.
+    fn at_revision(&mut self, revision: u64) -> bool {
+        match self.revision {
+            Some(current) if revision < current => false,
+            Some(current) if revision == current => true,
+            _ => {
+                if self.revision.is_some() {
+                    self.entries.clear();
+                }
+                self.revision = Some(revision);
+                true
+            }
+        }
+    }
+
+    /// How many answers the cache holds.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sessiongate_core::{Kind, Level, Sites, fixtures, hash_secret};
+
+    const TOKEN: &str = "fus_abcdefghijABCDEFGHIJ0123456789klmnopqrst";
+
+    fn store() -> CredentialStore {
+        CredentialStore {
+            max_stale_ms: 1_000,
+            cache_entries: 3,
+            ..CredentialStore::default()
+        }
+    }
+
+    fn record_json() -> Vec<u8> {
+        let record = fixtures::record(TOKEN, Kind::Token, "ci", Sites::All, Level::Standard);
+        serde_json::to_vec(&record).unwrap()
+    }
+
+    fn found(record: bool, revision: u64) -> Found {
+        Found {
+            record: record.then(record_json),
+            revision,
+        }
+    }
+
+    fn decided(lookup: Lookup) -> usize {
+        match lookup {
+            Lookup::Decide(set) => set.len(),
+            Lookup::Fetch(_) => panic!("fetched"),
+        }
+    }
+
+    #[test]
+    fn hits_and_misses_are_kept_until_stale() {
+        let (s, d, other) = (store(), hash_secret(TOKEN.as_bytes()), [7u8; 32]);
+        let mut cache = CredentialCache::default();
+        assert!(matches!(cache.lookup(&s, &[d], 0), Lookup::Fetch(x) if x == d));
+        cache.found(&s, d, found(true, 4), 10).unwrap();
+        cache.found(&s, other, found(false, 4), 10).unwrap();
+        assert_eq!(decided(cache.lookup(&s, &[d], 500)), 1);
+        assert_eq!(decided(cache.lookup(&s, &[other], 500)), 0, "a miss is cached");
+        assert_eq!(decided(cache.lookup(&s, &[other, d], 500)), 1, "the first credential");
+        // No tick confirmed it: after max_stale_ms it is looked up again.
+        assert!(matches!(cache.lookup(&s, &[d], 1_011), Lookup::Fetch(_)));
+        cache.confirmed(4, 1_500);
+        assert_eq!(decided(cache.lookup(&s, &[d], 2_400)), 1, "a tick confirmed it");
+    }
+
+    #[test]
+    fn a_newer_revision_drops_everything_and_an_older_answer_is_not_kept() {
+        let (s, d) = (store(), hash_secret(TOKEN.as_bytes()));
+        let mut cache = CredentialCache::default();
+        cache.found(&s, d, found(true, 4), 0).unwrap();
+        cache.confirmed(5, 1);
+        assert!(cache.is_empty(), "the revision moved: a deletion may be among it");
+        // A lookup sent before the change, answered after the tick.
+        cache.found(&s, d, found(true, 4), 2).unwrap();
+        assert!(cache.is_empty());
+        cache.found(&s, d, found(false, 5), 3).unwrap();
+        assert_eq!(decided(cache.lookup(&s, &[d], 4)), 0, "revoked");
+        // A newer answer moves the cache too.
+        cache.found(&s, [1; 32], found(false, 6), 5).unwrap();
+        assert_eq!(cache.len(), 1);
+    }
+
+    #[test]
+    fn the_cache_is_bounded_and_a_corrupt_record_is_an_error() {
+        let s = store();
+        let mut cache = CredentialCache::default();
+        for i in 0..10u8 {
+            cache.found(&s, [i; 32], found(false, 1), 0).unwrap();
+            assert!(cache.len() <= s.cache_entries);
+        }
+        let corrupt = Found {
+            record: Some(b"{\"name\":".to_vec()),
+            revision: 1,
+        };
+        assert!(cache.found(&s, [99; 32], corrupt, 0).is_err());
+        assert!(matches!(cache.lookup(&s, &[[99; 32]], 0), Lookup::Fetch(_)));
+    }
+}
