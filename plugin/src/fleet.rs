@@ -1,16 +1,21 @@
-//! The limiter on etcd (feature `fleet`): each step of a decision on the
-//! limiter's log is a callout to etcd's HTTP/JSON gateway (`sessiongate-etcd`),
-//! the request paused until its answer; the guard's steps stay on shared
-//! data. A paused stream cannot keep core's pending decision (it borrows the
-//! request), so the request and the answers so far are kept, and the
-//! decision replayed.
+//! etcd (feature `fleet`): the credentials a request presents, looked up
+//! by digest in the fleet's store ([`crate::lookup`]), and the limiter,
+//! each step of a decision on its log a callout to etcd's HTTP/JSON gateway
+//! (`sessiongate-etcd`); the request paused until each answer, the guard's
+//! steps on shared data. A paused stream cannot keep core's pending decision
+//! (it borrows the request), so the request and the answers so far are
+//! kept, and the decision replayed.
 
-use sessiongate_core::{Answer, Gate, KvError, LIMITER_KEY, LimiterStore, Progress, Request};
+use sessiongate_core::{
+    Answer, CredentialSet, Gate, KvError, LIMITER_KEY, LimiterStore, Progress, Request, SecretHash,
+    hash_hex,
+};
 use sessiongate_etcd as etcd;
 use sessiongate_etcd::{After, Attempt, Credentials, Step};
 
-use crate::decide::{Next, carry_out, choose};
+use crate::decide::{DecidingGate, Next, carry_out, choose};
 use crate::host::{Host, LogLevel, SharedKv};
+use crate::lookup::Lookup;
 
 /// A request waiting on the limiter's store: what it needs to decide again
 /// when the answer comes (the decision is replayed from the answers so far,
@@ -23,6 +28,8 @@ pub struct PausedRequest {
     client: Option<String>,
     now: u64,
     answers: Vec<Answer<'static>>,
+    /// The credentials looked up in the store, once they are known.
+    credentials: Option<CredentialSet>,
     sent: Option<Sent>,
     /// Where the call in flight is in etcd's login policy.
     attempt: Attempt,
@@ -32,12 +39,14 @@ pub struct PausedRequest {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Sent {
     Step(etcd::Sent),
+    /// A lookup of this digest in the credential store.
+    Lookup(SecretHash),
     Login,
 }
 
-/// The request-headers phase of a filter whose limiter is on etcd: the
-/// decision started, and paused on its first callout (`None`: the limiter
-/// is in shared data, the caller decides).
+/// The request-headers phase of a filter that uses etcd (its credentials
+/// or its limiter there): the decision started, and paused on its first
+/// callout (`None`: neither is on etcd, the caller decides).
 #[allow(clippy::too_many_arguments)]
 pub fn begin<H: Host>(
     gate: &Gate,
@@ -49,9 +58,9 @@ pub fn begin<H: Host>(
     now: u64,
     client: &Option<String>,
 ) -> Option<Next> {
-    let LimiterStore::Etcd { .. } = gate.limiter_store() else {
+    if gate.limiter_store().is_shared_data() && gate.credential_store().is_none() {
         return None;
-    };
+    }
     let mut w = PausedRequest {
         method: method.to_owned(),
         target: target.to_owned(),
@@ -59,6 +68,7 @@ pub fn begin<H: Host>(
         client: client.clone(),
         now,
         answers: Vec::new(),
+        credentials: None,
         sent: None,
         attempt: Attempt::new(),
     };
@@ -86,16 +96,37 @@ pub fn on_callout_response<H: Host>(
         host.log(LogLevel::Warn, "a callout answered that was not sent");
         return Next::Stop;
     };
-    let login = match gate.limiter_store() {
-        LimiterStore::Etcd { user, password, .. } => {
-            Credentials::of(user.as_deref(), password.as_deref())
-        }
-        LimiterStore::SharedData => None,
-    };
+    let login = login(gate);
     match sent {
         Sent::Login => match w.attempt.logged_in(status, body) {
             Ok(token) => host.set_etcd_token(Some(token)),
+            Err(e) if w.credentials.is_none() && gate.credential_store().is_some() => {
+                host.log(
+                    LogLevel::Error,
+                    &format!("cannot log in to the credential store: {e}"),
+                );
+                return carry_out(gate.lookup_unavailable(), host);
+            }
             Err(e) => w.answers.push(Answer::Failed(KvError(e))),
+        },
+        Sent::Lookup(digest) => match w.attempt.answered(login, status, body) {
+            After::Again => host.set_etcd_token(None),
+            After::Done => {
+                let found = etcd::lookup_answer(status, body).and_then(|found| {
+                    let store = gate.credential_store().ok_or("no credential store")?;
+                    let now = host.now_ms();
+                    host.credential_cache()
+                        .borrow_mut()
+                        .found(store, digest, found, now)
+                });
+                if let Err(e) = found {
+                    host.log(
+                        LogLevel::Error,
+                        &format!("cannot look the credential up in the store: {e}"),
+                    );
+                    return carry_out(gate.lookup_unavailable(), host);
+                }
+            }
         },
         Sent::Step(sent) => match w.attempt.answered(login, status, body) {
             // The token expired (or etcd restarted): forget it; the same
@@ -111,21 +142,52 @@ pub fn on_callout_response<H: Host>(
     next
 }
 
-/// Replays the decision through the answers so far and takes it on: steps
-/// on the guard's buckets on shared data at once, a step on the limiter's
-/// log as a callout to etcd (then [`Next::Wait`]), and the decision, once
-/// made, carried out.
+/// etcd's login for the calls a gate makes (the store's and the limiter's
+/// are one, when both are on etcd: the configuration requires it).
+fn login(gate: &Gate) -> Option<Credentials<'_>> {
+    if let Some(store) = gate.credential_store()
+        && store.user.is_some()
+    {
+        return Credentials::of(store.user.as_deref(), store.password.as_deref());
+    }
+    match gate.limiter_store() {
+        LimiterStore::Etcd { user, password, .. } => {
+            Credentials::of(user.as_deref(), password.as_deref())
+        }
+        LimiterStore::SharedData => None,
+    }
+}
+
+/// Sends one call to etcd for a paused request: logged in first where the
+/// cluster needs it. `Err`: the host refused to send it.
+fn send<H: Host>(
+    host: &mut H,
+    attempt: &mut Attempt,
+    login: Option<Credentials<'_>>,
+    cluster: &str,
+    timeout_ms: u32,
+    call: etcd::Call,
+    what: Sent,
+) -> Result<Sent, String> {
+    let token = host.etcd_token();
+    let (path, body, what, timeout_ms, token) =
+        match attempt.next(login, token.as_deref(), timeout_ms) {
+            Step::LogIn { body, timeout_ms } => {
+                (etcd::AUTHENTICATE, body, Sent::Login, timeout_ms, None)
+            }
+            Step::Send { token } => (call.path, call.body, what, timeout_ms, token),
+        };
+    host.http_call(cluster, path, body.as_bytes(), timeout_ms, token)
+        .map(|()| what)
+        .map_err(|e| format!("cannot call {cluster}: {e}"))
+}
+
+/// Replays the decision through the answers so far and takes it on: the
+/// presented credentials looked up in the store first (from the cache, or
+/// a callout), then steps on the guard's buckets on shared data at once, a
+/// step on the limiter's log as a callout to etcd (then [`Next::Wait`]),
+/// and the decision, once made, carried out.
 fn drive<H: Host>(gate: &Gate, host: &mut H, w: &mut PausedRequest) -> Next {
-    let LimiterStore::Etcd {
-        cluster,
-        key: etcd_key,
-        timeout_ms,
-        user,
-        password,
-    } = gate.limiter_store()
-    else {
-        return Next::Stop;
-    };
     let PausedRequest {
         method,
         target,
@@ -133,16 +195,60 @@ fn drive<H: Host>(gate: &Gate, host: &mut H, w: &mut PausedRequest) -> Next {
         client,
         now,
         answers,
+        credentials,
         sent,
         attempt,
     } = w;
     let authorization: Vec<&[u8]> = authorization.iter().map(Vec::as_slice).collect();
-    let gate = choose(gate, host, &authorization);
     let req = Request {
         method,
         target,
         authorization: &authorization,
         client: client.as_deref(),
+    };
+    if let (Some(store), None) = (gate.credential_store(), &credentials) {
+        let digests = gate.digests_to_look_up(&req);
+        let at = host.now_ms();
+        let lookup = host.credential_cache().borrow().lookup(store, &digests, at);
+        match lookup {
+            Lookup::Decide(set) => *credentials = Some(set),
+            Lookup::Fetch(digest) => {
+                let call = etcd::lookup(&store.prefix, &hash_hex(&digest));
+                let what = Sent::Lookup(digest);
+                match send(
+                    host,
+                    attempt,
+                    login(gate),
+                    &store.cluster,
+                    store.timeout_ms,
+                    call,
+                    what,
+                ) {
+                    Ok(what) => {
+                        *sent = Some(what);
+                        return Next::Wait;
+                    }
+                    Err(e) => {
+                        host.log(LogLevel::Error, &e);
+                        return carry_out(gate.lookup_unavailable(), host);
+                    }
+                }
+            }
+        }
+    }
+    let gate = match credentials {
+        Some(set) => DecidingGate::LookedUp(Box::new(gate.with_credentials(set.clone()))),
+        None => choose(gate, host, &authorization),
+    };
+    let LimiterStore::Etcd {
+        cluster,
+        key: etcd_key,
+        timeout_ms,
+        ..
+    } = gate.limiter_store()
+    else {
+        let decision = gate.decide(&req, *now, &mut SharedKv(host));
+        return carry_out(decision, host);
     };
     // The first run may be answered by the "full until" memo (a 429 with no
     // call at all); a replay follows the answers it was given.
@@ -159,30 +265,24 @@ fn drive<H: Host>(gate: &Gate, host: &mut H, w: &mut PausedRequest) -> Next {
         let need = pending.need();
         let answer = match need.key() {
             Some(key) if key == LIMITER_KEY => {
-                let login = Credentials::of(user.as_deref(), password.as_deref());
-                let token = host.etcd_token();
-                let (path, body, what, timeout_ms, token) =
-                    match attempt.next(login, token.as_deref(), *timeout_ms) {
-                        Step::LogIn { body, timeout_ms } => {
-                            (etcd::AUTHENTICATE, body, Sent::Login, timeout_ms, None)
-                        }
-                        Step::Send { token } => match etcd::call(&need, etcd_key) {
-                            Some(call) => (
-                                call.path,
-                                call.body,
-                                Sent::Step(call.sent),
-                                *timeout_ms,
-                                token,
-                            ),
-                            None => return Next::Stop,
-                        },
-                    };
-                match host.http_call(cluster, path, body.as_bytes(), timeout_ms, token) {
-                    Ok(()) => {
+                let Some(call) = etcd::call(&need, etcd_key) else {
+                    return Next::Stop;
+                };
+                let what = Sent::Step(call.sent);
+                match send(
+                    host,
+                    attempt,
+                    login(&gate),
+                    cluster,
+                    *timeout_ms,
+                    call,
+                    what,
+                ) {
+                    Ok(what) => {
                         *sent = Some(what);
                         return Next::Wait;
                     }
-                    Err(e) => Answer::Failed(KvError(format!("cannot call {cluster}: {e}"))),
+                    Err(e) => Answer::Failed(KvError(e)),
                 }
             }
             _ => need.perform(&mut SharedKv(host)).into_owned(),

@@ -82,6 +82,9 @@ pub trait Host {
         timeout_ms: u32,
         token: Option<&str>,
     ) -> Result<(), String>;
+    /// This VM's cache of credentials looked up in the store.
+    #[cfg(feature = "fleet")]
+    fn credential_cache(&self) -> &std::cell::RefCell<crate::lookup::CredentialCache>;
     /// The etcd token this VM logged in for, if any (kept across requests).
     fn etcd_token(&self) -> Option<String>;
     fn set_etcd_token(&mut self, token: Option<String>);

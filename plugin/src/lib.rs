@@ -9,6 +9,8 @@ pub mod filter;
 mod fleet;
 pub mod header_block;
 pub mod host;
+#[cfg(feature = "fleet")]
+pub mod lookup;
 
 #[cfg(target_arch = "wasm32")]
 mod raw;

@@ -11,8 +11,11 @@
 
 use std::collections::HashMap;
 
-use sessiongate_core::{CredentialSet, CredentialStore, SecretHash};
-use sessiongate_etcd::Found;
+use sessiongate_core::{CredentialSet, CredentialStore, Gate, SecretHash};
+use sessiongate_etcd as etcd;
+use sessiongate_etcd::{After, Attempt, Credentials, Found, Step};
+
+use crate::host::{Host, LogLevel};
 
 /// What the cache holds of one digest.
 #[derive(Debug, Clone)]
@@ -31,8 +34,6 @@ pub struct CredentialCache {
     revision: Option<u64>,
     /// When a tick last read the revision (ms).
     confirmed_at: u64,
-    /// A tick's read is in flight.
-    pub(crate) ticking: bool,
 }
 
 /// What a request's credentials need before its decision.
@@ -47,7 +48,12 @@ pub(crate) enum Lookup {
 impl CredentialCache {
     /// What the cache says of `digests` at `now`: the first that is a
     /// credential, or the first it does not know (or knows too long ago).
-    pub(crate) fn lookup(&self, store: &CredentialStore, digests: &[SecretHash], now: u64) -> Lookup {
+    pub(crate) fn lookup(
+        &self,
+        store: &CredentialStore,
+        digests: &[SecretHash],
+        now: u64,
+    ) -> Lookup {
         for digest in digests {
             match self.entries.get(digest) {
                 Some(cached) if self.fresh(store, cached, now) => {
@@ -140,6 +146,104 @@ impl CredentialCache {
     }
 }
 
+/// The root context's tick: one read of the credentials' revision at a
+/// time (a login first, where etcd needs one).
+#[derive(Debug, Default)]
+pub struct Tick {
+    attempt: Attempt,
+    sent: Option<TickSent>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TickSent {
+    Login,
+    Revision,
+}
+
+/// A tick (`proxy_on_tick`): the credentials' revision read, unless a read
+/// is still in flight.
+pub fn on_tick<H: Host>(gate: &Gate, host: &mut H, tick: &mut Tick) {
+    if gate.credential_store().is_none() || tick.sent.is_some() {
+        return;
+    }
+    tick.attempt = Attempt::new();
+    send_tick(gate, host, tick);
+}
+
+fn send_tick<H: Host>(gate: &Gate, host: &mut H, tick: &mut Tick) {
+    let Some(store) = gate.credential_store() else {
+        return;
+    };
+    let login = Credentials::of(store.user.as_deref(), store.password.as_deref());
+    let token = host.etcd_token();
+    let (path, body, what, timeout_ms, token) =
+        match tick.attempt.next(login, token.as_deref(), store.timeout_ms) {
+            Step::LogIn { body, timeout_ms } => {
+                (etcd::AUTHENTICATE, body, TickSent::Login, timeout_ms, None)
+            }
+            Step::Send { token } => {
+                let call = etcd::revision(&store.prefix);
+                (
+                    call.path,
+                    call.body,
+                    TickSent::Revision,
+                    store.timeout_ms,
+                    token,
+                )
+            }
+        };
+    match host.http_call(&store.cluster, path, body.as_bytes(), timeout_ms, token) {
+        Ok(()) => tick.sent = Some(what),
+        Err(e) => host.log(
+            LogLevel::Warn,
+            &format!("cannot read the credentials' revision: {e}"),
+        ),
+    }
+}
+
+/// The answer to a tick's call (`status`: `None` when the call failed).
+pub fn on_tick_response<H: Host>(
+    gate: &Gate,
+    host: &mut H,
+    tick: &mut Tick,
+    status: Option<u16>,
+    body: &[u8],
+) {
+    let Some(store) = gate.credential_store() else {
+        return;
+    };
+    let login = Credentials::of(store.user.as_deref(), store.password.as_deref());
+    match tick.sent.take() {
+        None => {}
+        Some(TickSent::Login) => match tick.attempt.logged_in(status, body) {
+            Ok(token) => {
+                host.set_etcd_token(Some(token));
+                send_tick(gate, host, tick);
+            }
+            Err(e) => host.log(LogLevel::Warn, &format!("cannot log in to etcd: {e}")),
+        },
+        Some(TickSent::Revision) => match tick.attempt.answered(login, status, body) {
+            After::Again => {
+                host.set_etcd_token(None);
+                send_tick(gate, host, tick);
+            }
+            After::Done => match etcd::revision_answer(status, body) {
+                Ok(revision) => {
+                    let now = host.now_ms();
+                    host.credential_cache()
+                        .borrow_mut()
+                        .confirmed(revision, now);
+                }
+                // The cache answers on until its answers are max_stale_ms old.
+                Err(e) => host.log(
+                    LogLevel::Warn,
+                    &format!("cannot read the credentials' revision: {e}"),
+                ),
+            },
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,12 +286,24 @@ mod tests {
         cache.found(&s, d, found(true, 4), 10).unwrap();
         cache.found(&s, other, found(false, 4), 10).unwrap();
         assert_eq!(decided(cache.lookup(&s, &[d], 500)), 1);
-        assert_eq!(decided(cache.lookup(&s, &[other], 500)), 0, "a miss is cached");
-        assert_eq!(decided(cache.lookup(&s, &[other, d], 500)), 1, "the first credential");
+        assert_eq!(
+            decided(cache.lookup(&s, &[other], 500)),
+            0,
+            "a miss is cached"
+        );
+        assert_eq!(
+            decided(cache.lookup(&s, &[other, d], 500)),
+            1,
+            "the first credential"
+        );
         // No tick confirmed it: after max_stale_ms it is looked up again.
         assert!(matches!(cache.lookup(&s, &[d], 1_011), Lookup::Fetch(_)));
         cache.confirmed(4, 1_500);
-        assert_eq!(decided(cache.lookup(&s, &[d], 2_400)), 1, "a tick confirmed it");
+        assert_eq!(
+            decided(cache.lookup(&s, &[d], 2_400)),
+            1,
+            "a tick confirmed it"
+        );
     }
 
     #[test]
@@ -196,7 +312,10 @@ mod tests {
         let mut cache = CredentialCache::default();
         cache.found(&s, d, found(true, 4), 0).unwrap();
         cache.confirmed(5, 1);
-        assert!(cache.is_empty(), "the revision moved: a deletion may be among it");
+        assert!(
+            cache.is_empty(),
+            "the revision moved: a deletion may be among it"
+        );
         // A lookup sent before the change, answered after the tick.
         cache.found(&s, d, found(true, 4), 2).unwrap();
         assert!(cache.is_empty());

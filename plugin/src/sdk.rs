@@ -21,11 +21,30 @@ proxy_wasm::main! {{
 /// The host's id of each [`Metric`], once defined.
 type Metrics = Rc<RefCell<[Option<u32>; Metric::COUNT]>>;
 
+/// The VM's cache of credentials looked up in the store, shared by its requests.
+#[cfg(feature = "fleet")]
+type Cache = Rc<RefCell<crate::lookup::CredentialCache>>;
+
 #[derive(Default)]
 struct Root {
     gate: Option<Rc<Gate>>,
     metrics: Metrics,
     etcd_token: EtcdToken,
+    #[cfg(feature = "fleet")]
+    cache: Cache,
+    #[cfg(feature = "fleet")]
+    tick: filter::Tick,
+}
+
+impl Root {
+    fn host(&self) -> Wasm {
+        Wasm {
+            metrics: self.metrics.clone(),
+            etcd_token: self.etcd_token.clone(),
+            #[cfg(feature = "fleet")]
+            cache: self.cache.clone(),
+        }
+    }
 }
 
 fn log(level: LogLevel, message: &str) {
@@ -39,7 +58,29 @@ fn log(level: LogLevel, message: &str) {
     raw::log(level, &format!("sessiongate: {message}"));
 }
 
-impl Context for Root {}
+impl Context for Root {
+    /// The answer to a tick's read of the credentials' revision.
+    #[cfg(feature = "fleet")]
+    fn on_http_call_response(
+        &mut self,
+        _token_id: u32,
+        num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let Some(gate) = self.gate.clone() else {
+            return;
+        };
+        let status = if num_headers == 0 {
+            None
+        } else {
+            raw::http_call_response_status()
+        };
+        let body = raw::http_call_response_body(body_size);
+        let mut host = self.host();
+        filter::on_tick_response(&gate, &mut host, &mut self.tick, status, &body);
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
@@ -103,19 +144,38 @@ impl RootContext for Root {
             }
         }
         drop(metrics);
-        host::init_shared_state(&mut Wasm {
-            metrics: self.metrics.clone(),
-            etcd_token: self.etcd_token.clone(),
-        });
+        host::init_shared_state(&mut self.host());
+        #[cfg(feature = "fleet")]
+        {
+            // A new configuration may name another store: nothing cached holds.
+            *self.cache.borrow_mut() = crate::lookup::CredentialCache::default();
+            let tick = self
+                .gate
+                .as_ref()
+                .and_then(|g| g.credential_store())
+                .map_or(0, |store| store.tick_ms);
+            proxy_wasm::hostcalls::set_tick_period(std::time::Duration::from_millis(u64::from(
+                tick,
+            )))
+            .ok();
+        }
         true
+    }
+
+    #[cfg(feature = "fleet")]
+    fn on_tick(&mut self) {
+        let Some(gate) = self.gate.clone() else {
+            return;
+        };
+        let mut host = self.host();
+        filter::on_tick(&gate, &mut host, &mut self.tick);
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         let gate = self.gate.clone()?;
         Some(Box::new(Request {
             gate,
-            metrics: self.metrics.clone(),
-            etcd_token: self.etcd_token.clone(),
+            host: self.host(),
             response_headers: Vec::new(),
             waiting: None,
         }))
@@ -128,18 +188,21 @@ impl RootContext for Root {
 
 struct Request {
     gate: Rc<Gate>,
-    metrics: Metrics,
-    etcd_token: EtcdToken,
+    /// The VM's state its host calls use.
+    host: Wasm,
     response_headers: Vec<(&'static str, String)>,
     /// The decision waiting on a callout to the limiter's store.
     waiting: Option<filter::PausedRequest>,
 }
 
 /// The host calls of the SDK behind the filter's [`Host`] trait.
+#[derive(Clone)]
 struct Wasm {
     metrics: Metrics,
     /// The VM's etcd token, shared by its requests.
     etcd_token: EtcdToken,
+    #[cfg(feature = "fleet")]
+    cache: Cache,
 }
 
 type EtcdToken = Rc<RefCell<Option<String>>>;
@@ -209,6 +272,11 @@ impl Host for Wasm {
         self.etcd_token.borrow().clone()
     }
 
+    #[cfg(feature = "fleet")]
+    fn credential_cache(&self) -> &RefCell<crate::lookup::CredentialCache> {
+        &self.cache
+    }
+
     fn set_etcd_token(&mut self, token: Option<String>) {
         *self.etcd_token.borrow_mut() = token;
     }
@@ -238,10 +306,7 @@ impl Context for Request {
         body_size: usize,
         _num_trailers: usize,
     ) {
-        let mut host = Wasm {
-            metrics: self.metrics.clone(),
-            etcd_token: self.etcd_token.clone(),
-        };
+        let mut host = self.host.clone();
         // No headers: the call failed (reset, timeout, no host).
         let status = if num_headers == 0 {
             None
@@ -262,10 +327,7 @@ impl Context for Request {
 
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let mut host = Wasm {
-            metrics: self.metrics.clone(),
-            etcd_token: self.etcd_token.clone(),
-        };
+        let mut host = self.host.clone();
         match filter::on_request_headers(&self.gate, &mut host, &mut self.waiting) {
             Next::Stop | Next::Wait => Action::Pause,
             Next::Continue(headers) => {
@@ -277,13 +339,7 @@ impl HttpContext for Request {
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let headers = std::mem::take(&mut self.response_headers);
-        filter::on_response_headers(
-            &mut Wasm {
-                metrics: self.metrics.clone(),
-                etcd_token: self.etcd_token.clone(),
-            },
-            &headers,
-        );
+        filter::on_response_headers(&mut self.host.clone(), &headers);
         Action::Continue
     }
 }

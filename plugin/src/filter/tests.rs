@@ -26,6 +26,10 @@ struct Mock {
     etcd_token: Option<String>,
     /// How many times the filter asked for `source.address`.
     address_reads: std::cell::Cell<u32>,
+    /// The VM's credential cache, shared by the mocks of one VM's requests.
+    cache: std::rc::Rc<std::cell::RefCell<crate::lookup::CredentialCache>>,
+    /// Milliseconds past the mock's epoch.
+    clock: u64,
 }
 
 impl Host for Mock {
@@ -75,7 +79,10 @@ impl Host for Mock {
         Ok(true)
     }
     fn now_ms(&self) -> u64 {
-        1_800_000_000_000
+        1_800_000_000_000 + self.clock
+    }
+    fn credential_cache(&self) -> &std::cell::RefCell<crate::lookup::CredentialCache> {
+        &self.cache
     }
     fn log(&self, _: LogLevel, _: &str) {}
     fn increment(&mut self, metric: Metric) {
@@ -561,4 +568,147 @@ fn etcd_authentication_logs_in_and_again_when_the_token_expires() {
     let next = on_callout_response(&g, &mut m, &mut waiting, Some(400), refused);
     assert_eq!(next, Next::Stop);
     assert_eq!(m.reply.as_ref().map(|r| r.0), Some(503));
+}
+
+/// A gate whose credentials are looked up in etcd (the limiter in shared data).
+fn store_gate() -> Gate {
+    Gate::from_json(
+        br#"{"backend":"stub","credentials":{"store":"etcd","cluster":"etcd","prefix":"sg","tick_ms":100,"max_stale_ms":1000}}"#,
+    )
+    .unwrap()
+}
+
+/// etcd's answer to a lookup: the record (if any) and the credentials' revision.
+fn lookup_answer(record: Option<&sessiongate_core::CredentialRecord>, revision: u64) -> String {
+    use base64::Engine as _;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let digest = match record {
+        Some(r) => format!(
+            r#"{{"response_range":{{"header":{{}},"kvs":[{{"key":"eA==","mod_revision":"3","value":"{}"}}],"count":"1"}}}}"#,
+            b64(&serde_json::to_vec(r).unwrap())
+        ),
+        None => r#"{"response_range":{"header":{}}}"#.to_owned(),
+    };
+    format!(
+        r#"{{"header":{{}},"succeeded":true,"responses":[{digest},{{"response_range":{{"header":{{}},"kvs":[{{"key":"eQ==","mod_revision":"{revision}"}}],"count":"1"}}}}]}}"#
+    )
+}
+
+fn token_record() -> sessiongate_core::CredentialRecord {
+    sessiongate_core::fixtures::record(
+        TOKEN,
+        sessiongate_core::Kind::Token,
+        "t",
+        sessiongate_core::Sites::All,
+        sessiongate_core::Level::Standard,
+    )
+}
+
+/// One VM's next request: the same cache, a later time.
+fn next_request(before: &Mock, clock: u64) -> Mock {
+    let mut m = request(&[&format!("Bearer {TOKEN}")]);
+    m.cache = before.cache.clone();
+    m.clock = clock;
+    m
+}
+
+/// A credential is looked up by digest once, then answered from the VM's
+/// cache; a tick that sees the credentials' revision move drops it, and the
+/// next request looks it up again (here: deleted, so refused).
+#[test]
+fn store_credentials_are_looked_up_cached_and_dropped_on_a_change() {
+    let g = store_gate();
+    let mut m = request(&[&format!("Bearer {TOKEN}")]);
+    let mut waiting = None;
+    assert_eq!(on_request_headers(&g, &mut m, &mut waiting), Next::Wait);
+    let (cluster, path, body, _) = m.calls[0].clone();
+    assert_eq!((cluster.as_str(), path.as_str()), ("etcd", "/v3/kv/txn"));
+    let key = sessiongate_etcd::digest_key("sg", &token_record().hash);
+    use base64::Engine as _;
+    assert!(body.contains(&base64::engine::general_purpose::STANDARD.encode(key)));
+    let found = lookup_answer(Some(&token_record()), 5);
+    let next = on_callout_response(&g, &mut m, &mut waiting, Some(200), found.as_bytes());
+    assert_eq!(next, Next::Stop);
+    assert_eq!(m.reply.as_ref().map(|r| r.0), Some(200));
+    // Cached: no call.
+    let mut m2 = next_request(&m, 50);
+    assert_eq!(on_request_headers(&g, &mut m2, &mut None), Next::Stop);
+    assert_eq!(
+        (m2.reply.as_ref().map(|r| r.0), m2.calls.len()),
+        (Some(200), 0)
+    );
+    // The tick: the revision moved.
+    let mut tick = Tick::default();
+    on_tick(&g, &mut m2, &mut tick);
+    on_tick(&g, &mut m2, &mut tick);
+    assert_eq!(m2.calls.len(), 1, "one read in flight at a time");
+    assert_eq!(m2.calls[0].1, "/v3/kv/range");
+    let moved =
+        r#"{"header":{"revision":"9"},"kvs":[{"key":"eQ==","mod_revision":"6"}],"count":"1"}"#;
+    on_tick_response(&g, &mut m2, &mut tick, Some(200), moved.as_bytes());
+    assert!(m2.cache.borrow().is_empty());
+    let mut m3 = next_request(&m2, 60);
+    let mut waiting = None;
+    assert_eq!(on_request_headers(&g, &mut m3, &mut waiting), Next::Wait);
+    let gone = lookup_answer(None, 6);
+    on_callout_response(&g, &mut m3, &mut waiting, Some(200), gone.as_bytes());
+    assert_eq!(m3.reply.as_ref().map(|r| r.0), Some(401));
+    // The miss is cached too.
+    let mut m4 = next_request(&m3, 70);
+    on_request_headers(&g, &mut m4, &mut None);
+    assert_eq!(
+        (m4.reply.as_ref().map(|r| r.0), m4.calls.len()),
+        (Some(401), 0)
+    );
+}
+
+/// etcd unreachable: what the cache holds is answered until it is
+/// max_stale_ms old, then the request is 503, as is one it does not hold:
+/// never a 401 that would read as a revocation.
+#[test]
+fn an_unreachable_store_is_503_never_401() {
+    let g = store_gate();
+    let mut m = request(&[&format!("Bearer {TOKEN}")]);
+    let mut waiting = None;
+    on_request_headers(&g, &mut m, &mut waiting);
+    on_callout_response(&g, &mut m, &mut waiting, None, b"");
+    let (status, _, body) = m.reply.clone().unwrap();
+    assert_eq!(status, 503);
+    assert!(String::from_utf8_lossy(&body).contains("limiter_unavailable"));
+    // Held: answered while fresh, even with ticks failing.
+    let mut m = next_request(&m, 0);
+    let mut waiting = None;
+    on_request_headers(&g, &mut m, &mut waiting);
+    let found = lookup_answer(Some(&token_record()), 5);
+    on_callout_response(&g, &mut m, &mut waiting, Some(200), found.as_bytes());
+    let mut tick = Tick::default();
+    on_tick(&g, &mut m, &mut tick);
+    on_tick_response(&g, &mut m, &mut tick, None, b"");
+    let mut m2 = next_request(&m, 900);
+    on_request_headers(&g, &mut m2, &mut None);
+    assert_eq!(m2.reply.as_ref().map(|r| r.0), Some(200));
+    let mut m3 = next_request(&m, 1_100);
+    let mut waiting = None;
+    assert_eq!(
+        on_request_headers(&g, &mut m3, &mut waiting),
+        Next::Wait,
+        "stale: looked up"
+    );
+    on_callout_response(&g, &mut m3, &mut waiting, Some(503), b"{}");
+    assert_eq!(m3.reply.as_ref().map(|r| r.0), Some(503));
+    // A request the decision ends before the credential asks etcd nothing.
+    let mut m4 = next_request(&m, 1_200);
+    m4.request[1].1 = b"/nowhere".to_vec();
+    on_request_headers(&g, &mut m4, &mut None);
+    assert_eq!(
+        (m4.reply.as_ref().map(|r| r.0), m4.calls.len()),
+        (Some(404), 0)
+    );
+    let mut m5 = next_request(&m, 1_200);
+    m5.request.retain(|(n, _)| n != "authorization");
+    on_request_headers(&g, &mut m5, &mut None);
+    assert_eq!(
+        (m5.reply.as_ref().map(|r| r.0), m5.calls.len()),
+        (Some(401), 0)
+    );
 }
