@@ -12,7 +12,7 @@ use crate::host::{Host, SharedKv};
 #[cfg(feature = "fleet")]
 pub use crate::fleet::{PausedRequest, on_callout_response};
 #[cfg(feature = "fleet")]
-pub use crate::lookup::{Tick, on_tick, on_tick_response};
+pub use crate::tick::{Tick, on_tick, on_tick_response};
 
 /// Without the fleet feature no request ever waits on a callout.
 #[cfg(not(feature = "fleet"))]

@@ -11,6 +11,8 @@ pub mod header_block;
 pub mod host;
 #[cfg(feature = "fleet")]
 pub mod lookup;
+#[cfg(feature = "fleet")]
+mod tick;
 
 #[cfg(target_arch = "wasm32")]
 mod raw;

@@ -2,7 +2,7 @@
 //! configuration `"credentials": {"store": "etcd", …}`): a request's
 //! presented digests are looked up by digest (one txn call per digest not
 //! cached), and the answers kept in a bounded cache per VM, hits and misses
-//! alike. The root context's tick reads the credentials' revision (one key)
+//! alike. The root context's tick (tick.rs) reads the credentials' revision (one key)
 //! and drops every cached answer when it moved, so a change anywhere holds
 //! in this VM within a tick period and a call. When etcd cannot be read an
 //! answer is kept only `max_stale_ms` past its last confirmation; then the
@@ -11,11 +11,8 @@
 
 use std::collections::HashMap;
 
-use sessiongate_core::{CredentialSet, CredentialStore, Gate, SecretHash};
-use sessiongate_etcd as etcd;
-use sessiongate_etcd::{After, Attempt, Credentials, Found, Step};
-
-use crate::host::{Host, LogLevel};
+use sessiongate_core::{CredentialSet, CredentialStore, SecretHash};
+use sessiongate_etcd::Found;
 
 /// What the cache holds of one digest.
 #[derive(Debug, Clone)]
@@ -143,104 +140,6 @@ impl CredentialCache {
     /// Whether it holds none.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
-    }
-}
-
-/// The root context's tick: one read of the credentials' revision at a
-/// time (a login first, where etcd needs one).
-#[derive(Debug, Default)]
-pub struct Tick {
-    attempt: Attempt,
-    sent: Option<TickSent>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TickSent {
-    Login,
-    Revision,
-}
-
-/// A tick (`proxy_on_tick`): the credentials' revision read, unless a read
-/// is still in flight.
-pub fn on_tick<H: Host>(gate: &Gate, host: &mut H, tick: &mut Tick) {
-    if gate.credential_store().is_none() || tick.sent.is_some() {
-        return;
-    }
-    tick.attempt = Attempt::new();
-    send_tick(gate, host, tick);
-}
-
-fn send_tick<H: Host>(gate: &Gate, host: &mut H, tick: &mut Tick) {
-    let Some(store) = gate.credential_store() else {
-        return;
-    };
-    let login = Credentials::of(store.user.as_deref(), store.password.as_deref());
-    let token = host.etcd_token();
-    let (path, body, what, timeout_ms, token) =
-        match tick.attempt.next(login, token.as_deref(), store.timeout_ms) {
-            Step::LogIn { body, timeout_ms } => {
-                (etcd::AUTHENTICATE, body, TickSent::Login, timeout_ms, None)
-            }
-            Step::Send { token } => {
-                let call = etcd::revision(&store.prefix);
-                (
-                    call.path,
-                    call.body,
-                    TickSent::Revision,
-                    store.timeout_ms,
-                    token,
-                )
-            }
-        };
-    match host.http_call(&store.cluster, path, body.as_bytes(), timeout_ms, token) {
-        Ok(()) => tick.sent = Some(what),
-        Err(e) => host.log(
-            LogLevel::Warn,
-            &format!("cannot read the credentials' revision: {e}"),
-        ),
-    }
-}
-
-/// The answer to a tick's call (`status`: `None` when the call failed).
-pub fn on_tick_response<H: Host>(
-    gate: &Gate,
-    host: &mut H,
-    tick: &mut Tick,
-    status: Option<u16>,
-    body: &[u8],
-) {
-    let Some(store) = gate.credential_store() else {
-        return;
-    };
-    let login = Credentials::of(store.user.as_deref(), store.password.as_deref());
-    match tick.sent.take() {
-        None => {}
-        Some(TickSent::Login) => match tick.attempt.logged_in(status, body) {
-            Ok(token) => {
-                host.set_etcd_token(Some(token));
-                send_tick(gate, host, tick);
-            }
-            Err(e) => host.log(LogLevel::Warn, &format!("cannot log in to etcd: {e}")),
-        },
-        Some(TickSent::Revision) => match tick.attempt.answered(login, status, body) {
-            After::Again => {
-                host.set_etcd_token(None);
-                send_tick(gate, host, tick);
-            }
-            After::Done => match etcd::revision_answer(status, body) {
-                Ok(revision) => {
-                    let now = host.now_ms();
-                    host.credential_cache()
-                        .borrow_mut()
-                        .confirmed(revision, now);
-                }
-                // The cache answers on until its answers are max_stale_ms old.
-                Err(e) => host.log(
-                    LogLevel::Warn,
-                    &format!("cannot read the credentials' revision: {e}"),
-                ),
-            },
-        },
     }
 }
 

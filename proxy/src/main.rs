@@ -294,6 +294,17 @@ struct ConfigArgs {
     /// its credential store: `worker-sync`).
     #[arg(long)]
     without_credentials: bool,
+    /// Name the store instead of listing its credentials: the fleet filter
+    /// looks each presented credential up in it by digest (--store
+    /// etcd://…/PREFIX), so a configuration stays small and a credential
+    /// created or deleted holds without a push. etcd's user comes from the
+    /// URL, its password from SESSIONGATE_ETCD_PASSWORD.
+    #[arg(long, conflicts_with = "without_credentials")]
+    credentials_from_store: bool,
+    /// The host's name for the store's etcd members (an Envoy cluster),
+    /// with --credentials-from-store.
+    #[arg(long, value_name = "NAME", default_value = "sessiongate_etcd")]
+    store_cluster: String,
 }
 
 #[derive(Args)]
@@ -540,13 +551,26 @@ fn print_config(a: ConfigArgs, default_backend: &str, out: &mut dyn std::io::Wri
 
 /// The filter's configuration the flags describe, with the store's credentials.
 fn gate_config(a: &ConfigArgs, default_backend: &str) -> Result<GateConfig> {
-    let credentials = if a.without_credentials {
-        sessiongate_core::CredentialSet::default()
+    let credentials = if a.credentials_from_store {
+        let Store::Etcd(etcd) = a.store.open()? else {
+            anyhow::bail!(
+                "--credentials-from-store needs a store in etcd (--store etcd://HOST:PORT…/PREFIX)"
+            );
+        };
+        sessiongate_core::CredentialSource::Etcd(sessiongate_core::CredentialStore {
+            cluster: a.store_cluster.clone(),
+            prefix: etcd.prefix().to_owned(),
+            user: etcd.login().map(|l| l.user.clone()),
+            password: etcd.login().map(|l| l.password.clone()),
+            ..Default::default()
+        })
+    } else if a.without_credentials {
+        sessiongate_core::CredentialSet::default().into()
     } else {
-        a.store.open()?.load_set()?
+        a.store.open()?.load_set()?.into()
     };
     Ok(GateConfig {
-        credentials: credentials.into(),
+        credentials,
         limit: LimitConfig {
             requests: a.requests,
             window_seconds: a.window_seconds,

@@ -40,6 +40,7 @@ pub(crate) const REPAIR_BATCH: usize = 100;
 #[derive(Clone)]
 pub struct EtcdStore {
     members: Vec<String>,
+    login: Option<Login>,
     prefix: String,
     cluster: Arc<Cluster>,
     runtime: Arc<tokio::runtime::Runtime>,
@@ -114,7 +115,7 @@ impl EtcdStore {
             "etcd",
             members.iter().map(|m| format!("http://{m}")).collect(),
         );
-        if let Some(login) = login {
+        if let Some(login) = login.clone() {
             cluster = cluster.with_login(login);
         }
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -123,10 +124,26 @@ impl EtcdStore {
             .context("cannot start the etcd client's runtime")?;
         Ok(EtcdStore {
             members,
+            login,
             prefix: prefix.to_owned(),
             cluster: Arc::new(cluster),
             runtime: Arc::new(runtime),
         })
+    }
+
+    /// The members, `HOST:PORT` each.
+    pub fn members(&self) -> &[String] {
+        &self.members
+    }
+
+    /// The prefix every key of the store is under.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// etcd's login, when the URL names a user.
+    pub fn login(&self) -> Option<&Login> {
+        self.login.as_ref()
     }
 
     /// `etcd://MEMBERS/PREFIX`, for messages (the user, not the password).

@@ -203,7 +203,10 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_set_tick_period_milliseconds",
-        |_: Ctx<'_>, _ms: u32| -> u32 { status(Status::Ok) },
+        |mut c: Ctx<'_>, ms: u32| -> u32 {
+            c.data_mut().tick_ms = ms;
+            status(Status::Ok)
+        },
     )?;
     linker.func_wrap(
         "env",

@@ -189,6 +189,8 @@ pub struct VmState {
     /// Calls made during the current callback, for the host to send.
     calls: Vec<Callout>,
     next_token: u32,
+    /// What the filter asked with `proxy_set_tick_period_milliseconds` (0: no tick).
+    tick_ms: u32,
 }
 
 /// The compiled filter and what every VM shares.
@@ -302,6 +304,7 @@ impl Plugin {
             clusters: self.clusters.clone(),
             calls: Vec::new(),
             next_token: 0,
+            tick_ms: 0,
         };
         let mut store = Store::new(&self.engine, state);
         let instance = self
@@ -390,6 +393,7 @@ struct Exports {
     on_request_headers: TypedFunc<(u32, u32, u32), u32>,
     on_response_headers: TypedFunc<(u32, u32, u32), u32>,
     on_http_call_response: TypedFunc<(u32, u32, u32, u32, u32), ()>,
+    on_tick: TypedFunc<u32, ()>,
     on_done: TypedFunc<u32, u32>,
     on_log: TypedFunc<u32, ()>,
     on_delete: TypedFunc<u32, ()>,
@@ -411,6 +415,7 @@ impl Exports {
             on_request_headers: get!("proxy_on_request_headers"),
             on_response_headers: get!("proxy_on_response_headers"),
             on_http_call_response: get!("proxy_on_http_call_response"),
+            on_tick: get!("proxy_on_tick"),
             on_done: get!("proxy_on_done"),
             on_log: get!("proxy_on_log"),
             on_delete: get!("proxy_on_delete"),
@@ -432,6 +437,10 @@ impl Vm {
         self.store.data().streams.len()
     }
 }
+
+mod root;
+
+impl Vm {}
 
 /// What the request phase decided.
 pub enum RequestPhase {

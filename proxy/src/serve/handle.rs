@@ -243,11 +243,7 @@ async fn finish_filter(
     while let Ok(RequestPhase::Paused { context, calls }) = phase {
         phase = Err(anyhow!("the filter paused on no call"));
         for call in calls {
-            let cluster = app.clusters.iter().find(|c| c.name() == call.cluster);
-            let response = match (cluster, http_call(&call)) {
-                (Some(cluster), Some(http)) => cluster.send(&http).await.map(call_response),
-                _ => None,
-            };
+            let response = send_callout(app, &call).await;
             phase = pool.with_vm(vm, |v| v.on_call_response(context, call.token, response));
             if !matches!(phase, Ok(RequestPhase::Paused { .. })) {
                 break;
@@ -342,6 +338,14 @@ async fn forward(
     tokio::time::timeout(live.upstream_timeout, exchange)
         .await
         .map_err(|_| anyhow!("timed out after {:?}", live.upstream_timeout))?
+}
+
+/// Sends a filter's callout to its cluster: the answer, or `None` when it
+/// failed (no such cluster, no member answered), as Envoy delivers it.
+pub(super) async fn send_callout(app: &App, call: &Callout) -> Option<CallResponse> {
+    let cluster = app.clusters.iter().find(|c| c.name() == call.cluster)?;
+    let http = http_call(call)?;
+    cluster.send(&http).await.map(call_response)
 }
 
 /// A filter's callout as the cluster sends it (`None` without `:method`

@@ -18,7 +18,10 @@ mod handle;
 mod metrics;
 mod pool;
 mod reload;
+mod runner;
 mod settings;
+use runner::{clusters, component_runner, filter_runner};
+mod tick;
 mod watch;
 
 use std::net::SocketAddr;
@@ -32,7 +35,7 @@ use clap::Args;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
-use sessiongate_core::{Backend, CredentialSet, GateConfig, LimiterStore};
+use sessiongate_core::{Backend, CredentialSet, CredentialSource, GateConfig, LimiterStore};
 use tokio::net::TcpStream;
 
 use crate::connections::{
@@ -81,6 +84,12 @@ pub struct ServeArgs {
     /// Token store (overrides `store`).
     #[arg(long, value_name = "FILE")]
     pub(crate) store: Option<PathBuf>,
+    /// The filter looks each presented credential up in the store (an
+    /// etcd:// one) by digest, with a cache per VM and a tick that drops
+    /// what changed, instead of holding every credential (overrides
+    /// `credentials_from_store`).
+    #[arg(long)]
+    pub(crate) credentials_from_store: bool,
     /// Number of VMs, like Envoy's worker threads (default: the number of cores).
     #[arg(long)]
     pub(crate) workers: Option<usize>,
@@ -228,10 +237,9 @@ impl App {
         if let (Some(host), false) = (host, hosted) {
             host.set(Arc::default());
         }
-        parts.base = GateConfig {
-            credentials: CredentialSet::default().into(),
-            ..base
-        };
+        // The base holds no list (its credentials are in `parts`), or the
+        // store the filter looks them up in.
+        parts.base = base;
         parts.credentials = credentials;
         Ok(())
     }
@@ -287,7 +295,18 @@ pub fn run(args: ServeArgs) -> Result<()> {
         Store::File(path) => watch::stamp(path),
         Store::Etcd(_) => None,
     };
-    let credentials = match store.load_set() {
+    let looked_up = matches!(settings.gate.credentials, CredentialSource::Etcd(_));
+    let loaded = if looked_up {
+        log::info(format_args!(
+            "credentials: looked up by digest in {} as requests present them (a cache per VM; \
+             a change holds in every VM within a tick)",
+            store.location()
+        ));
+        Ok(CredentialSet::default())
+    } else {
+        store.load_set()
+    };
+    let credentials = match loaded {
         Ok(credentials) => {
             store_health.loaded.store(true, Ordering::Relaxed);
             credentials
@@ -307,7 +326,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             CredentialSet::default()
         }
     };
-    if credentials.is_empty() && store_health.loaded.load(Ordering::Relaxed) {
+    if credentials.is_empty() && store_health.loaded.load(Ordering::Relaxed) && !looked_up {
         log::info(format_args!(
             "the token store {} has no credentials yet. Mint one (in another shell):\n  \
              TOKEN=$(sessiongate token create --store {} --name demo --customer acme --all-sites)",
@@ -348,10 +367,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
             limits: settings.limits,
         })),
         gate: Mutex::new(GateParts {
-            base: GateConfig {
-                credentials: CredentialSet::default().into(),
-                ..settings.gate.clone()
-            },
+            // No list (the credentials are beside it), or the store.
+            base: settings.gate.clone(),
             credentials,
         }),
         store,
@@ -418,101 +435,6 @@ fn fail_shared_data_if_asked(shared: &sessiongate_filter_host::SharedData, faili
     shared.set_failing(failing);
 }
 
-fn clusters(settings: &Settings) -> Vec<Arc<sessiongate_etcd::Cluster>> {
-    if settings.etcd.is_empty() {
-        return Vec::new();
-    }
-    let cluster = sessiongate_etcd::Cluster::new(settings::ETCD_CLUSTER, settings.etcd.clone());
-    let cluster = match &settings.gate.limiter {
-        LimiterStore::Etcd {
-            user: Some(user),
-            password: Some(password),
-            ..
-        } => cluster.with_login(sessiongate_etcd::Login {
-            user: user.clone(),
-            password: password.clone(),
-        }),
-        _ => cluster,
-    };
-    vec![Arc::new(cluster)]
-}
-
-fn filter_runner(
-    plugin: Option<&Path>,
-    config: Arc<Vec<u8>>,
-    settings: &Settings,
-    metrics: &Arc<Metrics>,
-    hosted: Option<Arc<CredentialSet>>,
-) -> Result<Runner> {
-    let wasm = match plugin {
-        Some(path) => {
-            std::fs::read(path).with_context(|| format!("cannot read plugin {}", path.display()))?
-        }
-        None => EMBEDDED_PLUGIN.to_vec(),
-    };
-    let mut plugin =
-        Plugin::compile_cached(&wasm, Arc::new(log_line), module_cache_dir().as_deref())?;
-    plugin.set_clusters(clusters(settings).iter().map(|c| c.name().to_owned()));
-    fail_shared_data_if_asked(plugin.shared(), settings.fail_limiter_store);
-    if let Some(credentials) = hosted {
-        plugin.credentials().set(credentials);
-    }
-    let vms = (0..settings.workers)
-        .map(|i| plugin.start_vm(i, config.clone()).map(Mutex::new))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Runner::Filter(Pool {
-        plugin,
-        vms,
-        next: AtomicUsize::new(0),
-        config: RwLock::new(config),
-        metrics: metrics.clone(),
-    }))
-}
-
-fn component_runner(
-    path: &Path,
-    config: Arc<Vec<u8>>,
-    settings: &Settings,
-    clusters: &[Arc<sessiongate_etcd::Cluster>],
-    semantics: Semantics,
-) -> Result<Runner> {
-    let engine = sessiongate_component_host::engine()?;
-    let component = sessiongate_component_host::load(&engine, path)?;
-    // With the limit on etcd, the component's whole bucket lives there too
-    // (under the limiter's key + "/kv"), so a fleet of components is exact.
-    let backing = match (&settings.gate.limiter, clusters.first()) {
-        (
-            LimiterStore::Etcd {
-                key, timeout_ms, ..
-            },
-            Some(cluster),
-        ) => {
-            if semantics != Semantics::Strict {
-                anyhow::bail!(
-                    "--key-value-semantics rehearses Spin's stores on shared data: not with limit.store = \"etcd\""
-                );
-            }
-            Backing::Etcd(EtcdBucket {
-                cluster: cluster.clone(),
-                prefix: format!("{key}/kv"),
-                timeout_ms: *timeout_ms,
-            })
-        }
-        _ => {
-            let shared = sessiongate_filter_host::SharedData::default();
-            fail_shared_data_if_asked(&shared, settings.fail_limiter_store);
-            Backing::Shared(shared)
-        }
-    };
-    let kv = KeyValue {
-        backing,
-        config: Arc::new(RwLock::new(config)),
-        semantics,
-    };
-    let host = ComponentHost::new(engine, &component, kv, settings.upstream_timeout)?;
-    Ok(Runner::Component(host))
-}
-
 /// The first worker: its listener, whose address the others then share, the
 /// admin listener, the watchers, the signals; and, on SIGINT or SIGTERM,
 /// the stop of every worker.
@@ -564,7 +486,12 @@ async fn serve(
     if let Some(listener) = admin {
         tokio::spawn(admin::serve(app.clone(), listener));
     }
-    tokio::spawn(watch_store(app.clone()));
+    // The filter that looks credentials up reads their revision on its tick.
+    if matches!(app.gate_parts().base.credentials, CredentialSource::Etcd(_)) {
+        tick::start(&app);
+    } else {
+        tokio::spawn(watch_store(app.clone()));
+    }
     for cluster in &app.clusters {
         let cluster = cluster.clone();
         tokio::spawn(async move { cluster.log_in_early().await });

@@ -69,6 +69,7 @@ fn apply(app: &App, new: Settings, running: &RestartOnly) -> Result<String> {
     let restart_only = running.changed(&new.restart_only());
     let mut base = new.gate;
     base.limiter = app.gate_parts().base.limiter.clone();
+    base.credentials = app.gate_parts().base.credentials.clone();
     let summary = format!(
         "limit {}/{}s, backend {}, fail_open {}",
         base.limit.requests,

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde::Deserialize;
-use sessiongate_core::{Backend, CredentialSet, GateConfig, LimitConfig, LimiterStore};
+use sessiongate_core::{
+    Backend, CredentialSet, CredentialSource, CredentialStore, GateConfig, LimitConfig,
+    LimiterStore,
+};
 use sessiongate_etcd::{Login, PASSWORD_VARIABLE};
 
 use super::ServeArgs;
@@ -34,6 +37,8 @@ struct ServeConfig {
     /// The admin listener (metrics, health): an address, or `"off"`.
     admin: Option<String>,
     connections: Option<ConnectionsSection>,
+    /// The filter looks credentials up in the (etcd) store by digest.
+    credentials_from_store: Option<bool>,
     testing: Option<Testing>,
 }
 
@@ -74,6 +79,8 @@ struct LimitSection {
 
 /// The cluster name the filter calls etcd by (as an Envoy cluster is named).
 pub(super) const ETCD_CLUSTER: &str = "sessiongate_etcd";
+/// The cluster name of the store's members, when they are not the limiter's.
+pub(super) const STORE_CLUSTER: &str = "sessiongate_store";
 
 /// Fault injection, for chaos tests of a deployment: never set in production.
 #[derive(Debug, Default, Deserialize)]
@@ -95,6 +102,9 @@ pub(super) struct Settings {
     pub(super) access_log: bool,
     /// The etcd members, when the limiter lives there.
     pub(super) etcd: Vec<String>,
+    /// The store's members (URLs) and login, when the filter looks
+    /// credentials up there and they are not the limiter's cluster.
+    pub(super) store_cluster: Option<(Vec<String>, Option<Login>)>,
     /// Where the admin listener is; `None`: off.
     pub(super) admin: Option<String>,
     pub(super) log_format: crate::log::Format,
@@ -111,6 +121,7 @@ pub(super) struct RestartOnly {
     workers: usize,
     limiter: LimiterStore,
     etcd: Vec<String>,
+    credentials: CredentialSource,
     log_format: crate::log::Format,
     access_log: bool,
 }
@@ -124,6 +135,7 @@ impl Settings {
             workers: self.workers,
             limiter: self.gate.limiter.clone(),
             etcd: self.etcd.clone(),
+            credentials: self.gate.credentials.clone(),
             log_format: self.log_format,
             access_log: self.access_log,
         }
@@ -146,6 +158,10 @@ impl RestartOnly {
         differs(
             "limit.store/etcd/key/timeout_ms/etcd_user",
             self.limiter == other.limiter && self.etcd == other.etcd,
+        );
+        differs(
+            "credentials_from_store",
+            self.credentials == other.credentials,
         );
         differs("log_format", self.log_format == other.log_format);
         differs("access_log", self.access_log == other.access_log);
@@ -248,6 +264,42 @@ pub(super) fn settings(args: &ServeArgs, file_limit: u64) -> Result<Settings> {
             .unwrap_or(sessiongate_core::DEFAULT_SESSIONS_PER_SITE),
         guard: file.guard.unwrap_or_default(),
     };
+    let store = args
+        .store
+        .clone()
+        .or(file.store)
+        .unwrap_or_else(|| "sessiongate-tokens.json".into());
+    let mut gate = gate;
+    let mut store_cluster = None;
+    if args.credentials_from_store || file.credentials_from_store.unwrap_or(false) {
+        let etcd_store = sessiongate_store::EtcdStore::parse(&store)
+            .ok_or_else(|| {
+                anyhow!(
+                    "{name}: credentials_from_store needs a store in etcd (etcd://HOST:PORT…/PREFIX), not {}",
+                    store.display()
+                )
+            })??;
+        let members: Vec<String> = etcd_store
+            .members()
+            .iter()
+            .map(|m| format!("http://{m}"))
+            .collect();
+        let login = etcd_store.login().cloned();
+        // One cluster when the limiter's members are the store's.
+        let cluster = if members == etcd {
+            ETCD_CLUSTER
+        } else {
+            store_cluster = Some((members, login.clone()));
+            STORE_CLUSTER
+        };
+        gate.credentials = CredentialSource::Etcd(CredentialStore {
+            cluster: cluster.to_owned(),
+            prefix: etcd_store.prefix().to_owned(),
+            user: login.as_ref().map(|l| l.user.clone()),
+            password: login.map(|l| l.password),
+            ..CredentialStore::default()
+        });
+    }
     gate.validate().map_err(|e| anyhow!("{name}: {e}"))?;
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let admin = match args.admin.clone().or(file.admin) {
@@ -276,17 +328,14 @@ pub(super) fn settings(args: &ServeArgs, file_limit: u64) -> Result<Settings> {
             .clone()
             .or(file.listen)
             .unwrap_or_else(|| "127.0.0.1:8080".to_owned()),
-        store: args
-            .store
-            .clone()
-            .or(file.store)
-            .unwrap_or_else(|| "sessiongate-tokens.json".into()),
+        store,
         gate,
         workers: args.workers.or(file.workers).unwrap_or(cores).max(1),
         upstream_timeout: Duration::from_millis(file.upstream_timeout_ms.unwrap_or(10_000)),
         fail_limiter_store: file.testing.is_some_and(|t| t.fail_limiter_store),
         access_log: args.access_log || file.access_log.unwrap_or(false),
         etcd,
+        store_cluster,
         admin,
         log_format: args.log_format.or(file.log_format).unwrap_or_default(),
         limits,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use std::sync::atomic::Ordering;
 
 use anyhow::{Result, anyhow};
-use sessiongate_core::{CredentialSet, GateConfig};
+use sessiongate_core::{CredentialSet, CredentialSource, GateConfig};
 
 use super::App;
 use super::metrics::bump;
@@ -34,9 +34,15 @@ pub(super) fn stamp(p: &Path) -> FileStamp {
     })
 }
 
+/// The filter's configuration: `base` with `credentials` listed, or, when
+/// the filter looks them up in the store, with the store named.
 pub(super) fn gate_config_json(base: &GateConfig, credentials: CredentialSet) -> Result<Vec<u8>> {
+    let credentials = match &base.credentials {
+        CredentialSource::Etcd(_) => base.credentials.clone(),
+        CredentialSource::Listed(_) => credentials.into(),
+    };
     let config = GateConfig {
-        credentials: credentials.into(),
+        credentials,
         ..base.clone()
     };
     Ok(serde_json::to_vec(&config)?)

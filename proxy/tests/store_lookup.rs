@@ -1,0 +1,288 @@
+//! The filter reads its credentials from the fleet's store in etcd (a real
+//! three-member cluster): `serve --credentials-from-store` looks each
+//! presented credential up by digest, caches it per VM, and a tick drops
+//! what changed. A credential minted or deleted with the CLI holds in every
+//! VM of every instance within the bound; 100,000 credentials in etcd with
+//! a configuration under 4 KB; etcd gone, the cache answers what it holds and
+//! an unknown credential is 503; the digest index never disagrees with the
+//! records under concurrent CLI writers.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+mod common;
+
+use common::etcd::Etcd;
+use common::{Server, fixture};
+use sessiongate_conformance::http::get;
+use sessiongate_conformance::{self as suite};
+use sessiongate_core::{CredentialRecord, Kind, Level, Sites, hash_hex, hash_secret};
+
+/// Where the limit is kept does not matter here: each instance's own.
+const CONFIG: &str = "credentials_from_store = true\n[guard]\nfailures = 0\n";
+
+fn store_url(etcd: &Etcd, prefix: &str) -> String {
+    let members: Vec<String> = etcd
+        .clients
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
+    format!("etcd://{}/{prefix}", members.join(","))
+}
+
+/// Polls every instance (a fresh connection each time, so each of its VMs
+/// answers in turn) until `ok` holds for `rounds` answers in a row of each;
+/// how long that took.
+fn until_every_vm(
+    servers: &[Server],
+    auth: &str,
+    what: &str,
+    ok: &dyn Fn(u16) -> bool,
+) -> Duration {
+    let start = Instant::now();
+    for server in servers {
+        let mut in_a_row = 0;
+        while in_a_row < 8 {
+            let status = get(server.addr, "/me", Some(auth)).map_or(0, |r| r.status);
+            in_a_row = if ok(status) { in_a_row + 1 } else { 0 };
+            assert!(
+                start.elapsed() < suite::PATIENCE,
+                "{what}: still {status} after {:?}",
+                start.elapsed()
+            );
+        }
+    }
+    start.elapsed()
+}
+
+fn status(addr: SocketAddr, auth: &str) -> u16 {
+    get(addr, "/me", Some(auth)).map_or(0, |r| r.status)
+}
+
+/// Two instances of two VMs each: a token minted with the CLI is admitted
+/// by every VM, deleted is refused by every VM, each within the bound (one
+/// tick, 250 ms, and a call); no push, no reload. With etcd gone, what a
+/// VM holds is answered, and what it does not is 503, never 401.
+#[test]
+fn minted_and_deleted_credentials_hold_in_every_vm_within_the_bound() {
+    let fx = fixture();
+    let mut etcd = Etcd::start(&fx.dir, 3);
+    let store = store_url(&etcd, "lookup-test");
+    let store_path = Path::new(&store);
+    let servers: Vec<Server> = (0..2)
+        .map(|_| Server::start(&fx.dir, store_path, CONFIG, 2))
+        .collect();
+    for server in &servers {
+        assert!(
+            server.log_text().contains("looked up by digest"),
+            "{}",
+            server.log_text()
+        );
+    }
+    let token = common::mint_token(store_path, "lookup-ci", &[]);
+    let auth = format!("Bearer {token}");
+    let appeared = until_every_vm(&servers, &auth, "minted", &|s| s == 200);
+    common::cli(&["token", "delete", "--store", &store, "lookup-ci"]);
+    let gone = until_every_vm(&servers, &auth, "deleted", &|s| s == 401);
+    eprintln!("minted: admitted by every VM within {appeared:?}; deleted: refused within {gone:?}");
+    assert!(
+        gone < Duration::from_secs(5),
+        "a deletion took {gone:?} to reach every VM"
+    );
+    let check = common::cli(&["check", "--store", &store]);
+    assert!(check.contains("digest index: agrees"), "{check}");
+
+    // etcd gone: a credential every VM holds is answered, an unknown one is 503.
+    let kept = common::mint_token(store_path, "kept", &[]);
+    let kept = format!("Bearer {kept}");
+    until_every_vm(&servers, &kept, "kept minted", &|s| s == 200);
+    for i in 0..3 {
+        etcd.kill(i);
+    }
+    let unknown = "Bearer fus_0000000000000000000000000000000000000000";
+    for server in &servers {
+        for _ in 0..8 {
+            assert_eq!(
+                status(server.addr, &kept),
+                200,
+                "a held credential, etcd down"
+            );
+            assert_eq!(
+                status(server.addr, unknown),
+                503,
+                "an unknown one, etcd down"
+            );
+        }
+    }
+}
+
+/// 100,000 credentials in etcd (written as the store writes them, index
+/// included): the filter's configuration stays under 4 KB, a VM starts and
+/// answers without reading them, and `check` verifies the index.
+#[test]
+fn a_hundred_thousand_credentials_and_a_configuration_under_4_kb() {
+    let fx = fixture();
+    let etcd = Etcd::start(&fx.dir, 3);
+    let prefix = "big";
+    let store = store_url(&etcd, prefix);
+    const TOKEN: &str = "fus_bigstorebigstorebigstorebigstorebigstore";
+    let record = |i: usize| {
+        let secret = if i == 0 {
+            TOKEN.to_owned()
+        } else {
+            format!("fus_{i:040}")
+        };
+        CredentialRecord {
+            name: format!("c{i:06}"),
+            description: None,
+            kind: Kind::Token,
+            hash: hash_hex(&hash_secret(secret.as_bytes())),
+            hint: sessiongate_core::hint(Kind::Token, &secret),
+            customer: suite::CUSTOMER.to_owned(),
+            sites: Sites::All,
+            level: Level::Standard,
+            created: 1,
+            owner: None,
+        }
+    };
+    let written = Instant::now();
+    let records: Vec<CredentialRecord> = (0..100_000).map(record).collect();
+    for batch in records.chunks(60) {
+        let mut txn = sessiongate_etcd::Txn::new();
+        for r in batch {
+            let json = serde_json::to_vec(r).unwrap();
+            txn.put(&format!("{prefix}/credentials/{}", r.name), &json);
+            txn.put(&sessiongate_etcd::digest_key(prefix, &r.hash), &json);
+        }
+        let call = txn.call();
+        etcd.post(0, call.path, &call.body)
+            .expect("a batch written");
+    }
+    eprintln!("100,000 credentials written in {:?}", written.elapsed());
+    let config = common::cli(&[
+        "envoy-config",
+        "--store",
+        &store,
+        "--credentials-from-store",
+    ]);
+    assert!(config.len() < 4096, "{} bytes: {config}", config.len());
+    assert!(
+        !config.contains("c000001"),
+        "the configuration lists credentials"
+    );
+    let started = Instant::now();
+    let server = Server::start(&fx.dir, Path::new(&store), CONFIG, 2);
+    let first = get(server.addr, "/me", Some(&format!("Bearer {TOKEN}"))).unwrap();
+    eprintln!(
+        "serve started and answered its first request in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(first.status, 200);
+    assert!(
+        !server.log_text().contains("100000 credentials"),
+        "{}",
+        server.log_text()
+    );
+    let check = common::cli(&["check", "--store", &store]);
+    assert!(
+        check.contains("digest index: agrees with the 100000 records"),
+        "{check}"
+    );
+}
+
+/// Four CLI writers at once, creating and deleting on one store in etcd:
+/// the digest index agrees with the records after every one of them. A
+/// record written without its index entry (a store from before the index)
+/// is found by `check`, and `check --repair` writes it.
+#[test]
+fn the_index_never_disagrees_with_the_records_under_concurrent_writers() {
+    let fx = fixture();
+    let etcd = Etcd::start(&fx.dir, 3);
+    let store = store_url(&etcd, "writers");
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for i in 0..6 {
+                    let name = format!("w{w}-{i}");
+                    let out = Command::new(common::BIN)
+                        .args(["token", "create", "--store", &store, "--name", &name])
+                        .args(["--customer", "acme", "--all-sites"])
+                        .output()
+                        .unwrap();
+                    assert!(
+                        out.status.success(),
+                        "{}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                    if i % 2 == 0 {
+                        let out = Command::new(common::BIN)
+                            .args(["token", "delete", "--store", &store, &name])
+                            .output()
+                            .unwrap();
+                        assert!(
+                            out.status.success(),
+                            "{}",
+                            String::from_utf8_lossy(&out.stderr)
+                        );
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let check = common::cli(&["check", "--store", &store]);
+    assert!(check.contains("12 credentials"), "{check}");
+    assert!(
+        check.contains("digest index: agrees with the 12 records"),
+        "{check}"
+    );
+
+    // A record without its index entry.
+    let secret = "fus_unindexedunindexedunindexedunindexedun";
+    let record = CredentialRecord {
+        name: "old".into(),
+        description: None,
+        kind: Kind::Token,
+        hash: hash_hex(&hash_secret(secret.as_bytes())),
+        hint: sessiongate_core::hint(Kind::Token, secret),
+        customer: "acme".into(),
+        sites: Sites::All,
+        level: Level::Standard,
+        created: 1,
+        owner: None,
+    };
+    let call = sessiongate_etcd::Txn::new()
+        .put(
+            "writers/credentials/old",
+            &serde_json::to_vec(&record).unwrap(),
+        )
+        .call();
+    etcd.post(0, call.path, &call.body).unwrap();
+    let out = Command::new(common::BIN)
+        .args(["check", "--store", &store])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        said.contains("\"old\" is not indexed") && said.contains("--repair"),
+        "{said}"
+    );
+    let repaired = common::cli(&["check", "--store", &store, "--repair"]);
+    assert!(repaired.contains("1 entries written"), "{repaired}");
+    assert!(
+        repaired.contains("agrees with the 13 records"),
+        "{repaired}"
+    );
+}
