@@ -5,11 +5,17 @@
 #
 #   plugin/run-wasmx.sh --store FILE --port PORT [--requests N] [--window-seconds S]
 #                       [--guard-failures N] [--backend stub|URL] [--workers N]
-#                       [--fleet --etcd URL,URL,... [--etcd-timeout-ms MS]]
+#                       [--fleet --etcd URL,URL,... [--etcd-timeout-ms MS]
+#                        [--credentials-from-store]]
 #                       [--run-dir DIR]
 #
 # --fleet: the fleet build of the filter, its limiter on etcd through a TCP
 # proxy to the members that nginx itself runs (one more free port).
+# --credentials-from-store (with --fleet and --store etcd://…/PREFIX on the
+# same members): the filter looks each presented credential up in the store
+# by digest instead of carrying them in its configuration, so any number of
+# credentials is served, and one created or deleted with the CLI holds in
+# every worker within a tick (250 ms) and a call, without a reload.
 #
 # Signals: SIGTERM or SIGINT stop nginx gracefully (in-flight requests end)
 # and the script exits 0; SIGHUP renders the configuration again from the
@@ -17,7 +23,8 @@
 # "run-wasmx.sh: reloaded" once no old worker is left.
 #
 # The filter's configuration is one nginx parameter, which nginx caps at
-# 4,093 bytes (~13 credentials): a larger store is refused with a clear error.
+# 4,093 bytes (~13 credentials): a larger store is refused with a clear error
+# (--credentials-from-store keeps it small whatever the store holds).
 #
 # Builds what is missing: WasmX through ../shared/peers/wasmx/build.sh into
 # $WASMX_PREFIX (default ~/.cache/sessiongate/wasmx; ~17 minutes once), the
@@ -35,7 +42,7 @@ fi
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(dirname "$here")"
 
-store="" port="" requests=20 window=60 guard="" backend=stub fleet="" etcd="" etcd_timeout=250 run="" workers=2
+store="" port="" requests=20 window=60 guard="" backend=stub fleet="" etcd="" etcd_timeout=250 run="" workers=2 from_store=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --store) store="$2"; shift 2 ;;
@@ -48,15 +55,20 @@ while [ $# -gt 0 ]; do
     --fleet) fleet=1; shift ;;
     --etcd) etcd="$2"; shift 2 ;;
     --etcd-timeout-ms) etcd_timeout="$2"; shift 2 ;;
+    --credentials-from-store) from_store=1; shift ;;
     --run-dir) run="$2"; shift 2 ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
     *) echo "run-wasmx.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
 [ -n "$store" ] && [ -n "$port" ] || { echo "run-wasmx.sh: --store FILE and --port PORT are required" >&2; exit 2; }
 if [ -n "$fleet" ] && [ -z "$etcd" ]; then echo "run-wasmx.sh: --fleet needs --etcd URL,URL,..." >&2; exit 2; fi
 if [ -z "$fleet" ] && [ -n "$etcd" ]; then echo "run-wasmx.sh: --etcd needs the fleet build: add --fleet" >&2; exit 2; fi
-store="$(cd "$(dirname "$store")" && pwd)/$(basename "$store")"
+if [ -n "$from_store" ] && [ -z "$fleet" ]; then echo "run-wasmx.sh: --credentials-from-store needs the fleet build: add --fleet --etcd URL,..." >&2; exit 2; fi
+case "$store" in
+  etcd://*) ;;
+  *) store="$(cd "$(dirname "$store")" && pwd)/$(basename "$store")" ;;
+esac
 
 log() { echo "run-wasmx.sh: $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -114,6 +126,7 @@ args=(wasmx-config --store "$store" --filter "$filter" --prefix "$run"
       --listen "127.0.0.1:$port" --workers "$workers"
       --requests "$requests" --window-seconds "$window" --backend "$backend")
 [ -z "$guard" ] || args+=(--guard-failures "$guard")
+[ -z "$from_store" ] || args+=(--credentials-from-store)
 if [ -n "$etcd" ]; then
   etcd_port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
   args+=(--etcd "$etcd" --etcd-proxy "127.0.0.1:$etcd_port" --etcd-timeout-ms "$etcd_timeout")

@@ -371,6 +371,20 @@ fn wasmx_config(a: WasmxArgs, out: &mut dyn std::io::Write) -> Result<()> {
         };
         proxy
     });
+    // The store's calls go through the same proxy as the limiter's.
+    if let sessiongate_core::CredentialSource::Etcd(store) = &mut config.credentials {
+        let Some(proxy) = &etcd else {
+            anyhow::bail!(
+                "--credentials-from-store on WasmX needs --etcd: the members nginx proxies the filter's calls to"
+            );
+        };
+        store.cluster = proxy.listen.to_string();
+        store.timeout_ms = proxy.callout_timeout_ms();
+        if let sessiongate_core::LimiterStore::Etcd { user, password, .. } = &mut config.limiter {
+            user.clone_from(&store.user);
+            password.clone_from(&store.password);
+        }
+    }
     config.validate().map_err(anyhow::Error::msg)?;
     let filter_config = serde_json::to_string(&config)?;
     let filter = std::path::absolute(&a.filter)?;

@@ -524,3 +524,77 @@ fn on_wasmx_without_quorum_the_gate_fails_closed_and_recovers() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The fleet build on WasmX reading its credentials from the store in etcd
+/// (`--credentials-from-store`): two nginx, two workers each, 100,000
+/// credentials in etcd behind a configuration that fits nginx's parameter;
+/// a token minted with the CLI is admitted by every worker of both, deleted
+/// it is refused by them all, each within the tick's bound, no reload.
+#[test]
+fn on_wasmx_the_filter_reads_any_number_of_credentials_from_the_store() {
+    let fx = fixture();
+    let etcd = Etcd::start(&fx.dir, 3);
+    let members: Vec<String> = etcd
+        .clients
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
+    let store = format!("etcd://{}/wasmx-lookup", members.join(","));
+    const BIG: &str = "fus_wasmxbigwasmxbigwasmxbigwasmxbigwasmxbig";
+    common::etcd::write_credentials(&etcd, "wasmx-lookup", 100_000, BIG);
+    let urls = etcd.urls().join(",");
+    let args = [
+        "--fleet",
+        "--etcd",
+        &urls,
+        "--credentials-from-store",
+        "--guard-failures",
+        "0",
+        "--requests",
+        "100000",
+    ];
+    let gates = [
+        Wasmx::start(Path::new(&store), &fx.dir.join("lookup-a"), &args),
+        Wasmx::start(Path::new(&store), &fx.dir.join("lookup-b"), &args),
+    ];
+    let conf = std::fs::read_to_string(gates[0].run.join("nginx.conf")).unwrap();
+    assert!(
+        !conf.contains("c000001"),
+        "the configuration lists credentials"
+    );
+    let big = format!("Bearer {BIG}");
+    for gate in &gates {
+        assert_eq!(get(gate.addr(), "/me", Some(&big)).unwrap().status, 200);
+    }
+    let token = mint_token(Path::new(&store), "wasmx-ci", &[]);
+    let auth = format!("Bearer {token}");
+    let until = |what: &str, want: u16| {
+        let start = Instant::now();
+        for gate in &gates {
+            let mut in_a_row = 0;
+            while in_a_row < 8 {
+                let status = get(gate.addr(), "/me", Some(&auth)).map_or(0, |r| r.status);
+                in_a_row = if status == want { in_a_row + 1 } else { 0 };
+                assert!(
+                    start.elapsed() < suite::PATIENCE,
+                    "{what}: {status} after {:?}",
+                    start.elapsed()
+                );
+            }
+        }
+        start.elapsed()
+    };
+    let appeared = until("minted", 200);
+    common::cli(&["token", "delete", "--store", &store, "wasmx-ci"]);
+    let gone = until("deleted", 401);
+    eprintln!("on WasmX: minted admitted within {appeared:?}, deleted refused within {gone:?}");
+    assert!(gone < Duration::from_secs(5), "a deletion took {gone:?}");
+    for gate in &gates {
+        assert_eq!(
+            gate.workers_that_answered().len(),
+            2,
+            "{}",
+            gate.run.display()
+        );
+    }
+}

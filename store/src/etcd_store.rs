@@ -263,24 +263,32 @@ impl EtcdStore {
     }
 
     fn commit<T: Document>(&self, before: &[Stored<T>], after: &[T]) -> Result<bool> {
+        // By key, not by scanning: a store of a million records takes a
+        // change in one pass over each side.
+        let old: std::collections::HashMap<&str, &Stored<T>> =
+            before.iter().map(|s| (s.key.as_str(), s)).collect();
+        let new: std::collections::HashMap<String, &T> = after
+            .iter()
+            .map(|r| (self.key::<T>(r.name()), r))
+            .collect();
         let mut txn = Txn::new();
-        for old in before {
-            let kept = after.iter().find(|r| self.key::<T>(r.name()) == old.key);
-            if kept == Some(&old.record) {
+        for stored in before {
+            let kept = new.get(&stored.key);
+            if kept == Some(&&stored.record) {
                 continue;
             }
-            txn.unchanged(&old.key, old.mod_revision);
+            txn.unchanged(&stored.key, stored.mod_revision);
             if kept.is_none() {
-                txn.delete(&old.key);
+                txn.delete(&stored.key);
             }
         }
         for record in after {
             let key = self.key::<T>(record.name());
-            let old = before.iter().find(|s| s.key == key);
-            if old.is_some_and(|s| s.record == *record) {
+            let was = old.get(key.as_str());
+            if was.is_some_and(|s| s.record == *record) {
                 continue;
             }
-            if old.is_none() {
+            if was.is_none() {
                 txn.absent(&key);
             }
             txn.put(&key, &serde_json::to_vec(record)?);

@@ -337,3 +337,41 @@ pub fn assert_admissions_go_on(seen: &Load, after: Duration, window: Duration) {
         last - first
     );
 }
+
+/// Writes `count` token records under `prefix` as the store keeps them
+/// (by name and by digest, 60 a txn), the first one `first_token`'s: a
+/// large store, faster than one CLI call per credential.
+pub fn write_credentials(etcd: &Etcd, prefix: &str, count: usize, first_token: &str) {
+    use sessiongate_core::{CredentialRecord, Kind, Level, Sites, hash_hex, hash_secret};
+    let record = |i: usize| {
+        let secret = if i == 0 {
+            first_token.to_owned()
+        } else {
+            format!("fus_{i:040}")
+        };
+        CredentialRecord {
+            name: format!("c{i:06}"),
+            description: None,
+            kind: Kind::Token,
+            hash: hash_hex(&hash_secret(secret.as_bytes())),
+            hint: sessiongate_core::hint(Kind::Token, &secret),
+            customer: sessiongate_conformance::CUSTOMER.to_owned(),
+            sites: Sites::All,
+            level: Level::Standard,
+            created: 1,
+            owner: None,
+        }
+    };
+    let records: Vec<CredentialRecord> = (0..count).map(record).collect();
+    for batch in records.chunks(60) {
+        let mut txn = sessiongate_etcd::Txn::new();
+        for r in batch {
+            let json = serde_json::to_vec(r).unwrap();
+            txn.put(&format!("{prefix}/credentials/{}", r.name), &json);
+            txn.put(&sessiongate_etcd::digest_key(prefix, &r.hash), &json);
+        }
+        let call = txn.call();
+        etcd.post(0, call.path, &call.body)
+            .expect("a batch written");
+    }
+}
