@@ -305,27 +305,32 @@ impl Serialize for CredentialSource {
     }
 }
 
-/// A list is read record by record (never held whole); an object is a store.
+/// A list is read record by record (never held whole); an object is a
+/// store. A build without the `etcd` feature reads a list only, with the
+/// list's own code.
 impl<'de> Deserialize<'de> for CredentialSource {
+    #[cfg(not(feature = "etcd"))]
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        CredentialSet::deserialize(d).map(CredentialSource::Listed)
+    }
+
+    #[cfg(feature = "etcd")]
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct Source;
         impl<'de> serde::de::Visitor<'de> for Source {
             type Value = CredentialSource;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                if cfg!(feature = "etcd") {
-                    f.write_str("a list of credential records, or {\"store\": \"etcd\", …}")
-                } else {
-                    f.write_str("a list of credential records")
-                }
+                f.write_str("a list of credential records, or {\"store\": \"etcd\", …}")
             }
             fn visit_seq<A: serde::de::SeqAccess<'de>>(
                 self,
                 seq: A,
             ) -> Result<CredentialSource, A::Error> {
-                let d = serde::de::value::SeqAccessDeserializer::new(seq);
-                CredentialSet::deserialize(d).map(CredentialSource::Listed)
+                crate::credential_set::CredentialSetBuilder::from_seq(seq)?
+                    .finish()
+                    .map(CredentialSource::Listed)
+                    .map_err(serde::de::Error::custom)
             }
-            #[cfg(feature = "etcd")]
             fn visit_map<A: serde::de::MapAccess<'de>>(
                 self,
                 map: A,

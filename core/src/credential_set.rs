@@ -478,18 +478,25 @@ impl<'de> Deserialize<'de> for CredentialSetBuilder {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a list of credential records")
             }
-            fn visit_seq<A: SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<CredentialSetBuilder, A::Error> {
-                let mut builder = CredentialSetBuilder::default();
-                while let Some(record) = seq.next_element::<CredentialRecord>()? {
-                    builder.push(&record).map_err(serde::de::Error::custom)?;
-                }
-                Ok(builder)
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<CredentialSetBuilder, A::Error> {
+                CredentialSetBuilder::from_seq(seq)
             }
         }
         d.deserialize_seq(Records)
+    }
+}
+
+impl CredentialSetBuilder {
+    /// A list of records, each checked as it comes (one code path for every
+    /// reader of a list: the configuration's and a host's answer).
+    pub(crate) fn from_seq<'de, A: SeqAccess<'de>>(
+        mut seq: A,
+    ) -> Result<CredentialSetBuilder, A::Error> {
+        let mut builder = CredentialSetBuilder::default();
+        while let Some(record) = seq.next_element::<CredentialRecord>()? {
+            builder.push(&record).map_err(serde::de::Error::custom)?;
+        }
+        Ok(builder)
     }
 }
 

@@ -9,8 +9,6 @@
 //! request is `503`, never a `401` that would tell a valid customer their
 //! credential was revoked.
 
-use std::collections::HashMap;
-
 use sessiongate_core::{CredentialSet, CredentialStore, SecretHash};
 use sessiongate_etcd::Found;
 
@@ -26,7 +24,9 @@ struct Cached {
 /// One VM's cache of looked-up credentials.
 #[derive(Debug, Default)]
 pub struct CredentialCache {
-    entries: HashMap<SecretHash, Cached>,
+    /// Sorted by digest (a vector, not a map: the filter is size-bound, and
+    /// a binary search of a few thousand digests is a few comparisons).
+    entries: Vec<(SecretHash, Cached)>,
     /// The credentials' revision the entries are of (`None`: none read yet).
     revision: Option<u64>,
     /// When a tick last read the revision (ms).
@@ -52,7 +52,7 @@ impl CredentialCache {
         now: u64,
     ) -> Lookup {
         for digest in digests {
-            match self.entries.get(digest) {
+            match self.get(digest) {
                 Some(cached) if self.fresh(store, cached, now) => {
                     if let Some(set) = &cached.credential {
                         return Lookup::Decide(set.clone());
@@ -99,14 +99,24 @@ impl CredentialCache {
         if self.entries.len() >= store.cache_entries {
             self.entries.clear();
         }
-        self.entries.insert(
-            digest,
-            Cached {
-                credential,
-                fetched_at: now,
-            },
-        );
+        let cached = Cached {
+            credential,
+            fetched_at: now,
+        };
+        match self.entries.binary_search_by(|(d, _)| d.cmp(&digest)) {
+            Ok(at) => {
+                if let Some(entry) = self.entries.get_mut(at) {
+                    entry.1 = cached;
+                }
+            }
+            Err(at) => self.entries.insert(at, (digest, cached)),
+        }
         Ok(())
+    }
+
+    fn get(&self, digest: &SecretHash) -> Option<&Cached> {
+        let at = self.entries.binary_search_by(|(d, _)| d.cmp(digest)).ok()?;
+        self.entries.get(at).map(|(_, cached)| cached)
     }
 
     /// A tick read the credentials' revision at `now`.

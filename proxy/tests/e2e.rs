@@ -285,7 +285,8 @@ fn check_loads_a_store_or_names_the_wrong_record() {
 }
 
 /// `plugin/envoy-fleet.yaml`: its filter configuration is one the gate
-/// takes, with the limiter on etcd through a cluster the file defines.
+/// takes, with the limiter on etcd through a cluster the file defines, and
+/// the credentials looked up in the store through it.
 #[test]
 fn the_fleet_envoy_config_names_a_cluster_it_defines() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugin/envoy-fleet.yaml");
@@ -308,6 +309,11 @@ fn the_fleet_envoy_config_names_a_cluster_it_defines() {
         "no cluster {cluster} in envoy-fleet.yaml"
     );
     assert_eq!(yaml.matches("socket_address: { address: etcd-").count(), 3);
+    // The credentials are looked up in the store, through the same cluster.
+    let sessiongate_core::CredentialSource::Etcd(store) = &config.credentials else {
+        panic!("the fleet file lists its credentials");
+    };
+    assert_eq!(&store.cluster, cluster);
 }
 
 /// A store past the inline limit (10,000): the host keeps the set and every
