@@ -521,7 +521,7 @@ impl GateConfig {
                 format!("must be \"etcd\", not {:?}", store.store),
             ));
         }
-        if store.cluster.is_empty() || store.prefix.trim_matches('/').is_empty() {
+        if store.cluster.is_empty() || store.prefix.bytes().all(|b| b == b'/') {
             return Err(invalid(
                 field,
                 "cluster and prefix must not be empty".into(),

@@ -478,7 +478,10 @@ impl<'de> Deserialize<'de> for CredentialSetBuilder {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a list of credential records")
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<CredentialSetBuilder, A::Error> {
+            fn visit_seq<A: SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<CredentialSetBuilder, A::Error> {
                 CredentialSetBuilder::from_seq(seq)
             }
         }

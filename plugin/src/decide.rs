@@ -29,7 +29,7 @@ pub enum Next {
 /// so the configuration decides alone.
 pub(crate) enum DecidingGate<'g> {
     Configured(&'g Gate),
-    LookedUp(Box<Gate>),
+    LookedUp(std::rc::Rc<Gate>),
 }
 
 impl std::ops::Deref for DecidingGate<'_> {
@@ -61,7 +61,7 @@ pub(crate) fn choose<'g, H: Host>(
             continue;
         };
         if let Ok(set) = CredentialSet::from_json(&value) {
-            return DecidingGate::LookedUp(Box::new(gate.with_credentials(set)));
+            return DecidingGate::LookedUp(std::rc::Rc::new(gate.with_credentials(set)));
         }
     }
     DecidingGate::Configured(gate)

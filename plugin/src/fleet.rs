@@ -7,9 +7,10 @@
 //! kept, and the decision replayed.
 
 use sessiongate_core::{
-    Answer, CredentialSet, Gate, KvError, LIMITER_KEY, LimiterStore, Progress, Request, SecretHash,
-    hash_hex,
+    Answer, Gate, KvError, LIMITER_KEY, LimiterStore, Progress, Request, SecretHash, hash_hex,
 };
+use std::rc::Rc;
+
 use sessiongate_etcd as etcd;
 use sessiongate_etcd::{After, Attempt, Credentials, Step};
 
@@ -28,8 +29,9 @@ pub struct PausedRequest {
     client: Option<String>,
     now: u64,
     answers: Vec<Answer<'static>>,
-    /// The credentials looked up in the store, once they are known.
-    credentials: Option<CredentialSet>,
+    /// What the store said of the presented credentials, once known: a
+    /// gate over the one found (`None`: none was).
+    credentials: Option<Option<Rc<Gate>>>,
     sent: Option<Sent>,
     /// Where the call in flight is in etcd's login policy.
     attempt: Attempt,
@@ -117,7 +119,7 @@ pub fn on_callout_response<H: Host>(
                     let now = host.now_ms();
                     host.credential_cache()
                         .borrow_mut()
-                        .found(store, digest, found, now)
+                        .found(gate, store, digest, found, now)
                 });
                 if let Err(e) = found {
                     host.log(
@@ -211,7 +213,7 @@ fn drive<H: Host>(gate: &Gate, host: &mut H, w: &mut PausedRequest) -> Next {
         let at = host.now_ms();
         let lookup = host.credential_cache().borrow().lookup(store, &digests, at);
         match lookup {
-            Lookup::Decide(set) => *credentials = Some(set),
+            Lookup::Decide(found) => *credentials = Some(found),
             Lookup::Fetch(digest) => {
                 let call = etcd::lookup(&store.prefix, &hash_hex(&digest));
                 let what = Sent::Lookup(digest);
@@ -237,7 +239,8 @@ fn drive<H: Host>(gate: &Gate, host: &mut H, w: &mut PausedRequest) -> Next {
         }
     }
     let gate = match credentials {
-        Some(set) => DecidingGate::LookedUp(Box::new(gate.with_credentials(set.clone()))),
+        Some(Some(found)) => DecidingGate::LookedUp(found.clone()),
+        Some(None) => DecidingGate::Configured(gate),
         None => choose(gate, host, &authorization),
     };
     let LimiterStore::Etcd {

@@ -9,14 +9,17 @@
 //! request is `503`, never a `401` that would tell a valid customer their
 //! credential was revoked.
 
-use sessiongate_core::{CredentialSet, CredentialStore, SecretHash};
+use std::rc::Rc;
+
+use sessiongate_core::{CredentialSet, CredentialStore, Gate, SecretHash};
 use sessiongate_etcd::Found;
 
 /// What the cache holds of one digest.
 #[derive(Debug, Clone)]
 struct Cached {
-    /// The credential (a set of one), or `None`: no credential has the digest.
-    credential: Option<CredentialSet>,
+    /// A gate over the credential (built once, shared by the requests that
+    /// present it), or `None`: no credential has the digest.
+    credential: Option<Rc<Gate>>,
     /// When etcd said so (ms).
     fetched_at: u64,
 }
@@ -36,8 +39,9 @@ pub struct CredentialCache {
 /// What a request's credentials need before its decision.
 #[derive(Debug)]
 pub(crate) enum Lookup {
-    /// Decide over these (empty: nothing presented is a credential).
-    Decide(CredentialSet),
+    /// Decide with this gate over the credential found (`None`: nothing
+    /// presented is a credential).
+    Decide(Option<Rc<Gate>>),
     /// Look this digest up first.
     Fetch(SecretHash),
 }
@@ -54,14 +58,14 @@ impl CredentialCache {
         for digest in digests {
             match self.get(digest) {
                 Some(cached) if self.fresh(store, cached, now) => {
-                    if let Some(set) = &cached.credential {
-                        return Lookup::Decide(set.clone());
+                    if let Some(gate) = &cached.credential {
+                        return Lookup::Decide(Some(gate.clone()));
                     }
                 }
                 _ => return Lookup::Fetch(*digest),
             }
         }
-        Lookup::Decide(CredentialSet::default())
+        Lookup::Decide(None)
     }
 
     /// Whether an answer may still be used: confirmed (fetched, or its
@@ -75,6 +79,7 @@ impl CredentialCache {
     /// `Err` (and not kept): the store is corrupt, not the credential absent.
     pub(crate) fn found(
         &mut self,
+        gate: &Gate,
         store: &CredentialStore,
         digest: SecretHash,
         found: Found,
@@ -89,7 +94,7 @@ impl CredentialCache {
                 list.push(b']');
                 let set = CredentialSet::from_json(&list)
                     .map_err(|e| format!("the record under this digest is corrupt: {e}"))?;
-                Some(set)
+                Some(Rc::new(gate.with_credentials(set)))
             }
         };
         if !self.at_revision(found.revision) {
@@ -182,18 +187,23 @@ mod tests {
 
     fn decided(lookup: Lookup) -> usize {
         match lookup {
-            Lookup::Decide(set) => set.len(),
+            Lookup::Decide(found) => found.map_or(0, |g| g.credentials().len()),
             Lookup::Fetch(_) => panic!("fetched"),
         }
     }
 
+    fn gate() -> Gate {
+        Gate::from_json(b"{}").unwrap()
+    }
+
     #[test]
     fn hits_and_misses_are_kept_until_stale() {
+        let g = gate();
         let (s, d, other) = (store(), hash_secret(TOKEN.as_bytes()), [7u8; 32]);
         let mut cache = CredentialCache::default();
         assert!(matches!(cache.lookup(&s, &[d], 0), Lookup::Fetch(x) if x == d));
-        cache.found(&s, d, found(true, 4), 10).unwrap();
-        cache.found(&s, other, found(false, 4), 10).unwrap();
+        cache.found(&g, &s, d, found(true, 4), 10).unwrap();
+        cache.found(&g, &s, other, found(false, 4), 10).unwrap();
         assert_eq!(decided(cache.lookup(&s, &[d], 500)), 1);
         assert_eq!(
             decided(cache.lookup(&s, &[other], 500)),
@@ -217,37 +227,39 @@ mod tests {
 
     #[test]
     fn a_newer_revision_drops_everything_and_an_older_answer_is_not_kept() {
+        let g = gate();
         let (s, d) = (store(), hash_secret(TOKEN.as_bytes()));
         let mut cache = CredentialCache::default();
-        cache.found(&s, d, found(true, 4), 0).unwrap();
+        cache.found(&g, &s, d, found(true, 4), 0).unwrap();
         cache.confirmed(5, 1);
         assert!(
             cache.is_empty(),
             "the revision moved: a deletion may be among it"
         );
         // A lookup sent before the change, answered after the tick.
-        cache.found(&s, d, found(true, 4), 2).unwrap();
+        cache.found(&g, &s, d, found(true, 4), 2).unwrap();
         assert!(cache.is_empty());
-        cache.found(&s, d, found(false, 5), 3).unwrap();
+        cache.found(&g, &s, d, found(false, 5), 3).unwrap();
         assert_eq!(decided(cache.lookup(&s, &[d], 4)), 0, "revoked");
         // A newer answer moves the cache too.
-        cache.found(&s, [1; 32], found(false, 6), 5).unwrap();
+        cache.found(&g, &s, [1; 32], found(false, 6), 5).unwrap();
         assert_eq!(cache.len(), 1);
     }
 
     #[test]
     fn the_cache_is_bounded_and_a_corrupt_record_is_an_error() {
+        let g = gate();
         let s = store();
         let mut cache = CredentialCache::default();
         for i in 0..10u8 {
-            cache.found(&s, [i; 32], found(false, 1), 0).unwrap();
+            cache.found(&g, &s, [i; 32], found(false, 1), 0).unwrap();
             assert!(cache.len() <= s.cache_entries);
         }
         let corrupt = Found {
             record: Some(b"{\"name\":".to_vec()),
             revision: 1,
         };
-        assert!(cache.found(&s, [99; 32], corrupt, 0).is_err());
+        assert!(cache.found(&g, &s, [99; 32], corrupt, 0).is_err());
         assert!(matches!(cache.lookup(&s, &[[99; 32]], 0), Lookup::Fetch(_)));
     }
 }

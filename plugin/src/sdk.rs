@@ -58,6 +58,18 @@ fn log(level: LogLevel, message: &str) {
     raw::log(level, &format!("sessiongate: {message}"));
 }
 
+/// A callout's answer: its status (`None`: no headers, the call failed:
+/// reset, timeout, no host) and body.
+#[cfg(feature = "fleet")]
+fn call_response(num_headers: usize, body_size: usize) -> (Option<u16>, Vec<u8>) {
+    let status = if num_headers == 0 {
+        None
+    } else {
+        raw::http_call_response_status()
+    };
+    (status, raw::http_call_response_body(body_size))
+}
+
 impl Context for Root {
     /// The answer to a tick's read of the credentials' revision.
     #[cfg(feature = "fleet")]
@@ -71,12 +83,7 @@ impl Context for Root {
         let Some(gate) = self.gate.clone() else {
             return;
         };
-        let status = if num_headers == 0 {
-            None
-        } else {
-            raw::http_call_response_status()
-        };
-        let body = raw::http_call_response_body(body_size);
+        let (status, body) = call_response(num_headers, body_size);
         let mut host = self.host();
         filter::on_tick_response(&gate, &mut host, &mut self.tick, status, &body);
     }
@@ -307,13 +314,7 @@ impl Context for Request {
         _num_trailers: usize,
     ) {
         let mut host = self.host.clone();
-        // No headers: the call failed (reset, timeout, no host).
-        let status = if num_headers == 0 {
-            None
-        } else {
-            raw::http_call_response_status()
-        };
-        let body = raw::http_call_response_body(body_size);
+        let (status, body) = call_response(num_headers, body_size);
         let next =
             filter::on_callout_response(&self.gate, &mut host, &mut self.waiting, status, &body);
         if let Next::Continue(headers) = next {

@@ -267,10 +267,8 @@ impl EtcdStore {
         // change in one pass over each side.
         let old: std::collections::HashMap<&str, &Stored<T>> =
             before.iter().map(|s| (s.key.as_str(), s)).collect();
-        let new: std::collections::HashMap<String, &T> = after
-            .iter()
-            .map(|r| (self.key::<T>(r.name()), r))
-            .collect();
+        let new: std::collections::HashMap<String, &T> =
+            after.iter().map(|r| (self.key::<T>(r.name()), r)).collect();
         let mut txn = Txn::new();
         for stored in before {
             let kept = new.get(&stored.key);
