@@ -262,3 +262,63 @@ fn the_index_never_disagrees_with_the_records_under_concurrent_writers() {
         "{repaired}"
     );
 }
+
+/// Credentials made and changed in the console reach a filter that reads
+/// the store, as the CLI's do: the console writes the digest index in the
+/// same txn (one `Store` for every writer).
+#[test]
+fn the_consoles_credentials_reach_a_filter_that_reads_the_store() {
+    use common::console::{As, create_user, gate_answers, start_console};
+    use serde_json::json;
+
+    let fx = fixture();
+    let etcd = Etcd::start(&fx.dir, 1);
+    let store = format!("etcd://127.0.0.1:{}/lookup-console", etcd.clients[0]);
+    let store_path = Path::new(&store);
+    let all = ["api_tokens:view", "api_tokens:create", "api_tokens:delete"];
+    let login = create_user(store_path, "acme", "ada", "admin", &all);
+    let console = start_console(store_path);
+    let serve = Server::start(&fx.dir, store_path, CONFIG, 2);
+    let ada = As::new(console.addr, &login);
+    let made = ada.ok(
+        "POST",
+        "tokens",
+        Some(json!({"name": "from-console", "sites": "all"})),
+        201,
+    );
+    let token = made["secret"].as_str().unwrap().to_owned();
+    gate_answers(&serve, &token, 200);
+    let key = ada.ok(
+        "POST",
+        "keys",
+        Some(json!({"name": "console-key", "level": "admin", "sites": "all"})),
+        201,
+    );
+    let key_secret = key["secret"].as_str().unwrap().to_owned();
+    let key_auth = format!("Basic {key_secret}");
+    let role = || get(serve.addr, "/me", Some(&key_auth)).unwrap().text();
+    assert!(role().contains("ADMIN"), "{}", role());
+    // A cached key's level changed in the console: the new level holds.
+    ada.ok(
+        "PATCH",
+        "keys/console-key",
+        Some(json!({"level": "architect"})),
+        200,
+    );
+    suite::eventually(suite::PATIENCE, || {
+        let now = role();
+        if now.contains("ARCHITECT") {
+            Ok(())
+        } else {
+            Err(now)
+        }
+    })
+    .unwrap();
+    let check = common::cli(&["check", "--store", &store]);
+    assert!(
+        check.contains("digest index: agrees with the 2 records"),
+        "{check}"
+    );
+    ada.ok("DELETE", "tokens/from-console", None, 204);
+    gate_answers(&serve, &token, 401);
+}

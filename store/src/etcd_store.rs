@@ -36,6 +36,16 @@ const CHANGE_ATTEMPTS: usize = 5;
 /// of each kind in one txn (`--max-txn-ops`).
 pub(crate) const REPAIR_BATCH: usize = 100;
 
+/// What the change key holds: when the change was made (Unix ms, for an
+/// operator reading it; readers use its revision).
+fn changed_at() -> Vec<u8> {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+        .to_string()
+        .into_bytes()
+}
+
 /// A token store in etcd.
 #[derive(Clone)]
 pub struct EtcdStore {
@@ -327,7 +337,7 @@ impl EtcdStore {
             }
             txn.put(&key, &serde_json::to_vec(record)?);
         }
-        txn.put(&change_key(&self.prefix), b"");
+        txn.put(&change_key(&self.prefix), &changed_at());
         Ok(())
     }
 
@@ -390,7 +400,7 @@ impl EtcdStore {
                     }
                 }
             }
-            txn.put(&change_key(&self.prefix), b"");
+            txn.put(&change_key(&self.prefix), &changed_at());
             if !self.commit_txn(&txn)? {
                 bail!("the store changed while its index was repaired; run it again");
             }
