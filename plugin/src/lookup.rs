@@ -2,12 +2,12 @@
 //! configuration `"credentials": {"store": "etcd", …}`): a request's
 //! presented digests are looked up by digest (one txn call per digest not
 //! cached), and the answers kept in a bounded cache per VM, hits and misses
-//! alike. The root context's tick (tick.rs) reads the credentials' revision (one key)
-//! and drops every cached answer when it moved, so a change anywhere holds
-//! in this VM within a tick period and a call. When etcd cannot be read an
-//! answer is kept only `max_stale_ms` past its last confirmation; then the
-//! request is `503`, never a `401` that would tell a valid customer their
-//! credential was revoked.
+//! alike. The root context's tick (tick.rs) reads the credentials' revision
+//! (one key) and drops every cached answer when it moved, so a change
+//! anywhere holds in this VM within two tick periods and a call. When etcd
+//! cannot be read an answer is kept only `max_stale_ms` past its last
+//! confirmation; then the request is `503`, never a `401` that would tell a
+//! valid customer their credential was revoked.
 
 use std::rc::Rc;
 
@@ -125,9 +125,9 @@ impl CredentialCache {
     }
 
     /// A tick read the credentials' revision at `now`.
-    pub(crate) fn confirmed(&mut self, revision: u64, now: u64) {
+    pub(crate) fn confirmed(&mut self, revision: u64, at: u64) {
         if self.at_revision(revision) {
-            self.confirmed_at = now;
+            self.confirmed_at = self.confirmed_at.max(at);
         }
     }
 

@@ -1,6 +1,10 @@
 //! The root context's tick (feature `fleet`): the credentials' revision
 //! read from the store, one read at a time, so the VM's cache of looked-up
-//! credentials ([`crate::lookup`]) drops what changed.
+//! credentials ([`crate::lookup`]) drops what changed. The VMs of one proxy
+//! share the last read through shared data: a VM whose peer read the
+//! revision within the tick period takes that read instead of making its
+//! own, so a pod's workers make about one read a tick between them, and a
+//! change holds in every VM within two tick periods and a call.
 
 use sessiongate_core::Gate;
 use sessiongate_etcd as etcd;
@@ -22,14 +26,35 @@ enum TickSent {
     Revision,
 }
 
+/// The shared-data key where a proxy's VMs keep the last revision read:
+/// `"<read at, Unix ms> <revision>"`.
+pub const SHARED_REVISION: &str = "sessiongate.credentials.revision";
+
 /// A tick (`proxy_on_tick`): the credentials' revision read, unless a read
-/// is still in flight.
+/// is still in flight or a peer VM read it within the tick period.
 pub fn on_tick<H: Host>(gate: &Gate, host: &mut H, tick: &mut Tick) {
-    if gate.credential_store().is_none() || tick.sent.is_some() {
+    let Some(store) = gate.credential_store() else {
+        return;
+    };
+    if tick.sent.is_some() {
+        return;
+    }
+    let now = host.now_ms();
+    if let Some((at, revision)) = shared_revision(host)
+        && now.saturating_sub(at) < u64::from(store.tick_ms)
+    {
+        host.credential_cache().borrow_mut().confirmed(revision, at);
         return;
     }
     tick.attempt = Attempt::new();
     send_tick(gate, host, tick);
+}
+
+fn shared_revision<H: Host>(host: &H) -> Option<(u64, u64)> {
+    let (value, _) = host.shared_get(SHARED_REVISION).ok()?;
+    let text = String::from_utf8(value?).ok()?;
+    let (at, revision) = text.split_once(' ')?;
+    Some((at.parse().ok()?, revision.parse().ok()?))
 }
 
 fn send_tick<H: Host>(gate: &Gate, host: &mut H, tick: &mut Tick) {
@@ -95,6 +120,9 @@ pub fn on_tick_response<H: Host>(
                     host.credential_cache()
                         .borrow_mut()
                         .confirmed(revision, now);
+                    // For the peers; a write lost to a peer's is as good.
+                    let shared = format!("{now} {revision}");
+                    let _ = host.shared_set(SHARED_REVISION, shared.as_bytes(), 0);
                 }
                 // The cache answers on until its answers are max_stale_ms old.
                 Err(e) => host.log(

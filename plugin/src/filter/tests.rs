@@ -712,3 +712,38 @@ fn an_unreachable_store_is_503_never_401() {
         (Some(401), 0)
     );
 }
+
+/// A VM whose peer read the credentials' revision within the tick period
+/// takes that read (no call of its own), and drops its cache when it moved.
+#[test]
+fn a_pods_vms_share_one_revision_read_a_tick() {
+    let g = store_gate();
+    let mut vm1 = request(&[&format!("Bearer {TOKEN}")]);
+    let mut tick1 = Tick::default();
+    on_tick(&g, &mut vm1, &mut tick1);
+    assert_eq!(vm1.calls.len(), 1);
+    let moved =
+        r#"{"header":{"revision":"9"},"kvs":[{"key":"eQ==","mod_revision":"7"}],"count":"1"}"#;
+    on_tick_response(&g, &mut vm1, &mut tick1, Some(200), moved.as_bytes());
+    // A second VM of the same proxy: the same shared data, its own cache.
+    let mut vm2 = request(&[&format!("Bearer {TOKEN}")]);
+    vm2.shared = vm1.shared.clone();
+    vm2.clock = 50;
+    let mut waiting = None;
+    on_request_headers(&g, &mut vm2, &mut waiting);
+    let found = lookup_answer(Some(&token_record()), 6);
+    on_callout_response(&g, &mut vm2, &mut waiting, Some(200), found.as_bytes());
+    assert_eq!(vm2.cache.borrow().len(), 1);
+    let calls = vm2.calls.len();
+    let mut tick2 = Tick::default();
+    on_tick(&g, &mut vm2, &mut tick2);
+    assert_eq!(vm2.calls.len(), calls, "the peer's read was taken: no call");
+    assert!(
+        vm2.cache.borrow().is_empty(),
+        "revision 7 is past the cached 6"
+    );
+    // The peer's read is older than the tick period: its own call.
+    vm2.clock = 200;
+    on_tick(&g, &mut vm2, &mut tick2);
+    assert_eq!(vm2.calls.len(), calls + 1);
+}
