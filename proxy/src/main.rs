@@ -287,7 +287,8 @@ struct ConfigArgs {
     /// The guard's window, as `[guard] window_seconds`.
     #[arg(long, default_value_t = GuardConfig::default().window_seconds)]
     guard_window_seconds: u32,
-    /// Print the whole plugin/envoy.yaml with this configuration inlined.
+    /// Print the whole plugin/envoy.yaml with this configuration inlined
+    /// (plugin/envoy-fleet.yaml with --credentials-from-store).
     #[arg(long)]
     envoy_yaml: bool,
     /// Leave the credentials out (the Worker's binding, when they live in
@@ -436,25 +437,23 @@ fn delete(store: &StoreArg, kind: Kind, name: &str) -> Result<()> {
 
 /// `plugin/envoy.yaml`, with the block between its markers replaced.
 const ENVOY_YAML: &str = include_str!("../../plugin/envoy.yaml");
+/// The fleet's: its etcd cluster, which a store the filter reads needs.
+const ENVOY_FLEET_YAML: &str = include_str!("../../plugin/envoy-fleet.yaml");
 
-fn envoy_yaml(config_json: &str) -> Result<String> {
+fn envoy_yaml(config_json: &str, template: &str) -> Result<String> {
     const BEGIN: &str = "# BEGIN sessiongate configuration";
     const END: &str = "# END sessiongate configuration";
-    let (Some(begin), Some(end)) = (ENVOY_YAML.find(BEGIN), ENVOY_YAML.find(END)) else {
-        anyhow::bail!("plugin/envoy.yaml lost its configuration markers");
+    let (Some(begin), Some(end)) = (template.find(BEGIN), template.find(END)) else {
+        anyhow::bail!("the Envoy template lost its configuration markers");
     };
-    let line_start = ENVOY_YAML[..begin].rfind('\n').map_or(0, |i| i + 1);
-    let indent = &ENVOY_YAML[line_start..begin];
+    let line_start = template[..begin].rfind('\n').map_or(0, |i| i + 1);
+    let indent = &template[line_start..begin];
     let mut block = format!("{BEGIN}\n{indent}value: |\n");
     for line in config_json.lines() {
         block.push_str(&format!("{indent}  {line}\n"));
     }
     block.push_str(indent);
-    Ok(format!(
-        "{}{block}{}",
-        &ENVOY_YAML[..begin],
-        &ENVOY_YAML[end..]
-    ))
+    Ok(format!("{}{block}{}", &template[..begin], &template[end..]))
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -555,7 +554,13 @@ fn print_config(a: ConfigArgs, default_backend: &str, out: &mut dyn std::io::Wri
     config.validate().map_err(anyhow::Error::msg)?;
     let json = serde_json::to_string_pretty(&config)?;
     let text = if a.envoy_yaml {
-        envoy_yaml(&json)?
+        // A store the filter reads needs the fleet's file: its etcd cluster.
+        let template = if a.credentials_from_store {
+            ENVOY_FLEET_YAML
+        } else {
+            ENVOY_YAML
+        };
+        envoy_yaml(&json, template)?
     } else {
         json
     };
