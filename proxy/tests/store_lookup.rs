@@ -322,3 +322,86 @@ fn the_consoles_credentials_reach_a_filter_that_reads_the_store() {
     ada.ok("DELETE", "tokens/from-console", None, 204);
     gate_answers(&serve, &token, 401);
 }
+
+/// etcd with authentication on: the filter logs in for its lookups and
+/// ticks as it does for the limiter (the store's user in its URL, the
+/// password in the environment, as for every etcd client).
+#[test]
+fn lookups_log_in_to_an_etcd_with_authentication() {
+    let fx = fixture();
+    let etcd = Etcd::start_with(
+        &fx.dir,
+        1,
+        &["--auth-token", "simple", "--auth-token-ttl", "2"],
+    );
+    let b64 = |s: &str| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(s)
+    };
+    let grant = format!(
+        r#"{{"name":"gate","perm":{{"permType":"READWRITE","key":"{}","range_end":"{}"}}}}"#,
+        b64("authed/"),
+        b64("authed0")
+    );
+    for (path, body) in [
+        (
+            "/v3/auth/user/add",
+            r#"{"name":"root","password":"rootpw"}"#,
+        ),
+        ("/v3/auth/user/grant", r#"{"user":"root","role":"root"}"#),
+        ("/v3/auth/role/add", r#"{"name":"gate"}"#),
+        ("/v3/auth/role/grant", grant.as_str()),
+        (
+            "/v3/auth/user/add",
+            r#"{"name":"gate","password":"gatepw"}"#,
+        ),
+        ("/v3/auth/user/grant", r#"{"user":"gate","role":"gate"}"#),
+        ("/v3/auth/enable", "{}"),
+    ] {
+        assert!(
+            etcd.post(0, path, body).is_some(),
+            "etcd refused {path} {body}"
+        );
+    }
+    let store = format!("etcd://gate@127.0.0.1:{}/authed", etcd.clients[0]);
+    let cli = |args: &[&str]| {
+        let out = Command::new(common::BIN)
+            .args(args)
+            .env("SESSIONGATE_ETCD_PASSWORD", "gatepw")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let mint = |name: &str| {
+        cli(&[
+            "token",
+            "create",
+            "--store",
+            &store,
+            "--name",
+            name,
+            "--customer",
+            "acme",
+            "--all-sites",
+        ])
+    };
+    let first = mint("first");
+    let (mut command, path) = Server::command(&fx.dir, Path::new(&store), CONFIG, 2, &[]);
+    command.env("SESSIONGATE_ETCD_PASSWORD", "gatepw");
+    let server = Server::spawn(command, path);
+    let auth = format!("Bearer {first}");
+    assert_eq!(status(server.addr, &auth), 200, "{}", server.log_text());
+    let second = format!("Bearer {}", mint("second"));
+    until_every_vm(std::slice::from_ref(&server), &second, "minted", &|s| {
+        s == 200
+    });
+    cli(&["token", "delete", "--store", &store, "first"]);
+    until_every_vm(std::slice::from_ref(&server), &auth, "deleted", &|s| {
+        s == 401
+    });
+}
