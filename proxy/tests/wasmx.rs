@@ -597,4 +597,31 @@ fn on_wasmx_the_filter_reads_any_number_of_credentials_from_the_store() {
             gate.run.display()
         );
     }
+    // etcd gone: what the workers hold is answered, an unknown credential is 503.
+    let kept = format!("Bearer {}", mint_token(Path::new(&store), "kept", &[]));
+    let start = Instant::now();
+    for gate in &gates {
+        let mut in_a_row = 0;
+        while in_a_row < 8 {
+            let status = get(gate.addr(), "/me", Some(&kept)).map_or(0, |r| r.status);
+            in_a_row = if status == 200 { in_a_row + 1 } else { 0 };
+            assert!(start.elapsed() < suite::PATIENCE, "kept: {status}");
+        }
+    }
+    let mut etcd = etcd;
+    for i in 0..3 {
+        etcd.kill(i);
+    }
+    let status =
+        |gate: &Wasmx, auth: &str| get(gate.addr(), "/me", Some(auth)).map_or(0, |r| r.status);
+    for gate in &gates {
+        for _ in 0..8 {
+            assert_eq!(status(gate, &kept), 200, "a held credential, etcd down");
+            assert_eq!(
+                status(gate, "Bearer fus_0000000000000000000000000000000000000000"),
+                503,
+                "an unknown one, etcd down"
+            );
+        }
+    }
 }
