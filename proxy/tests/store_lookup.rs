@@ -24,7 +24,6 @@ use common::etcd::Etcd;
 use common::{Server, fixture};
 use sessiongate_conformance::http::get;
 use sessiongate_conformance::{self as suite};
-use sessiongate_core::{CredentialRecord, Kind, Level, Sites, hash_hex, hash_secret};
 
 /// Where the limit is kept does not matter here: each instance's own.
 const CONFIG: &str = "credentials_from_store = true\n[guard]\nfailures = 0\n";
@@ -228,18 +227,7 @@ fn the_index_never_disagrees_with_the_records_under_concurrent_writers() {
 
     // A record without its index entry.
     let secret = "fus_unindexedunindexedunindexedunindexedun";
-    let record = CredentialRecord {
-        name: "old".into(),
-        description: None,
-        kind: Kind::Token,
-        hash: hash_hex(&hash_secret(secret.as_bytes())),
-        hint: sessiongate_core::hint(Kind::Token, secret),
-        customer: "acme".into(),
-        sites: Sites::All,
-        level: Level::Standard,
-        created: 1,
-        owner: None,
-    };
+    let record = common::etcd::token_record("old", secret);
     let call = sessiongate_etcd::Txn::new()
         .put(
             "writers/credentials/old",

@@ -133,6 +133,20 @@ pub struct CallResponse {
     pub trailers: HeaderList,
 }
 
+impl CallResponse {
+    /// Its headers', body's and trailers' sizes, as
+    /// `proxy_on_http_call_response` takes them (zeros: the call failed).
+    fn sizes(response: Option<&CallResponse>) -> (u32, u32, u32) {
+        response.map_or((0, 0, 0), |r| {
+            (
+                r.headers.len() as u32,
+                r.body.len() as u32,
+                r.trailers.len() as u32,
+            )
+        })
+    }
+}
+
 /// The host's view of one HTTP stream.
 #[derive(Default)]
 pub struct Stream {
@@ -525,26 +539,13 @@ impl Vm {
         token: u32,
         response: Option<CallResponse>,
     ) -> Result<RequestPhase> {
-        let (headers, body, trailers) = response.as_ref().map_or((0, 0, 0), |r| {
-            (r.headers.len(), r.body.len(), r.trailers.len())
-        });
+        let sizes = CallResponse::sizes(response.as_ref());
         match self.store.data_mut().streams.get_mut(&context) {
             Some(stream) => stream.call_response = response,
             None => bail!("no stream {context} for the callout's answer"),
         }
         self.store.data_mut().effective = context;
-        let result = self.call(|vm| {
-            vm.exports.on_http_call_response.call(
-                &mut vm.store,
-                (
-                    ROOT_CONTEXT,
-                    token,
-                    headers as u32,
-                    body as u32,
-                    trailers as u32,
-                ),
-            )
-        });
+        let result = self.call(|vm| vm.deliver_call_response(token, sizes));
         if let Some(stream) = self.store.data_mut().streams.get_mut(&context) {
             stream.call_response = None;
         }
@@ -559,6 +560,19 @@ impl Vm {
             .get_mut(&context)
             .is_some_and(|s| std::mem::take(&mut s.continued));
         self.after_callback(context, continued)
+    }
+
+    /// Runs `proxy_on_http_call_response` for the call `token`, whose answer
+    /// the effective context's stream holds.
+    fn deliver_call_response(
+        &mut self,
+        token: u32,
+        (headers, body, trailers): (u32, u32, u32),
+    ) -> wasmtime::Result<()> {
+        self.exports.on_http_call_response.call(
+            &mut self.store,
+            (ROOT_CONTEXT, token, headers, body, trailers),
+        )
     }
 
     /// After a callback on a request: its local reply, the calls it made, or

@@ -32,21 +32,8 @@ impl Vm {
         token: u32,
         response: Option<CallResponse>,
     ) -> Result<Vec<Callout>> {
-        let (headers, body, trailers) = response.as_ref().map_or((0, 0, 0), |r| {
-            (r.headers.len(), r.body.len(), r.trailers.len())
-        });
-        self.in_root(response, |vm| {
-            vm.exports.on_http_call_response.call(
-                &mut vm.store,
-                (
-                    ROOT_CONTEXT,
-                    token,
-                    headers as u32,
-                    body as u32,
-                    trailers as u32,
-                ),
-            )
-        })
+        let sizes = CallResponse::sizes(response.as_ref());
+        self.in_root(response, |vm| vm.deliver_call_response(token, sizes))
     }
 
     fn in_root(

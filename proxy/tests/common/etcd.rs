@@ -342,25 +342,14 @@ pub fn assert_admissions_go_on(seen: &Load, after: Duration, window: Duration) {
 /// (by name and by digest, 60 a txn), the first one `first_token`'s: a
 /// large store, faster than one CLI call per credential.
 pub fn write_credentials(etcd: &Etcd, prefix: &str, count: usize, first_token: &str) {
-    use sessiongate_core::{CredentialRecord, Kind, Level, Sites, hash_hex, hash_secret};
+    use sessiongate_core::CredentialRecord;
     let record = |i: usize| {
         let secret = if i == 0 {
             first_token.to_owned()
         } else {
             format!("fus_{i:040}")
         };
-        CredentialRecord {
-            name: format!("c{i:06}"),
-            description: None,
-            kind: Kind::Token,
-            hash: hash_hex(&hash_secret(secret.as_bytes())),
-            hint: sessiongate_core::hint(Kind::Token, &secret),
-            customer: sessiongate_conformance::CUSTOMER.to_owned(),
-            sites: Sites::All,
-            level: Level::Standard,
-            created: 1,
-            owner: None,
-        }
+        token_record(&format!("c{i:06}"), &secret)
     };
     let records: Vec<CredentialRecord> = (0..count).map(record).collect();
     for batch in records.chunks(60) {
@@ -373,5 +362,23 @@ pub fn write_credentials(etcd: &Etcd, prefix: &str, count: usize, first_token: &
         let call = txn.call();
         etcd.post(0, call.path, &call.body)
             .expect("a batch written");
+    }
+}
+
+/// The record a token store keeps for the token `secret` named `name`
+/// (every site of the suite's customer).
+pub fn token_record(name: &str, secret: &str) -> sessiongate_core::CredentialRecord {
+    use sessiongate_core::{CredentialRecord, Kind, Level, Sites, hash_hex, hash_secret};
+    CredentialRecord {
+        name: name.to_owned(),
+        description: None,
+        kind: Kind::Token,
+        hash: hash_hex(&hash_secret(secret.as_bytes())),
+        hint: sessiongate_core::hint(Kind::Token, secret),
+        customer: sessiongate_conformance::CUSTOMER.to_owned(),
+        sites: Sites::All,
+        level: Level::Standard,
+        created: 1,
+        owner: None,
     }
 }
