@@ -24,7 +24,9 @@
 //! - Every write is a [`Record`] with a fresh tag, so values never repeat
 //!   (a value compare is as good as a version) and a writer learns what its
 //!   swap did by reading the key back: its write landed if the record there
-//!   is it or was built on it.
+//!   is it or was built on it, however many writes came between (a record
+//!   names every write of its horizon). A read-back too late to tell is a
+//!   store error (503), never a guess either way.
 //! - A key's first value is written only by the holder of a claim: a round
 //!   of [`ROUND_MS`] whose counter (`<key>.claim.<round>`) it incremented
 //!   first, in a round that follows one nobody claimed in. So two creators
@@ -40,7 +42,7 @@ use std::collections::hash_map::Entry as MapEntry;
 
 use sessiongate_core::{Entry, Kv, KvError, Version};
 
-use crate::record::{Record, Tags};
+use crate::record::{Landing, Record, Tags};
 
 /// How long a claim to create a key lasts: a creator must write within it,
 /// and instance clocks must agree within it.
@@ -115,10 +117,20 @@ impl<'t, B: CasBucket> CasKv<'t, B> {
     fn write(&mut self, key: &str, open: Open<B::Handle>, value: &[u8]) -> Result<bool, KvError> {
         let tag = self.tags.draw();
         let base = open.stored.as_deref().map_or(Record::NONE, Record::parse);
-        let record = base.next(tag, value);
+        let (record, write) = base.next(tag, self.now_ms, value);
         let _reported = self.bucket.swap(open.handle, &record).map_err(KvError)?;
         let now = self.bucket.get(key).map_err(KvError)?;
-        Ok(now.is_some_and(|stored| Record::parse(&stored).follows(tag)))
+        match now
+            .as_deref()
+            .map_or(Landing::Lost, |stored| Record::parse(stored).landing(write))
+        {
+            Landing::Landed => Ok(true),
+            Landing::Lost => Ok(false),
+            Landing::Unknown => Err(KvError(format!(
+                "cannot tell whether a write to {key} landed: more writes followed it \
+                 before it was read back than its record names"
+            ))),
+        }
     }
 
     /// Claims the right to create `key` in this round: nobody claimed in the
@@ -233,10 +245,36 @@ mod tests {
         current: usize,
         done: Vec<bool>,
         pick: Tags,
+        schedule: Schedule,
+    }
+
+    /// How the next turn is picked from a seed.
+    #[derive(Debug, Clone, Copy)]
+    struct Schedule {
+        seed: u64,
+        /// Fair: any running instance, each turn. In runs: the instance
+        /// whose turn it is mostly keeps it, so one request often runs to
+        /// its end while another waits between two of its calls (as a
+        /// request does on Spin's SQLite store, its calls queued on one
+        /// connection behind a burst of others).
+        in_runs: bool,
+    }
+
+    impl Schedule {
+        fn fair(seed: u64) -> Schedule {
+            Schedule {
+                seed,
+                in_runs: false,
+            }
+        }
     }
 
     impl Turns {
         fn advance(&mut self) {
+            let keep = self.schedule.in_runs && !self.pick.draw().is_multiple_of(8);
+            if keep && !self.done[self.current] {
+                return;
+            }
             let alive: Vec<usize> = (0..self.done.len()).filter(|i| !self.done[*i]).collect();
             if !alive.is_empty() {
                 self.current = alive[(self.pick.draw() % alive.len() as u64) as usize];
@@ -245,11 +283,12 @@ mod tests {
     }
 
     impl World {
-        fn new(semantics: Semantics, instances: usize, seed: u64) -> Arc<World> {
+        fn new(semantics: Semantics, instances: usize, schedule: Schedule) -> Arc<World> {
             let mut turns = Turns {
                 current: 0,
                 done: vec![false; instances],
-                pick: Tags::new(seed),
+                pick: Tags::new(schedule.seed),
+                schedule,
             };
             turns.advance();
             Arc::new(World {
@@ -419,14 +458,15 @@ mod tests {
     /// fresh store; the outcomes of all of them.
     fn run(
         semantics: Semantics,
-        seed: u64,
+        schedule: Schedule,
         instances: usize,
         each: usize,
         gate: impl Fn() -> Gate + Sync,
         trusting: bool,
         token: &str,
     ) -> Vec<Outcome> {
-        let world = World::new(semantics, instances, seed);
+        let world = World::new(semantics, instances, schedule);
+        let seed = schedule.seed;
         let auth = format!("Bearer {token}");
         std::thread::scope(|s| {
             let handles: Vec<_> = (0..instances)
@@ -489,7 +529,7 @@ mod tests {
         ) {
             let each = limit as usize / instances + 2;
             for semantics in ALL {
-                let outcomes = run(semantics, seed, instances, each, || gate(limit, 0), false, TOKEN);
+                let outcomes = run(semantics, Schedule::fair(seed), instances, each, || gate(limit, 0), false, TOKEN);
                 prop_assert_eq!(admitted(&outcomes), limit as usize, "{:?}: {:?}", semantics, outcomes);
             }
         }
@@ -501,12 +541,27 @@ mod tests {
             let each = failures as usize / instances + 2;
             let wrong = "fus_9999999999999999999999999999999999999999";
             for semantics in ALL {
-                let outcomes = run(semantics, seed, instances, each, || gate(100, failures), false, wrong);
+                let outcomes = run(semantics, Schedule::fair(seed), instances, each, || gate(100, failures), false, wrong);
                 prop_assert_eq!(
                     refused_as(&outcomes, ErrorCode::InvalidCredentials),
                     failures as usize,
                     "{:?}: {:?}", semantics, outcomes
                 );
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(6))]
+
+        /// Real Spin's shape: many more concurrent requests than the limit,
+        /// and a limit above the 16 writes a record once named, so a
+        /// request's read-back can come after more writes than that.
+        #[test]
+        fn a_burst_over_a_limit_of_twenty_admits_exactly_twenty(seed: u64) {
+            for semantics in ALL {
+                let outcomes = run(semantics, Schedule { seed, in_runs: true }, 60, 1, || gate(20, 0), false, TOKEN);
+                prop_assert_eq!(admitted(&outcomes), 20, "{:?}: {:?}", semantics, outcomes);
             }
         }
     }
@@ -520,7 +575,17 @@ mod tests {
     fn trusting_the_swap_is_exact_only_on_a_strict_store() {
         for semantics in ALL {
             let counts: BTreeSet<usize> = (0..64)
-                .map(|seed| admitted(&run(semantics, seed, 5, 3, || gate(4, 0), true, TOKEN)))
+                .map(|seed| {
+                    admitted(&run(
+                        semantics,
+                        Schedule::fair(seed),
+                        5,
+                        3,
+                        || gate(4, 0),
+                        true,
+                        TOKEN,
+                    ))
+                })
                 .collect();
             match semantics {
                 Semantics::Strict => assert_eq!(counts, BTreeSet::from([4]), "strict"),
@@ -534,9 +599,145 @@ mod tests {
         }
     }
 
+    /// A bucket whose next read after a swap comes only once `overtake`
+    /// has run: other instances' writes landing between a write and its
+    /// read-back, as on Spin's SQLite store, where every request's calls
+    /// queue on one connection and a burst can put any number of them
+    /// between one request's swap and its read.
+    struct Overtaken<'o> {
+        bucket: Bucket,
+        swapped: bool,
+        overtake: Option<Box<dyn FnOnce() + 'o>>,
+    }
+
+    impl CasBucket for Overtaken<'_> {
+        type Handle = Seen;
+        fn begin(&mut self, key: &str) -> Result<(Seen, Option<Vec<u8>>), String> {
+            self.bucket.begin(key)
+        }
+        fn swap(&mut self, seen: Seen, value: &[u8]) -> Result<bool, String> {
+            self.swapped = true;
+            self.bucket.swap(seen, value)
+        }
+        fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, String> {
+            if self.swapped
+                && let Some(overtake) = self.overtake.take()
+            {
+                overtake();
+            }
+            self.bucket.get(key)
+        }
+        fn increment(&mut self, key: &str, delta: i64) -> Result<i64, String> {
+            self.bucket.increment(key, delta)
+        }
+        fn delete(&mut self, key: &str) -> Result<(), String> {
+            self.bucket.delete(key)
+        }
+    }
+
+    /// Real Spin's fault, reproduced: one request's admission lands, then
+    /// more admissions than a record once named (16) land before its
+    /// read-back. Its write is in the log: it must be told so, not retry
+    /// into a full log and answer 429.
+    #[test]
+    fn a_write_overtaken_by_any_number_of_writes_before_its_read_back_landed() {
+        for semantics in ALL {
+            for overtakers in [1usize, 15, 16, 17, 19, 40, 200] {
+                let limit = overtakers as u32 + 2;
+                let world = World::new(semantics, 1, Schedule::fair(0));
+                let gate = gate(limit, 0);
+                let auth = format!("Bearer {TOKEN}");
+                let values = [auth.as_bytes()];
+                let req = request(&values, Some("203.0.113.9"));
+                let bucket = || Bucket {
+                    world: world.clone(),
+                    me: 0,
+                };
+                let admit = |now: u64, seed: u64| {
+                    let mut tags = Tags::new(seed);
+                    let mut kv = CasKv::new(bucket(), now, &mut tags);
+                    gate.decide(&req, now, &mut kv).outcome
+                };
+                // The key exists before the burst.
+                assert_eq!(admit(NOW, 1), Outcome::Allowed);
+                let overtaking = std::cell::RefCell::new(Vec::new());
+                let overtaken = Overtaken {
+                    bucket: bucket(),
+                    swapped: false,
+                    overtake: Some(Box::new(|| {
+                        for i in 0..overtakers {
+                            let outcome = admit(NOW + 2 + i as u64, 100 + i as u64);
+                            overtaking.borrow_mut().push(outcome);
+                        }
+                    })),
+                };
+                let mut tags = Tags::new(2);
+                let mut kv = CasKv::new(overtaken, NOW + 1, &mut tags);
+                let outcome = gate.decide(&req, NOW + 1, &mut kv).outcome;
+                assert_eq!(
+                    outcome,
+                    Outcome::Allowed,
+                    "{semantics:?}, overtaken by {overtakers}"
+                );
+                assert_eq!(admitted(&overtaking.borrow()), overtakers, "{semantics:?}");
+                // Every admission is in the log, so it is full now.
+                assert_eq!(
+                    admit(NOW + 1_000, 7),
+                    Outcome::Denied(ErrorCode::RateLimited),
+                    "{semantics:?}"
+                );
+            }
+        }
+    }
+
+    /// More writes between a write and its read-back than its record
+    /// names (thousands in a moment): the gate is told the store failed,
+    /// and answers 503, neither admitting nor refusing on a guess.
+    #[test]
+    fn a_read_back_too_late_to_tell_is_a_store_error() {
+        let world = World::new(Semantics::SpinSqlite, 1, Schedule::fair(0));
+        let bucket = || Bucket {
+            world: world.clone(),
+            me: 0,
+        };
+        let mut tags = Tags::new(1);
+        assert_eq!(
+            CasKv::new(bucket(), NOW, &mut tags).create("k", b"a"),
+            Ok(true)
+        );
+        let overtaken = Overtaken {
+            bucket: bucket(),
+            swapped: false,
+            // A record far ahead of the write in the key's history (its
+            // number is bytes 4..12), naming only its own write.
+            overtake: Some(Box::new(|| {
+                world.step(0, |e| {
+                    let (stored, writes) = e.get_mut("k").unwrap();
+                    let sequence = u64::from_le_bytes(stored[4..12].try_into().unwrap());
+                    let mut far = b"SGR2".to_vec();
+                    far.extend_from_slice(&(sequence + 5_000).to_le_bytes());
+                    far.extend_from_slice(&1u32.to_le_bytes());
+                    far.extend_from_slice(&[9; 16]);
+                    far.extend_from_slice(b"c");
+                    *stored = far;
+                    *writes += 5_000;
+                })
+            })),
+        };
+        let mut kv = CasKv::new(overtaken, NOW, &mut tags);
+        let version = kv.get("k").unwrap().unwrap().version;
+        let answer = kv.swap("k", version, b"b");
+        assert!(
+            answer
+                .as_ref()
+                .is_err_and(|e| e.0.contains("cannot tell whether a write to k landed")),
+            "{answer:?}"
+        );
+    }
+
     #[test]
     fn a_claim_is_one_instances_per_round_and_lapses() {
-        let world = World::new(Semantics::SpinSqlite, 1, 0);
+        let world = World::new(Semantics::SpinSqlite, 1, Schedule::fair(0));
         let mut tags = Tags::new(1);
         let bucket = || Bucket {
             world: world.clone(),
@@ -573,7 +774,7 @@ mod tests {
 
     #[test]
     fn a_version_not_from_the_last_read_never_writes() {
-        let world = World::new(Semantics::Strict, 1, 0);
+        let world = World::new(Semantics::Strict, 1, Schedule::fair(0));
         let mut tags = Tags::new(1);
         let mut store = CasKv::new(Bucket { world, me: 0 }, NOW, &mut tags);
         assert_eq!(store.create("k", b"0"), Ok(true));
@@ -588,7 +789,7 @@ mod tests {
 
     #[test]
     fn a_swap_that_did_not_land_is_a_conflict_whatever_the_store_said() {
-        let world = World::new(Semantics::SpinRedis, 1, 0);
+        let world = World::new(Semantics::SpinRedis, 1, Schedule::fair(0));
         let (mut ta, mut tb) = (Tags::new(1), Tags::new(2));
         let bucket = || Bucket {
             world: world.clone(),
