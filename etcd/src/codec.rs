@@ -218,6 +218,15 @@ fn txn_answer(json: &str) -> Result<Answer<'static>, String> {
     }
 }
 
+/// The revision a txn that won wrote at (its header's `revision`): the
+/// written key's `mod_revision` from then on, so a driver that keeps what it
+/// wrote can swap on it next without reading it first.
+pub fn written_revision(body: &[u8]) -> Option<sessiongate_core::Version> {
+    let json = text(body).ok()?;
+    let header = json.get(json.find("\"header\"")?..)?;
+    string_field(header, "revision")?.parse().ok()
+}
+
 fn failed(message: String) -> Answer<'static> {
     Answer::Failed(KvError(message))
 }
@@ -335,6 +344,11 @@ mod tests {
     fn txn_answers() {
         let won = br#"{"header":{"revision":"10"},"succeeded":true,"responses":[{"response_put":{"header":{}}}]}"#;
         assert_eq!(answer(Sent::Write, Some(200), won), Answer::Written);
+        assert_eq!(written_revision(won), Some(10));
+        let spaced =
+            br#"{ "header" : { "cluster_id": "1", "revision" : "12" }, "succeeded": true }"#;
+        assert_eq!(written_revision(spaced), Some(12));
+        assert_eq!(written_revision(br#"{"succeeded":true}"#), None);
         // `succeeded` left out: the compare failed; the failure branch read the winner.
         let lost = format!(
             r#"{{"header":{{"revision":"11"}},"responses":[{{"response_range":{{"header":{{}},"kvs":[{{"key":"{}","mod_revision":"11","value":"{}"}}],"count":"1"}}}}]}}"#,

@@ -31,7 +31,9 @@ mod prefix;
 
 #[cfg(feature = "client")]
 pub use client::{Cluster, HttpAnswer, HttpCall, Login, PASSWORD_VARIABLE};
-pub use codec::{Call, DELETE_RANGE, RANGE, Sent, TXN, answer, call, count, delete, put};
+pub use codec::{
+    Call, DELETE_RANGE, RANGE, Sent, TXN, answer, call, count, delete, put, written_revision,
+};
 pub use credentials::{
     BY_DIGEST, BY_NAME, Found, change_key, digest_key, lookup, lookup_answer, revision,
     revision_answer,

@@ -10,7 +10,7 @@ use crate::decide::{carry_out, choose};
 use crate::host::{Host, SharedKv};
 
 #[cfg(feature = "fleet")]
-pub use crate::fleet::{PausedRequest, on_callout_response};
+pub use crate::fleet::{CONTENDED_MS, LogCopy, PausedRequest, on_callout_response};
 #[cfg(feature = "fleet")]
 pub use crate::tick::{Tick, on_tick, on_tick_response};
 

@@ -7,7 +7,8 @@
 //! kept, and the decision replayed.
 
 use sessiongate_core::{
-    Answer, Gate, KvError, LIMITER_KEY, LimiterStore, Progress, Request, SecretHash, hash_hex,
+    Answer, Entry, Gate, KvError, LIMITER_KEY, LimiterStore, Need, Progress, Request, SecretHash,
+    hash_hex,
 };
 use std::rc::Rc;
 
@@ -35,6 +36,42 @@ pub struct PausedRequest {
     sent: Option<Sent>,
     /// Where the call in flight is in etcd's login policy.
     attempt: Attempt,
+    /// Where in `answers` the read of the limiter's log is (the decision
+    /// goes back to it when its write loses).
+    read_at: Option<usize>,
+    /// The log the write in flight puts, to keep as the VM's copy if it wins.
+    writing: Option<Vec<u8>>,
+    /// When this request's first write on the log lost.
+    contended_since: Option<u64>,
+}
+
+/// How long a request keeps trying to win the limiter's log while etcd
+/// answers and others keep winning it (then `503`): a lost write is not a
+/// failure, only a request that cannot get a turn in this long is.
+pub const CONTENDED_MS: u64 = 5_000;
+
+/// This VM's copy of the limiter's log as it last saw it in etcd: the value
+/// and `mod_revision` of its last read, or of its last write that won
+/// (`Some(None)`: absent). The decision's read of the log is answered from
+/// it, so an admission is one txn when nobody wrote since. A stale copy is
+/// safe: its write loses the compare, and the txn's failure branch brings
+/// the current log for the next attempt; and a copy that is full is full
+/// now (admissions leave the log only by expiring), so a 429 makes no call.
+#[derive(Debug, Default)]
+pub struct LogCopy(Option<Option<Entry<'static>>>);
+
+impl LogCopy {
+    pub(crate) fn read(&self) -> Option<Option<Entry<'static>>> {
+        self.0.clone()
+    }
+
+    pub(crate) fn set(&mut self, entry: Option<Entry<'static>>) {
+        self.0 = Some(entry);
+    }
+
+    pub(crate) fn forget(&mut self) {
+        self.0 = None;
+    }
 }
 
 /// The call in flight for a waiting request.
@@ -73,6 +110,9 @@ pub fn begin<H: Host>(
         credentials: None,
         sent: None,
         attempt: Attempt::new(),
+        read_at: None,
+        writing: None,
+        contended_since: None,
     };
     let next = drive(gate, host, &mut w);
     if next == Next::Wait {
@@ -134,7 +174,10 @@ pub fn on_callout_response<H: Host>(
             // The token expired (or etcd restarted): forget it; the same
             // step goes again after a login.
             After::Again => host.set_etcd_token(None),
-            After::Done => w.answers.push(etcd::answer(sent, status, body)),
+            After::Done => {
+                let answer = etcd::answer(sent, status, body);
+                on_log_answer(host, &mut w, sent, answer, body);
+            }
         },
     }
     let next = drive(gate, host, &mut w);
@@ -142,6 +185,62 @@ pub fn on_callout_response<H: Host>(
         *waiting = Some(w);
     }
     next
+}
+
+/// An answer of etcd on the limiter's log: kept as the VM's copy, and
+/// handed to the decision; a write that lost takes the decision back to its
+/// read, on the value the loss came back with, so that losing is not
+/// counted against the request while etcd answers (until [`CONTENDED_MS`]).
+fn on_log_answer<H: Host>(
+    host: &mut H,
+    w: &mut PausedRequest,
+    sent: etcd::Sent,
+    answer: Answer<'static>,
+    body: &[u8],
+) {
+    let written = w.writing.take();
+    let mut copy = host.log_copy().borrow_mut();
+    let lost = match (&answer, sent) {
+        (Answer::Value(entry), etcd::Sent::Read) => {
+            copy.set(entry.clone());
+            false
+        }
+        (Answer::Written, _) => {
+            match (written, etcd::written_revision(body)) {
+                (Some(value), Some(version)) => copy.set(Some(Entry {
+                    value: std::borrow::Cow::Owned(value),
+                    version,
+                })),
+                _ => copy.forget(),
+            }
+            false
+        }
+        (Answer::Value(entry), etcd::Sent::Write) => {
+            copy.set(entry.clone());
+            true
+        }
+        (Answer::Conflict, _) => {
+            copy.forget();
+            true
+        }
+        _ => {
+            copy.forget();
+            false
+        }
+    };
+    drop(copy);
+    if !lost {
+        w.answers.push(answer);
+        return;
+    }
+    let now = host.now_ms();
+    let since = *w.contended_since.get_or_insert(now);
+    match w.read_at {
+        Some(at) if now.saturating_sub(since) < CONTENDED_MS => w.answers.truncate(at),
+        _ => w.answers.push(Answer::Failed(KvError(format!(
+            "the limiter's log kept changing under this request for {CONTENDED_MS} ms"
+        )))),
+    }
 }
 
 /// etcd's login for the calls a gate makes (the store's and the limiter's
@@ -200,6 +299,9 @@ fn drive<H: Host>(gate: &Gate, host: &mut H, w: &mut PausedRequest) -> Next {
         credentials,
         sent,
         attempt,
+        read_at,
+        writing,
+        contended_since: _,
     } = w;
     let authorization: Vec<&[u8]> = authorization.iter().map(Vec::as_slice).collect();
     let req = Request {
@@ -266,11 +368,24 @@ fn drive<H: Host>(gate: &Gate, host: &mut H, w: &mut PausedRequest) -> Next {
             Progress::Pending(pending) => pending,
         };
         let need = pending.need();
+        let is_read = matches!(need, Need::Read { .. });
+        let copy = host.log_copy().borrow().read();
         let answer = match need.key() {
+            Some(key) if key == LIMITER_KEY && is_read && copy.is_some() => {
+                *read_at = Some(answers.len());
+                Answer::Value(copy.flatten())
+            }
             Some(key) if key == LIMITER_KEY => {
                 let Some(call) = etcd::call(&need, etcd_key) else {
                     return Next::Stop;
                 };
+                *writing = match need {
+                    Need::Swap { value, .. } | Need::Create { value, .. } => Some(value.to_vec()),
+                    Need::Read { .. } | Need::Revoked { .. } => None,
+                };
+                if is_read {
+                    *read_at = Some(answers.len());
+                }
                 let what = Sent::Step(call.sent);
                 match send(
                     host,

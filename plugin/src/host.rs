@@ -85,6 +85,9 @@ pub trait Host {
     /// This VM's cache of credentials looked up in the store.
     #[cfg(feature = "fleet")]
     fn credential_cache(&self) -> &std::cell::RefCell<crate::lookup::CredentialCache>;
+    /// This VM's copy of the limiter's log in etcd.
+    #[cfg(feature = "fleet")]
+    fn log_copy(&self) -> &std::cell::RefCell<crate::fleet::LogCopy>;
     /// The etcd token this VM logged in for, if any (kept across requests).
     fn etcd_token(&self) -> Option<String>;
     fn set_etcd_token(&mut self, token: Option<String>);

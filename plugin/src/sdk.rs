@@ -25,6 +25,10 @@ type Metrics = Rc<RefCell<[Option<u32>; Metric::COUNT]>>;
 #[cfg(feature = "fleet")]
 type Cache = Rc<RefCell<crate::lookup::CredentialCache>>;
 
+/// The VM's copy of the limiter's log in etcd, shared by its requests.
+#[cfg(feature = "fleet")]
+type LogCopy = Rc<RefCell<crate::fleet::LogCopy>>;
+
 #[derive(Default)]
 struct Root {
     gate: Option<Rc<Gate>>,
@@ -32,6 +36,8 @@ struct Root {
     etcd_token: EtcdToken,
     #[cfg(feature = "fleet")]
     cache: Cache,
+    #[cfg(feature = "fleet")]
+    log_copy: LogCopy,
     #[cfg(feature = "fleet")]
     tick: filter::Tick,
 }
@@ -43,6 +49,8 @@ impl Root {
             etcd_token: self.etcd_token.clone(),
             #[cfg(feature = "fleet")]
             cache: self.cache.clone(),
+            #[cfg(feature = "fleet")]
+            log_copy: self.log_copy.clone(),
         }
     }
 }
@@ -156,6 +164,7 @@ impl RootContext for Root {
         {
             // A new configuration may name another store: nothing cached holds.
             *self.cache.borrow_mut() = crate::lookup::CredentialCache::default();
+            *self.log_copy.borrow_mut() = crate::fleet::LogCopy::default();
             let tick = self
                 .gate
                 .as_ref()
@@ -210,6 +219,8 @@ struct Wasm {
     etcd_token: EtcdToken,
     #[cfg(feature = "fleet")]
     cache: Cache,
+    #[cfg(feature = "fleet")]
+    log_copy: LogCopy,
 }
 
 type EtcdToken = Rc<RefCell<Option<String>>>;
@@ -282,6 +293,11 @@ impl Host for Wasm {
     #[cfg(feature = "fleet")]
     fn credential_cache(&self) -> &RefCell<crate::lookup::CredentialCache> {
         &self.cache
+    }
+
+    #[cfg(feature = "fleet")]
+    fn log_copy(&self) -> &RefCell<crate::fleet::LogCopy> {
+        &self.log_copy
     }
 
     fn set_etcd_token(&mut self, token: Option<String>) {

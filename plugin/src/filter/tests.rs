@@ -1,7 +1,7 @@
 use super::*;
 use crate::header_block::HeaderBlock;
 use crate::host::{LogLevel, Metric, init_shared_state};
-use sessiongate_core::{Backend, GateConfig};
+use sessiongate_core::{Backend, Entry, GateConfig};
 use sessiongate_core::{CREDENTIAL_KEY_PREFIX, ErrorCode, LIMITER_KEY, LimiterStore};
 use std::collections::HashMap;
 
@@ -28,6 +28,8 @@ struct Mock {
     address_reads: std::cell::Cell<u32>,
     /// The VM's credential cache, shared by the mocks of one VM's requests.
     cache: std::rc::Rc<std::cell::RefCell<crate::lookup::CredentialCache>>,
+    /// The VM's copy of the limiter's log, shared likewise.
+    log_copy: std::rc::Rc<std::cell::RefCell<crate::fleet::LogCopy>>,
     /// Milliseconds past the mock's epoch.
     clock: u64,
 }
@@ -83,6 +85,9 @@ impl Host for Mock {
     }
     fn credential_cache(&self) -> &std::cell::RefCell<crate::lookup::CredentialCache> {
         &self.cache
+    }
+    fn log_copy(&self) -> &std::cell::RefCell<crate::fleet::LogCopy> {
+        &self.log_copy
     }
     fn log(&self, _: LogLevel, _: &str) {}
     fn increment(&mut self, metric: Metric) {
@@ -429,6 +434,157 @@ fn a_lost_write_retries_on_the_value_it_came_back_with() {
     assert_eq!(next, Next::Wait);
     assert_eq!(m.calls.len(), 3, "read, write, write: no second read");
     assert_eq!(last_body(&m)["compare"][0]["mod_revision"], "9");
+}
+
+/// A txn's answer that won, at etcd revision `revision`.
+fn won_at(revision: u64) -> String {
+    format!(r#"{{"header":{{"revision":"{revision}"}},"succeeded":true}}"#)
+}
+
+/// A txn's answer that lost: the failure branch's read of `log` at `revision`.
+fn lost_to(log: &[u8], revision: u64) -> String {
+    format!(
+        r#"{{"header":{{}},"responses":[{{"response_range":{{"kvs":[{{"mod_revision":"{revision}","value":"{}"}}]}}}}]}}"#,
+        b64(log)
+    )
+}
+
+/// Another request on the same VM: its mock shares the VM's copy of the log.
+fn next_on_vm(m: &Mock) -> Mock {
+    let mut next = request(&[&format!("Bearer {TOKEN}")]);
+    next.log_copy = m.log_copy.clone();
+    next.clock = m.clock;
+    next
+}
+
+/// A VM keeps the log it last wrote: the next admission is one txn that
+/// compares the revision its write made, with no read first.
+#[test]
+fn an_admission_on_the_vms_copy_of_the_log_is_one_txn() {
+    let g = etcd_gate(false);
+    let mut m = request(&[&format!("Bearer {TOKEN}")]);
+    let mut waiting = None;
+    on_request_headers(&g, &mut m, &mut waiting);
+    on_callout_response(&g, &mut m, &mut waiting, Some(200), br#"{"header":{}}"#);
+    let next = on_callout_response(&g, &mut m, &mut waiting, Some(200), won_at(2).as_bytes());
+    assert_eq!(next, Next::Stop);
+    assert_eq!(m.calls.len(), 2, "the first: a read and a create");
+    for revision in [2u64, 3, 4] {
+        let mut again = next_on_vm(&m);
+        let mut waiting = None;
+        assert_eq!(on_request_headers(&g, &mut again, &mut waiting), Next::Wait);
+        assert_eq!(again.calls.len(), 1);
+        assert_eq!(again.calls[0].1, "/v3/kv/txn", "no read: the VM's copy");
+        let compare = &last_body(&again)["compare"][0];
+        assert_eq!(compare["mod_revision"], revision.to_string());
+        let answer = won_at(revision + 1);
+        let next = on_callout_response(&g, &mut again, &mut waiting, Some(200), answer.as_bytes());
+        assert_eq!(next, Next::Stop);
+        assert_eq!(again.reply.as_ref().map(|r| r.0), Some(200));
+        assert_eq!(again.calls.len(), 1, "one etcd request for the admission");
+        m = again;
+    }
+}
+
+/// The copy is stale (another instance wrote since): its txn loses and
+/// brings the current log, and the retry compares that: two requests.
+#[test]
+fn a_stale_copy_costs_one_lost_txn() {
+    let g = etcd_gate(false);
+    let empty = sessiongate_core::limiter_log::encode(&[]);
+    let mut m = request(&[&format!("Bearer {TOKEN}")]);
+    m.log_copy
+        .borrow_mut()
+        .set(Some(Entry::borrowed(&empty, 4).into_owned()));
+    let mut waiting = None;
+    on_request_headers(&g, &mut m, &mut waiting);
+    assert_eq!(last_body(&m)["compare"][0]["mod_revision"], "4");
+    let elsewhere = sessiongate_core::limiter_log::encode(&[1_800_000_000_000 - 5]);
+    let lost = lost_to(&elsewhere, 9);
+    assert_eq!(
+        on_callout_response(&g, &mut m, &mut waiting, Some(200), lost.as_bytes()),
+        Next::Wait
+    );
+    assert_eq!(last_body(&m)["compare"][0]["mod_revision"], "9");
+    let next = on_callout_response(&g, &mut m, &mut waiting, Some(200), won_at(10).as_bytes());
+    assert_eq!(next, Next::Stop);
+    assert_eq!(m.reply.as_ref().map(|r| r.0), Some(200));
+    assert_eq!(m.calls.len(), 2);
+}
+
+/// A copy that is full is full now: the 429 (with its `RateLimit` state)
+/// costs no etcd request, on a gate that never saw the window fill.
+#[test]
+fn a_full_copy_is_a_429_with_no_call() {
+    let g = Gate::new(GateConfig {
+        credentials: sessiongate_core::fixtures::token_set(TOKEN, "t")
+            .unwrap()
+            .into(),
+        limit: sessiongate_core::LimitConfig {
+            requests: 2,
+            window_seconds: 60,
+        },
+        limiter: LimiterStore::Etcd {
+            cluster: "etcd".into(),
+            key: "k".into(),
+            timeout_ms: 250,
+            user: None,
+            password: None,
+        },
+        ..Default::default()
+    })
+    .unwrap();
+    let now = 1_800_000_000_000u64;
+    let full = sessiongate_core::limiter_log::encode(&[now - 2, now - 1]);
+    let mut m = request(&[&format!("Bearer {TOKEN}")]);
+    m.log_copy
+        .borrow_mut()
+        .set(Some(Entry::borrowed(&full, 3).into_owned()));
+    assert_eq!(on_request_headers(&g, &mut m, &mut None), Next::Stop);
+    assert_eq!(m.reply.as_ref().map(|r| r.0), Some(429));
+    assert!(m.calls.is_empty());
+}
+
+/// Losing the log to other writers is not a failure: past the 64 lost
+/// writes after which core gives up on a store, the request still wins
+/// and is admitted; only after [`crate::fleet::CONTENDED_MS`] of losing
+/// is it a 503.
+#[test]
+fn a_request_that_keeps_losing_keeps_trying_while_etcd_answers() {
+    let g = etcd_gate(false);
+    let empty = sessiongate_core::limiter_log::encode(&[]);
+    let mut m = request(&[&format!("Bearer {TOKEN}")]);
+    m.log_copy
+        .borrow_mut()
+        .set(Some(Entry::borrowed(&empty, 1).into_owned()));
+    let mut waiting = None;
+    on_request_headers(&g, &mut m, &mut waiting);
+    for revision in 2..102u64 {
+        let lost = lost_to(&empty, revision);
+        let next = on_callout_response(&g, &mut m, &mut waiting, Some(200), lost.as_bytes());
+        assert_eq!(next, Next::Wait, "lost {revision} times");
+        assert_eq!(
+            last_body(&m)["compare"][0]["mod_revision"],
+            revision.to_string()
+        );
+    }
+    let next = on_callout_response(&g, &mut m, &mut waiting, Some(200), won_at(200).as_bytes());
+    assert_eq!(next, Next::Stop);
+    assert_eq!(m.reply.as_ref().map(|r| r.0), Some(200));
+    // Another request loses for longer than the bound: 503.
+    let mut m = next_on_vm(&m);
+    let mut waiting = None;
+    on_request_headers(&g, &mut m, &mut waiting);
+    let lost = lost_to(&empty, 300);
+    assert_eq!(
+        on_callout_response(&g, &mut m, &mut waiting, Some(200), lost.as_bytes()),
+        Next::Wait
+    );
+    m.clock += crate::fleet::CONTENDED_MS;
+    let lost = lost_to(&empty, 301);
+    let next = on_callout_response(&g, &mut m, &mut waiting, Some(200), lost.as_bytes());
+    assert_eq!(next, Next::Stop);
+    assert_eq!(m.reply.as_ref().map(|r| r.0), Some(503));
 }
 
 /// Every way a callout can fail is a 503 (fail closed), or an admission
