@@ -186,20 +186,25 @@ name, d = sys.argv[1], float(sys.argv[2])
 (r0, t0), (r1, t1) = (map(int, a.split()) for a in sys.argv[3:5])
 work, ports = sys.argv[5], sys.argv[6:]
 def ms(text):
-    n, unit = float(re.match(r"([\d.]+)(\w+)", text).group(1)), re.match(r"[\d.]+(\w+)", text).group(1)
-    return n * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-total = other = 0
+    m = re.match(r"([\d.]+)(us|ms|s|m)$", text)
+    return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[m.group(2)]
+def percentile(out, p):
+    m = re.search(rf"{p}%\s+(\S+)", out)
+    return ms(m.group(1)) if m else float("nan")
+total = other = timeouts = 0
 p50s, p99s = [], []
 for p in ports:
     out = open(f"{work}/fleet-{name}-{p}.txt").read()
     total += int(re.search(r"(\d+) requests in", out).group(1))
     m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     other += int(m.group(1)) if m else 0
-    p50s.append(ms(re.search(r"50%\s+(\S+)", out).group(1)))
-    p99s.append(ms(re.search(r"99%\s+(\S+)", out).group(1)))
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    timeouts += int(m.group(4)) if m else 0
+    p50s.append(percentile(out, 50))
+    p99s.append(percentile(out, 99))
 admitted = total - other
 ranges, txns = r1 - r0, t1 - t0
-print(f"{name:8} {admitted / d:8.0f} admissions/s   answers other than 200: {other}   "
+print(f"{name:8} {admitted / d:8.0f} admissions/s   answers other than 200: {other}, unanswered in wrk's 2 s: {timeouts}   "
       f"p50 {sorted(p50s)[1]:.1f} ms, p99 {max(p99s):.1f} ms (median and worst of the three serves)   "
       f"etcd requests per admission {(ranges + txns) / max(admitted, 1):.2f} ({ranges} ranges, {txns} txns)")
 PY

@@ -169,6 +169,13 @@ pub enum LimiterStore {
         user: Option<String>,
         /// etcd's password for `user`; the filter reads it from its configuration, the CLI from `SESSIONGATE_ETCD_PASSWORD`.
         password: Option<String>,
+        /// One write of the log in flight per VM, the admissions that reach
+        /// their write meanwhile going in the next one together (JSON
+        /// `group_commit`, default on). It answers requests from the root
+        /// context's callbacks (`proxy_set_effective_context`), which a host
+        /// must implement: Envoy and `serve` do; WasmX's is a no-op, so
+        /// `wasmx-config` turns it off.
+        group_commit: bool,
     },
 }
 
@@ -188,6 +195,8 @@ struct LimiterRepr {
     user: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     password: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    group_commit: Option<bool>,
 }
 
 #[derive(Default, Serialize, Deserialize)]
@@ -211,10 +220,17 @@ impl TryFrom<LimiterRepr> for LimiterStore {
     fn try_from(r: LimiterRepr) -> Result<LimiterStore, String> {
         match r.store {
             StoreName::SharedData => {
-                let etcd = [r.cluster.is_some(), r.key.is_some(), r.timeout_ms.is_some()];
-                if etcd.into_iter().any(|set| set) || r.user.is_some() || r.password.is_some() {
+                let etcd = [
+                    r.cluster.is_some(),
+                    r.key.is_some(),
+                    r.timeout_ms.is_some(),
+                    r.user.is_some(),
+                    r.password.is_some(),
+                    r.group_commit.is_some(),
+                ];
+                if etcd.into_iter().any(|set| set) {
                     return Err(
-                        "cluster, key, timeout_ms, user and password need \"store\": \"etcd\""
+                        "cluster, key, timeout_ms, user, password and group_commit need \"store\": \"etcd\""
                             .into(),
                     );
                 }
@@ -226,6 +242,7 @@ impl TryFrom<LimiterRepr> for LimiterStore {
                 timeout_ms: r.timeout_ms.unwrap_or_else(default_etcd_timeout),
                 user: r.user,
                 password: r.password,
+                group_commit: r.group_commit.unwrap_or(true),
             }),
         }
     }
@@ -241,6 +258,7 @@ impl From<LimiterStore> for LimiterRepr {
                 timeout_ms: None,
                 user: None,
                 password: None,
+                group_commit: None,
             },
             LimiterStore::Etcd {
                 cluster,
@@ -248,6 +266,7 @@ impl From<LimiterStore> for LimiterRepr {
                 timeout_ms,
                 user,
                 password,
+                group_commit,
             } => LimiterRepr {
                 store: StoreName::Etcd,
                 cluster: Some(cluster),
@@ -255,6 +274,7 @@ impl From<LimiterStore> for LimiterRepr {
                 timeout_ms: Some(timeout_ms),
                 user,
                 password,
+                group_commit: (!group_commit).then_some(false),
             },
         }
     }
@@ -480,6 +500,7 @@ impl GateConfig {
             timeout_ms,
             user,
             password,
+            ..
         } = &self.limiter
         {
             if user.is_some() != password.is_some() {

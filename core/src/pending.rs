@@ -495,8 +495,11 @@ impl<'g, 'r> Pending<'g, 'r> {
                     Answer::Value(entry) => {
                         let bytes = entry.as_ref().map(|e| e.value.as_ref());
                         client.bucket = entry.as_ref().map(|e| (e.value.to_vec(), e.version));
+                        // Remembered in a replay too: the bucket as read is a
+                        // fact wherever the decision is taken (a Worker
+                        // replays what its object decided).
                         let until = guard::held_until(bytes, &client.address, now, gate.guard());
-                        if let Some(until) = until.filter(|_| routed.memo) {
+                        if let Some(until) = until {
                             gate.common.held.remember(&client.address, until);
                         }
                         guard::held(bytes, &client.address, now, gate.guard())

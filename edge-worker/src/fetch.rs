@@ -1,15 +1,14 @@
 //! The Worker's fetch handler (the `worker` crate binding): each request
-//! decided by core, each step it needs sent to the `GlobalLimiter` object,
-//! the admin API over the object's credential store. No contract rule
-//! lives here.
+//! decided by core, the steps it needs on shared state taken by the
+//! `GlobalLimiter` object in one call (`object_decision`), the admin API
+//! over the object's credential store. No contract rule lives here.
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
 use sessiongate_core::{
-    Action, Answer, Backend, CredentialRecord, CredentialSet, Decision, DigestFilter, Forward,
-    Gate, KvError, Need, Progress, Request as GateRequest, SecretHash, hash_hex, hash_secret,
-    parse_hash_hex, split_joined,
+    Action, Answer, Backend, Decision, DigestFilter, Entry, Forward, Gate, LIMITER_KEY, Need,
+    Progress, Request as GateRequest, Version, hash_hex, hash_secret, parse_hash_hex, split_joined,
 };
 use worker::wasm_bindgen::JsValue;
 use worker::{
@@ -18,6 +17,7 @@ use worker::{
 };
 
 use crate::credential_store::{Batch, FILTER_TTL_MS, filter_ttl_ms};
+use crate::object_decision::{self, DecideCall, DecideReply, deciding_gate};
 use crate::shared_object::{Call, ObjectReply};
 
 /// The gate's configuration JSON (`sessiongate worker-config`): a secret or a var.
@@ -41,23 +41,24 @@ thread_local! {
     static GATE: RefCell<Option<(String, Rc<Gate>)>> = const { RefCell::new(None) };
     /// The stored digests' filter and when it was fetched (ms).
     static FILTER: RefCell<Option<(u64, Rc<DigestFilter>)>> = const { RefCell::new(None) };
-    /// The limiter's log as this isolate last read it: when (ms), the value
-    /// (absent: `None`) and its version.
+    /// The limiter's log as the object's last answer left it: when (ms),
+    /// the value (absent: `None`) and its version.
     static LOG: RefCell<Option<LogCopy>> = const { RefCell::new(None) };
 }
 
-/// When a copy of the log was read (ms), its value (absent: `None`), its version.
-type LogCopy = (u64, Option<Vec<u8>>, sessiongate_core::Version);
+/// When a copy of the log was taken (ms), its value (absent: `None`), its version.
+type LogCopy = (u64, Option<Vec<u8>>, Version);
 
 /// How long this isolate answers a read of the limiter's log from its last
-/// copy. Safe for the limit: a write made on a stale copy loses its
-/// compare-and-swap and is retried on the current value the object returns.
-/// What it saves is the read behind a refusal's `RateLimit` header (a 401
-/// costs no call), whose `remaining` may then miss admissions made
-/// elsewhere in the last second.
+/// copy, deciding without the object. What it saves is the read behind a
+/// refusal's `RateLimit` header (a 401 costs no call), whose `remaining`
+/// may then miss admissions made elsewhere in the last second, and the call
+/// for a 429 while the copy is full (full now too: admissions leave the log
+/// only by expiring). An admission is never decided on it: its write goes
+/// to the object, which decides again on the log itself.
 const LOG_COPY_MS: u64 = 1_000;
 
-fn log_copy(now: u64) -> Option<(Option<Vec<u8>>, sessiongate_core::Version)> {
+fn log_copy(now: u64) -> Option<(Option<Vec<u8>>, Version)> {
     LOG.with(|l| {
         l.borrow()
             .as_ref()
@@ -66,13 +67,35 @@ fn log_copy(now: u64) -> Option<(Option<Vec<u8>>, sessiongate_core::Version)> {
     })
 }
 
-fn remember_log(now: u64, reply: &ObjectReply) {
+fn remember_log(now: u64, log: Option<&ObjectReply>) {
     LOG.with(|l| {
-        *l.borrow_mut() = match reply {
-            ObjectReply::Value { value, version } => Some((now, value.clone(), *version)),
+        *l.borrow_mut() = match log {
+            Some(ObjectReply::Value { value, version }) => Some((now, value.clone(), *version)),
             _ => None,
         }
     });
+}
+
+/// As far as the decision goes without the object: its reads of the log
+/// answered from this isolate's copy. `None`: it needs the object.
+fn decide_locally<'g>(gate: &'g Gate, request: &GateRequest<'_>, now: u64) -> Option<Decision<'g>> {
+    let mut progress = gate.start(request, now);
+    loop {
+        let pending = match progress {
+            Progress::Done(decision) => return Some(decision),
+            Progress::Pending(pending) => pending,
+        };
+        let on_log = matches!(pending.need(), Need::Read { key } if key == LIMITER_KEY);
+        let (value, version) = log_copy(now).filter(|_| on_log)?;
+        let entry = value.as_deref().map(|v| Entry::borrowed(v, version));
+        progress = pending.resume(Answer::Value(entry));
+        if let Progress::Pending(next) = &progress
+            && !matches!(next.need(), Need::Read { .. })
+        {
+            // A write: the object's to decide.
+            return None;
+        }
+    }
 }
 
 fn binding_text(env: &Env, name: &str) -> Option<String> {
@@ -82,7 +105,7 @@ fn binding_text(env: &Env, name: &str) -> Option<String> {
         .ok()
 }
 
-fn load_gate(env: &Env) -> std::result::Result<Rc<Gate>, String> {
+pub(crate) fn load_gate(env: &Env) -> std::result::Result<Rc<Gate>, String> {
     let text = binding_text(env, CONFIG_BINDING)
         .ok_or_else(|| format!("the {CONFIG_BINDING} binding is missing"))?;
     GATE.with(|cell| {
@@ -190,90 +213,81 @@ async fn digest_filter(env: &Env) -> Option<Rc<DigestFilter>> {
     }
 }
 
-/// The credentials a request presents that the binding does not hold,
-/// from the object's store: the gate to decide with, and the digests just
-/// read there (already known not revoked: the store is the truth for them).
-/// A digest the filter rules out costs no call.
-async fn looked_up(
-    env: &Env,
-    gate: &Rc<Gate>,
-    authorization: &[&[u8]],
-) -> (Rc<Gate>, Vec<SecretHash>) {
+/// The digests a request presents that the binding does not hold and the
+/// object's store may: a digest the filter rules out costs no call.
+async fn candidates(env: &Env, gate: &Gate, authorization: &[&[u8]]) -> Vec<String> {
     let digests = gate.missing_digests(authorization);
     if digests.is_empty() {
-        return (gate.clone(), Vec::new());
+        return Vec::new();
     }
     let filter = digest_filter(env).await;
-    let candidates: Vec<String> = digests
+    digests
         .iter()
         .filter(|d| filter.as_ref().is_none_or(|f| f.may_contain(d)))
         .map(hash_hex)
-        .collect();
-    if candidates.is_empty() {
-        return (
-            Rc::new(gate.with_credentials(CredentialSet::default())),
-            Vec::new(),
-        );
-    }
-    let body = serde_json::json!({ "hashes": candidates }).to_string();
-    let records: Vec<CredentialRecord> =
-        match object_request(env, "/credentials/lookup", Some(body)).await {
-            Ok(mut resp) => resp.json().await.unwrap_or_default(),
-            Err(e) => {
-                console_error!("sessiongate: credential lookup failed: {e}");
-                Vec::new()
-            }
-        };
-    let fresh = records
-        .iter()
-        .filter_map(|r| parse_hash_hex(&r.hash))
-        .collect();
-    let set = CredentialSet::new(records).unwrap_or_default();
-    (Rc::new(gate.with_credentials(set)), fresh)
+        .collect()
 }
 
-/// The driver: every step the decision needs is one call to the object.
-async fn decide<'g>(
+async fn call_decide(env: &Env, call: &DecideCall) -> std::result::Result<DecideReply, String> {
+    let body = serde_json::to_string(call).map_err(|e| e.to_string())?;
+    let mut resp = object_request(env, "/decide", Some(body)).await?;
+    resp.json::<DecideReply>().await.map_err(|e| e.to_string())
+}
+
+/// Decides `request` and answers it: at once when core decides alone (a
+/// known-full window's 429, a route it refuses, a client the guard holds);
+/// otherwise with one call to the object, which looks up what the request
+/// presents, takes every step of the decision on its state and answers
+/// with what it found and every answer it gave, on which the decision is
+/// replayed here.
+async fn decide_and_answer(
+    req: &Request,
     env: &Env,
-    gate: &'g Gate,
+    gate: &Rc<Gate>,
     request: &GateRequest<'_>,
-    fresh: &[SecretHash],
-) -> Decision<'g> {
-    let mut progress = gate.start(request, Date::now().as_millis());
-    loop {
-        let pending = match progress {
-            Progress::Done(decision) => return decision,
-            Progress::Pending(pending) => pending,
-        };
-        if let Need::Revoked { hash } = pending.need()
-            && fresh.contains(hash)
-        {
-            progress = pending.resume(Answer::Revoked(false));
-            continue;
+    target: &str,
+) -> Result<Response> {
+    let now = Date::now().as_millis();
+    let lookup = candidates(env, gate, request.authorization).await;
+    if lookup.is_empty() {
+        let local = deciding_gate(gate, request.authorization, Vec::new());
+        let local = local.as_ref().unwrap_or(gate);
+        if let Some(decision) = decide_locally(local, request, now) {
+            return answer(req, local, target, decision).await;
         }
-        let now = Date::now().as_millis();
-        let on_log = pending.need().key() == Some(sessiongate_core::LIMITER_KEY);
-        if on_log
-            && matches!(pending.need(), Need::Read { .. })
-            && let Some((value, version)) = log_copy(now)
-        {
-            let entry = value
-                .as_deref()
-                .map(|v| sessiongate_core::Entry::borrowed(v, version));
-            progress = pending.resume(Answer::Value(entry));
-            continue;
+    }
+    let looked_up = !lookup.is_empty();
+    let call = DecideCall::new(request, now, lookup);
+    let (records, answers) = match call_decide(env, &call).await {
+        Ok(reply) => {
+            remember_log(now, reply.log.as_ref());
+            (reply.records, reply.answers)
         }
-        let reply = call_object(env, &Call::for_need(pending.need())).await;
-        if on_log && let Ok(reply) = &reply {
-            remember_log(now, reply);
-        }
-        progress = match &reply {
-            Ok(reply) => pending.resume(reply.answer()),
-            Err(e) => {
-                console_error!("sessiongate: shared state unavailable: {e}");
-                pending.resume(Answer::Failed(KvError(e.clone())))
+        Err(e) => {
+            console_error!("sessiongate: shared state unavailable: {e}");
+            if looked_up {
+                // Never a 401 for a credential the store was not asked about.
+                return answer(req, gate, target, gate.lookup_unavailable()).await;
             }
-        };
+            // The decision's next step fails: 503, or admitted with fail_open.
+            (Vec::new(), Vec::new())
+        }
+    };
+    let deciding = deciding_gate(gate, request.authorization, records);
+    let deciding = deciding.as_ref().unwrap_or(gate);
+    let decision = object_decision::replay(deciding, request, now, &answers);
+    answer(req, deciding, target, decision).await
+}
+
+async fn answer(
+    req: &Request,
+    gate: &Gate,
+    target: &str,
+    decision: Decision<'_>,
+) -> Result<Response> {
+    match decision.action {
+        Action::Reply(reply) => respond(reply.status, &reply.headers, reply.body.into_string()),
+        Action::Forward(f) => forward(req, gate, target, f).await,
     }
 }
 
@@ -447,10 +461,5 @@ async fn fetch(mut req: Request, env: Env, _ctx: Context) -> Result<Response> {
         authorization: &authorization,
         client: client.as_deref(),
     };
-    let (gate, fresh) = looked_up(&env, &gate, &authorization).await;
-    let decision = decide(&env, &gate, &request, &fresh).await;
-    match decision.action {
-        Action::Reply(reply) => respond(reply.status, &reply.headers, reply.body.into_string()),
-        Action::Forward(f) => forward(&req, &gate, &target, f).await,
-    }
+    decide_and_answer(&req, &env, &gate, &request, &target).await
 }

@@ -9,6 +9,7 @@
 //! Worker's fetch handler.
 
 pub mod credential_store;
+pub mod object_decision;
 pub mod shared_object;
 
 #[cfg(target_arch = "wasm32")]

@@ -1,13 +1,17 @@
 //! The `GlobalLimiter` Durable Object (the `worker` crate binding): one
 //! named instance for the world that runs [`SharedObject`] on the object's
-//! storage, and the credential store in its SQLite table ([`SqlTable`]).
+//! storage (a decision's steps in one call, [`ObjectDecision`]), and the
+//! credential store in its SQLite table ([`SqlTable`]).
 
 use std::cell::{Cell, RefCell};
 
 use worker::{Date, DurableObject, Env, Request, Response, Result, State, durable_object};
 
+use sessiongate_core::{Request as GateRequest, parse_hash_hex};
+
 use crate::credential_store::{self, Applied, Batch, LISTING_PAGE, Table};
-use crate::shared_object::{Call, Changed, SharedObject};
+use crate::object_decision::{DecideCall, DecideReply, ObjectDecision, deciding_gate};
+use crate::shared_object::{Call, Changed, ObjectReply, SharedObject};
 use crate::sql_table::{CountRow, SqlTable, sql_error};
 
 /// The gate's shared state and revocation list: one named instance for the
@@ -17,6 +21,8 @@ use crate::sql_table::{CountRow, SqlTable, sql_error};
 #[durable_object]
 pub struct GlobalLimiter {
     state: State,
+    /// The Worker's bindings: the gate's configuration, for a decision.
+    env: Env,
     inner: RefCell<Option<(SharedObject, std::collections::BTreeSet<String>)>>,
     /// Calls this instance served (`/__sessiongate/stats`).
     calls: Cell<u64>,
@@ -31,9 +37,10 @@ const REVOKED_KEY: &str = "revoked";
 const LEGACY_LIMITER_KEY: &str = "limiter";
 
 impl DurableObject for GlobalLimiter {
-    fn new(state: State, _env: Env) -> Self {
+    fn new(state: State, env: Env) -> Self {
         Self {
             state,
+            env,
             inner: RefCell::new(None),
             calls: Cell::new(0),
             table_ready: Cell::new(false),
@@ -45,65 +52,15 @@ impl DurableObject for GlobalLimiter {
         self.calls.set(self.calls.get() + 1);
         self.load().await?;
         let path = req.path();
-        if path != "/" {
-            return match self.store(&mut req, &path).await {
-                Ok(resp) => Ok(resp),
-                Err(e) => Response::error(e, 500),
-            };
-        }
-        let call: Call = match req.json().await {
-            Ok(c) => c,
-            Err(e) => return Response::error(format!("bad limiter call: {e}"), 400),
+        let answered = match path.as_str() {
+            "/" => self.step(&mut req).await,
+            "/decide" => self.decide(&mut req).await,
+            _ => self.store(&mut req, &path).await,
         };
-        let storage = self.state.storage();
-        if let Some(key) = call.key() {
-            let loaded = self
-                .inner
-                .borrow()
-                .as_ref()
-                .is_some_and(|(_, loaded)| loaded.contains(key));
-            if !loaded {
-                let mut value: Option<Vec<u8>> = storage.get(key).await?;
-                if value.is_none() && key == sessiongate_core::LIMITER_KEY {
-                    // Where the limiter's log was kept before the object
-                    // stored every key under its own name.
-                    value = storage.get(LEGACY_LIMITER_KEY).await?;
-                }
-                if let Some((object, loaded)) = self.inner.borrow_mut().as_mut() {
-                    if let Some(value) = value {
-                        object.kv.put(key, value);
-                    }
-                    loaded.insert(key.to_owned());
-                }
-            }
+        match answered {
+            Ok(resp) => Ok(resp),
+            Err(e) => Response::error(e, 500),
         }
-        // What to write back, taken while the state is borrowed; written
-        // after, since a borrow cannot be held across an await.
-        let (reply, persist) = {
-            let mut inner = self.inner.borrow_mut();
-            let Some((object, _)) = inner.as_mut() else {
-                return Response::error("shared state missing", 500);
-            };
-            let (reply, changed) = match object.apply(&call) {
-                Ok(r) => r,
-                Err(e) => return Response::error(e.to_string(), 500),
-            };
-            let persist = match changed {
-                Changed::Nothing => Persist::Nothing,
-                Changed::Key(key) => match object.kv.value(&key) {
-                    Some(value) => Persist::Key(key, value.to_vec()),
-                    None => Persist::Nothing,
-                },
-                Changed::Revoked => Persist::Revoked(object.revoked.iter().cloned().collect()),
-            };
-            (reply, persist)
-        };
-        match persist {
-            Persist::Nothing => {}
-            Persist::Key(key, value) => storage.put(&key, value).await?,
-            Persist::Revoked(list) => storage.put(REVOKED_KEY, list).await?,
-        }
-        Response::from_json(&reply)
     }
 }
 
@@ -123,8 +80,144 @@ impl GlobalLimiter {
         Ok(())
     }
 
-    /// The credential store's calls (the fetch handler's admin API is over them).
-    async fn store(&self, req: &mut Request, path: &str) -> std::result::Result<Response, String> {
+    /// One step of a decision (and the admin's revocation).
+    async fn step(&self, req: &mut Request) -> std::result::Result<Response, String> {
+        let call: Call = req
+            .json()
+            .await
+            .map_err(|e| format!("bad limiter call: {e}"))?;
+        if let Some(key) = call.key() {
+            self.loaded(key).await?;
+        }
+        let (reply, changed) = self.with_object(|object| object.apply(&call))?;
+        self.persist(changed).await?;
+        Response::from_json(&reply).map_err(|e| e.to_string())
+    }
+
+    /// A whole decision's steps on this object's state, in one call
+    /// (`object_decision`): the Worker replays the decision on the answers.
+    async fn decide(&self, req: &mut Request) -> std::result::Result<Response, String> {
+        let call: DecideCall = req
+            .json()
+            .await
+            .map_err(|e| format!("bad decide call: {e}"))?;
+        let gate = crate::fetch::load_gate(&self.env)?;
+        let authorization = call
+            .authorization()
+            .ok_or("an Authorization value that is not base64")?;
+        let authorization: Vec<&[u8]> = authorization.iter().map(Vec::as_slice).collect();
+        let request = GateRequest {
+            method: &call.method,
+            target: &call.target,
+            authorization: &authorization,
+            client: call.client.as_deref(),
+        };
+        let records = if call.lookup.is_empty() {
+            Vec::new()
+        } else {
+            self.table()?.get(&call.lookup)?
+        };
+        let fresh = records
+            .iter()
+            .filter_map(|r| parse_hash_hex(&r.hash))
+            .collect();
+        let deciding = deciding_gate(&gate, &authorization, records.clone());
+        let deciding = deciding.as_ref().unwrap_or(&gate);
+        let mut decision = ObjectDecision::new(deciding, &request, call.now, fresh);
+        while !decision.done() {
+            if let Some(key) = decision.key() {
+                self.loaded(&key).await?;
+            }
+            let changed = self.with_object(|object| decision.step(object))?;
+            self.persist(changed).await?;
+        }
+        let log = self.with_object(|object| {
+            Ok(object
+                .kv
+                .version(sessiongate_core::LIMITER_KEY)
+                .map(|version| ObjectReply::Value {
+                    value: object
+                        .kv
+                        .value(sessiongate_core::LIMITER_KEY)
+                        .map(<[u8]>::to_vec),
+                    version,
+                }))
+        })?;
+        let reply = DecideReply {
+            records,
+            answers: decision.answers(),
+            log,
+        };
+        Response::from_json(&reply).map_err(|e| e.to_string())
+    }
+
+    /// Runs `f` on the object's state (never across an await).
+    fn with_object<T>(
+        &self,
+        f: impl FnOnce(&mut SharedObject) -> std::result::Result<T, sessiongate_core::KvError>,
+    ) -> std::result::Result<T, String> {
+        let mut inner = self.inner.borrow_mut();
+        let (object, _) = inner.as_mut().ok_or("shared state missing")?;
+        f(object).map_err(|e| e.to_string())
+    }
+
+    /// Loads `key` from storage on its first use by this instance.
+    async fn loaded(&self, key: &str) -> std::result::Result<(), String> {
+        let loaded = self
+            .inner
+            .borrow()
+            .as_ref()
+            .is_some_and(|(_, loaded)| loaded.contains(key));
+        if loaded {
+            return Ok(());
+        }
+        let storage = self.state.storage();
+        let mut value: Option<Vec<u8>> = storage.get(key).await.map_err(|e| e.to_string())?;
+        if value.is_none() && key == sessiongate_core::LIMITER_KEY {
+            // Where the limiter's log was kept before the object stored
+            // every key under its own name.
+            value = storage
+                .get(LEGACY_LIMITER_KEY)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        if let Some((object, loaded)) = self.inner.borrow_mut().as_mut() {
+            if let Some(value) = value {
+                object.kv.put(key, value);
+            }
+            loaded.insert(key.to_owned());
+        }
+        Ok(())
+    }
+
+    /// Writes back what a step changed; the output gate holds the answer
+    /// until it is durable.
+    async fn persist(&self, changed: Changed) -> std::result::Result<(), String> {
+        let persist = {
+            let inner = self.inner.borrow();
+            let Some((object, _)) = inner.as_ref() else {
+                return Err("shared state missing".into());
+            };
+            match changed {
+                Changed::Nothing => Persist::Nothing,
+                Changed::Key(key) => match object.kv.value(&key) {
+                    Some(value) => Persist::Key(key, value.to_vec()),
+                    None => Persist::Nothing,
+                },
+                Changed::Revoked => Persist::Revoked(object.revoked.iter().cloned().collect()),
+            }
+        };
+        let storage = self.state.storage();
+        let written = match persist {
+            Persist::Nothing => Ok(()),
+            Persist::Key(key, value) => storage.put(&key, value).await,
+            Persist::Revoked(list) => storage.put(REVOKED_KEY, list).await,
+        };
+        written.map_err(|e| e.to_string())
+    }
+
+    /// The credential table, created on this instance's first use of it.
+    fn table(&self) -> std::result::Result<SqlTable, String> {
         let sql = self.state.storage().sql();
         if !self.table_ready.get() {
             sql.exec(
@@ -135,7 +228,13 @@ impl GlobalLimiter {
             .map_err(sql_error)?;
             self.table_ready.set(true);
         }
-        let mut table = SqlTable(sql.clone());
+        Ok(SqlTable(sql))
+    }
+
+    /// The credential store's calls (the fetch handler's admin API is over them).
+    async fn store(&self, req: &mut Request, path: &str) -> std::result::Result<Response, String> {
+        let mut table = self.table()?;
+        let sql = self.state.storage().sql();
         let body = |v: serde_json::Value| Response::from_json(&v).map_err(|e| e.to_string());
         match path {
             "/credentials/filter" => {
@@ -149,15 +248,6 @@ impl GlobalLimiter {
                     }
                 };
                 Response::from_bytes(bits).map_err(|e| e.to_string())
-            }
-            "/credentials/lookup" => {
-                #[derive(serde::Deserialize)]
-                struct Lookup {
-                    hashes: Vec<String>,
-                }
-                let lookup: Lookup = req.json().await.map_err(|e| e.to_string())?;
-                let records = table.get(&lookup.hashes)?;
-                Response::from_json(&records).map_err(|e| e.to_string())
             }
             "/credentials/list" => {
                 #[derive(serde::Deserialize)]

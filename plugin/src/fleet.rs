@@ -76,11 +76,41 @@ impl LogCopy {
 
 /// The call in flight for a waiting request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Sent {
+pub(crate) enum Sent {
     Step(etcd::Sent),
     /// A lookup of this digest in the credential store.
     Lookup(SecretHash),
     Login,
+}
+
+/// What driving a decision came to.
+enum Driven {
+    /// What the host does with the stream (a call of its own in flight:
+    /// [`Next::Wait`]).
+    Next(Next),
+    /// It waits at its write of the log for the VM's next group commit.
+    Parked,
+}
+
+/// Keeps a request that waits: on its own call, or in the VM's queue.
+fn wait<H: Host>(
+    host: &mut H,
+    waiting: &mut Option<PausedRequest>,
+    w: PausedRequest,
+    driven: Driven,
+) -> Next {
+    match driven {
+        Driven::Next(Next::Wait) => {
+            *waiting = Some(w);
+            Next::Wait
+        }
+        Driven::Next(next) => next,
+        Driven::Parked => {
+            let context = host.context_id();
+            host.commits().borrow_mut().park(context, w);
+            Next::Wait
+        }
+    }
 }
 
 /// The request-headers phase of a filter that uses etcd (its credentials
@@ -114,11 +144,8 @@ pub fn begin<H: Host>(
         writing: None,
         contended_since: None,
     };
-    let next = drive(gate, host, &mut w);
-    if next == Next::Wait {
-        *waiting = Some(w);
-    }
-    Some(next)
+    let driven = drive(gate, host, &mut w);
+    Some(wait(host, waiting, w, driven))
 }
 
 /// A callout's answer (`status`: `None` when the call failed): the decision
@@ -180,11 +207,8 @@ pub fn on_callout_response<H: Host>(
             }
         },
     }
-    let next = drive(gate, host, &mut w);
-    if next == Next::Wait {
-        *waiting = Some(w);
-    }
-    next
+    let driven = drive(gate, host, &mut w);
+    wait(host, waiting, w, driven)
 }
 
 /// An answer of etcd on the limiter's log: kept as the VM's copy, and
@@ -199,8 +223,12 @@ fn on_log_answer<H: Host>(
     body: &[u8],
 ) {
     let written = w.writing.take();
+    if sent == etcd::Sent::Write {
+        let context = host.context_id();
+        host.commits().borrow_mut().own_write_answered(context);
+    }
     let mut copy = host.log_copy().borrow_mut();
-    let lost = match (&answer, sent) {
+    let was_lost = match (&answer, sent) {
         (Answer::Value(entry), etcd::Sent::Read) => {
             copy.set(entry.clone());
             false
@@ -229,23 +257,35 @@ fn on_log_answer<H: Host>(
         }
     };
     drop(copy);
-    if !lost {
+    if !was_lost {
         w.answers.push(answer);
         return;
     }
+    if let Some(at) = lost(host, w) {
+        w.answers.truncate(at);
+    }
+}
+
+/// A write of `w`'s that lost: where to take its decision back to (its
+/// read of the log), or `None` when it has lost for [`CONTENDED_MS`] (its
+/// next step then fails).
+pub(crate) fn lost<H: Host>(host: &H, w: &mut PausedRequest) -> Option<usize> {
     let now = host.now_ms();
     let since = *w.contended_since.get_or_insert(now);
     match w.read_at {
-        Some(at) if now.saturating_sub(since) < CONTENDED_MS => w.answers.truncate(at),
-        _ => w.answers.push(Answer::Failed(KvError(format!(
-            "the limiter's log kept changing under this request for {CONTENDED_MS} ms"
-        )))),
+        Some(at) if now.saturating_sub(since) < CONTENDED_MS => Some(at),
+        _ => {
+            w.answers.push(Answer::Failed(KvError(format!(
+                "the limiter's log kept changing under this request for {CONTENDED_MS} ms"
+            ))));
+            None
+        }
     }
 }
 
 /// etcd's login for the calls a gate makes (the store's and the limiter's
 /// are one, when both are on etcd: the configuration requires it).
-fn login(gate: &Gate) -> Option<Credentials<'_>> {
+pub(crate) fn login(gate: &Gate) -> Option<Credentials<'_>> {
     if let Some(store) = gate.credential_store()
         && store.user.is_some()
     {
@@ -260,8 +300,9 @@ fn login(gate: &Gate) -> Option<Credentials<'_>> {
 }
 
 /// Sends one call to etcd for a paused request: logged in first where the
-/// cluster needs it. `Err`: the host refused to send it.
-fn send<H: Host>(
+/// cluster needs it; what went, and its token. `Err`: the host refused to
+/// send it.
+pub(crate) fn send<H: Host>(
     host: &mut H,
     attempt: &mut Attempt,
     login: Option<Credentials<'_>>,
@@ -269,7 +310,7 @@ fn send<H: Host>(
     timeout_ms: u32,
     call: etcd::Call,
     what: Sent,
-) -> Result<Sent, String> {
+) -> Result<(Sent, u32), String> {
     let token = host.etcd_token();
     let (path, body, what, timeout_ms, token) =
         match attempt.next(login, token.as_deref(), timeout_ms) {
@@ -279,7 +320,7 @@ fn send<H: Host>(
             Step::Send { token } => (call.path, call.body, what, timeout_ms, token),
         };
     host.http_call(cluster, path, body.as_bytes(), timeout_ms, token)
-        .map(|()| what)
+        .map(|token| (what, token))
         .map_err(|e| format!("cannot call {cluster}: {e}"))
 }
 
@@ -288,7 +329,7 @@ fn send<H: Host>(
 /// a callout), then steps on the guard's buckets on shared data at once, a
 /// step on the limiter's log as a callout to etcd (then [`Next::Wait`]),
 /// and the decision, once made, carried out.
-fn drive<H: Host>(gate: &Gate, host: &mut H, w: &mut PausedRequest) -> Next {
+fn drive<H: Host>(gate: &Gate, host: &mut H, w: &mut PausedRequest) -> Driven {
     let PausedRequest {
         method,
         target,
@@ -328,32 +369,29 @@ fn drive<H: Host>(gate: &Gate, host: &mut H, w: &mut PausedRequest) -> Next {
                     call,
                     what,
                 ) {
-                    Ok(what) => {
+                    Ok((what, _)) => {
                         *sent = Some(what);
-                        return Next::Wait;
+                        return Driven::Next(Next::Wait);
                     }
                     Err(e) => {
                         host.log(LogLevel::Error, &e);
-                        return carry_out(gate.lookup_unavailable(), host);
+                        return Driven::Next(carry_out(gate.lookup_unavailable(), host));
                     }
                 }
             }
         }
     }
-    let gate = match credentials {
-        Some(Some(found)) => DecidingGate::LookedUp(found.clone()),
-        Some(None) => DecidingGate::Configured(gate),
-        None => choose(gate, host, &authorization),
-    };
+    let gate = deciding(gate, host, credentials, &authorization);
     let LimiterStore::Etcd {
         cluster,
         key: etcd_key,
         timeout_ms,
+        group_commit,
         ..
     } = gate.limiter_store()
     else {
         let decision = gate.decide(&req, *now, &mut SharedKv(host));
-        return carry_out(decision, host);
+        return Driven::Next(carry_out(decision, host));
     };
     // The first run may be answered by the "full until" memo (a 429 with no
     // call at all); a replay follows the answers it was given.
@@ -364,11 +402,15 @@ fn drive<H: Host>(gate: &Gate, host: &mut H, w: &mut PausedRequest) -> Next {
     };
     loop {
         let pending = match progress {
-            Progress::Done(decision) => return carry_out(decision, host),
+            Progress::Done(decision) => return Driven::Next(carry_out(decision, host)),
             Progress::Pending(pending) => pending,
         };
         let need = pending.need();
         let is_read = matches!(need, Need::Read { .. });
+        let on_log = need.key() == Some(LIMITER_KEY);
+        if on_log && !is_read && *group_commit && host.commits().borrow().must_wait() {
+            return Driven::Parked;
+        }
         let copy = host.log_copy().borrow().read();
         let answer = match need.key() {
             Some(key) if key == LIMITER_KEY && is_read && copy.is_some() => {
@@ -377,7 +419,7 @@ fn drive<H: Host>(gate: &Gate, host: &mut H, w: &mut PausedRequest) -> Next {
             }
             Some(key) if key == LIMITER_KEY => {
                 let Some(call) = etcd::call(&need, etcd_key) else {
-                    return Next::Stop;
+                    return Driven::Next(Next::Stop);
                 };
                 *writing = match need {
                     Need::Swap { value, .. } | Need::Create { value, .. } => Some(value.to_vec()),
@@ -396,9 +438,13 @@ fn drive<H: Host>(gate: &Gate, host: &mut H, w: &mut PausedRequest) -> Next {
                     call,
                     what,
                 ) {
-                    Ok(what) => {
+                    Ok((what, _)) => {
                         *sent = Some(what);
-                        return Next::Wait;
+                        if !is_read {
+                            let context = host.context_id();
+                            host.commits().borrow_mut().own_write_sent(context);
+                        }
+                        return Driven::Next(Next::Wait);
                     }
                     Err(e) => Answer::Failed(KvError(e)),
                 }
@@ -407,5 +453,81 @@ fn drive<H: Host>(gate: &Gate, host: &mut H, w: &mut PausedRequest) -> Next {
         };
         answers.push(answer.clone());
         progress = pending.resume(answer);
+    }
+}
+
+/// `w`'s decision replayed on `read` as its read of the log (the log as a
+/// group commit would leave it): the log it would write then, or `None`
+/// when it decides without writing (full: the caller answers it, or lets
+/// it wait for the next commit).
+pub(crate) fn write_on<H: Host>(
+    gate: &Gate,
+    host: &H,
+    w: &mut PausedRequest,
+    read: Option<Entry<'static>>,
+) -> Option<Vec<u8>> {
+    let at = w.read_at?;
+    w.answers.truncate(at);
+    w.answers.push(Answer::Value(read));
+    let authorization: Vec<&[u8]> = w.authorization.iter().map(Vec::as_slice).collect();
+    let req = Request {
+        method: &w.method,
+        target: &w.target,
+        authorization: &authorization,
+        client: w.client.as_deref(),
+    };
+    let gate = deciding(gate, host, &w.credentials, &authorization);
+    match gate.replay(&req, w.now, w.answers.iter()) {
+        Progress::Pending(pending) => match pending.need() {
+            Need::Swap { key, value, .. } | Need::Create { key, value } if key == LIMITER_KEY => {
+                Some(value.to_vec())
+            }
+            _ => None,
+        },
+        Progress::Done(_) => None,
+    }
+}
+
+/// `w`'s decision replayed through its answers and carried out; a step its
+/// answers do not cover fails (a request resumed by the root context makes
+/// no call of its own).
+pub(crate) fn conclude<H: Host>(gate: &Gate, host: &mut H, w: &PausedRequest) -> Next {
+    let authorization: Vec<&[u8]> = w.authorization.iter().map(Vec::as_slice).collect();
+    let req = Request {
+        method: &w.method,
+        target: &w.target,
+        authorization: &authorization,
+        client: w.client.as_deref(),
+    };
+    let gate = deciding(gate, host, &w.credentials, &authorization);
+    let mut progress = gate.replay(&req, w.now, w.answers.iter());
+    loop {
+        match progress {
+            Progress::Done(decision) => return carry_out(decision, host),
+            Progress::Pending(pending) => {
+                let failed = KvError("a step after the group commit".into());
+                progress = pending.resume(Answer::Failed(failed));
+            }
+        }
+    }
+}
+
+/// Pushes an answer to `w`'s decision (a group commit's, for its members).
+pub(crate) fn answered(w: &mut PausedRequest, answer: Answer<'static>) {
+    w.answers.push(answer);
+}
+
+/// The gate that decides a request: the one its credential was looked up
+/// as, or the configured one (over what the host keeps, `choose`).
+fn deciding<'g, H: Host>(
+    gate: &'g Gate,
+    host: &H,
+    credentials: &Option<Option<Rc<Gate>>>,
+    authorization: &[&[u8]],
+) -> DecidingGate<'g> {
+    match credentials {
+        Some(Some(found)) => DecidingGate::LookedUp(found.clone()),
+        Some(None) => DecidingGate::Configured(gate),
+        None => choose(gate, host, authorization),
     }
 }

@@ -73,7 +73,8 @@ pub trait Host {
     fn set_credential(&mut self, name: &str);
     /// Sends `POST path` with a JSON `body` to the host's `cluster`
     /// (`proxy_http_call`); its answer comes back through
-    /// `on_callout_response`. `Err`: the host refused to send it.
+    /// `on_callout_response` with the token returned. `Err`: the host
+    /// refused to send it.
     fn http_call(
         &mut self,
         cluster: &str,
@@ -81,7 +82,20 @@ pub trait Host {
         body: &[u8],
         timeout_ms: u32,
         token: Option<&str>,
-    ) -> Result<(), String>;
+    ) -> Result<u32, String>;
+    /// The context this host's calls are made for (a stream's, or the root's).
+    #[cfg(feature = "fleet")]
+    fn context_id(&self) -> u32;
+    /// Makes the host calls that follow act on `context`'s stream
+    /// (`proxy_set_effective_context`); `false`: no such stream any more.
+    #[cfg(feature = "fleet")]
+    fn act_for(&mut self, context: u32) -> bool;
+    /// Lets the stream acted on go on upstream (`proxy_continue_stream`).
+    #[cfg(feature = "fleet")]
+    fn resume_request(&mut self);
+    /// This VM's group commit of the limiter's log.
+    #[cfg(feature = "fleet")]
+    fn commits(&self) -> &std::cell::RefCell<crate::commit::Commits>;
     /// This VM's cache of credentials looked up in the store.
     #[cfg(feature = "fleet")]
     fn credential_cache(&self) -> &std::cell::RefCell<crate::lookup::CredentialCache>;

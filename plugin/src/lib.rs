@@ -3,6 +3,8 @@
 //! [`host`] port and the step every decision shares (`decide`); `sdk` binds
 //! it to the proxy-wasm SDK when built for `wasm32-wasip1`.
 
+#[cfg(feature = "fleet")]
+pub mod commit;
 mod decide;
 pub mod filter;
 #[cfg(feature = "fleet")]

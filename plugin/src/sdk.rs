@@ -15,7 +15,7 @@ use crate::raw;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(PwLogLevel::Info);
-    proxy_wasm::set_root_context(|_| Box::new(Root::default()));
+    proxy_wasm::set_root_context(|context| Box::new(Root { context, ..Root::default() }));
 }}
 
 /// The host's id of each [`Metric`], once defined.
@@ -29,8 +29,14 @@ type Cache = Rc<RefCell<crate::lookup::CredentialCache>>;
 #[cfg(feature = "fleet")]
 type LogCopy = Rc<RefCell<crate::fleet::LogCopy>>;
 
+/// The VM's group commit of the log, shared by its requests and the root.
+#[cfg(feature = "fleet")]
+type Commits = Rc<RefCell<crate::commit::Commits>>;
+
 #[derive(Default)]
 struct Root {
+    /// The root context's id (the host's).
+    context: u32,
     gate: Option<Rc<Gate>>,
     metrics: Metrics,
     etcd_token: EtcdToken,
@@ -39,19 +45,45 @@ struct Root {
     #[cfg(feature = "fleet")]
     log_copy: LogCopy,
     #[cfg(feature = "fleet")]
+    commits: Commits,
+    #[cfg(feature = "fleet")]
     tick: filter::Tick,
 }
 
 impl Root {
     fn host(&self) -> Wasm {
+        self.host_for(self.context)
+    }
+
+    /// The host calls of `context` (the root's own, or a stream's).
+    fn host_for(&self, context: u32) -> Wasm {
+        let _ = context;
         Wasm {
+            #[cfg(feature = "fleet")]
+            context,
             metrics: self.metrics.clone(),
             etcd_token: self.etcd_token.clone(),
             #[cfg(feature = "fleet")]
             cache: self.cache.clone(),
             #[cfg(feature = "fleet")]
             log_copy: self.log_copy.clone(),
+            #[cfg(feature = "fleet")]
+            commits: self.commits.clone(),
         }
+    }
+
+    /// Whether the limiter's log is written by group commit.
+    #[cfg(feature = "fleet")]
+    fn group_commit(&self) -> bool {
+        self.gate.as_ref().is_some_and(|g| {
+            matches!(
+                g.limiter_store(),
+                sessiongate_core::LimiterStore::Etcd {
+                    group_commit: true,
+                    ..
+                }
+            )
+        })
     }
 }
 
@@ -79,11 +111,12 @@ fn call_response(num_headers: usize, body_size: usize) -> (Option<u16>, Vec<u8>)
 }
 
 impl Context for Root {
-    /// The answer to a tick's read of the credentials' revision.
+    /// The answer to the group commit's call, or to a tick's read of the
+    /// credentials' revision.
     #[cfg(feature = "fleet")]
     fn on_http_call_response(
         &mut self,
-        _token_id: u32,
+        token_id: u32,
         num_headers: usize,
         body_size: usize,
         _num_trailers: usize,
@@ -93,7 +126,11 @@ impl Context for Root {
         };
         let (status, body) = call_response(num_headers, body_size);
         let mut host = self.host();
-        filter::on_tick_response(&gate, &mut host, &mut self.tick, status, &body);
+        if self.commits.borrow().is_ours(token_id) {
+            crate::commit::on_response(&gate, &mut host, status, &body);
+        } else {
+            filter::on_tick_response(&gate, &mut host, &mut self.tick, status, &body);
+        }
     }
 }
 
@@ -165,11 +202,16 @@ impl RootContext for Root {
             // A new configuration may name another store: nothing cached holds.
             *self.cache.borrow_mut() = crate::lookup::CredentialCache::default();
             *self.log_copy.borrow_mut() = crate::fleet::LogCopy::default();
-            let tick = self
-                .gate
-                .as_ref()
-                .and_then(|g| g.credential_store())
-                .map_or(0, |store| store.tick_ms);
+            // A group commit's batch goes on the root context's tick: a
+            // millisecond, the shortest the ABI has.
+            let tick = if self.group_commit() {
+                1
+            } else {
+                self.gate
+                    .as_ref()
+                    .and_then(|g| g.credential_store())
+                    .map_or(0, |store| store.tick_ms)
+            };
             proxy_wasm::hostcalls::set_tick_period(std::time::Duration::from_millis(u64::from(
                 tick,
             )))
@@ -184,14 +226,15 @@ impl RootContext for Root {
             return;
         };
         let mut host = self.host();
+        crate::commit::on_tick(&gate, &mut host);
         filter::on_tick(&gate, &mut host, &mut self.tick);
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let gate = self.gate.clone()?;
         Some(Box::new(Request {
             gate,
-            host: self.host(),
+            host: self.host_for(context_id),
             response_headers: Vec::new(),
             waiting: None,
         }))
@@ -214,6 +257,9 @@ struct Request {
 /// The host calls of the SDK behind the filter's [`Host`] trait.
 #[derive(Clone)]
 struct Wasm {
+    /// The context its calls are for.
+    #[cfg(feature = "fleet")]
+    context: u32,
     metrics: Metrics,
     /// The VM's etcd token, shared by its requests.
     etcd_token: EtcdToken,
@@ -221,6 +267,8 @@ struct Wasm {
     cache: Cache,
     #[cfg(feature = "fleet")]
     log_copy: LogCopy,
+    #[cfg(feature = "fleet")]
+    commits: Commits,
 }
 
 type EtcdToken = Rc<RefCell<Option<String>>>;
@@ -270,7 +318,7 @@ impl Host for Wasm {
         body: &[u8],
         timeout_ms: u32,
         token: Option<&str>,
-    ) -> Result<(), String> {
+    ) -> Result<u32, String> {
         let mut headers = vec![
             (":method", "POST"),
             (":path", path),
@@ -282,7 +330,6 @@ impl Host for Wasm {
         }
         let timeout = std::time::Duration::from_millis(u64::from(timeout_ms));
         proxy_wasm::hostcalls::dispatch_http_call(cluster, headers, Some(body), vec![], timeout)
-            .map(|_token| ())
             .map_err(|status| format!("proxy_http_call: {status:?}"))
     }
 
@@ -298,6 +345,28 @@ impl Host for Wasm {
     #[cfg(feature = "fleet")]
     fn log_copy(&self) -> &RefCell<crate::fleet::LogCopy> {
         &self.log_copy
+    }
+
+    #[cfg(feature = "fleet")]
+    fn context_id(&self) -> u32 {
+        self.context
+    }
+
+    #[cfg(feature = "fleet")]
+    fn act_for(&mut self, context: u32) -> bool {
+        proxy_wasm::hostcalls::set_effective_context(context).is_ok()
+    }
+
+    #[cfg(feature = "fleet")]
+    fn resume_request(&mut self) {
+        if let Err(e) = raw::continue_request() {
+            log(LogLevel::Error, &format!("cannot resume the request: {e}"));
+        }
+    }
+
+    #[cfg(feature = "fleet")]
+    fn commits(&self) -> &RefCell<crate::commit::Commits> {
+        &self.commits
     }
 
     fn set_etcd_token(&mut self, token: Option<String>) {
@@ -316,6 +385,17 @@ impl Host for Wasm {
     fn increment(&mut self, metric: Metric) {
         if let Some(Some(id)) = self.metrics.borrow().get(metric.index()) {
             raw::increment(*id);
+        }
+    }
+}
+
+/// Nothing waits on a stream that has ended (its client may have gone
+/// while it waited for a group commit).
+#[cfg(feature = "fleet")]
+impl Drop for Request {
+    fn drop(&mut self) {
+        if let Ok(mut commits) = self.host.commits.try_borrow_mut() {
+            commits.forget(self.host.context);
         }
     }
 }
@@ -355,7 +435,18 @@ impl HttpContext for Request {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let headers = std::mem::take(&mut self.response_headers);
+        #[allow(unused_mut)]
+        let mut headers = std::mem::take(&mut self.response_headers);
+        // Let through by a group commit, from the root context.
+        #[cfg(feature = "fleet")]
+        if let Some(committed) = self
+            .host
+            .commits
+            .borrow_mut()
+            .take_response_headers(self.host.context)
+        {
+            headers = committed;
+        }
         filter::on_response_headers(&mut self.host.clone(), &headers);
         Action::Continue
     }

@@ -369,6 +369,9 @@ fn wasmx_config(a: WasmxArgs, out: &mut dyn std::io::Write) -> Result<()> {
             timeout_ms: proxy.callout_timeout_ms(),
             user: None,
             password: None,
+            // WasmX's proxy_set_effective_context does nothing, so a group
+            // commit could not answer the requests it admitted.
+            group_commit: false,
         };
         proxy
     });

@@ -90,6 +90,7 @@ fn etcd_config() -> Arc<Vec<u8>> {
             timeout_ms: 250,
             user: None,
             password: None,
+            group_commit: false,
         },
         ..Default::default()
     };

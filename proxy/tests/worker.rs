@@ -270,6 +270,51 @@ fn conformance_suite_against_the_worker_on_workerd() {
     assert_no_secret("the Worker's configuration binding", &config, &fx.secrets);
 }
 
+/// What each answer costs the Durable Object, from its own call counter.
+/// workerd, as Cloudflare does, gives every request the client's address,
+/// so every request with a credential has the guard's bucket to read: an
+/// admitted request is one call (the guard's bucket, revocation, the log
+/// and its write, all taken by the object in that call: four before); a
+/// 429 while the window is full is one (the bucket and revocation; two
+/// before); a guessed credential is one (its failure counted) until the
+/// guard holds its client, then none.
+#[test]
+fn an_admitted_request_is_one_object_call() {
+    let fx = fixture();
+    let state = fx.dir.join("workerd-calls");
+    let workerd = Workerd::start(&fx.store, &state, 5, 60);
+    let addr = workerd.addr();
+    let get = |auth: &str| {
+        let headers = [("Authorization", auth)];
+        request(addr, "GET", "/v1/external/sessions/acme/site-a", &headers).unwrap()
+    };
+    let valid = format!("Bearer {}", fx.creds.token_all);
+    for i in 0..5 {
+        let before = object_calls(addr);
+        assert_eq!(get(&valid).status, 200, "admission {i}");
+        let calls = object_calls(addr) - before - 1;
+        assert_eq!(calls, 1, "admission {i} cost {calls} object calls");
+    }
+    let before = object_calls(addr);
+    for _ in 0..20 {
+        suite::expect_error(&get(&valid), 429, "rate_limited").unwrap();
+    }
+    let calls = object_calls(addr) - before - 1;
+    assert_eq!(calls, 20, "{calls} object calls for 20 answers while full");
+    // The guard's default allowance is 10 failures a minute.
+    let before = object_calls(addr);
+    for i in 0..30 {
+        let guess = format!("Bearer fus_{i:040}");
+        let r = get(&guess);
+        assert!(matches!(r.status, 401 | 429), "{}", r.status);
+    }
+    let calls = object_calls(addr) - before - 1;
+    assert!(
+        calls <= 12,
+        "{calls} object calls for 30 guessed credentials"
+    );
+}
+
 #[test]
 fn worker_config_is_the_gate_config() {
     let fx = fixture();

@@ -30,6 +30,16 @@ struct Mock {
     cache: std::rc::Rc<std::cell::RefCell<crate::lookup::CredentialCache>>,
     /// The VM's copy of the limiter's log, shared likewise.
     log_copy: std::rc::Rc<std::cell::RefCell<crate::fleet::LogCopy>>,
+    /// The VM's group commit, shared likewise.
+    commits: std::rc::Rc<std::cell::RefCell<crate::commit::Commits>>,
+    /// This mock's context id, and the one its calls act on (`act_for`).
+    context: u32,
+    acting: Option<u32>,
+    /// Replies and resumptions made for other contexts (`act_for`).
+    replies_for: HashMap<u32, SentReply>,
+    resumed: Vec<u32>,
+    /// Contexts that no longer exist.
+    gone: Vec<u32>,
     /// Milliseconds past the mock's epoch.
     clock: u64,
 }
@@ -57,7 +67,12 @@ impl Host for Mock {
                 )
             })
             .collect();
-        self.reply = Some((status, h, body.to_vec()));
+        match self.acting {
+            Some(context) => {
+                self.replies_for.insert(context, (status, h, body.to_vec()));
+            }
+            None => self.reply = Some((status, h, body.to_vec())),
+        }
     }
     fn shared_get(&self, key: &str) -> Result<(Option<Vec<u8>>, u32), String> {
         if self.fail_shared {
@@ -89,6 +104,24 @@ impl Host for Mock {
     fn log_copy(&self) -> &std::cell::RefCell<crate::fleet::LogCopy> {
         &self.log_copy
     }
+    fn context_id(&self) -> u32 {
+        self.context
+    }
+    fn act_for(&mut self, context: u32) -> bool {
+        if self.gone.contains(&context) {
+            return false;
+        }
+        self.acting = (context != self.context).then_some(context);
+        true
+    }
+    fn resume_request(&mut self) {
+        if let Some(context) = self.acting {
+            self.resumed.push(context);
+        }
+    }
+    fn commits(&self) -> &std::cell::RefCell<crate::commit::Commits> {
+        &self.commits
+    }
     fn log(&self, _: LogLevel, _: &str) {}
     fn increment(&mut self, metric: Metric) {
         *self.metrics.entry(metric.name()).or_default() += 1;
@@ -107,7 +140,7 @@ impl Host for Mock {
         body: &[u8],
         timeout_ms: u32,
         token: Option<&str>,
-    ) -> Result<(), String> {
+    ) -> Result<u32, String> {
         if self.refuse_calls {
             return Err("BadArgument".into());
         }
@@ -115,7 +148,7 @@ impl Host for Mock {
         self.calls
             .push((cluster.into(), path.into(), body, timeout_ms));
         self.tokens.push(token.map(str::to_owned));
-        Ok(())
+        Ok(self.calls.len() as u32)
     }
     fn etcd_token(&self) -> Option<String> {
         self.etcd_token.clone()
@@ -361,6 +394,7 @@ fn etcd_gate(fail_open: bool) -> Gate {
             timeout_ms: 250,
             user: None,
             password: None,
+            group_commit: false,
         },
         fail_open,
         ..Default::default()
@@ -530,6 +564,7 @@ fn a_full_copy_is_a_429_with_no_call() {
             timeout_ms: 250,
             user: None,
             password: None,
+            group_commit: false,
         },
         ..Default::default()
     })
@@ -585,6 +620,213 @@ fn a_request_that_keeps_losing_keeps_trying_while_etcd_answers() {
     let next = on_callout_response(&g, &mut m, &mut waiting, Some(200), lost.as_bytes());
     assert_eq!(next, Next::Stop);
     assert_eq!(m.reply.as_ref().map(|r| r.0), Some(503));
+}
+
+/// A gate whose limit (`requests` a minute) is on etcd, by group commit.
+fn committing_gate(requests: u32) -> Gate {
+    Gate::new(GateConfig {
+        credentials: sessiongate_core::fixtures::token_set(TOKEN, "t")
+            .unwrap()
+            .into(),
+        limit: sessiongate_core::LimitConfig {
+            requests,
+            window_seconds: 60,
+        },
+        limiter: LimiterStore::Etcd {
+            cluster: "etcd".into(),
+            key: "sg/limiter".into(),
+            timeout_ms: 250,
+            user: None,
+            password: None,
+            group_commit: true,
+        },
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+/// One VM: its root context (id 1) and the requests on it (from id 2),
+/// sharing the VM's copy of the log and its group commit.
+struct Vm {
+    root: Mock,
+}
+
+impl Vm {
+    fn new(log: &[u64], revision: u64) -> Vm {
+        let root = Mock {
+            context: 1,
+            ..Mock::default()
+        };
+        let encoded = sessiongate_core::limiter_log::encode(log);
+        root.log_copy
+            .borrow_mut()
+            .set(Some(Entry::borrowed(&encoded, revision).into_owned()));
+        Vm { root }
+    }
+
+    fn request(&self, context: u32) -> Mock {
+        let mut m = request(&[&format!("Bearer {TOKEN}")]);
+        m.context = context;
+        m.log_copy = self.root.log_copy.clone();
+        m.commits = self.root.commits.clone();
+        m.cache = self.root.cache.clone();
+        m
+    }
+
+    fn tick(&mut self, g: &Gate) {
+        crate::commit::on_tick(g, &mut self.root);
+    }
+
+    fn answer(&mut self, g: &Gate, body: &str) {
+        crate::commit::on_response(g, &mut self.root, Some(200), body.as_bytes());
+    }
+
+    fn reply_to(&self, context: u32) -> Option<u16> {
+        self.root.replies_for.get(&context).map(|r| r.0)
+    }
+}
+
+/// The admissions waiting on a VM's write go in one txn: the first writes
+/// on its own; the two that arrive meanwhile wait, and the root context's
+/// next tick writes the log with both in it, compared on the revision the
+/// first one's write made, and answers both.
+#[test]
+fn the_admissions_waiting_on_a_vm_go_in_one_txn() {
+    let g = committing_gate(100);
+    let now = 1_800_000_000_000u64;
+    let mut vm = Vm::new(&[now - 10], 5);
+    let mut a = vm.request(2);
+    let mut waiting_a = None;
+    assert_eq!(on_request_headers(&g, &mut a, &mut waiting_a), Next::Wait);
+    assert_eq!(a.calls.len(), 1, "the first writes on its own");
+    let mut b = vm.request(3);
+    let mut c = vm.request(4);
+    assert_eq!(on_request_headers(&g, &mut b, &mut None), Next::Wait);
+    assert_eq!(on_request_headers(&g, &mut c, &mut None), Next::Wait);
+    assert!(b.calls.is_empty() && c.calls.is_empty(), "they wait");
+    assert_eq!(vm.root.commits.borrow().waiting(), 2);
+    // While the first write is in flight, a tick sends nothing.
+    vm.tick(&g);
+    assert!(vm.root.calls.is_empty());
+    let next = on_callout_response(&g, &mut a, &mut waiting_a, Some(200), won_at(6).as_bytes());
+    assert_eq!(next, Next::Stop);
+    assert_eq!(a.reply.as_ref().map(|r| r.0), Some(200));
+    vm.tick(&g);
+    assert_eq!(vm.root.calls.len(), 1, "one txn for both");
+    let body = last_body(&vm.root);
+    assert_eq!(body["compare"][0]["mod_revision"], "6");
+    let put = &body["success"][0]["request_put"]["value"];
+    use base64::Engine as _;
+    let log = base64::engine::general_purpose::STANDARD
+        .decode(put.as_str().unwrap())
+        .unwrap();
+    let log = sessiongate_core::limiter_log::decode(Some(&log)).unwrap();
+    assert_eq!(
+        log.len(),
+        4,
+        "the log before, the first's, and both of the batch"
+    );
+    vm.answer(&g, &won_at(7));
+    assert_eq!(vm.reply_to(3), Some(200));
+    assert_eq!(vm.reply_to(4), Some(200));
+    assert_eq!(vm.root.commits.borrow().waiting(), 0);
+    assert_eq!(vm.root.metrics.get("sessiongate_allowed"), Some(&2));
+    // The next admission writes on the batch's revision, on its own.
+    let mut d = vm.request(5);
+    on_request_headers(&g, &mut d, &mut None);
+    assert_eq!(last_body(&d)["compare"][0]["mod_revision"], "7");
+}
+
+/// A batch never over-admits: a request the batch's own admissions leave
+/// no room for waits for the next batch, which finds the log full and
+/// answers it 429 with no call.
+#[test]
+fn a_batch_takes_only_what_the_window_has_room_for() {
+    let g = committing_gate(2);
+    let now = 1_800_000_000_000u64;
+    let mut vm = Vm::new(&[now - 10], 5);
+    let mut a = vm.request(2);
+    let mut waiting_a = None;
+    on_request_headers(&g, &mut a, &mut waiting_a);
+    let mut b = vm.request(3);
+    let mut c = vm.request(4);
+    on_request_headers(&g, &mut b, &mut None);
+    on_request_headers(&g, &mut c, &mut None);
+    // The first loses to another instance, which took the last slot.
+    let other = sessiongate_core::limiter_log::encode(&[now - 10, now - 5]);
+    let lost = lost_to(&other, 8);
+    let next = on_callout_response(&g, &mut a, &mut waiting_a, Some(200), lost.as_bytes());
+    assert_eq!(next, Next::Stop, "the log it came back with is full");
+    assert_eq!(a.reply.as_ref().map(|r| r.0), Some(429));
+    vm.tick(&g);
+    assert!(vm.root.calls.is_empty(), "a full log: nothing to write");
+    assert_eq!(vm.reply_to(3), Some(429));
+    assert_eq!(vm.reply_to(4), Some(429));
+    assert_eq!(vm.root.commits.borrow().waiting(), 0);
+}
+
+/// Room for one of two: the batch takes the first, the other waits, and
+/// once the batch is written it is answered 429 from the log it left.
+#[test]
+fn the_request_a_batch_fills_the_window_for_waits_for_the_next() {
+    let g = committing_gate(2);
+    let now = 1_800_000_000_000u64;
+    let mut vm = Vm::new(&[now - 10], 5);
+    let mut a = vm.request(2);
+    let mut waiting_a = None;
+    on_request_headers(&g, &mut a, &mut waiting_a);
+    let mut b = vm.request(3);
+    let mut c = vm.request(4);
+    on_request_headers(&g, &mut b, &mut None);
+    on_request_headers(&g, &mut c, &mut None);
+    let elsewhere = sessiongate_core::limiter_log::encode(&[now - 10]);
+    let lost = lost_to(&elsewhere, 6);
+    on_callout_response(&g, &mut a, &mut waiting_a, Some(200), lost.as_bytes());
+    vm.tick(&g);
+    assert_eq!(vm.root.calls.len(), 1);
+    assert_eq!(
+        vm.root.commits.borrow().waiting(),
+        3,
+        "one in the batch, two waiting"
+    );
+    vm.answer(&g, &won_at(7));
+    assert_eq!(
+        vm.reply_to(3),
+        Some(200),
+        "the oldest of those waiting first"
+    );
+    assert_eq!(vm.reply_to(2), Some(429));
+    assert_eq!(vm.reply_to(4), Some(429));
+    assert_eq!(vm.root.calls.len(), 1, "no second write");
+}
+
+/// A batch that loses its compare goes again at once on the log the loss
+/// came back with; etcd failing it fails its members (503); a member whose
+/// client has gone is not answered.
+#[test]
+fn a_lost_batch_goes_again_and_a_failed_one_fails_its_members() {
+    let g = committing_gate(100);
+    let now = 1_800_000_000_000u64;
+    let mut vm = Vm::new(&[now - 10], 5);
+    vm.root.commits.borrow_mut().own_write_sent(99);
+    let mut b = vm.request(3);
+    let mut c = vm.request(4);
+    on_request_headers(&g, &mut b, &mut None);
+    on_request_headers(&g, &mut c, &mut None);
+    vm.root.commits.borrow_mut().own_write_answered(99);
+    vm.tick(&g);
+    assert_eq!(last_body(&vm.root)["compare"][0]["mod_revision"], "5");
+    let other = sessiongate_core::limiter_log::encode(&[now - 10, now - 3]);
+    vm.answer(&g, &lost_to(&other, 9));
+    assert_eq!(vm.root.calls.len(), 2, "sent again at once");
+    assert_eq!(last_body(&vm.root)["compare"][0]["mod_revision"], "9");
+    // Request 3's client goes away; etcd fails the write.
+    vm.root.gone.push(3);
+    vm.root.commits.borrow_mut().forget(3);
+    crate::commit::on_response(&g, &mut vm.root, None, b"");
+    assert_eq!(vm.reply_to(4), Some(503));
+    assert_eq!(vm.reply_to(3), None);
+    assert_eq!(vm.root.commits.borrow().waiting(), 0);
 }
 
 /// Every way a callout can fail is a 503 (fail closed), or an admission
@@ -646,6 +888,7 @@ fn a_known_full_window_is_answered_without_a_callout() {
             timeout_ms: 250,
             user: None,
             password: None,
+            group_commit: false,
         },
         ..Default::default()
     })
@@ -686,6 +929,7 @@ fn etcd_authentication_logs_in_and_again_when_the_token_expires() {
             timeout_ms: 250,
             user: Some("gate".into()),
             password: Some("pw".into()),
+            group_commit: false,
         },
         ..Default::default()
     })

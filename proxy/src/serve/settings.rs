@@ -75,6 +75,9 @@ struct LimitSection {
     /// Refused with a pointer to the environment: a password is never read
     /// from a file.
     etcd_password: Option<toml::Value>,
+    /// One write of the log in flight per VM, the admissions waiting on it
+    /// going in the next together (default on; `store = "etcd"`).
+    group_commit: Option<bool>,
 }
 
 /// The cluster name the filter calls etcd by (as an Envoy cluster is named).
@@ -179,9 +182,10 @@ fn limiter_store(name: &str, section: &LimitSection) -> Result<(LimiterStore, Ve
                 || section.timeout_ms.is_some()
                 || section.etcd_user.is_some()
                 || section.etcd_password.is_some()
+                || section.group_commit.is_some()
             {
                 bail!(
-                    "{name}: limit.etcd, limit.key, limit.timeout_ms and limit.etcd_user need limit.store = \"etcd\""
+                    "{name}: limit.etcd, limit.key, limit.timeout_ms, limit.etcd_user and limit.group_commit need limit.store = \"etcd\""
                 );
             }
             (LimiterStore::SharedData, Vec::new())
@@ -219,6 +223,7 @@ fn limiter_store(name: &str, section: &LimitSection) -> Result<(LimiterStore, Ve
                 timeout_ms: section.timeout_ms.unwrap_or(250),
                 user: login.as_ref().map(|l| l.user.clone()),
                 password: login.map(|l| l.password),
+                group_commit: section.group_commit.unwrap_or(false),
             };
             (store, members)
         }
