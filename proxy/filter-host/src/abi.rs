@@ -5,7 +5,7 @@
 
 use wasmtime::{Caller, Extern, Linker, Memory, TypedFunc};
 
-use super::{Callout, LocalReply, VmState};
+use super::{Callout, LocalReply, ROOT_CONTEXT, VmState};
 
 /// Status codes of the ABI.
 #[repr(u32)]
@@ -212,7 +212,12 @@ pub fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_set_effective_context",
         |mut c: Ctx<'_>, context: u32| -> u32 {
-            c.data_mut().effective = context;
+            // As Envoy: a context that is gone (its stream ended) is refused.
+            let state = c.data_mut();
+            if context != ROOT_CONTEXT && !state.streams.contains_key(&context) {
+                return status(Status::BadArgument);
+            }
+            state.effective = context;
             status(Status::Ok)
         },
     )?;

@@ -334,6 +334,7 @@ impl Plugin {
             store,
             exports,
             next_context: ROOT_CONTEXT + 1,
+            parked: Default::default(),
         };
         vm.call(|vm| {
             vm.exports
@@ -443,6 +444,10 @@ pub struct Vm {
     store: Store<VmState>,
     exports: Exports,
     next_context: u32,
+    /// Streams the filter paused with no call of their own: another
+    /// context's callback answers them (a group commit's, from the root
+    /// context, through `proxy_set_effective_context`).
+    parked: std::collections::BTreeSet<u32>,
 }
 
 impl Vm {
@@ -463,7 +468,8 @@ pub enum RequestPhase {
     /// Forward upstream with these (rewritten) headers; finish with `respond`.
     Continue { context: u32, headers: HeaderList },
     /// The filter paused the request on these calls: send them, and hand
-    /// each answer back with [`Vm::on_call_response`].
+    /// each answer back with [`Vm::on_call_response`]. No calls: another
+    /// context's callback answers it; [`Vm::take_resumed`] says when.
     Paused { context: u32, calls: Vec<Callout> },
 }
 
@@ -589,12 +595,11 @@ impl Vm {
             let props = self.finish(context)?;
             return Ok(RequestPhase::Reply(reply, props));
         }
-        if !calls.is_empty() && !continued {
-            return Ok(RequestPhase::Paused { context, calls });
-        }
         if !continued {
-            self.finish(context)?;
-            bail!("the filter paused the request without answering it or calling out");
+            if calls.is_empty() {
+                self.parked.insert(context);
+            }
+            return Ok(RequestPhase::Paused { context, calls });
         }
         let headers = self
             .store
@@ -634,6 +639,46 @@ impl Vm {
         let props = self.finish(context)?;
         result?;
         Ok((headers, props))
+    }
+
+    /// The parked streams another context's callback has answered since:
+    /// each with its phase (a reply, or headers to forward with).
+    pub fn take_resumed(&mut self) -> Vec<(u32, Result<RequestPhase>)> {
+        let mut resumed = Vec::new();
+        for context in std::mem::take(&mut self.parked) {
+            let stream = self.store.data_mut().streams.get_mut(&context);
+            let (reply, continued) = match stream {
+                Some(s) => (s.local_reply.take(), std::mem::take(&mut s.continued)),
+                None => continue,
+            };
+            if let Some(reply) = reply {
+                let phase = self
+                    .finish(context)
+                    .map(|props| RequestPhase::Reply(reply, props));
+                resumed.push((context, phase));
+            } else if continued {
+                let headers = self
+                    .store
+                    .data()
+                    .streams
+                    .get(&context)
+                    .map(|s| s.request_headers.clone())
+                    .unwrap_or_default();
+                resumed.push((context, Ok(RequestPhase::Continue { context, headers })));
+            } else {
+                self.parked.insert(context);
+            }
+        }
+        resumed
+    }
+
+    /// Ends a parked stream whose request will not be answered (its client
+    /// went away, or the host gave up on it): the filter forgets it.
+    pub fn abandon(&mut self, context: u32) -> Result<()> {
+        if self.parked.remove(&context) {
+            self.finish(context)?;
+        }
+        Ok(())
     }
 
     /// Ends a stream as Envoy does: done, log, delete.

@@ -241,6 +241,11 @@ async fn finish_filter(
     // meanwhile, as an Envoy worker is), each answer handed back, until the
     // filter answers or lets the request go on.
     while let Ok(RequestPhase::Paused { context, calls }) = phase {
+        if calls.is_empty() {
+            // Parked: another callback answers it (a group commit's).
+            phase = pool.parked_answer(vm, context).await;
+            continue;
+        }
         phase = Err(anyhow!("the filter paused on no call"));
         for call in calls {
             let response = send_callout(app, &call).await;
@@ -276,7 +281,11 @@ async fn finish_filter(
                 Err(_) => (internal_error(), None),
             }
         }
-        Ok(RequestPhase::Paused { .. }) | Err(_) => (internal_error(), None),
+        Ok(RequestPhase::Paused { .. }) => (internal_error(), None),
+        Err(e) => {
+            log::error(format_args!("the filter could not finish a request: {e:#}"));
+            (internal_error(), None)
+        }
     }
 }
 

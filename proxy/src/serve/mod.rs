@@ -486,10 +486,13 @@ async fn serve(
     if let Some(listener) = admin {
         tokio::spawn(admin::serve(app.clone(), listener));
     }
-    // The filter that looks credentials up reads their revision on its tick.
-    if matches!(app.gate_parts().base.credentials, CredentialSource::Etcd(_)) {
+    // The filter that looks credentials up reads their revision on its
+    // tick; one whose limiter is on etcd sends its group commits on it.
+    let from_store = matches!(app.gate_parts().base.credentials, CredentialSource::Etcd(_));
+    if from_store || !app.gate_parts().base.limiter.is_shared_data() {
         tick::start(&app);
-    } else {
+    }
+    if !from_store {
         tokio::spawn(watch_store(app.clone()));
     }
     for cluster in &app.clusters {

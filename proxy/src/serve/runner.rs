@@ -62,6 +62,7 @@ pub(super) fn filter_runner(
         next: AtomicUsize::new(0),
         config: RwLock::new(config),
         metrics: metrics.clone(),
+        parked: Mutex::default(),
     }))
 }
 

@@ -223,7 +223,7 @@ fn limiter_store(name: &str, section: &LimitSection) -> Result<(LimiterStore, Ve
                 timeout_ms: section.timeout_ms.unwrap_or(250),
                 user: login.as_ref().map(|l| l.user.clone()),
                 password: login.map(|l| l.password),
-                group_commit: section.group_commit.unwrap_or(false),
+                group_commit: section.group_commit.unwrap_or(true),
             };
             (store, members)
         }
