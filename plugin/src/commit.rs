@@ -16,7 +16,7 @@
 //! and no tick's wait.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use sessiongate_core::{Answer, Entry, Gate, KvError, LIMITER_KEY, LimiterStore, Need};
 use sessiongate_etcd as etcd;
@@ -38,9 +38,10 @@ pub struct Commits {
     /// The root context's call in flight for the queue: its token, and what.
     sent: Option<(u32, Sent)>,
     attempt: etcd::Attempt,
-    /// What a request a batch let through adds to its response, until its
-    /// response phase takes it.
-    response_headers: HashMap<u32, Vec<(&'static str, String)>>,
+    /// What a request a batch let through adds to its response (by
+    /// context), until its response phase takes it. A list, not a map: it
+    /// holds a batch's worth at most, and a map's code is ~3 KB of the filter.
+    response_headers: Vec<(u32, Vec<(&'static str, String)>)>,
 }
 
 /// Who has a write of the log in flight.
@@ -93,13 +94,14 @@ impl Commits {
     pub fn forget(&mut self, context: u32) {
         self.parked.retain(|m| m.context != context);
         self.batch.retain(|m| m.context != context);
-        self.response_headers.remove(&context);
+        self.take_response_headers(context);
         self.own_write_answered(context);
     }
 
     /// What a request a batch let through adds to its response.
     pub fn take_response_headers(&mut self, context: u32) -> Option<Vec<(&'static str, String)>> {
-        self.response_headers.remove(&context)
+        let at = self.response_headers.iter().position(|(c, _)| *c == context)?;
+        Some(self.response_headers.swap_remove(at).1)
     }
 
     /// Whether the root context's call `token` is the queue's.
@@ -278,7 +280,7 @@ fn answer<H: Host>(gate: &Gate, host: &mut H, member: Member) {
         host.commits()
             .borrow_mut()
             .response_headers
-            .insert(member.context, headers);
+            .push((member.context, headers));
         host.resume_request();
     }
     host.act_for(root);

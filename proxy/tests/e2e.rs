@@ -105,13 +105,14 @@ fn conformance_suite_against_the_shipped_plugin_without_simd() {
 }
 
 /// The fleet build (`--fleet`: the limiter on etcd, and credentials looked
-/// up in the store), for `plugin/envoy-fleet.yaml`: its own budget, 55 KB
-/// over the single-Envoy one (the store's lookups, cache and tick are ~21 KB
-/// of it, by twiggy).
+/// up in the store), for `plugin/envoy-fleet.yaml`: its own budget, 75 KB
+/// over the single-Envoy one (by twiggy: the store's lookups, cache and tick
+/// ~21 KB; the log's copy and group commit ~21 KB, issue 44, which raised
+/// it from 305,000).
 #[test]
 fn conformance_suite_against_the_fleet_shipped_plugin() {
     let (size, _) = shipped_plugin_passes_the_suite(&["--fleet"]);
-    assert!(size <= 305_000, "the fleet filter is {size} bytes");
+    assert!(size <= 325_000, "the fleet filter is {size} bytes");
 }
 
 /// The speed-optimised build (`--fast`: opt-level 3, `wasm-opt -O3`).
