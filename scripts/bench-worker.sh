@@ -9,7 +9,8 @@
 # For each build, with credentials in the binding and in the object's store:
 # - object calls per admitted request (50 in a row, a limit of 100,000/60 s),
 #   per 429 while the window is full (50 after a limit of 5 is spent), per
-#   401 for a guessed credential (10 counted by the guard, then 40 held);
+#   401 for a guessed credential (until the guard holds the client), and per
+#   guess once it does (40);
 #   counted by the object itself (`/__sessiongate/stats`, less the stats call);
 # - the admitted latency: wrk for SECONDS with CONNECTIONS, p50 / p99, and
 #   admitted requests a second (binding credentials).
@@ -64,7 +65,10 @@ start_worker() { # checkout target-dir requests [--credentials-in-store]; sets $
   fi
 }
 calls() { curl -s -H "Authorization: Bearer $admin" "http://127.0.0.1:$1/__sessiongate/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["calls"])'; }
-status() { curl -s -o /dev/null -w '%{http_code}' -H "Authorization: $2" "http://127.0.0.1:$1$path"; }
+# Cloudflare sets CF-Connecting-IP on every request, which the guard counts
+# by; workerd sets none, so the bench sends one, as Cloudflare would.
+client="CF-Connecting-IP: 203.0.113.7"
+status() { curl -s -o /dev/null -w '%{http_code}' -H "$client" -H "Authorization: $2" "http://127.0.0.1:$1$path"; }
 # Object calls per answer for `n` requests with `auth` that each answer `want`.
 per_answer() { # port n auth want [offset of @I@]
   local before after i got
@@ -77,29 +81,46 @@ per_answer() { # port n auth want [offset of @I@]
   python3 -c "print(f'{($after - $before - 1) / $2:.2f}')"
 }
 
+# Guessed credentials until the guard holds the client (at most 30): how
+# many were answered 401, and the object calls per guess on the way.
+until_held() { # port
+  local before after i got=401
+  before="$(calls "$1")"
+  for i in $(seq 30); do
+    got="$(status "$1" "Bearer fus_$(printf %040d "$i")")"
+    [ "$got" = 401 ] || break
+  done
+  after="$(calls "$1")"
+  [ "$got" = 429 ] || { echo "bench-worker.sh: 30 guesses and the guard never held the client ($got)" >&2; exit 1; }
+  python3 -c "print(f'{$i - 1} guesses answered 401 at {($after - $before - 1) / $i:.2f} object calls each, the guard holding the next')"
+}
+
 report=()
 for build in "${builds[@]}"; do
   name="${build%%:*}" checkout="${build#*:}"
   worker_target="$target_dir"
-  [ "$name" = baseline ] && worker_target="$work/baseline-target"
+  # The other checkout's Worker builds in a target directory of its own, kept.
+  [ "$name" = baseline ] && worker_target="$target_dir/baseline-worker"
   for mode in binding store; do
     flag=""; [ "$mode" = store ] && flag="--credentials-in-store"
     start_worker "$checkout" "$worker_target" 100000 "$flag"; open="$port"
     admitted="$(per_answer "$open" 50 "Bearer $token" 200)"
-    guessed="$(per_answer "$open" 10 'Bearer fus_@I@' 401)"
-    held="$(per_answer "$open" 40 'Bearer fus_@I@' 429 1000)"
     start_worker "$checkout" "$worker_target" 5 "$flag"; full="$port"
     per_answer "$full" 5 "Bearer $token" 200 > /dev/null
     limited="$(per_answer "$full" 50 "Bearer $token" 429)"
-    line="$name ($mode credentials): object calls per admitted $admitted, per 429 while full $limited, per guessed 401 $guessed (then per held guess $held)"
+    line="$name ($mode credentials): object calls per admitted $admitted, per 429 while full $limited"
+    # The latency before the guesses: once the guard holds the client, it is 429.
     if [ "$mode" = binding ]; then
-      out="$(wrk -t1 -c"$connections" -d"${duration}s" --latency -H "Authorization: Bearer $token" "http://127.0.0.1:$open$path")"
+      out="$(wrk -t1 -c"$connections" -d"${duration}s" --latency -H "$client" -H "Authorization: Bearer $token" "http://127.0.0.1:$open$path")"
       rate="$(awk '/^Requests\/sec/ {print $2}' <<<"$out")"
       non2xx="$(awk '/Non-2xx/ {print $5}' <<<"$out")"
       p50="$(awk '$1 == "50%" {print $2}' <<<"$out")"
       p99="$(awk '$1 == "99%" {print $2}' <<<"$out")"
       line="$line; wrk -c$connections ${duration}s: $rate admitted/s, p50 $p50, p99 $p99, non-2xx ${non2xx:-0}"
     fi
+    guesses="$(until_held "$open")"
+    held="$(per_answer "$open" 40 'Bearer fus_@I@' 429 1000)"
+    line="$line; guessed credentials: $guesses, then $held per held guess (429)"
     echo "$line"
     report+=("$line")
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
