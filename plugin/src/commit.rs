@@ -100,7 +100,10 @@ impl Commits {
 
     /// What a request a batch let through adds to its response.
     pub fn take_response_headers(&mut self, context: u32) -> Option<Vec<(&'static str, String)>> {
-        let at = self.response_headers.iter().position(|(c, _)| *c == context)?;
+        let at = self
+            .response_headers
+            .iter()
+            .position(|(c, _)| *c == context)?;
         Some(self.response_headers.swap_remove(at).1)
     }
 

@@ -128,7 +128,11 @@ fn with_room_in_the_window_every_contended_request_is_admitted_and_counted_once(
         seen.admitted.len(),
         "entries in the log against 200s answered"
     );
-    assert!(seen.admitted.len() >= 96, "{} admitted", seen.admitted.len());
+    assert!(
+        seen.admitted.len() >= 96,
+        "{} admitted",
+        seen.admitted.len()
+    );
 }
 
 /// The leader dies mid-run: still exact, every request answered within the
