@@ -23,100 +23,9 @@ use sessiongate_etcd as etcd;
 use sessiongate_etcd::After;
 
 use crate::decide::Next;
-use crate::fleet::{self, PausedRequest};
+use crate::fleet;
 use crate::host::{Host, LogLevel};
-
-/// A VM's group commit: the write in flight, the requests waiting.
-#[derive(Debug, Default)]
-pub struct Commits {
-    in_flight: Option<Writer>,
-    /// Requests waiting at their write of the log, oldest first.
-    parked: VecDeque<Member>,
-    /// The batch whose write is in flight, and the log it writes.
-    batch: Vec<Member>,
-    writing: Option<Vec<u8>>,
-    /// The root context's call in flight for the queue: its token, and what.
-    sent: Option<(u32, Sent)>,
-    attempt: etcd::Attempt,
-    /// What a request a batch let through adds to its response (by
-    /// context), until its response phase takes it. A list, not a map: it
-    /// holds a batch's worth at most, and a map's code is ~3 KB of the filter.
-    response_headers: Vec<(u32, Vec<(&'static str, String)>)>,
-}
-
-/// Who has a write of the log in flight.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Writer {
-    /// A request, on its own (the stream's context).
-    Request(u32),
-    /// The root context, for a batch.
-    Batch,
-}
-
-#[derive(Debug)]
-struct Member {
-    context: u32,
-    request: PausedRequest,
-}
-
-/// What the root context's call for the queue is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Sent {
-    /// A read of the log (the VM holds no copy of it yet).
-    Read,
-    /// The batch's write.
-    Write,
-    Login,
-}
-
-impl Commits {
-    /// Whether a request at its write must wait for the next batch.
-    pub(crate) fn must_wait(&self) -> bool {
-        self.in_flight.is_some() || !self.parked.is_empty()
-    }
-
-    pub(crate) fn park(&mut self, context: u32, request: PausedRequest) {
-        self.parked.push_back(Member { context, request });
-    }
-
-    pub(crate) fn own_write_sent(&mut self, context: u32) {
-        self.in_flight = Some(Writer::Request(context));
-    }
-
-    pub(crate) fn own_write_answered(&mut self, context: u32) {
-        if self.in_flight == Some(Writer::Request(context)) {
-            self.in_flight = None;
-        }
-    }
-
-    /// A stream has ended (answered, or its client left): nothing waits on
-    /// it any more, and a write of its own no longer holds the queue.
-    pub fn forget(&mut self, context: u32) {
-        self.parked.retain(|m| m.context != context);
-        self.batch.retain(|m| m.context != context);
-        self.take_response_headers(context);
-        self.own_write_answered(context);
-    }
-
-    /// What a request a batch let through adds to its response.
-    pub fn take_response_headers(&mut self, context: u32) -> Option<Vec<(&'static str, String)>> {
-        let at = self
-            .response_headers
-            .iter()
-            .position(|(c, _)| *c == context)?;
-        Some(self.response_headers.swap_remove(at).1)
-    }
-
-    /// Whether the root context's call `token` is the queue's.
-    pub fn is_ours(&self, token: u32) -> bool {
-        self.sent.is_some_and(|(t, _)| t == token)
-    }
-
-    /// Requests waiting, and in the batch in flight.
-    pub fn waiting(&self) -> usize {
-        self.parked.len() + self.batch.len()
-    }
-}
+use crate::vm_state::{self, BatchCall, Member, Writer};
 
 /// The root context's tick: the waiting requests' batch sent, when no write
 /// is in flight.
@@ -138,15 +47,15 @@ pub fn on_response<H: Host>(gate: &Gate, host: &mut H, status: Option<u16>, body
     let login = fleet::login(gate);
     let mut commits = host.commits().borrow_mut();
     let after = match sent {
-        Sent::Login => None,
-        Sent::Read | Sent::Write => Some(commits.attempt.answered(login, status, body)),
+        BatchCall::Login => None,
+        BatchCall::Read | BatchCall::Write => Some(commits.attempt.answered(login, status, body)),
     };
     let members = std::mem::take(&mut commits.batch);
     let written = commits.writing.take();
     commits.in_flight = None;
     drop(commits);
     match (sent, after) {
-        (Sent::Login, _) => {
+        (BatchCall::Login, _) => {
             let logged_in = host.commits().borrow_mut().attempt.logged_in(status, body);
             match logged_in {
                 Ok(token) => host.set_etcd_token(Some(token)),
@@ -171,7 +80,7 @@ pub fn on_response<H: Host>(gate: &Gate, host: &mut H, status: Option<u16>, body
             send_batch(gate, host, false);
             return;
         }
-        (Sent::Read, _) => match etcd::answer(etcd::Sent::Read, status, body) {
+        (BatchCall::Read, _) => match etcd::answer(etcd::Sent::Read, status, body) {
             Answer::Value(entry) => host.log_copy().borrow_mut().set(entry),
             other => {
                 let parked = std::mem::take(&mut host.commits().borrow_mut().parked);
@@ -179,7 +88,7 @@ pub fn on_response<H: Host>(gate: &Gate, host: &mut H, status: Option<u16>, body
                 return;
             }
         },
-        (Sent::Write, _) => {
+        (BatchCall::Write, _) => {
             let answer = etcd::answer(etcd::Sent::Write, status, body);
             match &answer {
                 Answer::Written => {
@@ -311,7 +220,7 @@ fn send_batch<H: Host>(gate: &Gate, host: &mut H, fresh: bool) {
     let Some(base) = host.log_copy().borrow().read() else {
         let call = etcd::call(&Need::Read { key: LIMITER_KEY }, key);
         if let Some(call) = call {
-            send(gate, host, cluster, *timeout_ms, call, Sent::Read);
+            send(gate, host, cluster, *timeout_ms, call, BatchCall::Read);
         }
         return;
     };
@@ -371,7 +280,7 @@ fn send_batch<H: Host>(gate: &Gate, host: &mut H, fresh: bool) {
         commits.batch = batch;
         commits.writing = Some(log);
     }
-    send(gate, host, cluster, *timeout_ms, call, Sent::Write);
+    send(gate, host, cluster, *timeout_ms, call, BatchCall::Write);
 }
 
 /// Sends the queue's call from the root context (a login first where etcd
@@ -382,7 +291,7 @@ fn send<H: Host>(
     cluster: &str,
     timeout_ms: u32,
     call: etcd::Call,
-    what: Sent,
+    what: BatchCall,
 ) {
     let mut attempt = std::mem::take(&mut host.commits().borrow_mut().attempt);
     let sent = fleet::send(
@@ -392,13 +301,13 @@ fn send<H: Host>(
         cluster,
         timeout_ms,
         call,
-        fleet::Sent::Step(etcd::Sent::Write),
+        vm_state::Sent::Step(etcd::Sent::Write),
     );
     let mut commits = host.commits().borrow_mut();
     commits.attempt = attempt;
     match sent {
-        Ok((fleet::Sent::Login, token)) => {
-            commits.sent = Some((token, Sent::Login));
+        Ok((vm_state::Sent::Login, token)) => {
+            commits.sent = Some((token, BatchCall::Login));
             commits.in_flight = Some(Writer::Batch);
         }
         Ok((_, token)) => {

@@ -10,9 +10,11 @@ use crate::decide::{carry_out, choose};
 use crate::host::{Host, SharedKv};
 
 #[cfg(feature = "fleet")]
-pub use crate::fleet::{CONTENDED_MS, LogCopy, PausedRequest, on_callout_response};
+pub use crate::fleet::{CONTENDED_MS, on_callout_response};
 #[cfg(feature = "fleet")]
 pub use crate::tick::{Tick, on_tick, on_tick_response};
+#[cfg(feature = "fleet")]
+pub use crate::vm_state::{LogCopy, PausedRequest};
 
 /// Without the fleet feature no request ever waits on a callout.
 #[cfg(not(feature = "fleet"))]

@@ -7,8 +7,7 @@
 //! kept, and the decision replayed.
 
 use sessiongate_core::{
-    Answer, Entry, Gate, KvError, LIMITER_KEY, LimiterStore, Need, Progress, Request, SecretHash,
-    hash_hex,
+    Answer, Entry, Gate, KvError, LIMITER_KEY, LimiterStore, Need, Progress, Request, hash_hex,
 };
 use std::rc::Rc;
 
@@ -18,70 +17,12 @@ use sessiongate_etcd::{After, Attempt, Credentials, Step};
 use crate::decide::{DecidingGate, Next, carry_out, choose};
 use crate::host::{Host, LogLevel, SharedKv};
 use crate::lookup::Lookup;
-
-/// A request waiting on the limiter's store: what it needs to decide again
-/// when the answer comes (the decision is replayed from the answers so far,
-/// as a paused stream cannot keep one that borrows its request).
-#[derive(Debug)]
-pub struct PausedRequest {
-    method: String,
-    target: String,
-    authorization: Vec<Vec<u8>>,
-    client: Option<String>,
-    now: u64,
-    answers: Vec<Answer<'static>>,
-    /// What the store said of the presented credentials, once known: a
-    /// gate over the one found (`None`: none was).
-    credentials: Option<Option<Rc<Gate>>>,
-    sent: Option<Sent>,
-    /// Where the call in flight is in etcd's login policy.
-    attempt: Attempt,
-    /// Where in `answers` the read of the limiter's log is (the decision
-    /// goes back to it when its write loses).
-    read_at: Option<usize>,
-    /// The log the write in flight puts, to keep as the VM's copy if it wins.
-    writing: Option<Vec<u8>>,
-    /// When this request's first write on the log lost.
-    contended_since: Option<u64>,
-}
+use crate::vm_state::{PausedRequest, Sent};
 
 /// How long a request keeps trying to win the limiter's log while etcd
 /// answers and others keep winning it (then `503`): a lost write is not a
 /// failure, only a request that cannot get a turn in this long is.
 pub const CONTENDED_MS: u64 = 5_000;
-
-/// This VM's copy of the limiter's log as it last saw it in etcd: the value
-/// and `mod_revision` of its last read, or of its last write that won
-/// (`Some(None)`: absent). The decision's read of the log is answered from
-/// it, so an admission is one txn when nobody wrote since. A stale copy is
-/// safe: its write loses the compare, and the txn's failure branch brings
-/// the current log for the next attempt; and a copy that is full is full
-/// now (admissions leave the log only by expiring), so a 429 makes no call.
-#[derive(Debug, Default)]
-pub struct LogCopy(Option<Option<Entry<'static>>>);
-
-impl LogCopy {
-    pub(crate) fn read(&self) -> Option<Option<Entry<'static>>> {
-        self.0.clone()
-    }
-
-    pub(crate) fn set(&mut self, entry: Option<Entry<'static>>) {
-        self.0 = Some(entry);
-    }
-
-    pub(crate) fn forget(&mut self) {
-        self.0 = None;
-    }
-}
-
-/// The call in flight for a waiting request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Sent {
-    Step(etcd::Sent),
-    /// A lookup of this digest in the credential store.
-    Lookup(SecretHash),
-    Login,
-}
 
 /// What driving a decision came to.
 enum Driven {

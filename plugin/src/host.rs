@@ -95,13 +95,13 @@ pub trait Host {
     fn resume_request(&mut self);
     /// This VM's group commit of the limiter's log.
     #[cfg(feature = "fleet")]
-    fn commits(&self) -> &std::cell::RefCell<crate::commit::Commits>;
+    fn commits(&self) -> &std::cell::RefCell<crate::vm_state::Commits>;
     /// This VM's cache of credentials looked up in the store.
     #[cfg(feature = "fleet")]
     fn credential_cache(&self) -> &std::cell::RefCell<crate::lookup::CredentialCache>;
     /// This VM's copy of the limiter's log in etcd.
     #[cfg(feature = "fleet")]
-    fn log_copy(&self) -> &std::cell::RefCell<crate::fleet::LogCopy>;
+    fn log_copy(&self) -> &std::cell::RefCell<crate::vm_state::LogCopy>;
     /// The etcd token this VM logged in for, if any (kept across requests).
     fn etcd_token(&self) -> Option<String>;
     fn set_etcd_token(&mut self, token: Option<String>);

@@ -15,6 +15,8 @@ pub mod host;
 pub mod lookup;
 #[cfg(feature = "fleet")]
 mod tick;
+#[cfg(feature = "fleet")]
+pub mod vm_state;
 
 #[cfg(target_arch = "wasm32")]
 mod raw;

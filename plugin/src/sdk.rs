@@ -27,11 +27,11 @@ type Cache = Rc<RefCell<crate::lookup::CredentialCache>>;
 
 /// The VM's copy of the limiter's log in etcd, shared by its requests.
 #[cfg(feature = "fleet")]
-type LogCopy = Rc<RefCell<crate::fleet::LogCopy>>;
+type LogCopy = Rc<RefCell<crate::vm_state::LogCopy>>;
 
 /// The VM's group commit of the log, shared by its requests and the root.
 #[cfg(feature = "fleet")]
-type Commits = Rc<RefCell<crate::commit::Commits>>;
+type Commits = Rc<RefCell<crate::vm_state::Commits>>;
 
 #[derive(Default)]
 struct Root {
@@ -201,7 +201,7 @@ impl RootContext for Root {
         {
             // A new configuration may name another store: nothing cached holds.
             *self.cache.borrow_mut() = crate::lookup::CredentialCache::default();
-            *self.log_copy.borrow_mut() = crate::fleet::LogCopy::default();
+            *self.log_copy.borrow_mut() = crate::vm_state::LogCopy::default();
             // A group commit's batch goes on the root context's tick: a
             // millisecond, the shortest the ABI has.
             let tick = if self.group_commit() {
@@ -343,7 +343,7 @@ impl Host for Wasm {
     }
 
     #[cfg(feature = "fleet")]
-    fn log_copy(&self) -> &RefCell<crate::fleet::LogCopy> {
+    fn log_copy(&self) -> &RefCell<crate::vm_state::LogCopy> {
         &self.log_copy
     }
 
@@ -365,7 +365,7 @@ impl Host for Wasm {
     }
 
     #[cfg(feature = "fleet")]
-    fn commits(&self) -> &RefCell<crate::commit::Commits> {
+    fn commits(&self) -> &RefCell<crate::vm_state::Commits> {
         &self.commits
     }
 

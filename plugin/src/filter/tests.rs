@@ -29,9 +29,9 @@ struct Mock {
     /// The VM's credential cache, shared by the mocks of one VM's requests.
     cache: std::rc::Rc<std::cell::RefCell<crate::lookup::CredentialCache>>,
     /// The VM's copy of the limiter's log, shared likewise.
-    log_copy: std::rc::Rc<std::cell::RefCell<crate::fleet::LogCopy>>,
+    log_copy: std::rc::Rc<std::cell::RefCell<crate::vm_state::LogCopy>>,
     /// The VM's group commit, shared likewise.
-    commits: std::rc::Rc<std::cell::RefCell<crate::commit::Commits>>,
+    commits: std::rc::Rc<std::cell::RefCell<crate::vm_state::Commits>>,
     /// This mock's context id, and the one its calls act on (`act_for`).
     context: u32,
     acting: Option<u32>,
@@ -101,7 +101,7 @@ impl Host for Mock {
     fn credential_cache(&self) -> &std::cell::RefCell<crate::lookup::CredentialCache> {
         &self.cache
     }
-    fn log_copy(&self) -> &std::cell::RefCell<crate::fleet::LogCopy> {
+    fn log_copy(&self) -> &std::cell::RefCell<crate::vm_state::LogCopy> {
         &self.log_copy
     }
     fn context_id(&self) -> u32 {
@@ -119,7 +119,7 @@ impl Host for Mock {
             self.resumed.push(context);
         }
     }
-    fn commits(&self) -> &std::cell::RefCell<crate::commit::Commits> {
+    fn commits(&self) -> &std::cell::RefCell<crate::vm_state::Commits> {
         &self.commits
     }
     fn log(&self, _: LogLevel, _: &str) {}

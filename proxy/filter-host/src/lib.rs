@@ -646,27 +646,24 @@ impl Vm {
     pub fn take_resumed(&mut self) -> Vec<(u32, Result<RequestPhase>)> {
         let mut resumed = Vec::new();
         for context in std::mem::take(&mut self.parked) {
-            let stream = self.store.data_mut().streams.get_mut(&context);
-            let (reply, continued) = match stream {
-                Some(s) => (s.local_reply.take(), std::mem::take(&mut s.continued)),
-                None => continue,
+            let Some(s) = self.store.data_mut().streams.get_mut(&context) else {
+                continue;
             };
-            if let Some(reply) = reply {
-                let phase = self
-                    .finish(context)
-                    .map(|props| RequestPhase::Reply(reply, props));
-                resumed.push((context, phase));
-            } else if continued {
-                let headers = self
-                    .store
-                    .data()
-                    .streams
-                    .get(&context)
-                    .map(|s| s.request_headers.clone())
-                    .unwrap_or_default();
-                resumed.push((context, Ok(RequestPhase::Continue { context, headers })));
-            } else {
-                self.parked.insert(context);
+            let reply = s.local_reply.take();
+            let continued = std::mem::take(&mut s.continued).then(|| s.request_headers.clone());
+            match (reply, continued) {
+                (Some(reply), _) => {
+                    let phase = self
+                        .finish(context)
+                        .map(|props| RequestPhase::Reply(reply, props));
+                    resumed.push((context, phase));
+                }
+                (None, Some(headers)) => {
+                    resumed.push((context, Ok(RequestPhase::Continue { context, headers })));
+                }
+                (None, None) => {
+                    self.parked.insert(context);
+                }
             }
         }
         resumed
