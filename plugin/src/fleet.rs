@@ -403,22 +403,14 @@ fn drive<H: Host>(gate: &Gate, host: &mut H, w: &mut PausedRequest) -> Driven {
 /// it wait for the next commit).
 pub(crate) fn write_on<H: Host>(
     gate: &Gate,
-    host: &H,
+    host: &mut H,
     w: &mut PausedRequest,
     read: Option<Entry<'static>>,
 ) -> Option<Vec<u8>> {
     let at = w.read_at?;
     w.answers.truncate(at);
     w.answers.push(Answer::Value(read));
-    let authorization: Vec<&[u8]> = w.authorization.iter().map(Vec::as_slice).collect();
-    let req = Request {
-        method: &w.method,
-        target: &w.target,
-        authorization: &authorization,
-        client: w.client.as_deref(),
-    };
-    let gate = deciding(gate, host, &w.credentials, &authorization);
-    match gate.replay(&req, w.now, w.answers.iter()) {
+    replayed(gate, host, w, |progress, _| match progress {
         Progress::Pending(pending) => match pending.need() {
             Need::Swap { key, value, .. } | Need::Create { key, value } if key == LIMITER_KEY => {
                 Some(value.to_vec())
@@ -426,13 +418,34 @@ pub(crate) fn write_on<H: Host>(
             _ => None,
         },
         Progress::Done(_) => None,
-    }
+    })
 }
 
 /// `w`'s decision replayed through its answers and carried out; a step its
 /// answers do not cover fails (a request resumed by the root context makes
 /// no call of its own).
 pub(crate) fn conclude<H: Host>(gate: &Gate, host: &mut H, w: &PausedRequest) -> Next {
+    replayed(gate, host, w, |mut progress, host| {
+        loop {
+            match progress {
+                Progress::Done(decision) => return carry_out(decision, host),
+                Progress::Pending(pending) => {
+                    let failed = KvError("a step after the group commit".into());
+                    progress = pending.resume(Answer::Failed(failed));
+                }
+            }
+        }
+    })
+}
+
+/// `w`'s decision replayed through its answers so far, handed to `then`
+/// (a paused request keeps its parts, not a [`Request`], which borrows).
+fn replayed<H: Host, R>(
+    gate: &Gate,
+    host: &mut H,
+    w: &PausedRequest,
+    then: impl FnOnce(Progress<'_, '_>, &mut H) -> R,
+) -> R {
     let authorization: Vec<&[u8]> = w.authorization.iter().map(Vec::as_slice).collect();
     let req = Request {
         method: &w.method,
@@ -441,16 +454,7 @@ pub(crate) fn conclude<H: Host>(gate: &Gate, host: &mut H, w: &PausedRequest) ->
         client: w.client.as_deref(),
     };
     let gate = deciding(gate, host, &w.credentials, &authorization);
-    let mut progress = gate.replay(&req, w.now, w.answers.iter());
-    loop {
-        match progress {
-            Progress::Done(decision) => return carry_out(decision, host),
-            Progress::Pending(pending) => {
-                let failed = KvError("a step after the group commit".into());
-                progress = pending.resume(Answer::Failed(failed));
-            }
-        }
-    }
+    then(gate.replay(&req, w.now, w.answers.iter()), host)
 }
 
 /// Pushes an answer to `w`'s decision (a group commit's, for its members).
