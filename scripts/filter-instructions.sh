@@ -60,7 +60,7 @@ def name(field):
     return names.get(m.group(1), field)
 
 # A request's phases: the forward's response phase is part of its stream.
-phases = re.compile(r"\bhost::Vm>?::on_(request|response)\b")
+phases = re.compile(r"\bVm>?::on_(request|response)\b")
 calls = cost = 0
 callee = None
 pending = None
