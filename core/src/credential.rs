@@ -281,6 +281,12 @@ pub struct CredentialRecord {
     /// what the operator's CLI created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// Whether the secret ends in a checksum (a token minted since
+    /// sessiongate 0.1's checksummed format, [`crate::is_checksummed_token`]).
+    /// Absent in older stores: their tokens carry none, and a gate holding
+    /// one looks up a token whose checksum fails instead of refusing it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub checksum: bool,
 }
 
 impl CredentialRecord {
@@ -307,6 +313,7 @@ impl CredentialRecord {
             level,
             created,
             owner: None,
+            checksum: kind == Kind::Token && crate::token_checksum::is_checksummed_token(secret),
         }
     }
 
@@ -375,6 +382,9 @@ pub enum Malformed {
     NotATokenShape,
     /// A scheme with nothing after it.
     Empty,
+    /// A token whose last six characters are not the checksum of the rest,
+    /// where every token the gate holds carries one: refused unhashed.
+    BadChecksum,
 }
 
 fn trim_ows(b: &[u8]) -> &[u8] {
@@ -411,6 +421,15 @@ pub fn presented_hashes(authorization: &[&[u8]]) -> Vec<SecretHash> {
 
 /// Reads an `Authorization` value into the digests it presents, without keeping the secret.
 pub fn parse_authorization(value: &[u8]) -> Result<Presented, Malformed> {
+    parse_authorization_checked(value, false)
+}
+
+/// As [`parse_authorization`]; with `checksums`, a token whose checksum
+/// fails is [`Malformed::BadChecksum`], before it is hashed.
+pub(crate) fn parse_authorization_checked(
+    value: &[u8],
+    checksums: bool,
+) -> Result<Presented, Malformed> {
     let value = trim_ows(value);
     let split = value
         .iter()
@@ -424,6 +443,9 @@ pub fn parse_authorization(value: &[u8]) -> Result<Presented, Malformed> {
     if scheme.eq_ignore_ascii_case(b"bearer") {
         if !is_token_bytes(credential) {
             return Err(Malformed::NotATokenShape);
+        }
+        if checksums && !crate::token_checksum::checksum_holds(credential) {
+            return Err(Malformed::BadChecksum);
         }
         Ok(Presented::Bearer(hash_secret(credential)))
     } else if scheme.eq_ignore_ascii_case(b"basic") {

@@ -28,6 +28,7 @@ struct Entry {
     level: Level,
     all_sites: bool,
     has_description: bool,
+    checksum: bool,
 }
 
 /// One credential, borrowed from its set.
@@ -53,6 +54,8 @@ pub struct Credential<'a> {
     pub created: u64,
     /// The name of the user who created it (none: the operator's CLI).
     pub owner: Option<&'a str>,
+    /// Whether its secret ends in a checksum.
+    pub checksum: bool,
 }
 
 /// The sites a credential may read, borrowed from its set.
@@ -101,6 +104,7 @@ impl Credential<'_> {
             level: self.level,
             created: self.created,
             owner: self.owner.map(str::to_owned),
+            checksum: self.checksum,
         }
     }
 }
@@ -116,6 +120,9 @@ pub struct CredentialSet {
     /// digest's next four bytes: a probe past another entry rarely has to
     /// read that entry.
     slots: Box<[u64]>,
+    /// Whether any token was minted without a checksum: then a token whose
+    /// checksum fails may still be one of them, and is looked up.
+    unchecksummed_tokens: bool,
 }
 
 impl Default for CredentialSet {
@@ -185,7 +192,14 @@ impl CredentialSet {
             level: entry.level,
             created: entry.created,
             owner: (!owner.is_empty()).then_some(owner),
+            checksum: entry.checksum,
         }
+    }
+
+    /// Whether a token whose checksum fails may still be one of this set's
+    /// (a token minted before checksums): if not, it is refused unhashed.
+    pub fn holds_unchecksummed_tokens(&self) -> bool {
+        self.unchecksummed_tokens
     }
 
     /// The credentials in the order they were given.
@@ -267,6 +281,7 @@ pub struct CredentialSetBuilder {
     /// The position of this builder's first record in the whole list (for
     /// error messages).
     first: usize,
+    unchecksummed_tokens: bool,
 }
 
 const TOO_LARGE: &str = "credentials: the set's text exceeds 4 GiB";
@@ -339,7 +354,9 @@ impl CredentialSetBuilder {
             level: record.level,
             all_sites: record.sites == Sites::All,
             has_description: record.description.is_some(),
+            checksum: record.checksum,
         });
+        self.unchecksummed_tokens |= record.kind == Kind::Token && !record.checksum;
         Ok(())
     }
 
@@ -348,6 +365,7 @@ impl CredentialSetBuilder {
         let shift = u32::try_from(self.text.len()).map_err(|_| TOO_LARGE)?;
         self.text.push_str(&other.text);
         u32::try_from(self.text.len()).map_err(|_| TOO_LARGE)?;
+        self.unchecksummed_tokens |= other.unchecksummed_tokens;
         self.entries.extend(other.entries.into_iter().map(|mut e| {
             e.start += shift;
             e
@@ -361,6 +379,7 @@ impl CredentialSetBuilder {
             entries: self.entries,
             text: self.text,
             slots: vec![0; capacity].into_boxed_slice(),
+            unchecksummed_tokens: self.unchecksummed_tokens,
         }
     }
 
@@ -395,6 +414,7 @@ impl CredentialSetBuilder {
                 entries,
                 text,
                 slots,
+                ..
             } = &mut set;
             let (entries, text) = (&*entries, &*text);
             join(&mut || indexed = index(entries, slots, first), &mut || {

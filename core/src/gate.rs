@@ -8,7 +8,7 @@ use crate::credential::SecretHash;
 
 use crate::config::LimiterStore;
 use crate::config::{Backend, ConfigError, GateConfig};
-use crate::credential::{Level, parse_authorization};
+use crate::credential::{Level, parse_authorization_checked};
 use crate::credential_set::{Credential, CredentialSet};
 use crate::decision::{
     Action, Body, CREDENTIAL_HEADER, CUSTOMER_HEADER, Decision, FieldValue, Forward, Headers,
@@ -330,7 +330,10 @@ impl Gate {
                 ));
             }
         };
-        parse_authorization(value)
+        // A token with a wrong checksum is refused before it is hashed,
+        // unless this set holds tokens minted before checksums.
+        let checksums = !self.credentials.holds_unchecksummed_tokens();
+        parse_authorization_checked(value, checksums)
             .ok()
             .and_then(|presented| self.credentials.find(&presented))
             .ok_or_else(Gate::invalid_credentials)

@@ -25,6 +25,7 @@ mod pending;
 mod query;
 mod route;
 mod stub;
+mod token_checksum;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod fixtures;
@@ -61,6 +62,9 @@ pub use credential::{
 };
 pub use credential_set::{Credential, CredentialSet, CredentialSetBuilder, SiteScope};
 pub use digest_filter::DigestFilter;
+pub use token_checksum::{
+    TOKEN_CHECKSUM_LEN, TOKEN_RANDOM_LEN, is_checksummed_token, token_checksum,
+};
 
 // Who may manage which credentials (contract section 7).
 pub use management::{Manager, Permission, Refusal, Role};

@@ -1,7 +1,9 @@
 //! Fresh secrets from the operating system's CSPRNG.
 
 use anyhow::{Result, anyhow};
-use sessiongate_core::{KEY_MIN_BODY_LEN, KEY_SUFFIX_LEN, TOKEN_BODY_LEN, TOKEN_PREFIX};
+use sessiongate_core::{
+    KEY_MIN_BODY_LEN, KEY_SUFFIX_LEN, TOKEN_PREFIX, TOKEN_RANDOM_LEN, token_checksum,
+};
 
 /// A login secret's prefix: told apart from a gate credential at a glance.
 pub const LOGIN_PREFIX: &str = "sgu_";
@@ -30,12 +32,16 @@ fn random_string(alphabet: &[u8], len: usize) -> Result<String> {
     Ok(out)
 }
 
-/// `fus_` + 40 base62 characters.
+/// `fus_` + 34 random base62 characters + their 6-character checksum
+/// (`sessiongate_core::token_checksum`): 40 after the prefix, as the
+/// contract's shape has it.
 pub fn new_token() -> Result<String> {
-    Ok(format!(
-        "{TOKEN_PREFIX}{}",
-        random_string(BASE62, TOKEN_BODY_LEN)?
-    ))
+    let random = random_string(BASE62, TOKEN_RANDOM_LEN)?;
+    let checksum = token_checksum(random.as_bytes());
+    let checksum = std::str::from_utf8(&checksum)
+        .map_err(|_| anyhow!("a checksum is ASCII"))?
+        .to_owned();
+    Ok(format!("{TOKEN_PREFIX}{random}{checksum}"))
 }
 
 /// A console user's login secret: `sgu_` + 40 base62 characters.
@@ -59,6 +65,7 @@ mod tests {
     fn shapes_and_uniqueness() {
         let a = new_token().unwrap();
         assert!(is_token(&a), "{a}");
+        assert!(sessiongate_core::is_checksummed_token(&a), "{a}");
         assert_ne!(a, new_token().unwrap());
         let k = new_key().unwrap();
         assert!(is_key(&k), "{k}");

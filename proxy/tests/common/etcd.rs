@@ -380,5 +380,6 @@ pub fn token_record(name: &str, secret: &str) -> sessiongate_core::CredentialRec
         level: Level::Standard,
         created: 1,
         owner: None,
+        checksum: sessiongate_core::is_checksummed_token(secret),
     }
 }
