@@ -116,7 +116,7 @@ mod tests {
         assert_eq!(token.len(), 44);
         assert!(is_checksummed_token(&token));
         for at in 4..token.len() {
-            for replacement in [b'0', b'Z', b'z'] {
+            for replacement in *b"0Zz" {
                 let mut changed = token.clone().into_bytes();
                 if changed[at] == replacement {
                     continue;
