@@ -142,6 +142,13 @@ pub struct GateConfig {
     #[cfg(feature = "etcd")]
     #[serde(default, skip_serializing_if = "LimiterStore::is_shared_data")]
     pub limiter: LimiterStore,
+    /// Every token the credentials' store holds carries a checksum (a host
+    /// that keeps the store sets it from the records' `checksum`): a
+    /// presented token whose checksum fails is refused without a lookup.
+    /// Off (the default), a host looks every well-formed token up, since
+    /// the store may hold tokens minted before checksums.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub checksummed_tokens: bool,
 }
 
 /// Where the filter keeps the limiter's state (the guard's buckets stay in
@@ -460,6 +467,7 @@ impl Default for GateConfig {
             guard: GuardConfig::default(),
             #[cfg(feature = "etcd")]
             limiter: LimiterStore::default(),
+            checksummed_tokens: false,
         }
     }
 }

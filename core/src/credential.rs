@@ -409,10 +409,19 @@ fn trim_ows(b: &[u8]) -> &[u8] {
 /// refuses it with no lookup), one for `Bearer`, up to two for `Basic` (the
 /// raw key, and the secret inside its RFC 7617 form).
 pub fn presented_hashes(authorization: &[&[u8]]) -> Vec<SecretHash> {
+    presented_hashes_checked(authorization, false)
+}
+
+/// As [`presented_hashes`]; with `checksums`, none for a token whose
+/// checksum fails.
+pub(crate) fn presented_hashes_checked(
+    authorization: &[&[u8]],
+    checksums: bool,
+) -> Vec<SecretHash> {
     let [value] = authorization else {
         return Vec::new();
     };
-    match parse_authorization(value) {
+    match parse_authorization_checked(value, checksums) {
         Ok(Presented::Bearer(hash)) => vec![hash],
         Ok(Presented::Basic { raw, decoded }) => std::iter::once(raw).chain(decoded).collect(),
         Err(_) => Vec::new(),

@@ -45,6 +45,8 @@ pub(crate) struct Common {
     #[cfg(feature = "etcd")]
     credential_store: Option<crate::config::CredentialStore>,
     revocation_list: bool,
+    /// [`GateConfig::checksummed_tokens`].
+    checksummed_tokens: bool,
     /// `RateLimit-Policy`, the same on every answer: written once.
     policy: String,
     /// The 429 of the global limit, the answer a flood gets: written once.
@@ -138,6 +140,7 @@ impl Gate {
                 #[cfg(feature = "etcd")]
                 credential_store,
                 revocation_list: false,
+                checksummed_tokens: config.checksummed_tokens,
             }),
         })
     }
@@ -150,9 +153,13 @@ impl Gate {
     /// The digests a request presents that this gate does not hold: what a
     /// host that keeps credentials elsewhere looks up before deciding
     /// (empty: decide as is; the gate holds it, or nothing well-formed was
-    /// presented).
+    /// presented, or a token whose checksum fails where the store's tokens
+    /// all carry one: [`GateConfig::checksummed_tokens`]).
     pub fn missing_digests(&self, authorization: &[&[u8]]) -> Vec<SecretHash> {
-        let digests = crate::credential::presented_hashes(authorization);
+        let digests = crate::credential::presented_hashes_checked(
+            authorization,
+            self.common.checksummed_tokens,
+        );
         let held = digests
             .iter()
             .any(|d| self.credentials.by_hash(d).is_some());

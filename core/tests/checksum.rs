@@ -125,3 +125,33 @@ fn tokens_minted_before_checksums_are_still_admitted() {
         );
     }
 }
+
+/// A host that looks credentials up by digest (none configured): with the
+/// store marked checksummed, a changed token names nothing to look up, and
+/// its decision is the unknown credential's 401; unmarked, every
+/// well-formed token is looked up, since the store may hold old ones.
+#[test]
+fn a_store_marked_checksummed_is_not_asked_for_a_wrong_checksum() {
+    let token = checksummed("abcdefghijABCDEFGHIJ0123456789klmn");
+    let lookup = |marked: bool, presented: &str| {
+        let gate = Gate::new(GateConfig {
+            backend: Backend::Upstream(None),
+            checksummed_tokens: marked,
+            ..Default::default()
+        })
+        .unwrap();
+        let auth = format!("Bearer {presented}");
+        let digests = gate.missing_digests(&[auth.as_bytes()]).len();
+        (digests, outcome(&gate, presented).1)
+    };
+    let (unknown, unknown_body) = lookup(true, &token);
+    assert_eq!(unknown, 1, "a valid checksum is looked up");
+    for changed in one_character_changes(&token) {
+        let (digests, body) = lookup(true, &changed);
+        assert_eq!(digests, 0, "{changed} was looked up");
+        assert_eq!(body, unknown_body);
+        assert_eq!(lookup(false, &changed).0, 1);
+    }
+    assert_eq!(lookup(false, LEGACY).0, 1);
+    assert_eq!(lookup(true, LEGACY).0, 0);
+}

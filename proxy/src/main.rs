@@ -147,6 +147,14 @@ enum TokenAction {
     List(ListArgs),
     /// Revoke at once.
     Delete(DeleteArgs),
+    /// Check a token's checksum offline, as a secret scanner does: exit 0
+    /// when it is a checksummed token (it may still be revoked or never
+    /// issued; only a gate knows), 1 when it is not.
+    Verify {
+        /// The token; read from stdin when omitted or `-` (an argument is
+        /// seen by other users of the machine and kept in shell history).
+        token: Option<String>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -468,6 +476,7 @@ fn run(cli: Cli) -> Result<()> {
                 manage::list(&a.store.open()?, Kind::Token, a.json, &mut stdout)
             }
             TokenAction::Delete(a) => delete(&a.store, Kind::Token, &a.name),
+            TokenAction::Verify { token } => verify_token(token, &mut stdout),
         },
         Command::Key { action } => match action {
             KeyAction::Create { create: a, level } => create(Kind::Key, a, level.into()),
@@ -511,6 +520,35 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// `token verify`: the token is never printed back, only the finding.
+fn verify_token(token: Option<String>, out: &mut dyn std::io::Write) -> Result<()> {
+    let token = match token.filter(|t| t != "-") {
+        Some(token) => token,
+        None => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            line
+        }
+    };
+    let token = token.trim();
+    if !sessiongate_core::is_token(token) {
+        anyhow::bail!(
+            "not a token: a token is fus_ and 40 letters or digits ({} characters given)",
+            token.chars().count()
+        );
+    }
+    if !sessiongate_core::is_checksummed_token(token) {
+        anyhow::bail!(
+            "the checksum does not hold: mistyped, made up, or minted before tokens carried one"
+        );
+    }
+    writeln!(
+        out,
+        "checksum valid: a token sessiongate minted (whether it is still live only a gate can say)"
+    )?;
+    Ok(())
+}
+
 fn check(path: &std::path::Path, repair: bool, out: &mut dyn std::io::Write) -> Result<()> {
     // `serve` takes a missing store for an empty one; asked to check a
     // file, say that there is none rather than "0 credentials".
@@ -530,6 +568,21 @@ fn check(path: &std::path::Path, repair: bool, out: &mut dyn std::io::Write) -> 
         set.len() - keys,
         elapsed.as_millis()
     )?;
+    let unchecksummed = set
+        .iter()
+        .filter(|c| c.kind == Kind::Token && !c.checksum)
+        .count();
+    if unchecksummed == 0 {
+        writeln!(
+            out,
+            "checksums: every token carries one (checksummed_tokens may be set)"
+        )?;
+    } else {
+        writeln!(
+            out,
+            "checksums: {unchecksummed} tokens minted before checksums (leave checksummed_tokens off)"
+        )?;
+    }
     if let Store::Etcd(etcd) = &store {
         if repair {
             let fixed = etcd.repair_index()?;
@@ -573,6 +626,11 @@ fn print_config(a: ConfigArgs, default_backend: &str, out: &mut dyn std::io::Wri
 
 /// The filter's configuration the flags describe, with the store's credentials.
 fn gate_config(a: &ConfigArgs, default_backend: &str) -> Result<GateConfig> {
+    // A gate that looks credentials up elsewhere (etcd, the Worker's object)
+    // skips the lookup of a wrong checksum when the store's tokens all carry
+    // one; every token minted from now on does, so the mark stays true.
+    let checksummed_tokens = (a.credentials_from_store || a.without_credentials)
+        && !a.store.open()?.load_set()?.holds_unchecksummed_tokens();
     let credentials = if a.credentials_from_store {
         let Store::Etcd(etcd) = a.store.open()? else {
             anyhow::bail!(
@@ -604,6 +662,7 @@ fn gate_config(a: &ConfigArgs, default_backend: &str) -> Result<GateConfig> {
             failures: a.guard_failures,
             window_seconds: a.guard_window_seconds,
         },
+        checksummed_tokens,
         ..Default::default()
     })
 }

@@ -262,7 +262,23 @@ fn check_loads_a_store_or_names_the_wrong_record() {
         out.contains("5 credentials (2 tokens, 3 keys), all valid"),
         "{out}"
     );
+    assert!(out.contains("checksums: every token carries one"), "{out}");
     let text = std::fs::read_to_string(&fx.store).unwrap();
+    // The same store as one from before checksums: no record says it has one.
+    let old = fx.dir.join("old-tokens.json");
+    let mut store: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let records = store["credentials"].as_array_mut().unwrap();
+    let marked = records
+        .iter_mut()
+        .filter_map(|r| r.as_object_mut().unwrap().remove("checksum"))
+        .count();
+    assert_eq!(marked, 2, "the CLI marks the tokens it mints");
+    std::fs::write(&old, serde_json::to_vec(&store).unwrap()).unwrap();
+    let out = cli(&["check", "--store", old.to_str().unwrap()]);
+    assert!(
+        out.contains("checksums: 2 tokens minted before checksums"),
+        "{out}"
+    );
     let bad = fx.dir.join("bad-record.json");
     let customer = format!("\"customer\": \"{}\"", suite::CUSTOMER);
     assert!(text.contains(&customer));
@@ -285,6 +301,80 @@ fn check_loads_a_store_or_names_the_wrong_record() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no token store at"));
+}
+
+/// `token verify`: offline, by argument or stdin; a one-character change is
+/// refused, and nothing it prints repeats the token.
+#[test]
+fn token_verify_checks_the_checksum_offline() {
+    let fx = fixture();
+    let token = common::mint_token(&fx.store, "verify-me", &[]);
+    let verify = |arg: Option<&str>, stdin: &str| {
+        use std::io::Write;
+        let mut command = Command::new(BIN);
+        command.args(["token", "verify"]).args(arg);
+        let mut child = command
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !text.contains(&token[4..]),
+            "verify printed the token: {text}"
+        );
+        (out.status.code(), text)
+    };
+    let (code, text) = verify(Some(&token), "");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("checksum valid"), "{text}");
+    let (code, text) = verify(None, &format!("{token}\n"));
+    assert_eq!(code, Some(0), "{text}");
+    let (code, _) = verify(Some("-"), &token);
+    assert_eq!(code, Some(0));
+    let last = token.len() - 1;
+    let swapped = if token.as_bytes()[last] == b'a' {
+        "b"
+    } else {
+        "a"
+    };
+    let changed = format!("{}{swapped}", &token[..last]);
+    let (code, text) = verify(Some(&changed), "");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("checksum does not hold"), "{text}");
+    let (code, text) = verify(Some("fus_short"), "");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("not a token"), "{text}");
+    readmes_scanner_code_agrees(&token, &changed);
+}
+
+/// The README's checksum code for scanning partners, run as written: it
+/// takes the minted token and refuses the changed one.
+fn readmes_scanner_code_agrees(token: &str, changed: &str) {
+    let readme = include_str!("../../README.md");
+    let section = &readme[readme.find("For a secret-scanning partner").unwrap()..];
+    let start = section.find("```python\n").unwrap() + "```python\n".len();
+    let code = &section[start..start + section[start..].find("```").unwrap()];
+    let script = format!("{code}\nimport sys\nprint(valid(sys.argv[1]), valid(sys.argv[2]))\n");
+    let out = Command::new("python3")
+        .args(["-c", &script, token, changed])
+        .output()
+        .expect("python3 (scripts/test.sh runs scripts/layout.py with it too)");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "True False",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// `plugin/envoy-fleet.yaml`: its filter configuration is one the gate

@@ -26,6 +26,8 @@ struct Mock {
     etcd_token: Option<String>,
     /// How many times the filter asked for `source.address`.
     address_reads: std::cell::Cell<u32>,
+    /// How many times it read a credential the host keeps.
+    credential_reads: std::cell::Cell<u32>,
     /// The VM's credential cache, shared by the mocks of one VM's requests.
     cache: std::rc::Rc<std::cell::RefCell<crate::lookup::CredentialCache>>,
     /// The VM's copy of the limiter's log, shared likewise.
@@ -77,6 +79,9 @@ impl Host for Mock {
     fn shared_get(&self, key: &str) -> Result<(Option<Vec<u8>>, u32), String> {
         if self.fail_shared {
             return Err("down".into());
+        }
+        if key.starts_with(CREDENTIAL_KEY_PREFIX) {
+            self.credential_reads.set(self.credential_reads.get() + 1);
         }
         Ok(self
             .shared
@@ -241,6 +246,47 @@ fn credentials_the_host_keeps_by_digest_are_looked_up() {
     m.shared.insert(key, (json, 1));
     on_request_headers(&gate(Backend::Stub), &mut m, &mut None);
     assert_eq!(m.reply.clone().unwrap().0, 401);
+}
+
+/// Where the host says every token it keeps carries a checksum, a token
+/// whose checksum fails is refused without reading the host's store; a
+/// checksummed token is read and admitted, and unmarked, every token is read.
+#[test]
+fn a_wrong_checksum_costs_no_read_of_the_hosts_store() {
+    let random = "abcdefghijABCDEFGHIJ0123456789klmn";
+    let checksum = sessiongate_core::token_checksum(random.as_bytes());
+    let token = format!("fus_{random}{}", std::str::from_utf8(&checksum).unwrap());
+    let record = sessiongate_core::fixtures::record(
+        &token,
+        sessiongate_core::Kind::Token,
+        "checked",
+        sessiongate_core::Sites::All,
+        sessiongate_core::Level::Standard,
+    );
+    let key = format!("{CREDENTIAL_KEY_PREFIX}{}", record.hash);
+    let json = serde_json::to_vec(&[&record]).unwrap();
+    let changed = format!(
+        "{}{}",
+        &token[..43],
+        if token.ends_with('a') { 'b' } else { 'a' }
+    );
+    let hosted = |marked: bool| {
+        Gate::new(GateConfig {
+            backend: Backend::Stub,
+            checksummed_tokens: marked,
+            ..Default::default()
+        })
+        .unwrap()
+    };
+    let run = |gate: &Gate, presented: &str| {
+        let mut m = request(&[&format!("Bearer {presented}")]);
+        m.shared.insert(key.clone(), (json.clone(), 1));
+        on_request_headers(gate, &mut m, &mut None);
+        (m.reply.clone().unwrap().0, m.credential_reads.get())
+    };
+    assert_eq!(run(&hosted(true), &token), (200, 1));
+    assert_eq!(run(&hosted(true), &changed), (401, 0));
+    assert_eq!(run(&hosted(false), &changed), (401, 1));
 }
 
 #[test]

@@ -136,13 +136,17 @@ fn hosted(runner_is_filter: bool, credentials: &CredentialSet) -> bool {
 
 /// The configuration JSON the gate runs: with the credentials, or without
 /// when the host keeps them.
+/// A host that keeps the set tells the VMs whether every token in it
+/// carries a checksum, so that a wrong one costs no lookup.
 fn gate_config(base: &GateConfig, credentials: &CredentialSet, hosted: bool) -> Result<Vec<u8>> {
-    let credentials = if hosted {
-        CredentialSet::default()
-    } else {
-        credentials.clone()
+    if !hosted {
+        return gate_config_json(base, credentials.clone());
+    }
+    let base = GateConfig {
+        checksummed_tokens: !credentials.holds_unchecksummed_tokens(),
+        ..base.clone()
     };
-    gate_config_json(base, credentials)
+    gate_config_json(&base, CredentialSet::default())
 }
 
 /// Whether the token store has been loaded, and its last failure.

@@ -268,6 +268,8 @@ pub(super) fn settings(args: &ServeArgs, file_limit: u64) -> Result<Settings> {
             .stub_sessions_per_site
             .unwrap_or(sessiongate_core::DEFAULT_SESSIONS_PER_SITE),
         guard: file.guard.unwrap_or_default(),
+        // Set per store where the host keeps the credentials (serve/mod.rs).
+        checksummed_tokens: false,
     };
     let store = args
         .store
