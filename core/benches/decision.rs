@@ -7,7 +7,7 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use sessiongate_core::fixtures;
 use sessiongate_core::{
     Backend, CredentialSet, Gate, GateConfig, Kind, LIMITER_KEY, Level, LimitConfig, MemoryKv,
-    Request, Sites, hash_secret, limiter_log,
+    Request, Sites, hash_secret, is_checksummed_token, limiter_log, token_checksum,
 };
 use std::hint::black_box;
 
@@ -80,6 +80,18 @@ fn decision(c: &mut Criterion) {
     c.bench_function("sha256_44_bytes", |b| {
         let t = token(7);
         b.iter(|| black_box(hash_secret(black_box(t.as_bytes()))))
+    });
+    // What a gate whose tokens all carry a checksum adds to each admitted
+    // token (and what a wrong one costs instead of the hash): beside SHA-256.
+    c.bench_function("checksum_44_bytes", |b| {
+        let random = b"abcdefghijABCDEFGHIJ0123456789klmn";
+        let checksum = token_checksum(random);
+        let t = format!(
+            "fus_{}{}",
+            std::str::from_utf8(random).unwrap(),
+            std::str::from_utf8(&checksum).unwrap()
+        );
+        b.iter(|| black_box(is_checksummed_token(black_box(&t))))
     });
 }
 

@@ -94,6 +94,20 @@ pub fn is_token(s: &str) -> bool {
     is_token_bytes(s.as_bytes())
 }
 
+/// Whether `token` is shaped like a token and ends in a valid checksum
+/// (`token_checksum`'s format): what `sessiongate token verify` and a
+/// secret scanner check, offline.
+pub fn is_checksummed_token(token: &str) -> bool {
+    is_token(token) && checksum_holds(token.as_bytes())
+}
+
+/// Whether a token-shaped value ends in the checksum of its random part.
+fn checksum_holds(token: &[u8]) -> bool {
+    token
+        .get(TOKEN_PREFIX.len()..)
+        .is_some_and(crate::token_checksum::checksum_holds)
+}
+
 /// [`is_token`] on bytes: a token is ASCII, so a header value needs no
 /// UTF-8 check first.
 fn is_token_bytes(s: &[u8]) -> bool {
@@ -313,7 +327,7 @@ impl CredentialRecord {
             level,
             created,
             owner: None,
-            checksum: kind == Kind::Token && crate::token_checksum::is_checksummed_token(secret),
+            checksum: kind == Kind::Token && is_checksummed_token(secret),
         }
     }
 
@@ -453,7 +467,7 @@ pub(crate) fn parse_authorization_checked(
         if !is_token_bytes(credential) {
             return Err(Malformed::NotATokenShape);
         }
-        if checksums && !crate::token_checksum::checksum_holds(credential) {
+        if checksums && !checksum_holds(credential) {
             return Err(Malformed::BadChecksum);
         }
         Ok(Presented::Bearer(hash_secret(credential)))
@@ -490,6 +504,43 @@ pub fn split_joined(value: &[u8]) -> Vec<&[u8]> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_minted_token_verifies_and_any_one_change_does_not() {
+        let random = b"abcdefghijABCDEFGHIJ0123456789klmn";
+        let checksum = crate::token_checksum::token_checksum(random);
+        let token = format!(
+            "fus_{}{}",
+            std::str::from_utf8(random).unwrap(),
+            std::str::from_utf8(&checksum).unwrap()
+        );
+        assert_eq!(token.len(), 44);
+        assert!(is_checksummed_token(&token));
+        for at in 4..token.len() {
+            for replacement in *b"0Zz" {
+                let mut changed = token.clone().into_bytes();
+                if changed[at] == replacement {
+                    continue;
+                }
+                changed[at] = replacement;
+                let changed = String::from_utf8(changed).unwrap();
+                assert!(!is_checksummed_token(&changed), "{changed}");
+            }
+        }
+        assert!(!is_checksummed_token(&token[..43]));
+        // At the gate: refused before it is hashed, where checksums are required.
+        let mut changed = token.clone().into_bytes();
+        changed[10] = if changed[10] == b'x' { b'y' } else { b'x' };
+        let header = [b"Bearer ".as_slice(), &changed].concat();
+        assert_eq!(
+            parse_authorization_checked(&header, true),
+            Err(Malformed::BadChecksum)
+        );
+        assert!(parse_authorization_checked(&header, false).is_ok());
+        let good = format!("Bearer {token}");
+        assert!(parse_authorization_checked(good.as_bytes(), true).is_ok());
+        assert!(!is_checksummed_token(&token.replace("fus_", "fux_")));
+    }
+
     use super::*;
 
     pub(super) const TOKEN: &str = "fus_abcdefghijABCDEFGHIJ0123456789klmnopqrst";

@@ -57,14 +57,13 @@ pub mod limiter_log {
 // Credentials: their shapes, digests and records, and the set a gate admits.
 pub use credential::{
     CredentialRecord, KEY_MIN_BODY_LEN, KEY_SUFFIX_LEN, Kind, Level, Malformed, Presented,
-    SecretHash, Sites, TOKEN_BODY_LEN, TOKEN_PREFIX, hash_hex, hash_secret, hint, is_key, is_token,
-    parse_authorization, parse_hash_hex, presented_hashes, split_joined,
+    SecretHash, Sites, TOKEN_BODY_LEN, TOKEN_PREFIX, hash_hex, hash_secret, hint,
+    is_checksummed_token, is_key, is_token, parse_authorization, parse_hash_hex, presented_hashes,
+    split_joined,
 };
 pub use credential_set::{Credential, CredentialSet, CredentialSetBuilder, SiteScope};
 pub use digest_filter::DigestFilter;
-pub use token_checksum::{
-    TOKEN_CHECKSUM_LEN, TOKEN_RANDOM_LEN, is_checksummed_token, token_checksum,
-};
+pub use token_checksum::{TOKEN_CHECKSUM_LEN, TOKEN_RANDOM_LEN, token_checksum};
 
 // Who may manage which credentials (contract section 7).
 pub use management::{Manager, Permission, Refusal, Role};
