@@ -1058,6 +1058,32 @@ fn next_request(before: &Mock, clock: u64) -> Mock {
     m
 }
 
+/// With the etcd store marked checksummed, a token whose checksum fails is
+/// refused with no call to etcd; unmarked, it is looked up as any token.
+#[test]
+fn a_wrong_checksum_costs_no_etcd_lookup_where_the_store_is_marked() {
+    let random = "abcdefghijABCDEFGHIJ0123456789klmn";
+    let checksum = sessiongate_core::token_checksum(random.as_bytes());
+    let changed =
+        format!("fus_{random}{}", std::str::from_utf8(&checksum).unwrap()).replace("abc", "abd");
+    let config = |marked: bool| {
+        format!(
+            r#"{{"backend":"stub","checksummed_tokens":{marked},"credentials":{{"store":"etcd","cluster":"etcd","prefix":"sg"}}}}"#
+        )
+    };
+    let marked = Gate::from_json(config(true).as_bytes()).unwrap();
+    let mut m = request(&[&format!("Bearer {changed}")]);
+    assert_eq!(on_request_headers(&marked, &mut m, &mut None), Next::Stop);
+    assert_eq!(
+        (m.reply.as_ref().map(|r| r.0), m.calls.len()),
+        (Some(401), 0)
+    );
+    let unmarked = Gate::from_json(config(false).as_bytes()).unwrap();
+    let mut m = request(&[&format!("Bearer {changed}")]);
+    assert_eq!(on_request_headers(&unmarked, &mut m, &mut None), Next::Wait);
+    assert_eq!(m.calls.len(), 1);
+}
+
 /// A credential is looked up by digest once, then answered from the VM's
 /// cache; a tick that sees the credentials' revision move drops it, and the
 /// next request looks it up again (here: deleted, so refused).
