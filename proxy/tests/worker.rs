@@ -57,6 +57,8 @@ struct Workerd {
     window: u32,
     /// `--filter-ttl-ms` (none: the Worker's default, 10 s).
     filter_ttl_ms: Option<u32>,
+    /// `--credentials-in-store`: the binding holds none, the object's store all.
+    credentials_in_store: bool,
     log: Arc<Mutex<Vec<String>>>,
 }
 
@@ -83,6 +85,7 @@ impl Workerd {
             requests,
             window,
             filter_ttl_ms,
+            credentials_in_store: false,
             log: Arc::new(Mutex::new(Vec::new())),
         };
         w.launch(FIRST_START);
@@ -103,6 +106,10 @@ impl Workerd {
                 self.filter_ttl_ms
                     .iter()
                     .flat_map(|ms| ["--filter-ttl-ms".to_owned(), ms.to_string()]),
+            )
+            .args(
+                self.credentials_in_store
+                    .then_some("--credentials-in-store"),
             )
             .env("SESSIONGATE_BIN", BIN)
             .stdout(Stdio::piped())
@@ -324,6 +331,64 @@ fn an_admitted_request_is_one_object_call() {
     // The first learns of the hold from the bucket; the isolate remembers.
     let calls = object_calls(addr) - before - 1;
     assert!(calls <= 1, "{calls} object calls for 20 guesses once held");
+}
+
+/// Credentials in the object's store, every token checksummed (the CLI
+/// minted them), so `worker-config --without-credentials` marks the store:
+/// 1,000 tokens with a wrong checksum cost the object no call at all (not
+/// even the digest filter's fetch; unmarked, ~1 % of them would pass the
+/// filter and be looked up), and the synced token is admitted. On `/me`:
+/// under `/v1/external/` every answer carries the limit's state, which the
+/// isolate reads from the object at most once a second either way.
+#[test]
+fn a_wrong_checksum_costs_the_object_no_call() {
+    let fx = fixture();
+    let state = fx.dir.join("workerd-checksums");
+    let mut workerd = Workerd {
+        child: None,
+        port: free_port(),
+        state: state.clone(),
+        store: fx.store.clone(),
+        requests: 100,
+        window: 60,
+        filter_ttl_ms: None,
+        credentials_in_store: true,
+        log: Arc::new(Mutex::new(Vec::new())),
+    };
+    workerd.launch(FIRST_START);
+    let config = std::fs::read_to_string(state.join("config.json")).unwrap();
+    assert!(config.contains("\"checksummed_tokens\": true"), "{config}");
+    let out = worker_sync(&fx.store, workerd.addr(), &[]);
+    assert!(out.contains("wrote 5, deleted 0"), "{out}");
+    let token = &fx.creds.token_all;
+    let before = object_calls(workerd.addr());
+    for i in 0..1_000usize {
+        // Change one of the random characters: the shape holds, the checksum not.
+        let at = 4 + i % 34;
+        let mut changed = token.clone().into_bytes();
+        changed[at] = if changed[at] == b'q' { b'r' } else { b'q' };
+        let auth = format!("Bearer {}", String::from_utf8(changed).unwrap());
+        // `/me`: outside the limit, so no answer reads the limiter's log.
+        let r = request(
+            workerd.addr(),
+            "GET",
+            "/me",
+            &[("Authorization", auth.as_str())],
+        )
+        .unwrap();
+        suite::expect_error(&r, 401, "invalid_credentials").unwrap();
+    }
+    let calls = object_calls(workerd.addr()) - before - 1;
+    assert_eq!(calls, 0, "{calls} object calls for 1,000 wrong checksums");
+    let auth = format!("Bearer {token}");
+    let r = request(
+        workerd.addr(),
+        "GET",
+        "/v1/external/sessions/acme/site-a",
+        &[("Authorization", auth.as_str())],
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
 }
 
 #[test]
