@@ -212,6 +212,30 @@ fn a_failing_key_value_store_fails_closed() {
     }
 }
 
+/// The CLI's checksummed tokens through the component: the token is
+/// admitted, and each one-character change of its random part is refused
+/// before it is hashed, with the body of an unknown credential.
+#[test]
+fn a_changed_checksummed_token_is_refused_as_an_unknown_one() {
+    for build in &BUILDS {
+        let fx = fixture();
+        let server = start(&fx, "", build);
+        let token = &fx.creds.token_all;
+        assert!(sessiongate_core::is_checksummed_token(token));
+        let me = |t: &str| get(server.addr, "/me", Some(&format!("Bearer {t}"))).unwrap();
+        assert_eq!(me(token).status, 200, "{}", build.name);
+        let unknown = me("fus_0000000000000000000000000000000000000000");
+        suite::expect_error(&unknown, 401, "invalid_credentials").unwrap();
+        for at in [4, 20, 37, 38, 43] {
+            let mut changed = token.clone().into_bytes();
+            changed[at] = if changed[at] == b'q' { b'r' } else { b'q' };
+            let r = me(&String::from_utf8(changed).unwrap());
+            suite::expect_error(&r, 401, "invalid_credentials").unwrap();
+            assert_eq!(r.text(), unknown.text(), "{} at {at}", build.name);
+        }
+    }
+}
+
 /// The guard keys on the address the host puts in `spin-client-addr`. The
 /// host appends it after a value the client sent, as Spin does; the
 /// component trusts the last, so rotating the header buys no fresh guesses.
