@@ -629,10 +629,11 @@ fn gate_config(a: &ConfigArgs, default_backend: &str) -> Result<GateConfig> {
     // A gate that looks credentials up elsewhere (etcd, the Worker's object)
     // skips the lookup of a wrong checksum when the store's tokens all carry
     // one; every token minted from now on does, so the mark stays true.
+    let store = a.store.open()?;
     let checksummed_tokens = (a.credentials_from_store || a.without_credentials)
-        && !a.store.open()?.load_set()?.holds_unchecksummed_tokens();
+        && !store.load_set()?.holds_unchecksummed_tokens();
     let credentials = if a.credentials_from_store {
-        let Store::Etcd(etcd) = a.store.open()? else {
+        let Store::Etcd(etcd) = store else {
             anyhow::bail!(
                 "--credentials-from-store needs a store in etcd (--store etcd://HOST:PORT…/PREFIX)"
             );
@@ -647,7 +648,7 @@ fn gate_config(a: &ConfigArgs, default_backend: &str) -> Result<GateConfig> {
     } else if a.without_credentials {
         sessiongate_core::CredentialSet::default().into()
     } else {
-        a.store.open()?.load_set()?.into()
+        store.load_set()?.into()
     };
     Ok(GateConfig {
         credentials,

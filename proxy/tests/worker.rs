@@ -361,33 +361,29 @@ fn a_wrong_checksum_costs_the_object_no_call() {
     let out = worker_sync(&fx.store, workerd.addr(), &[]);
     assert!(out.contains("wrote 5, deleted 0"), "{out}");
     let token = &fx.creds.token_all;
+    let get = |path: &str, token: &str| {
+        let auth = format!("Bearer {token}");
+        request(
+            workerd.addr(),
+            "GET",
+            path,
+            &[("Authorization", auth.as_str())],
+        )
+        .unwrap()
+    };
     let before = object_calls(workerd.addr());
     for i in 0..1_000usize {
         // Change one of the random characters: the shape holds, the checksum not.
         let at = 4 + i % 34;
         let mut changed = token.clone().into_bytes();
         changed[at] = if changed[at] == b'q' { b'r' } else { b'q' };
-        let auth = format!("Bearer {}", String::from_utf8(changed).unwrap());
         // `/me`: outside the limit, so no answer reads the limiter's log.
-        let r = request(
-            workerd.addr(),
-            "GET",
-            "/me",
-            &[("Authorization", auth.as_str())],
-        )
-        .unwrap();
+        let r = get("/me", &String::from_utf8(changed).unwrap());
         suite::expect_error(&r, 401, "invalid_credentials").unwrap();
     }
     let calls = object_calls(workerd.addr()) - before - 1;
     assert_eq!(calls, 0, "{calls} object calls for 1,000 wrong checksums");
-    let auth = format!("Bearer {token}");
-    let r = request(
-        workerd.addr(),
-        "GET",
-        "/v1/external/sessions/acme/site-a",
-        &[("Authorization", auth.as_str())],
-    )
-    .unwrap();
+    let r = get("/v1/external/sessions/acme/site-a", token);
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
