@@ -301,6 +301,12 @@ pub struct CredentialRecord {
     /// one looks up a token whose checksum fails instead of refusing it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub checksum: bool,
+    /// When it stops being accepted, Unix milliseconds (opt-in: none, the
+    /// default, never expires). From this instant on a gate answers it as a
+    /// revoked one. A gate older than this field refuses the whole store
+    /// (unknown field) rather than admit what should have expired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<u64>,
 }
 
 impl CredentialRecord {
@@ -328,6 +334,7 @@ impl CredentialRecord {
             created,
             owner: None,
             checksum: kind == Kind::Token && is_checksummed_token(secret),
+            expires: None,
         }
     }
 

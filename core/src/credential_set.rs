@@ -29,6 +29,8 @@ struct Entry {
     all_sites: bool,
     has_description: bool,
     checksum: bool,
+    /// Unix milliseconds from which it is refused; `u64::MAX`: never.
+    expires: u64,
 }
 
 /// One credential, borrowed from its set.
@@ -56,6 +58,8 @@ pub struct Credential<'a> {
     pub owner: Option<&'a str>,
     /// Whether its secret ends in a checksum.
     pub checksum: bool,
+    /// When it stops being accepted, Unix milliseconds (none: never).
+    pub expires: Option<u64>,
 }
 
 /// The sites a credential may read, borrowed from its set.
@@ -105,7 +109,13 @@ impl Credential<'_> {
             created: self.created,
             owner: self.owner.map(str::to_owned),
             checksum: self.checksum,
+            expires: self.expires,
         }
+    }
+
+    /// Whether it has expired at `now_ms` (refused as a revoked one).
+    pub fn expired(&self, now_ms: u64) -> bool {
+        self.expires.is_some_and(|at| now_ms >= at)
     }
 }
 
@@ -193,6 +203,7 @@ impl CredentialSet {
             created: entry.created,
             owner: (!owner.is_empty()).then_some(owner),
             checksum: entry.checksum,
+            expires: (entry.expires != u64::MAX).then_some(entry.expires),
         }
     }
 
@@ -355,6 +366,7 @@ impl CredentialSetBuilder {
             all_sites: record.sites == Sites::All,
             has_description: record.description.is_some(),
             checksum: record.checksum,
+            expires: record.expires.unwrap_or(u64::MAX),
         });
         self.unchecksummed_tokens |= record.kind == Kind::Token && !record.checksum;
         Ok(())

@@ -1,8 +1,12 @@
 //! Credential records for tests, benches and fuzz targets, in one place.
 //! Never for a real store: their secrets are in the source.
 
+use crate::config::{Backend, GateConfig};
 use crate::credential::{CredentialRecord, Kind, Level, Sites};
 use crate::credential_set::CredentialSet;
+use crate::decision::{Action, Outcome, Request};
+use crate::gate::Gate;
+use crate::kv::Kv;
 
 /// A record of customer `acme` for `secret`.
 pub fn record(
@@ -47,4 +51,39 @@ pub fn token_set(secret: &str, name: &str) -> Result<CredentialSet, String> {
         Sites::All,
         Level::Standard,
     )])
+}
+
+/// A gate over `records` that forwards what it admits (no stub pages to
+/// build), with the default limit.
+pub fn gate_over(records: Vec<CredentialRecord>) -> Result<Gate, String> {
+    Gate::new(GateConfig {
+        credentials: CredentialSet::new(records)?.into(),
+        backend: Backend::Upstream(None),
+        ..Default::default()
+    })
+    .map_err(|e| e.to_string())
+}
+
+/// How `gate` ends `GET target` with `Authorization: authorization` at
+/// `now_ms`, and the body of its reply (empty for a forward).
+pub fn answer(
+    gate: &Gate,
+    authorization: &str,
+    target: &str,
+    now_ms: u64,
+    kv: &mut dyn Kv,
+) -> (Outcome, String) {
+    let values = [authorization.as_bytes()];
+    let req = Request {
+        method: "GET",
+        target,
+        authorization: &values,
+        client: None,
+    };
+    let d = gate.decide(&req, now_ms, kv);
+    let body = match d.action {
+        Action::Reply(r) => r.body.as_str().to_owned(),
+        Action::Forward(_) => String::new(),
+    };
+    (d.outcome, body)
 }

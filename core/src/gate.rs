@@ -320,8 +320,13 @@ impl Gate {
         decision
     }
 
-    /// The credential the one `Authorization` value names.
-    pub(crate) fn authenticate(&self, values: &[&[u8]]) -> Result<Credential<'_>, GateError> {
+    /// The credential the one `Authorization` value names, if it has not
+    /// expired at `now_ms`.
+    pub(crate) fn authenticate(
+        &self,
+        values: &[&[u8]],
+        now_ms: u64,
+    ) -> Result<Credential<'_>, GateError> {
         let value = match values {
             [] => {
                 return Err(GateError::new(
@@ -343,6 +348,7 @@ impl Gate {
         parse_authorization_checked(value, checksums)
             .ok()
             .and_then(|presented| self.credentials.find(&presented))
+            .filter(|credential| !credential.expired(now_ms))
             .ok_or_else(Gate::invalid_credentials)
     }
 

@@ -19,6 +19,7 @@ mod gate;
 mod guard;
 mod headers;
 mod kv;
+mod last_use;
 mod limiter;
 mod management;
 mod pending;
@@ -63,6 +64,7 @@ pub use credential::{
 };
 pub use credential_set::{Credential, CredentialSet, CredentialSetBuilder, SiteScope};
 pub use digest_filter::DigestFilter;
+pub use last_use::{LastUse, MINUTE_MS, Uses};
 pub use token_checksum::{TOKEN_CHECKSUM_LEN, TOKEN_RANDOM_LEN, token_checksum};
 
 // Who may manage which credentials (contract section 7).

@@ -340,7 +340,7 @@ impl Gate {
         if let Some(seconds) = held {
             return Progress::Done(self.guard_refusal(seconds, routed.limited));
         }
-        let record = match self.authenticate(routed.authorization) {
+        let record = match self.authenticate(routed.authorization, now) {
             Ok(record) => record,
             Err(error) => return self.refuse_credential(error, &routed, client, now),
         };

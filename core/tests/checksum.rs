@@ -4,8 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
 use sessiongate_core::{
-    Backend, CredentialSet, ErrorCode, Gate, GateConfig, Kind, Level, MemoryKv, Outcome, Request,
-    Sites, fixtures, is_checksummed_token, token_checksum,
+    Backend, CredentialSet, ErrorCode, Gate, GateConfig, Kind, Level, MemoryKv, Outcome, Sites,
+    fixtures, is_checksummed_token, token_checksum,
 };
 
 /// A token in the checksummed format, from 34 made-up random characters.
@@ -31,29 +31,13 @@ fn gate(secrets: &[&str]) -> Gate {
             )
         })
         .collect();
-    Gate::new(GateConfig {
-        credentials: CredentialSet::new(records).unwrap().into(),
-        backend: Backend::Upstream(None),
-        ..Default::default()
-    })
-    .unwrap()
+    fixtures::gate_over(records).unwrap()
 }
 
 fn outcome(gate: &Gate, token: &str) -> (Outcome, String) {
     let auth = format!("Bearer {token}");
-    let values = [auth.as_bytes()];
-    let req = Request {
-        method: "GET",
-        target: "/v1/external/sessions/acme/site-1",
-        authorization: &values,
-        client: None,
-    };
-    let d = gate.decide(&req, 1_000, &mut MemoryKv::default());
-    let body = match d.action {
-        sessiongate_core::Action::Reply(r) => r.body.as_str().to_owned(),
-        sessiongate_core::Action::Forward(_) => String::new(),
-    };
-    (d.outcome, body)
+    let target = "/v1/external/sessions/acme/site-1";
+    fixtures::answer(gate, &auth, target, 1_000, &mut MemoryKv::default())
 }
 
 /// Every one-character change of `token` that keeps its shape.

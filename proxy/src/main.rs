@@ -12,6 +12,7 @@ use sessiongate_core::{Kind, Level, Permission, Role};
 use sessiongate::serve;
 use sessiongate_store::Store;
 use sessiongate_store::audit::{self, Action, Event};
+use sessiongate_store::last_use::LastUses;
 use sessiongate_store::{manage, users};
 
 #[derive(Parser)]
@@ -122,6 +123,13 @@ struct CreateArgs {
     site: Vec<String>,
     #[arg(long)]
     description: Option<String>,
+    /// Refuse it from this long after creation on (e.g. 90d, 12h; opt-in:
+    /// without it, or --expires-at, it never expires).
+    #[arg(long, value_name = "DURATION", conflicts_with = "expires_at")]
+    expires_in: Option<String>,
+    /// Refuse it from this instant on (RFC 3339, e.g. 2027-03-01T00:00:00Z).
+    #[arg(long, value_name = "RFC3339")]
+    expires_at: Option<String>,
 }
 
 #[derive(Args)]
@@ -417,6 +425,11 @@ fn wasmx_config(a: WasmxArgs, out: &mut dyn std::io::Write) -> Result<()> {
 
 fn create(kind: Kind, args: CreateArgs, level: Level) -> Result<()> {
     let sites = manage::sites_from_args(args.all_sites, args.site)?;
+    let expires = manage::expiry_from_args(
+        args.expires_in.as_deref(),
+        args.expires_at.as_deref(),
+        manage::now_ms(),
+    )?;
     let store = args.store.open()?;
     let (secret, record) = manage::create(
         &store,
@@ -428,12 +441,17 @@ fn create(kind: Kind, args: CreateArgs, level: Level) -> Result<()> {
             sites,
             level,
             owner: None,
+            expires,
         },
     )?;
     audit::record(&store, &Event::by_operator(Action::Create, &record, None))?;
     println!("{secret}");
+    let expiry = record
+        .expires
+        .map(|at| format!(" It expires at {}.", manage::rfc3339(at)))
+        .unwrap_or_default();
     eprintln!(
-        "Created {} {:?}. This is the only time its secret is shown: store it now.",
+        "Created {} {:?}.{expiry} This is the only time its secret is shown: store it now.",
         if kind == Kind::Token { "token" } else { "key" },
         args.name
     );
@@ -549,6 +567,9 @@ fn verify_token(token: Option<String>, out: &mut dyn std::io::Write) -> Result<(
     Ok(())
 }
 
+/// How long a credential goes unadmitted before `check` counts it unused.
+const UNUSED_DAYS: u64 = 90;
+
 fn check(path: &std::path::Path, repair: bool, out: &mut dyn std::io::Write) -> Result<()> {
     // `serve` takes a missing store for an empty one; asked to check a
     // file, say that there is none rather than "0 credentials".
@@ -583,6 +604,26 @@ fn check(path: &std::path::Path, repair: bool, out: &mut dyn std::io::Write) -> 
             "checksums: {unchecksummed} tokens minted before checksums (leave checksummed_tokens off)"
         )?;
     }
+    let now = manage::now_ms();
+    let expired = set.iter().filter(|c| c.expired(now)).count();
+    let expiring = set.iter().filter(|c| c.expires.is_some()).count() - expired;
+    writeln!(
+        out,
+        "expiry: {expired} expired (refused; delete them to tidy), {expiring} set to expire"
+    )?;
+    let uses = LastUses::load(&store)?;
+    let idle_since = now.saturating_sub(UNUSED_DAYS * 86_400_000);
+    let unused = set
+        .iter()
+        .filter(|c| {
+            let last = uses.of(c.name, c.created).map_or(c.created, |u| u.at);
+            last < idle_since
+        })
+        .count();
+    writeln!(
+        out,
+        "last use: {unused} credentials unused for {UNUSED_DAYS} days (not admitted since, or since created)"
+    )?;
     if let Store::Etcd(etcd) = &store {
         if repair {
             let fixed = etcd.repair_index()?;

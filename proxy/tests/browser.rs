@@ -290,10 +290,31 @@ async fn an_architect_manages_a_token_in_chromium_and_the_gate_follows() {
         .select_by_value("architect")
         .await
         .unwrap();
+    // Opt-in expiry (issue 46): in 90 days, which the list then shows.
+    let in_90_days = || {
+        let at = std::time::SystemTime::now() + Duration::from_secs(90 * 86_400);
+        humantime::format_rfc3339(at).to_string()[..10].to_string()
+    };
+    let day_before = in_90_days();
+    page.find(Locator::Id("key-expiry"))
+        .await
+        .unwrap()
+        .select_by_value("90")
+        .await
+        .unwrap();
     click(&page, "#create-key").await;
     visible(&page, "#key-reveal").await;
     click(&page, "#key-reveal .done").await;
     visible(&page, r#"#key-list tr[data-name="browser-key"]"#).await;
+    let expires = text(
+        &page,
+        r#"#key-list tr[data-name="browser-key"] td:nth-child(6)"#,
+    )
+    .await;
+    assert!(
+        expires.starts_with(&day_before) || expires.starts_with(&in_90_days()),
+        "{expires}"
+    );
     assert!(
         page.find_all(Locator::Css(r#"#key-list tr[data-name="operators-key"]"#))
             .await

@@ -545,3 +545,151 @@ fn a_running_serve_admits_what_the_console_creates_and_refuses_what_it_deletes()
     serve.terminate();
     console.terminate();
 }
+
+#[test]
+fn a_key_made_in_the_console_may_expire_and_a_token_may_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("tokens.json");
+    let secret = create_user(&store, suite::CUSTOMER, "ada", "admin", &ALL);
+    let mut console = start_console(&store);
+    let mut serve = Server::start(dir.path(), &store, "", 1);
+    let ada = As::new(console.addr, &secret);
+    let now = sessiongate_store::manage::now_ms();
+    let with_expiry = |name: &str, expires: u64| {
+        Some(json!({ "name": name, "level": "standard", "sites": "all", "expires": expires }))
+    };
+
+    let past = ada.refused(
+        "POST",
+        "keys",
+        with_expiry("late", now - 1),
+        400,
+        "invalid_request",
+    );
+    assert!(past.contains("not in the future"), "{past}");
+    let in_a_year = now + 365 * 86_400_000;
+    let made = ada.ok("POST", "keys", with_expiry("yearly", in_a_year), 201);
+    assert_eq!(made["key"]["expires"], in_a_year);
+    assert_eq!(made["key"]["expired"], false);
+    gate_answers(&serve, made["secret"].as_str().unwrap(), 200);
+    let listed = ada.ok("GET", "keys", None, 200);
+    let yearly = listed["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "yearly")
+        .unwrap();
+    assert_eq!(yearly["expires"], in_a_year);
+    let never = ada.ok("POST", "keys", key("forever", "standard"), 201);
+    assert_eq!(never["key"]["expires"], Value::Null);
+
+    // Section 7: tokens have no expiry.
+    let token = json!({ "name": "t", "sites": "all", "expires": in_a_year });
+    let refused = ada.refused("POST", "tokens", Some(token), 400, "invalid_request");
+    assert!(refused.contains("expires"), "{refused}");
+    assert!(ada.names("tokens").is_empty());
+    serve.terminate();
+    console.terminate();
+}
+
+/// Issue 46, last use on `serve` over a file store: written by a flush,
+/// never by a request (counted), shown by the CLI's lists, the console's
+/// API and `check`, and flushed once more when `serve` stops.
+#[test]
+fn last_use_is_flushed_not_written_per_request_and_shown_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("tokens.json");
+    let s = store.to_str().unwrap();
+    let login = create_user(&store, suite::CUSTOMER, "ada", "admin", &ALL);
+    let used = common::mint_token(&store, "used", &[]);
+    common::mint_token(&store, "idle", &[]);
+    let key = common::mint_key(&store, "old-key", "standard");
+    // A key made 100 days ago and never used since: what `check` counts.
+    let mut records: Value = serde_json::from_slice(&std::fs::read(&store).unwrap()).unwrap();
+    let hundred_days_ago = sessiongate_store::manage::now_ms() - 100 * 86_400_000;
+    for r in records["credentials"].as_array_mut().unwrap() {
+        if r["name"] == "old-key" {
+            r["created"] = json!(hundred_days_ago);
+        }
+    }
+    std::fs::write(&store, serde_json::to_vec(&records).unwrap()).unwrap();
+    let config =
+        "[limit]\nrequests = 100000\n[last_use]\nflush_seconds = 1\ninstance = \"gate-a\"\n";
+    let mut serve = Server::start(dir.path(), &store, config, 2);
+
+    const REQUESTS: usize = 200;
+    for _ in 0..REQUESTS {
+        gate_answers(&serve, &used, 200);
+    }
+    let last_used = |name: &str| -> Value {
+        let listed: Value =
+            serde_json::from_str(&cli(&["token", "list", "--store", s, "--json"])).unwrap();
+        let mut rows = listed.as_array().unwrap().clone();
+        let keys: Value =
+            serde_json::from_str(&cli(&["key", "list", "--store", s, "--json"])).unwrap();
+        rows.extend(keys.as_array().unwrap().iter().cloned());
+        rows.into_iter().find(|r| r["name"] == name).unwrap()["last_used"].clone()
+    };
+    suite::eventually(suite::PATIENCE, || match last_used("used") {
+        Value::Null => Err("not flushed yet".to_owned()),
+        _ => Ok(()),
+    })
+    .unwrap();
+    let now = sessiongate_store::manage::now_ms();
+    let used_at = last_used("used");
+    assert_eq!(used_at["instance"], "gate-a");
+    let at = used_at["at"].as_u64().unwrap();
+    assert!(at % 60_000 == 0 && now - at < 120_000, "{used_at}");
+    assert_eq!(
+        last_used("idle"),
+        Value::Null,
+        "never admitted, never shown"
+    );
+    // Two writes at most (the requests may straddle a minute), never one a
+    // request: the in-memory log merges them.
+    let written = common::sample(
+        &common::scrape(&serve),
+        "sessiongate_last_use_flushes_total",
+        Some(("result", "written")),
+    );
+    assert!(
+        (1.0..=2.0).contains(&written),
+        "{written} writes for {REQUESTS} requests"
+    );
+
+    let table = cli(&["token", "list", "--store", s]);
+    assert!(
+        table.contains("LAST USED") && table.contains("gate-a"),
+        "{table}"
+    );
+    let console = start_console(&store);
+    let ada = As::new(console.addr, &login);
+    let tokens = ada.ok("GET", "tokens", None, 200);
+    let row = tokens["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "used")
+        .unwrap()
+        .clone();
+    assert_eq!(row["last_used"], used_at);
+    let checked = cli(&["check", "--store", s]);
+    assert!(
+        checked.contains("last use: 1 credentials unused for 90 days"),
+        "{checked}"
+    );
+
+    // Admitted, then stopped before a flush could come: written on the way out.
+    serve.terminate();
+    let config = "[last_use]\nflush_seconds = 3600\ninstance = \"gate-b\"\n";
+    let mut serve = Server::start(dir.path(), &store, config, 1);
+    gate_answers(&serve, &key, 200);
+    assert_eq!(last_used("old-key"), Value::Null);
+    assert!(serve.terminate().success());
+    assert_eq!(last_used("old-key")["instance"], "gate-b");
+    let checked = cli(&["check", "--store", s]);
+    assert!(
+        checked.contains("last use: 0 credentials unused for 90 days"),
+        "{checked}"
+    );
+}

@@ -684,3 +684,83 @@ fn decode_base64(text: &str) -> String {
     )
     .unwrap()
 }
+
+/// Issue 46, last use on a fleet's store in etcd: two `serve`s flush what
+/// they admit into one key per credential (`PREFIX/last_used/NAME`), never
+/// into the record, so a rename is never in conflict with a flush and the
+/// gates never reload for one; the rename carries the last use over.
+#[test]
+fn last_use_in_etcd_is_a_key_per_credential_apart_from_its_record() {
+    use common::console::gate_answers;
+
+    let fx = fixture();
+    let etcd = Etcd::start(&fx.dir, 1);
+    let store = format!("etcd://127.0.0.1:{}/sessiongate-used", etcd.clients[0]);
+    let store_path = Path::new(&store);
+    let key = common::mint_key(store_path, "etl", "standard");
+    let servers: Vec<Server> = ["gate-1", "gate-2"]
+        .iter()
+        .map(|name| {
+            let config = format!(
+                "[guard]\nfailures = 0\n[last_use]\nflush_seconds = 1\ninstance = \"{name}\"\n"
+            );
+            Server::start(&fx.dir, store_path, &config, 1)
+        })
+        .collect();
+    let last_used = |name: &str| -> serde_json::Value {
+        let listed: serde_json::Value =
+            serde_json::from_str(&common::cli(&["key", "list", "--store", &store, "--json"]))
+                .unwrap();
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .map_or(serde_json::Value::Null, |r| r["last_used"].clone())
+    };
+    let flushed = |name: &str| {
+        eventually(suite::PATIENCE, || match last_used(name) {
+            serde_json::Value::Null => Err(format!("no last use of {name} yet")),
+            used => Ok(used),
+        })
+        .unwrap()
+    };
+    let revision = |key: &str| -> u64 {
+        let body = format!(r#"{{"key":"{}"}}"#, base64_of(key));
+        let answer = etcd.post(0, "/v3/kv/range", &body).unwrap();
+        answer["kvs"][0]["mod_revision"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let minted = revision("sessiongate-used/credentials/etl");
+    gate_answers(&servers[0], &key, 200);
+    let first = flushed("etl");
+    assert_eq!(first["instance"], "gate-1");
+    revision("sessiongate-used/last_used/etl");
+    assert_eq!(
+        revision("sessiongate-used/credentials/etl"),
+        minted,
+        "the flush wrote the record"
+    );
+    // Renamed: the last use goes with it at once.
+    common::cli(&[
+        "key", "update", "--store", &store, "etl", "--rename", "etl-2",
+    ]);
+    assert_eq!(last_used("etl-2"), first);
+    revision("sessiongate-used/last_used/etl-2");
+    // Both admit it under its new record; a later flush moves nothing back.
+    for server in &servers {
+        gate_answers(server, &key, 200);
+    }
+    for server in &servers {
+        let failed = common::sample(
+            &common::scrape(server),
+            "sessiongate_last_use_flushes_total",
+            Some(("result", "failed")),
+        );
+        assert_eq!(failed, 0.0, "a flush failed");
+    }
+    assert!(last_used("etl-2")["at"].as_u64() >= first["at"].as_u64());
+}

@@ -26,7 +26,7 @@ use common::etcd::{
 };
 use common::{
     BIN, Fixture, assert_forwarded, assert_functional_suite, assert_no_secret, assert_relayed,
-    delete_token, fixture, mint_token, request_to_forward, upstream,
+    delete_token, fixture, mint_token, mint_token_expiring, request_to_forward, upstream,
 };
 use sessiongate_conformance::http::get;
 use sessiongate_conformance::{self as suite, Credentials, Harness};
@@ -219,6 +219,19 @@ struct OnWasmx<'a> {
     fixture: &'a mut Fixture,
 }
 
+impl OnWasmx<'_> {
+    fn mint_expiring_in(
+        &mut self,
+        name: &str,
+        expires_in: Option<Duration>,
+    ) -> Result<String, String> {
+        let secret = mint_token_expiring(&self.fixture.store, name, &[], expires_in);
+        self.fixture.secrets.push(secret.clone());
+        self.wasmx.reload();
+        Ok(secret)
+    }
+}
+
 impl Harness for OnWasmx<'_> {
     fn addr(&self) -> SocketAddr {
         self.wasmx.addr()
@@ -227,10 +240,10 @@ impl Harness for OnWasmx<'_> {
         &self.fixture.creds
     }
     fn mint(&mut self, name: &str) -> Result<String, String> {
-        let secret = mint_token(&self.fixture.store, name, &[]);
-        self.fixture.secrets.push(secret.clone());
-        self.wasmx.reload();
-        Ok(secret)
+        self.mint_expiring_in(name, None)
+    }
+    fn mint_expiring(&mut self, name: &str, expires_in: Duration) -> Result<String, String> {
+        self.mint_expiring_in(name, Some(expires_in))
     }
     fn revoke(&mut self, name: &str) -> Result<(), String> {
         delete_token(&self.fixture.store, name);

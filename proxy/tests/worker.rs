@@ -178,6 +178,16 @@ struct Edge<'a> {
     fixture: &'a mut Fixture,
 }
 
+impl Edge<'_> {
+    fn mint_with(&mut self, name: &str, expires_in: Option<Duration>) -> Result<String, String> {
+        let secret = common::mint_token_expiring(&self.fixture.store, name, &[], expires_in);
+        self.fixture.secrets.push(secret.clone());
+        self.workerd.stop();
+        self.workerd.launch(RELAUNCH);
+        Ok(secret)
+    }
+}
+
 impl Harness for Edge<'_> {
     fn addr(&self) -> SocketAddr {
         self.workerd.addr()
@@ -188,11 +198,10 @@ impl Harness for Edge<'_> {
     /// Credentials reach a Worker by deployment: re-render the binding and
     /// restart workerd (its Durable Object state stays on disk).
     fn mint(&mut self, name: &str) -> Result<String, String> {
-        let secret = mint_token(&self.fixture.store, name, &[]);
-        self.fixture.secrets.push(secret.clone());
-        self.workerd.stop();
-        self.workerd.launch(RELAUNCH);
-        Ok(secret)
+        self.mint_with(name, None)
+    }
+    fn mint_expiring(&mut self, name: &str, expires_in: Duration) -> Result<String, String> {
+        self.mint_with(name, Some(expires_in))
     }
     /// Revocation at once: the admin call records the hash in the Durable Object.
     fn revoke(&mut self, name: &str) -> Result<(), String> {
@@ -437,6 +446,28 @@ struct Stored<'a> {
     admitted_after: Vec<Duration>,
 }
 
+impl Stored<'_> {
+    /// Mints, syncs, and returns once the Worker admits the token (or, for
+    /// one that expires, once it may have expired).
+    fn mint_with(&mut self, name: &str, expires_in: Option<Duration>) -> Result<String, String> {
+        let minting = Instant::now();
+        let secret = common::mint_token_expiring(&self.fixture.store, name, &[], expires_in);
+        self.fixture.secrets.push(secret.clone());
+        worker_sync(&self.fixture.store, self.addr(), &[]);
+        let synced = Instant::now();
+        let auth = format!("Bearer {secret}");
+        suite::eventually(suite::PATIENCE, || {
+            match request(self.addr(), "GET", "/me", &[("Authorization", &auth)])?.status {
+                200 => Ok(()),
+                _ if expires_in.is_some_and(|d| minting.elapsed() >= d) => Ok(()),
+                status => Err(format!("{name} not admitted after its sync: {status}")),
+            }
+        })?;
+        self.admitted_after.push(synced.elapsed());
+        Ok(secret)
+    }
+}
+
 impl Harness for Stored<'_> {
     fn addr(&self) -> SocketAddr {
         self.workerd.addr()
@@ -445,19 +476,10 @@ impl Harness for Stored<'_> {
         &self.fixture.creds
     }
     fn mint(&mut self, name: &str) -> Result<String, String> {
-        let secret = mint_token(&self.fixture.store, name, &[]);
-        self.fixture.secrets.push(secret.clone());
-        worker_sync(&self.fixture.store, self.addr(), &[]);
-        let synced = Instant::now();
-        let auth = format!("Bearer {secret}");
-        suite::eventually(suite::PATIENCE, || {
-            match request(self.addr(), "GET", "/me", &[("Authorization", &auth)])?.status {
-                200 => Ok(()),
-                status => Err(format!("{name} not admitted after its sync: {status}")),
-            }
-        })?;
-        self.admitted_after.push(synced.elapsed());
-        Ok(secret)
+        self.mint_with(name, None)
+    }
+    fn mint_expiring(&mut self, name: &str, expires_in: Duration) -> Result<String, String> {
+        self.mint_with(name, Some(expires_in))
     }
     fn revoke(&mut self, name: &str) -> Result<(), String> {
         common::delete_token(&self.fixture.store, name);

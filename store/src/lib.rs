@@ -3,7 +3,8 @@
 //! etcd for a fleet).
 //!
 //! - [`Store`]: credentials (hashes only, never a secret), and kept with
-//!   them the console's users ([`users`]) and the audit log ([`audit`]).
+//!   them the console's users ([`users`]), the audit log ([`audit`]) and
+//!   each credential's last use ([`last_use`]).
 //! - [`manage`]: creating, listing, changing and deleting a credential (the
 //!   contract's section 3), under the store's lock or in one etcd txn.
 //! - [`secret`]: fresh secrets from the operating system's CSPRNG.
@@ -18,6 +19,7 @@
 pub mod audit;
 mod etcd_store;
 mod format;
+pub mod last_use;
 pub mod manage;
 pub mod secret;
 mod store;

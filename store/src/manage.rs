@@ -4,8 +4,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Result, bail};
 use sessiongate_core::is_valid_id;
-use sessiongate_core::{CredentialRecord, Kind, Level, Sites};
+use sessiongate_core::{CredentialRecord, Kind, LastUse, Level, Sites};
 
+use crate::last_use::{self, LastUses};
 use crate::secret;
 use crate::store::Store;
 
@@ -18,6 +19,8 @@ pub struct NewCredential {
     pub level: Level,
     /// The user creating it (none: the operator's CLI).
     pub owner: Option<String>,
+    /// When it stops being accepted, Unix milliseconds (none: never).
+    pub expires: Option<u64>,
 }
 
 /// Why a change was not made, for a caller that answers each differently
@@ -80,11 +83,47 @@ pub fn sites_from_args(all_sites: bool, sites: Vec<String>) -> Result<Sites> {
     }
 }
 
+/// When a credential created now with `--expires-in`/`--expires-at` (at
+/// most one of them) expires: Unix milliseconds, checked to be in the future.
+pub fn expiry_from_args(
+    expires_in: Option<&str>,
+    expires_at: Option<&str>,
+    now_ms: u64,
+) -> Result<Option<u64>> {
+    let at = match (expires_in, expires_at) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(_)) => bail!("give either --expires-in or --expires-at, not both"),
+        (Some(span), None) => {
+            let length = humantime::parse_duration(span).map_err(|e| {
+                anyhow::anyhow!("--expires-in {span:?}: {e} (write e.g. 90d, 12h, 30min)")
+            })?;
+            u64::try_from(length.as_millis())
+                .ok()
+                .and_then(|ms| now_ms.checked_add(ms))
+                .ok_or_else(|| anyhow::anyhow!("--expires-in {span:?} is too far away"))?
+        }
+        (None, Some(date)) => {
+            let at = humantime::parse_rfc3339_weak(date).map_err(|e| {
+                anyhow::anyhow!("--expires-at {date:?}: {e} (write e.g. 2027-03-01T00:00:00Z)")
+            })?;
+            let ms = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+            u64::try_from(ms).unwrap_or(u64::MAX)
+        }
+    };
+    Ok(Some(at))
+}
+
 /// Mints a secret, stores its hash; returns the secret (shown once) and
 /// the record kept.
 pub fn create(store: &Store, kind: Kind, new: NewCredential) -> Result<(String, CredentialRecord)> {
     if new.name.trim().is_empty() {
         return Err(Problem::Invalid("the name must not be empty".into()).into());
+    }
+    let created = now_ms();
+    if let Some(at) = new.expires.filter(|&at| at <= created) {
+        return Err(
+            Problem::Invalid(format!("the expiry {} is not in the future", rfc3339(at))).into(),
+        );
     }
     if !is_valid_id(&new.customer) {
         return Err(Problem::Invalid(format!(
@@ -109,9 +148,10 @@ pub fn create(store: &Store, kind: Kind, new: NewCredential) -> Result<(String, 
         } else {
             new.level
         },
-        now_ms(),
+        created,
     );
     record.owner = new.owner;
+    record.expires = new.expires;
     record.checked_hash().map_err(Problem::Invalid)?;
     let name = record.name.clone();
     store.update(|records| {
@@ -126,7 +166,7 @@ pub fn create(store: &Store, kind: Kind, new: NewCredential) -> Result<(String, 
 
 /// Deletes (revokes) a credential that `check` accepts; returns it.
 pub fn delete(store: &Store, kind: Kind, name: &str, check: Check<'_>) -> Result<CredentialRecord> {
-    store.update(|records| {
+    let deleted = store.update(|records| {
         let Some(pos) = records
             .iter()
             .position(|r| r.name == name && r.kind == kind)
@@ -137,7 +177,12 @@ pub fn delete(store: &Store, kind: Kind, name: &str, check: Check<'_>) -> Result
             check(record)?;
         }
         Ok(records.remove(pos))
-    })
+    })?;
+    // Tidying only, after the revocation that matters: a use left behind is
+    // never shown for a credential created later under the name
+    // (`LastUse::is_of`), so a failure here is no failure of the delete.
+    let _ = last_use::forget(store, name);
+    Ok(deleted)
 }
 
 /// Renames a key and/or changes its level, if `check` accepts the
@@ -155,7 +200,7 @@ pub fn update_key(
             Problem::Invalid("nothing to change: give a new name and/or a level".into()).into(),
         );
     }
-    store.update(|records| {
+    let (before, after) = store.update(|records| {
         let taken = rename
             .as_ref()
             .is_some_and(|new| new != name && records.iter().any(|r| &r.name == new));
@@ -186,7 +231,13 @@ pub fn update_key(
             record.level = level;
         }
         Ok((before, record.clone()))
-    })
+    })?;
+    if before.name != after.name {
+        // Best effort, after the rename that matters: should it fail, the
+        // key shows no last use until it is next admitted.
+        let _ = last_use::rename(store, &before.name, &after.name);
+    }
+    Ok((before, after))
 }
 
 fn kind_word(kind: Kind) -> &'static str {
@@ -198,7 +249,7 @@ fn kind_word(kind: Kind) -> &'static str {
 
 /// A credential as listed (`list --json`, the console's API): every
 /// field but the hash, never a secret.
-pub fn listed(r: &CredentialRecord) -> serde_json::Value {
+pub fn listed(r: &CredentialRecord, last_use: Option<&LastUse>) -> serde_json::Value {
     serde_json::json!({
         "name": r.name,
         "description": r.description,
@@ -209,7 +260,28 @@ pub fn listed(r: &CredentialRecord) -> serde_json::Value {
         "hint": r.hint,
         "created": r.created,
         "owner": r.owner,
+        "expires": r.expires,
+        "expired": r.expires.is_some_and(|at| now_ms() >= at),
+        "last_used": last_use.map(|u| serde_json::json!({ "at": u.at, "instance": u.instance })),
     })
+}
+
+/// When a credential expires, as lists show it.
+fn expiry_cell(expires: Option<u64>, now_ms: u64) -> String {
+    match expires {
+        None => "never".into(),
+        Some(at) if now_ms >= at => format!("expired {}", rfc3339(at)),
+        Some(at) => rfc3339(at),
+    }
+}
+
+/// When a credential was last admitted, as lists show it: the minute, and
+/// the gate instance.
+fn last_use_cell(last_use: Option<&LastUse>) -> String {
+    match last_use {
+        None => "never".into(),
+        Some(u) => format!("{} {}", rfc3339(u.at), u.instance),
+    }
 }
 
 /// The listing: every field but the hash, never a secret.
@@ -219,11 +291,16 @@ pub fn list(store: &Store, kind: Kind, json: bool, out: &mut dyn std::io::Write)
         .into_iter()
         .filter(|r| r.kind == kind)
         .collect();
+    let uses = LastUses::load(store)?;
     if json {
-        let rows: Vec<serde_json::Value> = records.iter().map(listed).collect();
+        let rows: Vec<serde_json::Value> = records
+            .iter()
+            .map(|r| listed(r, uses.of_record(r)))
+            .collect();
         writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
         return Ok(());
     }
+    let now = now_ms();
     let rows: Vec<Vec<String>> = records
         .iter()
         .map(|r| {
@@ -234,6 +311,8 @@ pub fn list(store: &Store, kind: Kind, json: bool, out: &mut dyn std::io::Write)
                 r.level.to_string(),
                 r.hint.clone(),
                 rfc3339(r.created),
+                expiry_cell(r.expires, now),
+                last_use_cell(uses.of_record(r)),
                 r.owner.clone().unwrap_or_else(|| "-".into()),
                 r.description.clone().unwrap_or_default(),
             ]
@@ -246,6 +325,8 @@ pub fn list(store: &Store, kind: Kind, json: bool, out: &mut dyn std::io::Write)
         "LEVEL",
         "HINT",
         "CREATED",
+        "EXPIRES",
+        "LAST USED",
         "OWNER",
         "DESCRIPTION",
     ];
@@ -288,6 +369,7 @@ mod tests {
             sites: Sites::All,
             level: Level::Admin,
             owner: None,
+            expires: None,
         }
     }
 
@@ -372,6 +454,56 @@ mod tests {
     fn created_is_shown_as_a_date() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_796_185_704_364), "2026-12-02T04:28:24Z");
+    }
+
+    #[test]
+    fn expiry_arguments() {
+        let now = 1_796_185_704_000;
+        assert_eq!(expiry_from_args(None, None, now).unwrap(), None);
+        assert_eq!(
+            expiry_from_args(Some("90d"), None, now).unwrap(),
+            Some(now + 90 * 86_400_000)
+        );
+        assert_eq!(
+            expiry_from_args(None, Some("2027-03-01T00:00:00Z"), now).unwrap(),
+            Some(1_803_859_200_000)
+        );
+        assert!(expiry_from_args(Some("90d"), Some("2027-03-01T00:00:00Z"), now).is_err());
+        let e = expiry_from_args(Some("ninety days"), None, now).unwrap_err();
+        assert!(e.to_string().contains("--expires-in"), "{e}");
+        assert!(expiry_from_args(None, Some("tomorrow"), now).is_err());
+    }
+
+    #[test]
+    fn an_expiry_is_in_the_future_and_lists_show_when_it_passed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::File(dir.path().join("s.json"));
+        let past = NewCredential {
+            expires: Some(now_ms() - 1),
+            ..new("t")
+        };
+        let e = create(&store, Kind::Token, past).unwrap_err();
+        assert!(e.to_string().contains("not in the future"), "{e}");
+        let soon = now_ms() + 60_000;
+        let (_, record) = create(
+            &store,
+            Kind::Token,
+            NewCredential {
+                expires: Some(soon),
+                ..new("t")
+            },
+        )
+        .unwrap();
+        assert_eq!(record.expires, Some(soon));
+        assert_eq!(expiry_cell(None, soon), "never");
+        assert_eq!(expiry_cell(Some(soon), soon - 1), rfc3339(soon));
+        assert_eq!(
+            expiry_cell(Some(soon), soon),
+            format!("expired {}", rfc3339(soon))
+        );
+        let listed = listed(&record, None);
+        assert_eq!(listed["expires"], soon);
+        assert_eq!(listed["expired"], false);
     }
 
     #[test]

@@ -412,10 +412,15 @@ fn update_documents<T: Document, R>(
     let path = beside(store, &format!("{}.json", T::COLLECTION));
     let lock = lock(&path)?;
     let mut documents = load_documents(store)?;
+    let before = documents.clone();
     let out = change(&mut documents)?;
-    let mut json = serde_json::to_vec_pretty(&documents)?;
-    json.push(b'\n');
-    write_atomically(&path, &json)?;
+    // As etcd's txn writes only what changed: a change that changes
+    // nothing (a flush of uses already stored) writes nothing.
+    if documents != before {
+        let mut json = serde_json::to_vec_pretty(&documents)?;
+        json.push(b'\n');
+        write_atomically(&path, &json)?;
+    }
     drop(lock);
     Ok(out)
 }

@@ -43,6 +43,10 @@ pub trait Harness {
     /// Mints a standard token for all sites of [`CUSTOMER`]; returns its
     /// secret once the build admits it (the next request may use it).
     fn mint(&mut self, name: &str) -> Result<String, String>;
+    /// As [`Harness::mint`], for a token that expires `expires_in` after
+    /// its creation (the CLI's `--expires-in`); returns once the build
+    /// holds it, which may be after it expired.
+    fn mint_expiring(&mut self, name: &str, expires_in: Duration) -> Result<String, String>;
     /// Revokes a credential by name; returns once the build refuses it (the
     /// next request is told 401).
     fn revoke(&mut self, name: &str) -> Result<(), String>;
@@ -93,6 +97,10 @@ pub const FUNCTIONAL: &[(&str, Case)] = &[
     (
         "revocation: a deleted token fails on the next request",
         revocation,
+    ),
+    (
+        "expiry: admitted until it expires, then answered as an unknown token",
+        expiry,
     ),
 ];
 
@@ -574,6 +582,70 @@ fn revocation(h: &mut dyn Harness) -> Result<(), String> {
         "invalid_credentials",
     )
     .map(|_| ())
+}
+
+/// A token minted to expire shortly: admitted before (its mint returned in
+/// time, or the case tries again with a longer time), refused after with the
+/// body of a token that never existed, and never refused before.
+fn expiry(h: &mut dyn Harness) -> Result<(), String> {
+    let addr = h.addr();
+    let unknown = get(
+        addr,
+        SESSIONS,
+        Some(&bearer(&format!("fus_{}", "0".repeat(40)))),
+    )?;
+    expect_error(&unknown, 401, "invalid_credentials")?;
+    let mut expires_in = Duration::from_secs(4);
+    for attempt in 0..4 {
+        let minting = Instant::now();
+        let name = format!("expires-{attempt}-{}", std::process::id());
+        let token = h.mint_expiring(&name, expires_in)?;
+        let me = get(addr, "/me", Some(&bearer(&token)))?;
+        let page = get(addr, SESSIONS, Some(&bearer(&token)))?;
+        if me.status != 200 || page.status != 200 {
+            // The expiry is at least `expires_in` after `minting`.
+            if minting.elapsed() < expires_in {
+                return Err(format!(
+                    "refused before it expired: /me {}, sessions {} {}",
+                    me.status,
+                    page.status,
+                    page.text()
+                ));
+            }
+            expires_in *= 2;
+            continue;
+        }
+        let refused = eventually(expires_in + PATIENCE, || {
+            let r = get(addr, SESSIONS, Some(&bearer(&token)))?;
+            match r.status {
+                200 => Err("still admitted".to_owned()),
+                _ => Ok(r),
+            }
+        })?;
+        if minting.elapsed() < expires_in {
+            return Err(format!(
+                "refused before it expired: {} {}",
+                refused.status,
+                refused.text()
+            ));
+        }
+        expect_error(&refused, 401, "invalid_credentials")?;
+        let me = get(addr, "/me", Some(&bearer(&token)))?;
+        expect_error(&me, 401, "invalid_credentials")?;
+        return ensure(
+            refused.body == unknown.body && me.body == unknown.body,
+            || {
+                format!(
+                    "an expired token's body differs from an unknown one's: {} vs {}",
+                    refused.text(),
+                    unknown.text()
+                )
+            },
+        );
+    }
+    Err(format!(
+        "no mint returned before its token expired, the last after {expires_in:?}"
+    ))
 }
 
 /// The global limit, against a gate whose limiter is fresh, with `requests`

@@ -13,6 +13,7 @@ use sessiongate_core::{
 
 use super::{Call, Console, Reply, error, json, store_failed};
 use sessiongate_store::audit::{self, Action, Event};
+use sessiongate_store::last_use::LastUses;
 use sessiongate_store::manage::{self, NewCredential, Problem, listed};
 
 #[derive(Deserialize)]
@@ -32,6 +33,10 @@ struct NewKey {
     description: Option<String>,
     level: Level,
     sites: Sites,
+    /// When the key stops being accepted, Unix milliseconds as lists give
+    /// `created` (none: never). Tokens take none: section 7 says "no expiry".
+    #[serde(default)]
+    expires: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -126,12 +131,13 @@ fn list(console: &Console, manager: &Manager<'_>, kind: Kind) -> Result<Reply> {
     if kind == Kind::Token {
         manager.may_list_tokens()?;
     }
+    let uses = LastUses::load(&console.store)?;
     let rows: Vec<serde_json::Value> = console
         .store
         .load()?
         .iter()
         .filter(|r| r.kind == kind && manager.lists(r))
-        .map(listed)
+        .map(|r| listed(r, uses.of_record(r)))
         .collect();
     let field = if kind == Kind::Token {
         "tokens"
@@ -144,58 +150,49 @@ fn list(console: &Console, manager: &Manager<'_>, kind: Kind) -> Result<Reply> {
 fn create_token(console: &Console, call: &Call, manager: &Manager<'_>) -> Result<Reply> {
     manager.may_create_token()?;
     let new: NewToken = body(call)?;
-    let (secret, record) = create(
-        console,
-        call,
-        Kind::Token,
-        new.name,
-        new.description,
-        new.sites,
-        Level::Standard,
-    )?;
+    let token = NewKey {
+        name: new.name,
+        description: new.description,
+        level: Level::Standard,
+        sites: new.sites,
+        expires: None,
+    };
+    let (secret, record) = create(console, call, Kind::Token, token)?;
     Ok(json(
         StatusCode::CREATED,
-        &json!({ "token": listed(&record), "secret": secret }),
+        &json!({ "token": listed(&record, None), "secret": secret }),
     ))
 }
 
 fn create_key(console: &Console, call: &Call, manager: &Manager<'_>) -> Result<Reply> {
     let new: NewKey = body(call)?;
     manager.may_create_key(new.level)?;
-    let (secret, record) = create(
-        console,
-        call,
-        Kind::Key,
-        new.name,
-        new.description,
-        new.sites,
-        new.level,
-    )?;
+    let (secret, record) = create(console, call, Kind::Key, new)?;
     Ok(json(
         StatusCode::CREATED,
-        &json!({ "key": listed(&record), "secret": secret }),
+        &json!({ "key": listed(&record, None), "secret": secret }),
     ))
 }
 
+/// Creates what a user asked for (a token is a standard key's fields
+/// without an expiry), owned by them, in their account.
 fn create(
     console: &Console,
     call: &Call,
     kind: Kind,
-    name: String,
-    description: Option<String>,
-    sites: Sites,
-    level: Level,
+    new: NewKey,
 ) -> Result<(String, CredentialRecord)> {
     let (secret, record) = manage::create(
         &console.store,
         kind,
         NewCredential {
-            name,
-            description: description.filter(|d| !d.trim().is_empty()),
+            name: new.name,
+            description: new.description.filter(|d| !d.trim().is_empty()),
             customer: call.user.customer.clone(),
-            sites,
-            level,
+            sites: new.sites,
+            level: new.level,
             owner: Some(call.user.name.clone()),
+            expires: new.expires,
         },
     )?;
     log_action(
@@ -264,7 +261,11 @@ fn change_key(console: &Console, call: &Call, manager: &Manager<'_>, raw: &str) 
         console,
         Event::on_credential(&call.user.name, Action::Update, &after, Some(&before)),
     );
-    Ok(json(StatusCode::OK, &json!({ "key": listed(&after) })))
+    let uses = LastUses::load(&console.store)?;
+    Ok(json(
+        StatusCode::OK,
+        &json!({ "key": listed(&after, uses.of_record(&after)) }),
+    ))
 }
 
 fn read_audit(console: &Console, manager: &Manager<'_>) -> Result<Reply> {

@@ -103,6 +103,10 @@ fn scrape(app: &App) -> Scrape {
         connections_open: app.admission.open(),
         credentials: app.credential_count(),
         limiter_store_errors: app.limiter_store_errors(),
+        last_use_flushes: (
+            app.last_use.writes.load(Ordering::Relaxed),
+            app.last_use.failures.load(Ordering::Relaxed),
+        ),
     }
 }
 

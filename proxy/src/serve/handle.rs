@@ -121,12 +121,21 @@ pub(super) async fn handle(
         },
         Runner::Component(host) => (Box::pin(handle_component(host, req, peer)).await, None),
     };
+    if let Some(Credential {
+        name,
+        admitted: true,
+    }) = &credential
+    {
+        app.last_use.admitted(name);
+    }
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
     app.metrics.responded(status);
     app.metrics.took(elapsed);
     if let Some((method, path)) = logged {
-        let credential = credential.as_deref().map(String::from_utf8_lossy);
+        let credential = credential
+            .as_ref()
+            .map(|c| String::from_utf8_lossy(&c.name));
         app.access_log.write(
             log::Access {
                 method: method.as_str(),
@@ -172,16 +181,22 @@ async fn handle_component(
     }
 }
 
-type Credential = Option<Vec<u8>>;
+/// The credential the filter authenticated: its name, which it set on the
+/// stream (for the access log), and whether it was admitted (for its last
+/// use): the filter let the request through, or answered it from the stub.
+struct Credential {
+    name: Vec<u8>,
+    admitted: bool,
+}
 
-/// The credential's name the filter set on the stream, for the access log.
-fn credential(mut props: HashMap<String, Vec<u8>>) -> Credential {
-    props.remove(sessiongate_core::CREDENTIAL_PROPERTY)
+fn credential(mut props: HashMap<String, Vec<u8>>, admitted: bool) -> Option<Credential> {
+    let name = props.remove(sessiongate_core::CREDENTIAL_PROPERTY)?;
+    Some(Credential { name, admitted })
 }
 
 /// Where the request phase left a request.
 enum Started {
-    Answered(Response<Chunks>, Credential),
+    Answered(Response<Chunks>, Option<Credential>),
     InFilter(InFilter),
 }
 
@@ -214,13 +229,16 @@ fn start_filter(pool: &Pool, req: &Request<Incoming>, peer: SocketAddr) -> Start
     }
 }
 
+/// A reply of the filter's own: after authentication every refusal is an
+/// error status, and an admission answered by the stub a success.
 fn local_reply(
     reply: LocalReply,
     props: HashMap<String, Vec<u8>>,
-) -> (Response<Chunks>, Credential) {
+) -> (Response<Chunks>, Option<Credential>) {
+    let admitted = reply.status < 400;
     (
         build_response(reply.status, reply.headers, Bytes::from(reply.body).into()),
-        credential(props),
+        credential(props, admitted),
     )
 }
 
@@ -231,7 +249,7 @@ async fn finish_filter(
     app: &App,
     pool: &Pool,
     waiting: InFilter,
-) -> (Response<Chunks>, Credential) {
+) -> (Response<Chunks>, Option<Credential>) {
     let InFilter {
         method,
         vm,
@@ -277,7 +295,10 @@ async fn finish_filter(
             let mut with_status = vec![(":status".to_owned(), status.to_string().into_bytes())];
             with_status.extend(response_headers);
             match pool.with_vm(vm, |v| v.on_response(context, with_status)) {
-                Ok((headers, props)) => (build_response(status, headers, body), credential(props)),
+                Ok((headers, props)) => (
+                    build_response(status, headers, body),
+                    credential(props, true),
+                ),
                 Err(_) => (internal_error(), None),
             }
         }

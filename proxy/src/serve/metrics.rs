@@ -107,6 +107,8 @@ pub(crate) struct Scrape {
     pub(crate) connections_open: usize,
     pub(crate) credentials: usize,
     pub(crate) limiter_store_errors: u64,
+    /// Flushes of last use that wrote, and that failed.
+    pub(crate) last_use_flushes: (u64, u64),
 }
 
 fn load(c: &AtomicU64) -> u64 {
@@ -256,6 +258,19 @@ impl Metrics {
                 ),
             ],
         );
+        family(
+            &mut out,
+            "sessiongate_last_use_flushes_total",
+            "counter",
+            "Flushes of last use to the token store that wrote, or failed (kept for the next); never one a request.",
+            &[
+                (
+                    "{result=\"written\"}",
+                    scrape.last_use_flushes.0.to_string(),
+                ),
+                ("{result=\"failed\"}", scrape.last_use_flushes.1.to_string()),
+            ],
+        );
         one(
             &mut out,
             "sessiongate_credentials",
@@ -330,6 +345,7 @@ mod tests {
             connections_open: 2,
             credentials: 5,
             limiter_store_errors: 0,
+            last_use_flushes: (1, 0),
         }
     }
 

@@ -9,12 +9,14 @@
 //! - [`watch`]: the token store, reloaded when it changes;
 //! - [`reload`]: the configuration file, reloaded on SIGHUP;
 //! - [`admin`]: `/metrics` ([`metrics`]), `/healthz`, `/readyz`;
-//! - [`access_log`]: off the request path.
+//! - [`access_log`]: off the request path;
+//! - [`last_use`]: what was admitted, flushed to the store off the request path.
 
 mod access_log;
 mod admin;
 mod body;
 mod handle;
+mod last_use;
 mod metrics;
 mod pool;
 mod reload;
@@ -171,6 +173,7 @@ struct App {
     store_health: StoreHealth,
     /// The file store's stamp as it was loaded (what the watch compares with).
     loaded_stamp: watch::FileStamp,
+    last_use: last_use::LastUseLog,
 }
 
 impl App {
@@ -378,6 +381,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
         store,
         store_health,
         loaded_stamp,
+        last_use: last_use::LastUseLog::new(
+            settings.last_use_flush,
+            settings.last_use_instance.clone(),
+        ),
     });
     // One single-threaded runtime per worker, each with its own listener on
     // the same port (SO_REUSEPORT, as nginx's workers) and its own VM: no
@@ -410,12 +417,22 @@ pub fn run(args: ServeArgs) -> Result<()> {
     }
     pool::set_home_vm(0);
     let runtime = single_threaded()?;
-    let served = runtime.block_on(serve(app, args, settings, started, file_limit, stop, bound));
+    let served = runtime.block_on(serve(
+        app.clone(),
+        args,
+        settings,
+        started,
+        file_limit,
+        stop,
+        bound,
+    ));
     for thread in others {
         if let Ok(Err(e)) = thread.join() {
             log::error(format_args!("{e:#}"));
         }
     }
+    // What was admitted since the last flush, now that nothing more is.
+    app.last_use.flush(&app.store);
     served
 }
 
@@ -463,6 +480,7 @@ async fn serve(
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let local = listener.local_addr()?;
     let _ = bound.send(Some(local));
+    app.last_use.listening_on(local.port());
     let admin = match &settings.admin {
         Some(addr) => Some(admin::bind(addr).await?),
         None => None,
@@ -499,6 +517,7 @@ async fn serve(
     if !from_store {
         tokio::spawn(watch_store(app.clone()));
     }
+    tokio::spawn(last_use::flush_periodically(app.clone()));
     for cluster in &app.clusters {
         let cluster = cluster.clone();
         tokio::spawn(async move { cluster.log_in_early().await });

@@ -39,7 +39,17 @@ struct ServeConfig {
     connections: Option<ConnectionsSection>,
     /// The filter looks credentials up in the (etcd) store by digest.
     credentials_from_store: Option<bool>,
+    last_use: Option<LastUseSection>,
     testing: Option<Testing>,
+}
+
+/// `[last_use]`: how often what was admitted is written to the store, and
+/// the name this instance writes it under.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LastUseSection {
+    flush_seconds: Option<u64>,
+    instance: Option<String>,
 }
 
 /// `[connections]`: timeouts and caps for client connections.
@@ -112,6 +122,10 @@ pub(super) struct Settings {
     pub(super) admin: Option<String>,
     pub(super) log_format: crate::log::Format,
     pub(super) limits: Limits,
+    /// How often last use is flushed to the store (read at start).
+    pub(super) last_use_flush: Duration,
+    /// The name this instance gives last use (default: host and port).
+    pub(super) last_use_instance: Option<String>,
 }
 
 /// What only a restart changes: a reload that changes any of it says so
@@ -127,6 +141,7 @@ pub(super) struct RestartOnly {
     credentials: CredentialSource,
     log_format: crate::log::Format,
     access_log: bool,
+    last_use: (Duration, Option<String>),
 }
 
 impl Settings {
@@ -141,6 +156,7 @@ impl Settings {
             credentials: self.gate.credentials.clone(),
             log_format: self.log_format,
             access_log: self.access_log,
+            last_use: (self.last_use_flush, self.last_use_instance.clone()),
         }
     }
 }
@@ -168,6 +184,7 @@ impl RestartOnly {
         );
         differs("log_format", self.log_format == other.log_format);
         differs("access_log", self.access_log == other.access_log);
+        differs("last_use", self.last_use == other.last_use);
         changed
     }
 }
@@ -329,6 +346,18 @@ pub(super) fn settings(args: &ServeArgs, file_limit: u64) -> Result<Settings> {
     {
         bail!("{name}: connections.header_timeout_ms, idle_timeout_ms and max must be above 0");
     }
+    let last_use = file.last_use.unwrap_or_default();
+    let last_use_flush = Duration::from_secs(last_use.flush_seconds.unwrap_or(60));
+    if last_use_flush.is_zero() {
+        bail!("{name}: last_use.flush_seconds must be above 0");
+    }
+    if last_use
+        .instance
+        .as_deref()
+        .is_some_and(|i| i.trim().is_empty())
+    {
+        bail!("{name}: last_use.instance must not be empty");
+    }
     Ok(Settings {
         listen: args
             .listen
@@ -346,6 +375,8 @@ pub(super) fn settings(args: &ServeArgs, file_limit: u64) -> Result<Settings> {
         admin,
         log_format: args.log_format.or(file.log_format).unwrap_or_default(),
         limits,
+        last_use_flush,
+        last_use_instance: last_use.instance,
     })
 }
 

@@ -136,7 +136,12 @@ pub fn gate_answers(serve: &Server, credential: &str, status: u16) {
         suite::CUSTOMER,
         suite::SITE_A
     );
-    let auth = format!("Bearer {credential}");
+    let scheme = if sessiongate_core::is_key(credential) {
+        "Basic"
+    } else {
+        "Bearer"
+    };
+    let auth = format!("{scheme} {credential}");
     suite::eventually(suite::PATIENCE, || {
         let r = suite::http::get(serve.addr, &path, Some(&auth))?;
         if r.status == status {

@@ -381,5 +381,6 @@ pub fn token_record(name: &str, secret: &str) -> sessiongate_core::CredentialRec
         created: 1,
         owner: None,
         checksum: sessiongate_core::is_checksummed_token(secret),
+        expires: None,
     }
 }

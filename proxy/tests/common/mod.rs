@@ -34,6 +34,17 @@ pub fn cli(args: &[&str]) -> String {
 }
 
 pub fn mint_token(store: &Path, name: &str, sites: &[&str]) -> String {
+    mint_token_expiring(store, name, sites, None)
+}
+
+/// As [`mint_token`], with `--expires-in` when `expires_in` is given.
+pub fn mint_token_expiring(
+    store: &Path,
+    name: &str,
+    sites: &[&str],
+    expires_in: Option<Duration>,
+) -> String {
+    let expiry = expires_in.map(|d| format!("{}ms", d.as_millis()));
     let mut args = vec![
         "token",
         "create",
@@ -49,6 +60,9 @@ pub fn mint_token(store: &Path, name: &str, sites: &[&str]) -> String {
     }
     for s in sites {
         args.extend(["--site", s]);
+    }
+    if let Some(expiry) = &expiry {
+        args.extend(["--expires-in", expiry]);
     }
     cli(&args)
 }
@@ -350,6 +364,17 @@ pub struct Local<'a> {
     pub fixture: &'a mut Fixture,
 }
 
+impl Local<'_> {
+    fn mint_with(&mut self, name: &str, expires_in: Option<Duration>) -> Result<String, String> {
+        let store = &self.fixture.store;
+        let secret = self
+            .server
+            .store_changed(|| mint_token_expiring(store, name, &[], expires_in));
+        self.fixture.secrets.push(secret.clone());
+        Ok(secret)
+    }
+}
+
 impl Harness for Local<'_> {
     fn addr(&self) -> SocketAddr {
         self.server.addr
@@ -358,10 +383,10 @@ impl Harness for Local<'_> {
         &self.fixture.creds
     }
     fn mint(&mut self, name: &str) -> Result<String, String> {
-        let store = &self.fixture.store;
-        let secret = self.server.store_changed(|| mint_token(store, name, &[]));
-        self.fixture.secrets.push(secret.clone());
-        Ok(secret)
+        self.mint_with(name, None)
+    }
+    fn mint_expiring(&mut self, name: &str, expires_in: Duration) -> Result<String, String> {
+        self.mint_with(name, Some(expires_in))
     }
     fn revoke(&mut self, name: &str) -> Result<(), String> {
         let store = &self.fixture.store;

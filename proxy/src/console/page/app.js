@@ -42,6 +42,15 @@ function created(ms) {
   return new Date(ms).toISOString().slice(0, 16).replace("T", " ") + " UTC";
 }
 
+function expiry(k) {
+  if (k.expires == null) return "Never";
+  return (k.expired ? "Expired " : "") + created(k.expires);
+}
+
+function lastUsed(c) {
+  return c.last_used ? `${created(c.last_used.at)} (${c.last_used.instance})` : "Never";
+}
+
 function sites(value) {
   return value === "all" ? "All" : value.join(", ");
 }
@@ -113,12 +122,13 @@ async function loadTokens() {
     cell(row, t.hint).className = "mono";
     cell(row, sites(t.sites));
     cell(row, created(t.created));
+    cell(row, lastUsed(t));
     cell(row, t.owner || "operator");
     cell(row, t.description || "");
     const actions = cell(row, "");
     if (canDelete) actions.appendChild(deleteButton("token", t));
   }
-  if (tokens.length === 0) cell(body.insertRow(), "No tokens yet.").colSpan = 7;
+  if (tokens.length === 0) cell(body.insertRow(), "No tokens yet.").colSpan = 8;
 }
 
 function editButton(key) {
@@ -158,12 +168,14 @@ async function loadKeys() {
     cell(row, k.level);
     cell(row, sites(k.sites));
     cell(row, created(k.created));
+    cell(row, expiry(k)).className = k.expired ? "expired" : "";
+    cell(row, lastUsed(k));
     cell(row, k.owner || "operator");
     const actions = cell(row, "");
     actions.appendChild(editButton(k));
     actions.appendChild(deleteButton("key", k));
   }
-  if (keys.length === 0) cell(body.insertRow(), "No keys yet.").colSpan = 7;
+  if (keys.length === 0) cell(body.insertRow(), "No keys yet.").colSpan = 9;
 }
 
 function describe(e) {
@@ -278,6 +290,8 @@ function wireKeys() {
     const request = { name: $("key-name").value.trim(), level: $("key-level").value, sites: scopeOf("key") };
     const description = $("key-description").value.trim();
     if (description) request.description = description;
+    const days = $("key-expiry").value;
+    if (days) request.expires = Date.now() + Number(days) * 86400000;
     try {
       const { key, secret } = await api("POST", "keys", request);
       $("key-form").hidden = true;
