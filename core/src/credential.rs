@@ -151,7 +151,7 @@ pub fn hint(kind: Kind, secret: &str) -> String {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 /// Which of the two credential shapes a record is.
 pub enum Kind {
@@ -162,9 +162,7 @@ pub enum Kind {
 }
 
 /// Permission levels, in order: standard < architect < admin.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     #[default]
@@ -174,6 +172,52 @@ pub enum Level {
     Architect,
     /// The highest level (`GET /me` says `ADMIN`).
     Admin,
+}
+
+/// Reads one of `names` (a unit variant's name), as its position: one
+/// small visitor for every such enum of a record, where serde's derive
+/// writes a larger one for each (the filter ships under a size budget).
+struct OneOf(&'static [&'static str]);
+
+impl serde::de::Visitor<'_> for OneOf {
+    type Value = usize;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("one of")?;
+        for name in self.0 {
+            write!(f, " `{name}`")?;
+        }
+        Ok(())
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<usize, E> {
+        self.0
+            .iter()
+            .position(|name| *name == v)
+            .ok_or_else(|| E::unknown_variant(v, self.0))
+    }
+}
+
+const KIND_NAMES: &[&str] = &["token", "key"];
+const LEVEL_NAMES: &[&str] = &["standard", "architect", "admin"];
+
+impl<'de> Deserialize<'de> for Kind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Kind, D::Error> {
+        Ok(match d.deserialize_str(OneOf(KIND_NAMES))? {
+            0 => Kind::Token,
+            _ => Kind::Key,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Level {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Level, D::Error> {
+        Ok(match d.deserialize_str(OneOf(LEVEL_NAMES))? {
+            0 => Level::Standard,
+            1 => Level::Architect,
+            _ => Level::Admin,
+        })
+    }
 }
 
 impl Level {
@@ -511,6 +555,34 @@ pub fn split_joined(value: &[u8]) -> Vec<&[u8]> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn kinds_and_levels_read_by_name_and_say_what_else_they_take() {
+        use super::{Kind, Level};
+        let read = |json: &str| serde_json::from_str::<Level>(json).map_err(|e| e.to_string());
+        assert_eq!(read(r#""standard""#), Ok(Level::Standard));
+        assert_eq!(read(r#""architect""#), Ok(Level::Architect));
+        assert_eq!(read(r#""admin""#), Ok(Level::Admin));
+        let e = read(r#""root""#).unwrap_err();
+        assert!(
+            e.contains("unknown variant `root`, expected one of `standard`, `architect`, `admin`"),
+            "{e}"
+        );
+        let e = read("3").unwrap_err();
+        assert!(
+            e.contains("expected one of `standard` `architect` `admin`"),
+            "{e}"
+        );
+        assert_eq!(
+            serde_json::from_str::<Kind>(r#""token""#).unwrap(),
+            Kind::Token
+        );
+        assert_eq!(
+            serde_json::from_str::<Kind>(r#""k\u0065y""#).unwrap(),
+            Kind::Key
+        );
+        assert!(serde_json::from_str::<Kind>(r#""Key""#).is_err());
+    }
+
     #[test]
     fn a_minted_token_verifies_and_any_one_change_does_not() {
         let random = b"abcdefghijABCDEFGHIJ0123456789klmn";
