@@ -39,4 +39,7 @@ pub use credentials::{
     revision_answer,
 };
 pub use login::{AUTHENTICATE, After, Attempt, Credentials, LOGIN_TIMEOUT_MS, Step};
-pub use prefix::{KeyValue, Txn, range_answer, range_prefix, txn_succeeded};
+pub use prefix::{
+    KeyValue, Page, RangePage, Txn, range_answer, range_page, range_page_answer, range_prefix,
+    txn_succeeded,
+};

@@ -23,8 +23,26 @@ pub struct KeyValue {
 }
 
 /// The call that reads every key under `prefix` (`keys_only`: without
-/// their values).
+/// their values), in one answer.
 pub fn range_prefix(prefix: &str, keys_only: bool) -> Call {
+    range_page(prefix, keys_only, &Page::default())
+}
+
+/// Where a page of a range starts, how many keys it holds at most, and
+/// the revision every page of one read is read at.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Page {
+    /// The first key (none: the prefix itself).
+    pub from: Option<String>,
+    /// At most this many keys (0: all of them).
+    pub limit: u64,
+    /// Read at this revision (none: the newest; the first page's answer
+    /// says which that was).
+    pub revision: Option<u64>,
+}
+
+/// The call that reads one page of the keys under `prefix`.
+pub fn range_page(prefix: &str, keys_only: bool, page: &Page) -> Call {
     // The range end is the prefix with its last byte + 1: every key that
     // starts with the prefix sorts before it.
     let mut end = prefix.as_bytes().to_vec();
@@ -33,26 +51,69 @@ pub fn range_prefix(prefix: &str, keys_only: bool) -> Call {
         // An empty prefix (or one ending in 0xff): every key from it on.
         _ => end = vec![0],
     }
+    let mut body = serde_json::Map::new();
+    let from = page.from.as_deref().unwrap_or(prefix);
+    body.insert("key".into(), BASE64.encode(from).into());
+    body.insert("range_end".into(), BASE64.encode(end).into());
+    body.insert("keys_only".into(), keys_only.into());
+    if page.limit > 0 {
+        body.insert("limit".into(), page.limit.to_string().into());
+    }
+    if let Some(revision) = page.revision {
+        body.insert("revision".into(), revision.to_string().into());
+    }
     Call {
         path: RANGE,
-        body: serde_json::json!({
-            "key": BASE64.encode(prefix),
-            "range_end": BASE64.encode(end),
-            "keys_only": keys_only,
-        })
-        .to_string(),
+        body: serde_json::Value::Object(body).to_string(),
         sent: Sent::Read,
+    }
+}
+
+/// One page of a range answer: its keys in etcd's order (by key), the
+/// revision it was read at, and whether more keys follow.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RangePage {
+    /// The keys, in order.
+    pub kvs: Vec<KeyValue>,
+    /// The store's revision the page was read at.
+    pub revision: u64,
+    /// More keys follow the last one (the page was cut at its limit).
+    pub more: bool,
+}
+
+impl RangePage {
+    /// The next page of `limit` keys at most, read at this one's revision
+    /// (none: this was the last).
+    pub fn next(&self, limit: u64) -> Option<Page> {
+        let last = self.kvs.last().filter(|_| self.more)?;
+        Some(Page {
+            from: Some(format!("{}\0", last.key)),
+            limit,
+            revision: Some(self.revision),
+        })
     }
 }
 
 /// The key-values of a range answer, in etcd's order (by key). `status`:
 /// the HTTP status.
 pub fn range_answer(status: u16, body: &[u8]) -> Result<Vec<KeyValue>, String> {
+    range_page_answer(status, body).map(|page| page.kvs)
+}
+
+/// A range answer as a page.
+pub fn range_page_answer(status: u16, body: &[u8]) -> Result<RangePage, String> {
     #[derive(Deserialize)]
     struct Range {
-        header: Option<serde_json::Value>,
+        header: Option<Header>,
         #[serde(default)]
         kvs: Vec<Wire>,
+        #[serde(default)]
+        more: bool,
+    }
+    #[derive(Deserialize)]
+    struct Header {
+        #[serde(default)]
+        revision: Option<String>,
     }
     #[derive(Deserialize)]
     struct Wire {
@@ -65,18 +126,18 @@ pub fn range_answer(status: u16, body: &[u8]) -> Result<Vec<KeyValue>, String> {
         mod_revision: Option<String>,
     }
     let range: Range = parsed(status, body)?;
-    if range.header.is_none() {
+    let Some(header) = range.header else {
         return Err(format!(
             "etcd's range answer has no header: {}",
             excerpt(body)
         ));
-    }
+    };
     let revision = |field: Option<String>, name: &str| -> Result<u64, String> {
         let text = field.unwrap_or_else(|| "0".to_owned());
         text.parse()
             .map_err(|_| format!("etcd sent {name} {text:?}, not a number"))
     };
-    range
+    let kvs = range
         .kvs
         .into_iter()
         .map(|kv| {
@@ -89,7 +150,12 @@ pub fn range_answer(status: u16, body: &[u8]) -> Result<Vec<KeyValue>, String> {
                 key,
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(RangePage {
+        kvs,
+        revision: revision(header.revision, "the header's revision")?,
+        more: range.more,
+    })
 }
 
 /// A transaction: every compare must hold for every write to happen.
@@ -198,6 +264,37 @@ mod tests {
 
     fn json(call: &Call) -> serde_json::Value {
         serde_json::from_str(&call.body).unwrap()
+    }
+
+    #[test]
+    fn pages_go_on_after_the_last_key_at_the_first_pages_revision() {
+        let first = Page {
+            limit: 2,
+            ..Page::default()
+        };
+        let call = json(&range_page("sg/c/", false, &first));
+        assert_eq!(call["key"], b64("sg/c/"));
+        assert_eq!(call["range_end"], b64("sg/c0"));
+        assert_eq!(call["limit"], "2");
+        assert!(call.get("revision").is_none());
+        let answer = format!(
+            r#"{{"header":{{"revision":"41"}},"kvs":[{{"key":"{}","mod_revision":"3"}},{{"key":"{}","mod_revision":"4"}}],"more":true,"count":"3"}}"#,
+            b64("sg/c/a"),
+            b64("sg/c/b")
+        );
+        let page = range_page_answer(200, answer.as_bytes()).unwrap();
+        assert_eq!((page.kvs.len(), page.revision, page.more), (2, 41, true));
+        let next = page.next(2).unwrap();
+        assert_eq!(next.from.as_deref(), Some("sg/c/b\0"));
+        let call = json(&range_page("sg/c/", false, &next));
+        assert_eq!(call["key"], b64("sg/c/b\0"));
+        assert_eq!(call["revision"], "41");
+        let last = format!(
+            r#"{{"header":{{"revision":"41"}},"kvs":[{{"key":"{}"}}],"count":"3"}}"#,
+            b64("sg/c/c")
+        );
+        let page = range_page_answer(200, last.as_bytes()).unwrap();
+        assert_eq!(page.next(2), None, "no more");
     }
 
     #[test]

@@ -21,8 +21,8 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result, anyhow, bail};
 use sessiongate_core::{CredentialRecord, CredentialSet};
 use sessiongate_etcd::{
-    BY_DIGEST, BY_NAME, Call, KeyValue, Txn, change_key, digest_key, range_answer, range_prefix,
-    txn_succeeded,
+    BY_DIGEST, BY_NAME, Call, KeyValue, Page, Txn, change_key, digest_key, range_page,
+    range_page_answer, txn_succeeded,
 };
 
 use sessiongate_etcd::{Cluster, Login};
@@ -30,6 +30,8 @@ use sessiongate_etcd::{Cluster, Login};
 const SCHEME: &str = "etcd://";
 /// A call's deadline, every member's try and a login included.
 const CALL_TIMEOUT_MS: u32 = 6_000;
+/// Keys a range reads in one call: ~3 MB of credential records.
+const RANGE_PAGE: u64 = 10_000;
 /// Retries of a change that lost to a concurrent one.
 const CHANGE_ATTEMPTS: usize = 5;
 /// Records per txn of an index repair: etcd takes at most 128 operations
@@ -170,12 +172,26 @@ impl EtcdStore {
     }
 
     /// Every key of a collection, in key order.
+    /// Every key of `collection`, read a page at a time, every page at the
+    /// first one's revision: one consistent read, however large, and no
+    /// answer so large that it cannot come within a call's deadline.
     fn range(&self, collection: &str, keys_only: bool) -> Result<Vec<KeyValue>> {
-        let (status, answer) = self.post(&range_prefix(
-            &self.collection_prefix(collection),
-            keys_only,
-        ))?;
-        range_answer(status, &answer).map_err(|e| anyhow!(e))
+        let prefix = self.collection_prefix(collection);
+        let mut page = Page {
+            limit: RANGE_PAGE,
+            ..Page::default()
+        };
+        let mut kvs = Vec::new();
+        loop {
+            let (status, answer) = self.post(&range_page(&prefix, keys_only, &page))?;
+            let read = range_page_answer(status, &answer).map_err(|e| anyhow!(e))?;
+            let next = read.next(RANGE_PAGE);
+            kvs.extend(read.kvs);
+            match next {
+                Some(more) => page = more,
+                None => return Ok(kvs),
+            }
+        }
     }
 
     /// Every credential, in the order they were created.
