@@ -4,13 +4,15 @@
 #
 #   edge-worker/run-local.sh --store FILE --port PORT [--requests N] [--window-seconds S]
 #                            [--backend stub|URL] [--admin-hash HEX] [--state-dir DIR]
-#                            [--credentials-in-store] [--filter-ttl-ms MS]
+#                            [--credentials-in-store] [--filter-ttl-ms MS] [--last-use-flush-ms MS]
 #
 # --credentials-in-store: the binding holds no credentials; they live in the
 # Durable Object's store, filled with `sessiongate worker-sync` (README, "Edge").
 # --filter-ttl-ms: how long the Worker trusts its copy of the stored digests'
 # filter, the longest a synced credential waits (default 10000; the
 # SESSIONGATE_FILTER_TTL_MS binding).
+# --last-use-flush-ms: how long the object keeps admitted credentials' last
+# use before an alarm writes it (default 60000; SESSIONGATE_LAST_USE_FLUSH_MS).
 #
 # Builds the Worker first if it is not built or its sources changed. Needs only
 # crates.io and npm: worker-build and wasm-bindgen-cli are installed into
@@ -21,7 +23,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(dirname "$here")"
 
-store="" port="" requests=20 window=60 backend=stub state="" admin_hash="${SESSIONGATE_ADMIN_HASH:-}" without="" filter_ttl=10000
+store="" port="" requests=20 window=60 backend=stub state="" admin_hash="${SESSIONGATE_ADMIN_HASH:-}" without="" filter_ttl=10000 last_use_flush=60000
 while [ $# -gt 0 ]; do
   case "$1" in
     --store) store="$2"; shift 2 ;;
@@ -33,7 +35,8 @@ while [ $# -gt 0 ]; do
     --state-dir) state="$2"; shift 2 ;;
     --credentials-in-store) without="--without-credentials"; shift ;;
     --filter-ttl-ms) filter_ttl="$2"; shift 2 ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    --last-use-flush-ms) last_use_flush="$2"; shift 2 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "run-local.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -109,6 +112,7 @@ cp "$here/build/index.js" "$here/build/index_bg.wasm" "$state/"
 "$sessiongate" worker-config --store "$store" --requests "$requests" --window-seconds "$window" --backend "$backend" $without > "$state/config.json"
 printf '%s' "$admin_hash" > "$state/admin-hash"
 printf '%s' "$filter_ttl" > "$state/filter-ttl-ms"
+printf '%s' "$last_use_flush" > "$state/last-use-flush-ms"
 
 cat > "$state/config.capnp" <<CAPNP
 using Workerd = import "/workerd/workerd.capnp";
@@ -132,6 +136,7 @@ const gate :Workerd.Worker = (
     (name = "SESSIONGATE_CONFIG", text = embed "config.json"),
     (name = "SESSIONGATE_ADMIN_HASH", text = embed "admin-hash"),
     (name = "SESSIONGATE_FILTER_TTL_MS", text = embed "filter-ttl-ms"),
+    (name = "SESSIONGATE_LAST_USE_FLUSH_MS", text = embed "last-use-flush-ms"),
     (name = "LIMITER", durableObjectNamespace = "GlobalLimiter"),
   ],
   durableObjectNamespaces = [

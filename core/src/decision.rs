@@ -228,6 +228,17 @@ pub struct Decision<'g> {
     pub credential: Option<&'g str>,
 }
 
+impl<'g> Decision<'g> {
+    /// The credential it admitted, if it admitted one (what a host notes
+    /// as the credential's last use).
+    pub fn admitted(&self) -> Option<&'g str> {
+        match self.outcome {
+            Outcome::Allowed | Outcome::AllowedFailOpen => self.credential,
+            Outcome::Denied(_) => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -71,6 +71,13 @@ impl Uses {
         self.latest.len()
     }
 
+    /// Each credential noted and the minute of its latest admission, for a
+    /// store that merges by the same rule itself (an SQL upsert that keeps
+    /// the later minute).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.latest.iter().map(|(name, &at)| (&**name, at))
+    }
+
     /// Takes what was noted, leaving nothing: what a flush writes.
     pub fn take(&mut self) -> Uses {
         std::mem::take(self)

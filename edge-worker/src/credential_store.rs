@@ -17,6 +17,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sessiongate_core::{CredentialRecord, DigestFilter, SecretHash, hash_hex, parse_hash_hex};
 
+/// The instance the Worker's last uses are stored under: its one object.
+pub const LAST_USE_INSTANCE: &str = "worker";
+
 /// Records in one sync call: a few hundred KB of JSON, well inside a
 /// Worker's request limits.
 pub const SYNC_BATCH: usize = 1_000;

@@ -33,6 +33,7 @@ const REVOKE_PREFIX: &str = "/__sessiongate/revoke/";
 /// The admin API of the credential store (`sessiongate worker-sync`).
 const CREDENTIALS_PATH: &str = "/__sessiongate/credentials";
 const STATS_PATH: &str = "/__sessiongate/stats";
+const LAST_USED_PATH: &str = "/__sessiongate/last-used";
 /// The object's own paths: its limiter calls at `/`, the store's below.
 const OBJECT: &str = "https://limiter.internal";
 
@@ -98,7 +99,7 @@ fn decide_locally<'g>(gate: &'g Gate, request: &GateRequest<'_>, now: u64) -> Op
     }
 }
 
-fn binding_text(env: &Env, name: &str) -> Option<String> {
+pub(crate) fn binding_text(env: &Env, name: &str) -> Option<String> {
     env.secret(name)
         .map(|s| s.to_string())
         .or_else(|_| env.var(name).map(|v| v.to_string()))
@@ -345,6 +346,8 @@ fn is_admin(req: &Request, env: &Env) -> bool {
 /// - `GET /__sessiongate/credentials?after=HASH`: stored digests and
 ///   fingerprints, a page at a time;
 /// - `POST /__sessiongate/credentials`: a [`Batch`] to store and delete;
+/// - `GET /__sessiongate/last-used?after=NAME`: each credential's last
+///   admitted use, by name, a page at a time;
 /// - `GET /__sessiongate/stats`: the object's call count and store size.
 async fn admin(
     req: &mut Request,
@@ -353,7 +356,8 @@ async fn admin(
     url: &worker::Url,
 ) -> Option<Result<Response>> {
     let path = url.path();
-    let known = path.starts_with(REVOKE_PREFIX) || path == CREDENTIALS_PATH || path == STATS_PATH;
+    let known = path.starts_with(REVOKE_PREFIX)
+        || [CREDENTIALS_PATH, STATS_PATH, LAST_USED_PATH].contains(&path);
     if !known || !is_admin(req, env) {
         return None;
     }
@@ -367,16 +371,19 @@ async fn admin(
             let name = path.strip_prefix(REVOKE_PREFIX)?;
             Some(revoke(env, gate, name).await)
         }
-        (Method::Get, CREDENTIALS_PATH) => {
+        (Method::Get, CREDENTIALS_PATH | LAST_USED_PATH) => {
             let after = url
                 .query_pairs()
                 .find(|(k, _)| k == "after")
                 .map(|(_, v)| v.into_owned())
                 .unwrap_or_default();
             let body = serde_json::json!({ "after": after }).to_string();
-            Some(relay(
-                object_request(env, "/credentials/list", Some(body)).await,
-            ))
+            let call = if path == CREDENTIALS_PATH {
+                "/credentials/list"
+            } else {
+                "/credentials/last-used"
+            };
+            Some(relay(object_request(env, call, Some(body)).await))
         }
         (Method::Post, CREDENTIALS_PATH) => {
             let batch: Batch = match req.json().await {

@@ -7,9 +7,10 @@ use std::cell::{Cell, RefCell};
 
 use worker::{Date, DurableObject, Env, Request, Response, Result, State, durable_object};
 
-use sessiongate_core::{Request as GateRequest, parse_hash_hex};
+use sessiongate_core::{Request as GateRequest, Uses, parse_hash_hex};
 
 use crate::credential_store::{self, Applied, Batch, LISTING_PAGE, Table};
+use crate::last_use;
 use crate::object_decision::{DecideCall, DecideReply, ObjectDecision, deciding_gate};
 use crate::shared_object::{Call, Changed, ObjectReply, SharedObject};
 use crate::sql_table::{CountRow, SqlTable, sql_error};
@@ -30,6 +31,12 @@ pub struct GlobalLimiter {
     table_ready: Cell<bool>,
     /// The stored digests' filter, until the store changes.
     filter: RefCell<Option<Vec<u8>>>,
+    /// What its decisions admitted since the last alarm wrote it.
+    uses: RefCell<Uses>,
+    /// An alarm is set to write `uses`.
+    flush_set: Cell<bool>,
+    /// Alarms that wrote last use (`/__sessiongate/stats`).
+    last_use_writes: Cell<u64>,
 }
 
 /// Where the revocation list is persisted.
@@ -45,7 +52,30 @@ impl DurableObject for GlobalLimiter {
             calls: Cell::new(0),
             table_ready: Cell::new(false),
             filter: RefCell::new(None),
+            uses: RefCell::new(Uses::default()),
+            flush_set: Cell::new(false),
+            last_use_writes: Cell::new(0),
         }
+    }
+
+    /// Writes what was admitted since the last alarm; what fails to be
+    /// written is kept for the next.
+    async fn alarm(&self) -> Result<Response> {
+        self.flush_set.set(false);
+        let taken = self.uses.borrow_mut().take();
+        if taken.is_empty() {
+            return Response::ok("");
+        }
+        match last_use::write(&self.state.storage().sql(), &taken) {
+            Ok(0) => {}
+            Ok(_) => self.last_use_writes.set(self.last_use_writes.get() + 1),
+            Err(e) => {
+                worker::console_error!("last use not written, kept for the next alarm: {e}");
+                self.uses.borrow_mut().put_back(taken);
+                self.schedule_flush().await;
+            }
+        }
+        Response::ok("")
     }
 
     async fn fetch(&self, mut req: Request) -> Result<Response> {
@@ -143,12 +173,33 @@ impl GlobalLimiter {
                     version,
                 }))
         })?;
+        if let Some(name) = decision.admitted() {
+            self.uses.borrow_mut().admitted(name, call.now);
+            self.schedule_flush().await;
+        }
         let reply = DecideReply {
             records,
             answers: decision.answers(),
             log,
         };
         Response::from_json(&reply).map_err(|e| e.to_string())
+    }
+
+    /// Sets the alarm that writes last use, unless one is set: one alarm a
+    /// flush period, whatever the traffic. A failure to set it is logged
+    /// and never fails the request (the next admission tries again).
+    async fn schedule_flush(&self) {
+        if self.flush_set.replace(true) {
+            return;
+        }
+        let after = crate::fetch::binding_text(&self.env, last_use::FLUSH_BINDING)
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .filter(|ms| *ms > 0)
+            .unwrap_or(last_use::DEFAULT_FLUSH_MS);
+        if let Err(e) = self.state.storage().set_alarm(after).await {
+            worker::console_error!("cannot set the last-use alarm: {e}");
+            self.flush_set.set(false);
+        }
     }
 
     /// Runs `f` on the object's state (never across an await).
@@ -301,6 +352,15 @@ impl GlobalLimiter {
                 }
                 body(serde_json::json!({ "deleted": deleted }))
             }
+            "/credentials/last-used" => {
+                #[derive(serde::Deserialize)]
+                struct After {
+                    after: String,
+                }
+                let after: After = req.json().await.map_err(|e| e.to_string())?;
+                let page = last_use::page(&sql, &after.after, LISTING_PAGE)?;
+                Response::from_json(&page).map_err(|e| e.to_string())
+            }
             "/stats" => {
                 let count: CountRow = sql
                     .exec("SELECT COUNT(*) AS n FROM credentials", None)
@@ -313,6 +373,7 @@ impl GlobalLimiter {
                     .map_or(0, |(o, _)| o.revoked.len());
                 body(serde_json::json!({
                     "calls": self.calls.get(),
+                    "last_use_writes": self.last_use_writes.get(),
                     "credentials": count.n,
                     "revoked": revoked,
                 }))

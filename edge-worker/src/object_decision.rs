@@ -137,6 +137,15 @@ impl<'g, 'r> ObjectDecision<'g, 'r> {
         Ok(changed)
     }
 
+    /// The credential it admitted, once done (what the object notes as its
+    /// last use).
+    pub fn admitted(&self) -> Option<&str> {
+        match &self.progress {
+            Some(Progress::Done(decision)) => decision.admitted(),
+            _ => None,
+        }
+    }
+
     /// Every answer it gave, in order.
     pub fn answers(self) -> Vec<ObjectReply> {
         self.answers

@@ -12,6 +12,8 @@ use std::collections::BTreeMap;
 use anyhow::{Context as _, Result, anyhow, bail};
 use sessiongate_edge_worker::credential_store::{Applied, Batch, SYNC_BATCH, diff};
 
+use sessiongate_core::{LastUse, Uses};
+use sessiongate_edge_worker::credential_store::LAST_USE_INSTANCE;
 use sessiongate_store::Store;
 
 /// The environment variable holding the Worker's admin secret.
@@ -98,16 +100,40 @@ pub fn run(store: &Store, url: &str, dry_run: bool, out: &mut dyn std::io::Write
         "worker-sync: wrote {}, deleted {}",
         done.put, done.deleted
     )?;
+    let moved = bring_last_uses(&agent, base, &auth, store)?;
+    writeln!(
+        out,
+        "worker-sync: last use of {moved} credentials brought into the store"
+    )?;
     Ok(())
 }
 
 /// Every stored digest and its fingerprint, a page at a time.
 fn listing(agent: &ureq::Agent, base: &str, auth: &str) -> Result<BTreeMap<String, String>> {
-    let mut stored = BTreeMap::new();
+    let pairs: Vec<(String, String)> = paged(
+        agent,
+        base,
+        "/__sessiongate/credentials",
+        auth,
+        |(hash, _)| hash,
+    )?;
+    Ok(pairs.into_iter().collect())
+}
+
+/// Everything an admin listing `path` holds, a page at a time, each page
+/// after the key (`after`) of the last item of the one before.
+fn paged<T: serde::de::DeserializeOwned>(
+    agent: &ureq::Agent,
+    base: &str,
+    path: &str,
+    auth: &str,
+    key: impl Fn(&T) -> &String,
+) -> Result<Vec<T>> {
+    let mut items = Vec::new();
     let mut after = String::new();
     loop {
         let mut response = agent
-            .get(format!("{base}/__sessiongate/credentials"))
+            .get(format!("{base}{path}"))
             .query("after", &after)
             .header("authorization", auth)
             .call()
@@ -121,16 +147,33 @@ fn listing(agent: &ureq::Agent, base: &str, auth: &str) -> Result<BTreeMap<Strin
         match status {
             200 => {}
             404 => bail!(
-                "{base} has no credential store API: is it the sessiongate Worker, and is the admin secret right?"
+                "{base} has no {path}: is it the sessiongate Worker (of this release), and is the admin secret right?"
             ),
             _ => bail!("the Worker answered {status}: {text}"),
         }
-        let page: Vec<(String, String)> = serde_json::from_str(&text)
-            .with_context(|| format!("the Worker's listing is not a list: {text}"))?;
-        let Some((last, _)) = page.last() else {
-            return Ok(stored);
+        let page: Vec<T> = serde_json::from_str(&text)
+            .with_context(|| format!("the Worker's {path} is not a list: {text}"))?;
+        let Some(last) = page.last() else {
+            return Ok(items);
         };
-        after = last.clone();
-        stored.extend(page);
+        after = key(last).clone();
+        items.extend(page);
     }
+}
+
+/// Brings the Worker's last uses into the store, merged as a gate's flush
+/// is (the later minute wins): what `token list` and `check` then show.
+fn bring_last_uses(agent: &ureq::Agent, base: &str, auth: &str, store: &Store) -> Result<usize> {
+    let uses: Vec<LastUse> = paged(
+        agent,
+        base,
+        "/__sessiongate/last-used",
+        auth,
+        |u: &LastUse| &u.name,
+    )?;
+    let mut noted = Uses::default();
+    for u in &uses {
+        noted.admitted(&u.name, u.at);
+    }
+    sessiongate_store::last_use::flush(store, &noted, LAST_USE_INSTANCE)
 }

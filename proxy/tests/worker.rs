@@ -59,6 +59,8 @@ struct Workerd {
     filter_ttl_ms: Option<u32>,
     /// `--credentials-in-store`: the binding holds none, the object's store all.
     credentials_in_store: bool,
+    /// `--last-use-flush-ms` (none: the Worker's default, a minute).
+    last_use_flush_ms: Option<u32>,
     log: Arc<Mutex<Vec<String>>>,
 }
 
@@ -77,19 +79,27 @@ impl Workerd {
         window: u32,
         filter_ttl_ms: Option<u32>,
     ) -> Workerd {
-        let mut w = Workerd {
+        let mut w = Workerd::unlaunched(store, state, requests, window);
+        w.filter_ttl_ms = filter_ttl_ms;
+        w.launch(FIRST_START);
+        w
+    }
+
+    /// One not started yet, for a test to set more of before
+    /// [`Workerd::launch`].
+    fn unlaunched(store: &Path, state: &Path, requests: u32, window: u32) -> Workerd {
+        Workerd {
             child: None,
             port: free_port(),
             state: state.to_owned(),
             store: store.to_owned(),
             requests,
             window,
-            filter_ttl_ms,
+            filter_ttl_ms: None,
             credentials_in_store: false,
+            last_use_flush_ms: None,
             log: Arc::new(Mutex::new(Vec::new())),
-        };
-        w.launch(FIRST_START);
-        w
+        }
     }
 
     fn launch(&mut self, within: Duration) {
@@ -110,6 +120,11 @@ impl Workerd {
             .args(
                 self.credentials_in_store
                     .then_some("--credentials-in-store"),
+            )
+            .args(
+                self.last_use_flush_ms
+                    .iter()
+                    .flat_map(|ms| ["--last-use-flush-ms".to_owned(), ms.to_string()]),
             )
             .env("SESSIONGATE_BIN", BIN)
             .stdout(Stdio::piped())
@@ -353,17 +368,8 @@ fn an_admitted_request_is_one_object_call() {
 fn a_wrong_checksum_costs_the_object_no_call() {
     let fx = fixture();
     let state = fx.dir.join("workerd-checksums");
-    let mut workerd = Workerd {
-        child: None,
-        port: free_port(),
-        state: state.clone(),
-        store: fx.store.clone(),
-        requests: 100,
-        window: 60,
-        filter_ttl_ms: None,
-        credentials_in_store: true,
-        log: Arc::new(Mutex::new(Vec::new())),
-    };
+    let mut workerd = Workerd::unlaunched(&fx.store, &state, 100, 60);
+    workerd.credentials_in_store = true;
     workerd.launch(FIRST_START);
     let config = std::fs::read_to_string(state.join("config.json")).unwrap();
     assert!(config.contains("\"checksummed_tokens\": true"), "{config}");
@@ -426,6 +432,11 @@ fn worker_sync(store: &Path, addr: SocketAddr, extra: &[&str]) -> String {
 
 /// The object's call count (`/__sessiongate/stats`), less the stats call.
 fn object_calls(addr: SocketAddr) -> u64 {
+    object_stat(addr, "calls")
+}
+
+/// One of the object's own counters (`/__sessiongate/stats`).
+fn object_stat(addr: SocketAddr, name: &str) -> u64 {
     let r = request(
         addr,
         "GET",
@@ -434,7 +445,73 @@ fn object_calls(addr: SocketAddr) -> u64 {
     )
     .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
-    r.json().unwrap()["calls"].as_u64().unwrap()
+    r.json().unwrap()[name].as_u64().unwrap()
+}
+
+/// Issue 46, last use on the Worker: the object notes what its decisions
+/// admit and an alarm writes it, a write a flush and never one a request
+/// (counted by the object itself); `worker-sync` brings it into the store,
+/// whose lists show it.
+#[test]
+fn the_objects_alarm_writes_last_use_and_worker_sync_brings_it_home() {
+    let fx = fixture();
+    let state = fx.dir.join("workerd-last-use");
+    let mut workerd = Workerd::unlaunched(&fx.store, &state, 1_000, 60);
+    workerd.last_use_flush_ms = Some(300);
+    workerd.launch(FIRST_START);
+    let addr = workerd.addr();
+    let valid = format!("Bearer {}", fx.creds.token_all);
+    const REQUESTS: usize = 30;
+    for i in 0..REQUESTS {
+        let r = request(
+            addr,
+            "GET",
+            "/v1/external/sessions/acme/site-a",
+            &[("Authorization", &valid)],
+        )
+        .unwrap();
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+    }
+    suite::eventually(suite::PATIENCE, || {
+        match object_stat(addr, "last_use_writes") {
+            0 => Err("no alarm has written yet".to_owned()),
+            _ => Ok(()),
+        }
+    })
+    .unwrap();
+    // One write when the row is new, and one more at most, should the
+    // requests straddle a minute: never one a request.
+    let writes = object_stat(addr, "last_use_writes");
+    assert!(
+        writes <= 2,
+        "{writes} last-use writes for {REQUESTS} admissions"
+    );
+
+    let s = fx.store.to_str().unwrap();
+    let synced = worker_sync(&fx.store, addr, &[]);
+    assert!(
+        synced.contains("last use of 1 credentials brought into the store"),
+        "{synced}"
+    );
+    let listed: serde_json::Value =
+        serde_json::from_str(&cli(&["token", "list", "--store", s, "--json"])).unwrap();
+    let row = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "all-sites")
+        .unwrap();
+    assert_eq!(row["last_used"]["instance"], "worker", "{row}");
+    let never = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "site-a-only")
+        .unwrap();
+    assert_eq!(never["last_used"], serde_json::Value::Null);
+    // A second sync brings nothing new.
+    let again = worker_sync(&fx.store, addr, &[]);
+    assert!(again.contains("last use of 0 credentials"), "{again}");
 }
 
 /// The suite's view of a Worker whose credentials live in its store: minted
