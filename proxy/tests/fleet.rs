@@ -764,3 +764,38 @@ fn last_use_in_etcd_is_a_key_per_credential_apart_from_its_record() {
     }
     assert!(last_used("etl-2")["at"].as_u64() >= first["at"].as_u64());
 }
+
+/// Issue 46, last use by the component (`serve --component`, its bucket in
+/// etcd): an admission writes the credential's last-use key only when its
+/// stored minute is older, so many admissions are one write, counted by
+/// etcd itself (the key's `version` is its number of writes).
+#[test]
+fn the_component_writes_a_credentials_last_use_once_a_minute() {
+    let fx = fixture();
+    let etcd = Etcd::start(&fx.dir, 1);
+    let config = limited(&etcd.urls(), 1_000, Duration::from_secs(60), false);
+    let component = common::components::p3();
+    let server = Server::start_with(&fx.dir, &fx.store, &config, 2, &["--component", component]);
+    let auth = format!("Bearer {}", fx.creds.token_all);
+    const REQUESTS: usize = 40;
+    for i in 0..REQUESTS {
+        let r = get(server.addr, SESSIONS, Some(&auth)).unwrap();
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+    }
+    let key = "sessiongate/limiter/v1/kv/sessiongate.last_used.all-sites";
+    let body = format!(r#"{{"key":"{}"}}"#, base64_of(key));
+    let answer = etcd.post(0, "/v3/kv/range", &body).unwrap();
+    let kv = &answer["kvs"][0];
+    let value: serde_json::Value =
+        serde_json::from_str(&decode_base64(kv["value"].as_str().unwrap())).unwrap();
+    assert_eq!(value["name"], "all-sites");
+    assert_eq!(value["instance"], "component");
+    let now = sessiongate_store::manage::now_ms();
+    let at = value["at"].as_u64().unwrap();
+    assert!(at % 60_000 == 0 && now - at < 120_000, "{value}");
+    let writes: u64 = kv["version"].as_str().unwrap().parse().unwrap();
+    assert!(
+        (1..=2).contains(&writes),
+        "{writes} writes of the last use for {REQUESTS} admissions"
+    );
+}

@@ -10,6 +10,7 @@ use sessiongate_core::{Decision, Gate, Request};
 
 use crate::CONFIG_KEY;
 use crate::cas::{CasBucket, CasKv};
+use crate::last_use;
 use crate::record::Tags;
 
 mod bindings {
@@ -71,17 +72,41 @@ impl Bucket {
         })
     }
 
-    /// The gate's decision on `request`, its shared state in this bucket.
+    /// The gate's decision on `request`, its shared state in this bucket;
+    /// an admission notes the credential's last use there.
     pub fn decide<'g>(&self, gate: &'g Gate, request: &Request<'_>) -> Decision<'g> {
         let now = now_ms();
-        TAGS.with(|tags| {
+        let decision = TAGS.with(|tags| {
             let mut tags = tags.borrow_mut();
             gate.decide(
                 request,
                 now,
                 &mut CasKv::new(Handle(&self.0), now, &mut tags),
             )
-        })
+        });
+        if let Some(name) = decision.admitted() {
+            self.note_use(name, now);
+        }
+        decision
+    }
+
+    /// Writes the credential's last use when its stored minute is older
+    /// ([`last_use::update`]). A failure is logged, never the request's:
+    /// last use is for people reading lists, not for the decision.
+    fn note_use(&self, name: &str, now: u64) {
+        let key = last_use::key(name);
+        let written = self.0.get(&key).and_then(|stored| {
+            match last_use::update(name, now, stored.as_deref()) {
+                Some(value) => self.0.set(&key, &value),
+                None => Ok(()),
+            }
+        });
+        if let Err(e) = written {
+            eprintln!(
+                "sessiongate: last use of {name:?} not written: {}",
+                describe(e)
+            );
+        }
     }
 }
 

@@ -13,6 +13,7 @@
 
 pub mod cas;
 pub mod client;
+pub mod last_use;
 pub mod record;
 
 #[cfg(target_arch = "wasm32")]
