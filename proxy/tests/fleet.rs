@@ -792,7 +792,7 @@ fn the_component_writes_a_credentials_last_use_once_a_minute() {
     assert_eq!(value["instance"], "component");
     let now = sessiongate_store::manage::now_ms();
     let at = value["at"].as_u64().unwrap();
-    assert!(at % 60_000 == 0 && now - at < 120_000, "{value}");
+    assert!(at.is_multiple_of(60_000) && now - at < 120_000, "{value}");
     let writes: u64 = kv["version"].as_str().unwrap().parse().unwrap();
     assert!(
         (1..=2).contains(&writes),

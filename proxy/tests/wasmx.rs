@@ -219,19 +219,6 @@ struct OnWasmx<'a> {
     fixture: &'a mut Fixture,
 }
 
-impl OnWasmx<'_> {
-    fn mint_expiring_in(
-        &mut self,
-        name: &str,
-        expires_in: Option<Duration>,
-    ) -> Result<String, String> {
-        let secret = mint_token_expiring(&self.fixture.store, name, &[], expires_in);
-        self.fixture.secrets.push(secret.clone());
-        self.wasmx.reload();
-        Ok(secret)
-    }
-}
-
 impl Harness for OnWasmx<'_> {
     fn addr(&self) -> SocketAddr {
         self.wasmx.addr()
@@ -239,11 +226,11 @@ impl Harness for OnWasmx<'_> {
     fn credentials(&self) -> &Credentials {
         &self.fixture.creds
     }
-    fn mint(&mut self, name: &str) -> Result<String, String> {
-        self.mint_expiring_in(name, None)
-    }
-    fn mint_expiring(&mut self, name: &str, expires_in: Duration) -> Result<String, String> {
-        self.mint_expiring_in(name, Some(expires_in))
+    fn mint_with(&mut self, name: &str, expires_in: Option<Duration>) -> Result<String, String> {
+        let secret = mint_token_expiring(&self.fixture.store, name, &[], expires_in);
+        self.fixture.secrets.push(secret.clone());
+        self.wasmx.reload();
+        Ok(secret)
     }
     fn revoke(&mut self, name: &str) -> Result<(), String> {
         delete_token(&self.fixture.store, name);

@@ -193,16 +193,6 @@ struct Edge<'a> {
     fixture: &'a mut Fixture,
 }
 
-impl Edge<'_> {
-    fn mint_with(&mut self, name: &str, expires_in: Option<Duration>) -> Result<String, String> {
-        let secret = common::mint_token_expiring(&self.fixture.store, name, &[], expires_in);
-        self.fixture.secrets.push(secret.clone());
-        self.workerd.stop();
-        self.workerd.launch(RELAUNCH);
-        Ok(secret)
-    }
-}
-
 impl Harness for Edge<'_> {
     fn addr(&self) -> SocketAddr {
         self.workerd.addr()
@@ -212,11 +202,12 @@ impl Harness for Edge<'_> {
     }
     /// Credentials reach a Worker by deployment: re-render the binding and
     /// restart workerd (its Durable Object state stays on disk).
-    fn mint(&mut self, name: &str) -> Result<String, String> {
-        self.mint_with(name, None)
-    }
-    fn mint_expiring(&mut self, name: &str, expires_in: Duration) -> Result<String, String> {
-        self.mint_with(name, Some(expires_in))
+    fn mint_with(&mut self, name: &str, expires_in: Option<Duration>) -> Result<String, String> {
+        let secret = common::mint_token_expiring(&self.fixture.store, name, &[], expires_in);
+        self.fixture.secrets.push(secret.clone());
+        self.workerd.stop();
+        self.workerd.launch(RELAUNCH);
+        Ok(secret)
     }
     /// Revocation at once: the admin call records the hash in the Durable Object.
     fn revoke(&mut self, name: &str) -> Result<(), String> {
@@ -523,7 +514,13 @@ struct Stored<'a> {
     admitted_after: Vec<Duration>,
 }
 
-impl Stored<'_> {
+impl Harness for Stored<'_> {
+    fn addr(&self) -> SocketAddr {
+        self.workerd.addr()
+    }
+    fn credentials(&self) -> &Credentials {
+        &self.fixture.creds
+    }
     /// Mints, syncs, and returns once the Worker admits the token (or, for
     /// one that expires, once it may have expired).
     fn mint_with(&mut self, name: &str, expires_in: Option<Duration>) -> Result<String, String> {
@@ -542,21 +539,6 @@ impl Stored<'_> {
         })?;
         self.admitted_after.push(synced.elapsed());
         Ok(secret)
-    }
-}
-
-impl Harness for Stored<'_> {
-    fn addr(&self) -> SocketAddr {
-        self.workerd.addr()
-    }
-    fn credentials(&self) -> &Credentials {
-        &self.fixture.creds
-    }
-    fn mint(&mut self, name: &str) -> Result<String, String> {
-        self.mint_with(name, None)
-    }
-    fn mint_expiring(&mut self, name: &str, expires_in: Duration) -> Result<String, String> {
-        self.mint_with(name, Some(expires_in))
     }
     fn revoke(&mut self, name: &str) -> Result<(), String> {
         common::delete_token(&self.fixture.store, name);

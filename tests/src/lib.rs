@@ -5,6 +5,7 @@
 #![allow(clippy::indexing_slicing)] // test code: slicing bounded bodies and lists
 
 pub mod http;
+mod lifecycle;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -40,13 +41,15 @@ pub enum Kind {
 pub trait Harness {
     fn addr(&self) -> SocketAddr;
     fn credentials(&self) -> &Credentials;
-    /// Mints a standard token for all sites of [`CUSTOMER`]; returns its
-    /// secret once the build admits it (the next request may use it).
-    fn mint(&mut self, name: &str) -> Result<String, String>;
-    /// As [`Harness::mint`], for a token that expires `expires_in` after
-    /// its creation (the CLI's `--expires-in`); returns once the build
-    /// holds it, which may be after it expired.
-    fn mint_expiring(&mut self, name: &str, expires_in: Duration) -> Result<String, String>;
+    /// Mints a standard token for all sites of [`CUSTOMER`] that expires
+    /// `expires_in` after its creation (the CLI's `--expires-in`; none:
+    /// never); returns its secret once the build holds it (the next request
+    /// may use it), which for a short expiry may be after it expired.
+    fn mint_with(&mut self, name: &str, expires_in: Option<Duration>) -> Result<String, String>;
+    /// [`Harness::mint_with`] a token that never expires.
+    fn mint(&mut self, name: &str) -> Result<String, String> {
+        self.mint_with(name, None)
+    }
     /// Revokes a credential by name; returns once the build refuses it (the
     /// next request is told 401).
     fn revoke(&mut self, name: &str) -> Result<(), String>;
@@ -96,11 +99,11 @@ pub const FUNCTIONAL: &[(&str, Case)] = &[
     ("paging: startTime and endTime filters", time_filters),
     (
         "revocation: a deleted token fails on the next request",
-        revocation,
+        lifecycle::revocation,
     ),
     (
         "expiry: admitted until it expires, then answered as an unknown token",
-        expiry,
+        lifecycle::expiry,
     ),
 ];
 
@@ -559,94 +562,6 @@ pub fn eventually<T>(
 /// How long a test waits for a condition that normally takes well under a
 /// second: long enough for a machine loaded many times over.
 pub const PATIENCE: Duration = Duration::from_secs(60);
-
-fn revocation(h: &mut dyn Harness) -> Result<(), String> {
-    let name = format!("revoke-me-{}", std::process::id());
-    let token = h.mint(&name)?;
-    let addr = h.addr();
-    // `mint` and `revoke` return once the build has the change: the next
-    // request sees it, without polling.
-    expect_ok(&get(addr, "/me", Some(&bearer(&token)))?)
-        .map_err(|e| format!("a new token did not work on the next request: {e}"))?;
-    expect_ok(&get(addr, SESSIONS, Some(&bearer(&token)))?)?;
-    h.revoke(&name)?;
-    expect_error(
-        &get(addr, "/me", Some(&bearer(&token)))?,
-        401,
-        "invalid_credentials",
-    )
-    .map_err(|e| format!("the next request after the revocation: {e}"))?;
-    expect_error(
-        &get(addr, SESSIONS, Some(&bearer(&token)))?,
-        401,
-        "invalid_credentials",
-    )
-    .map(|_| ())
-}
-
-/// A token minted to expire shortly: admitted before (its mint returned in
-/// time, or the case tries again with a longer time), refused after with the
-/// body of a token that never existed, and never refused before.
-fn expiry(h: &mut dyn Harness) -> Result<(), String> {
-    let addr = h.addr();
-    let unknown = get(
-        addr,
-        SESSIONS,
-        Some(&bearer(&format!("fus_{}", "0".repeat(40)))),
-    )?;
-    expect_error(&unknown, 401, "invalid_credentials")?;
-    let mut expires_in = Duration::from_secs(4);
-    for attempt in 0..4 {
-        let minting = Instant::now();
-        let name = format!("expires-{attempt}-{}", std::process::id());
-        let token = h.mint_expiring(&name, expires_in)?;
-        let me = get(addr, "/me", Some(&bearer(&token)))?;
-        let page = get(addr, SESSIONS, Some(&bearer(&token)))?;
-        if me.status != 200 || page.status != 200 {
-            // The expiry is at least `expires_in` after `minting`.
-            if minting.elapsed() < expires_in {
-                return Err(format!(
-                    "refused before it expired: /me {}, sessions {} {}",
-                    me.status,
-                    page.status,
-                    page.text()
-                ));
-            }
-            expires_in *= 2;
-            continue;
-        }
-        let refused = eventually(expires_in + PATIENCE, || {
-            let r = get(addr, SESSIONS, Some(&bearer(&token)))?;
-            match r.status {
-                200 => Err("still admitted".to_owned()),
-                _ => Ok(r),
-            }
-        })?;
-        if minting.elapsed() < expires_in {
-            return Err(format!(
-                "refused before it expired: {} {}",
-                refused.status,
-                refused.text()
-            ));
-        }
-        expect_error(&refused, 401, "invalid_credentials")?;
-        let me = get(addr, "/me", Some(&bearer(&token)))?;
-        expect_error(&me, 401, "invalid_credentials")?;
-        return ensure(
-            refused.body == unknown.body && me.body == unknown.body,
-            || {
-                format!(
-                    "an expired token's body differs from an unknown one's: {} vs {}",
-                    refused.text(),
-                    unknown.text()
-                )
-            },
-        );
-    }
-    Err(format!(
-        "no mint returned before its token expired, the last after {expires_in:?}"
-    ))
-}
 
 /// The global limit, against a gate whose limiter is fresh, with `requests`
 /// admissions in a window long enough that none frees during the case.

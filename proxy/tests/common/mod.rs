@@ -364,17 +364,6 @@ pub struct Local<'a> {
     pub fixture: &'a mut Fixture,
 }
 
-impl Local<'_> {
-    fn mint_with(&mut self, name: &str, expires_in: Option<Duration>) -> Result<String, String> {
-        let store = &self.fixture.store;
-        let secret = self
-            .server
-            .store_changed(|| mint_token_expiring(store, name, &[], expires_in));
-        self.fixture.secrets.push(secret.clone());
-        Ok(secret)
-    }
-}
-
 impl Harness for Local<'_> {
     fn addr(&self) -> SocketAddr {
         self.server.addr
@@ -382,11 +371,13 @@ impl Harness for Local<'_> {
     fn credentials(&self) -> &Credentials {
         &self.fixture.creds
     }
-    fn mint(&mut self, name: &str) -> Result<String, String> {
-        self.mint_with(name, None)
-    }
-    fn mint_expiring(&mut self, name: &str, expires_in: Duration) -> Result<String, String> {
-        self.mint_with(name, Some(expires_in))
+    fn mint_with(&mut self, name: &str, expires_in: Option<Duration>) -> Result<String, String> {
+        let store = &self.fixture.store;
+        let secret = self
+            .server
+            .store_changed(|| mint_token_expiring(store, name, &[], expires_in));
+        self.fixture.secrets.push(secret.clone());
+        Ok(secret)
     }
     fn revoke(&mut self, name: &str) -> Result<(), String> {
         let store = &self.fixture.store;
