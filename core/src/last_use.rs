@@ -15,20 +15,29 @@ use serde::{Deserialize, Serialize};
 pub const MINUTE_MS: u64 = 60_000;
 
 /// A credential's last admitted use, as stored: one document per
-/// credential, named by the credential.
+/// credential, named by the credential. `at` is its first field, so its
+/// JSON sorts by time as bytes do ([`LastUse::later_than`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LastUse {
-    /// The credential's name.
-    pub name: String,
     /// The minute of its last admission: Unix milliseconds, a multiple of
     /// [`MINUTE_MS`].
     pub at: u64,
     /// The gate instance that admitted it then.
     pub instance: String,
+    /// The credential's name.
+    pub name: String,
 }
 
 impl LastUse {
+    /// The bytes that this use's JSON sorts after exactly when it is of a
+    /// later minute than `at` (among times of 13 digits, 1973 to 2286): a
+    /// store that compares values as bytes (etcd's `VALUE` `LESS`) keeps
+    /// the later minute with no read, the merge rule of [`Uses::merge_into`].
+    pub fn later_than(at: u64) -> Vec<u8> {
+        format!("{{\"at\":{at}").into_bytes()
+    }
+
     /// Whether this is a use of the credential `name` created at
     /// `created` (Unix milliseconds), not of a deleted credential that had
     /// its name: the use is no earlier than the minute it was created.
@@ -108,9 +117,9 @@ impl Uses {
                 Some(&i) if stored.get(i).is_some_and(|u| u.at < at) => updates.push((i, at)),
                 Some(_) => {}
                 None => added.push(LastUse {
-                    name: name.to_string(),
                     at,
                     instance: instance.to_owned(),
+                    name: name.to_string(),
                 }),
             }
         }
@@ -196,6 +205,27 @@ mod tests {
         uses.merge_into(&mut stored, "one");
         let at: Vec<(&str, u64)> = stored.iter().map(|u| (u.name.as_str(), u.at)).collect();
         assert_eq!(at, [("a", 120_000), ("b", 60_000)]);
+    }
+
+    #[test]
+    fn stored_uses_sort_as_bytes_by_their_minute() {
+        let json = |at: u64, instance: &str| {
+            serde_json::to_vec(&LastUse {
+                at,
+                instance: instance.into(),
+                name: "ci".into(),
+            })
+            .unwrap()
+        };
+        let minute = 1_796_185_680_000;
+        let bound = LastUse::later_than(minute);
+        assert!(
+            json(minute - 60_000, "zz") < bound,
+            "an older minute is below"
+        );
+        assert!(json(minute, "a") > bound, "the same minute is not");
+        assert!(json(minute + 60_000, "a") > bound);
+        assert!(json(1_000_000_000_000, "a") < LastUse::later_than(9_999_999_940_000));
     }
 
     #[test]

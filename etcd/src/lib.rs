@@ -40,6 +40,6 @@ pub use credentials::{
 };
 pub use login::{AUTHENTICATE, After, Attempt, Credentials, LOGIN_TIMEOUT_MS, Step};
 pub use prefix::{
-    KeyValue, Page, RangePage, Txn, range_answer, range_page, range_page_answer, range_prefix,
-    txn_succeeded,
+    KeyValue, Page, RangePage, Txn, nested_succeeded, range_answer, range_page, range_page_answer,
+    range_prefix, txn_succeeded,
 };

@@ -799,3 +799,56 @@ fn the_component_writes_a_credentials_last_use_once_a_minute() {
         "{writes} writes of the last use for {REQUESTS} admissions"
     );
 }
+
+/// The etcd side of a flush, on a real etcd: 130 credentials' uses in one
+/// flush (over etcd's 128 operations a txn, so in batches), nothing written
+/// again for the same minute, a later minute written, and another writer's
+/// later minute never overwritten by an older one; a rename and a delete
+/// touch one key each.
+#[test]
+fn last_use_flushes_any_number_into_etcd_and_never_move_a_use_back() {
+    use sessiongate_core::{LastUse, Uses};
+    use sessiongate_store::last_use::{LastUses, flush, forget, rename};
+
+    let fx = fixture();
+    let etcd = Etcd::start(&fx.dir, 1);
+    let store = format!("etcd://127.0.0.1:{}/sessiongate-flush", etcd.clients[0]);
+    let store = sessiongate_store::Store::open(Path::new(&store)).unwrap();
+    let minute = 1_796_185_680_000;
+    let mut uses = Uses::default();
+    for i in 0..130 {
+        uses.admitted(&format!("c{i:03}"), minute + 5);
+    }
+    assert_eq!(flush(&store, &uses, "a").unwrap(), 130);
+    assert_eq!(
+        flush(&store, &uses, "b").unwrap(),
+        0,
+        "the same minute again"
+    );
+    let mut later = Uses::default();
+    later.admitted("c000", minute + 60_000);
+    assert_eq!(flush(&store, &later, "b").unwrap(), 1);
+    let mut older = Uses::default();
+    older.admitted("c000", minute);
+    older.admitted("c001", minute - 60_000);
+    assert_eq!(
+        flush(&store, &older, "c").unwrap(),
+        0,
+        "an older minute moves nothing"
+    );
+    let stored: Vec<LastUse> = store.load_documents().unwrap();
+    assert_eq!(stored.len(), 130);
+    let c000 = stored.iter().find(|u| u.name == "c000").unwrap();
+    assert_eq!((c000.at, c000.instance.as_str()), (minute + 60_000, "b"));
+    let c001 = stored.iter().find(|u| u.name == "c001").unwrap();
+    assert_eq!((c001.at, c001.instance.as_str()), (minute, "a"));
+
+    rename(&store, "c001", "renamed").unwrap();
+    forget(&store, "c002").unwrap();
+    let stored: Vec<LastUse> = store.load_documents().unwrap();
+    assert_eq!(stored.len(), 129);
+    assert!(stored.iter().any(|u| u.name == "renamed" && u.at == minute));
+    assert!(!stored.iter().any(|u| u.name == "c001" || u.name == "c002"));
+    let uses = LastUses::load(&store).unwrap();
+    assert_eq!(uses.of("renamed", minute).map(|u| u.at), Some(minute));
+}

@@ -19,10 +19,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use sessiongate_core::{CredentialRecord, CredentialSet};
+use sessiongate_core::{CredentialRecord, CredentialSet, LastUse, Uses};
 use sessiongate_etcd::{
-    BY_DIGEST, BY_NAME, Call, KeyValue, Page, Txn, change_key, digest_key, range_page,
-    range_page_answer, txn_succeeded,
+    BY_DIGEST, BY_NAME, Call, KeyValue, Page, Txn, change_key, digest_key, nested_succeeded,
+    range_page, range_page_answer, txn_succeeded,
 };
 
 use sessiongate_etcd::{Cluster, Login};
@@ -32,6 +32,8 @@ const SCHEME: &str = "etcd://";
 const CALL_TIMEOUT_MS: u32 = 6_000;
 /// Keys a range reads in one call: ~3 MB of credential records.
 const RANGE_PAGE: u64 = 10_000;
+/// Nested txns in one: under etcd's default `--max-txn-ops` of 128.
+const NESTED_PER_TXN: usize = 64;
 /// Retries of a change that lost to a concurrent one.
 const CHANGE_ATTEMPTS: usize = 5;
 /// Records per txn of an index repair: etcd takes at most 128 operations
@@ -171,7 +173,6 @@ impl EtcdStore {
         format!("{}{name}", self.collection_prefix(T::COLLECTION))
     }
 
-    /// Every key of a collection, in key order.
     /// Every key of `collection`, read a page at a time, every page at the
     /// first one's revision: one consistent read, however large, and no
     /// answer so large that it cannot come within a call's deadline.
@@ -261,6 +262,76 @@ impl EtcdStore {
             }
         }
         bail!("the store in etcd kept changing; try again")
+    }
+
+    /// Writes each credential's use in `uses` by `instance` under its key
+    /// where none is stored or the stored one is of an earlier minute, with
+    /// no read: per key a nested txn whose compares etcd decides (absent,
+    /// or else its value below [`LastUse::later_than`]), [`NESTED_PER_TXN`]
+    /// keys a call. Another writer's later minute is never overwritten, and
+    /// a flush never conflicts with anything. Returns how many it wrote.
+    pub fn write_last_uses(&self, uses: &Uses, instance: &str) -> Result<usize> {
+        let all: Vec<(&str, u64)> = uses.iter().collect();
+        let mut written = 0;
+        for batch in all.chunks(NESTED_PER_TXN) {
+            let mut outer = Txn::new();
+            for &(name, at) in batch {
+                let key = self.key::<LastUse>(name);
+                let value = serde_json::to_vec(&LastUse {
+                    at,
+                    instance: instance.to_owned(),
+                    name: name.to_owned(),
+                })?;
+                let mut older = Txn::new();
+                older
+                    .value_below(&key, &LastUse::later_than(at))
+                    .put(&key, &value);
+                let mut first = Txn::new();
+                first.absent(&key).put(&key, &value).otherwise(&older);
+                outer.then(&first);
+            }
+            let (status, answer) = self.post(&outer.call())?;
+            let wrote = nested_succeeded(status, &answer).map_err(|e| anyhow!(e))?;
+            written += wrote.into_iter().filter(|w| *w).count();
+        }
+        Ok(written)
+    }
+
+    /// Deletes `T`'s document `name`, if there is one (no read).
+    pub fn delete_document<T: Document>(&self, name: &str) -> Result<()> {
+        let mut txn = Txn::new();
+        txn.delete(&self.key::<T>(name));
+        self.commit_txn(&txn).map(drop)
+    }
+
+    /// Replaces `T`'s document `name`, if there is one, with what `change`
+    /// makes of it (under its new name, the old key deleted): one key read,
+    /// one txn that holds only if the key is unchanged since, again if not.
+    pub fn change_document<T: Document>(&self, name: &str, change: impl Fn(T) -> T) -> Result<()> {
+        let key = self.key::<T>(name);
+        for _ in 0..CHANGE_ATTEMPTS {
+            let read = sessiongate_etcd::call(&sessiongate_core::Need::Read { key: &key }, &key)
+                .ok_or_else(|| anyhow!("no read call for {key}"))?;
+            let (status, answer) = self.post(&read)?;
+            let page = range_page_answer(status, &answer).map_err(|e| anyhow!(e))?;
+            let Some(kv) = page.kvs.into_iter().find(|kv| kv.key == key) else {
+                return Ok(());
+            };
+            let document: T = serde_json::from_slice(&kv.value)
+                .with_context(|| format!("the record under {key:?} is corrupt"))?;
+            let changed = change(document);
+            let new_key = self.key::<T>(changed.name());
+            let mut txn = Txn::new();
+            txn.unchanged(&key, kv.mod_revision);
+            if new_key != key {
+                txn.delete(&key);
+            }
+            txn.put(&new_key, &serde_json::to_vec(&changed)?);
+            if self.commit_txn(&txn)? {
+                return Ok(());
+            }
+        }
+        bail!("{key} kept changing; try again")
     }
 
     /// Adds `line` under a new key of `collection`, after every earlier one

@@ -2,8 +2,8 @@
 //! per credential, apart from its record, so that a gate's flush never
 //! conflicts with a rename or a delete and never makes a gate reload the
 //! credentials. A file store keeps them in `NAME.last_used.json` (changed
-//! under its lock), etcd under `PREFIX/last_used/NAME` (one txn per flush,
-//! compared key by key).
+//! under its lock), etcd under `PREFIX/last_used/NAME` (written with no
+//! read, etcd comparing each key: `EtcdStore::write_last_uses`).
 
 use std::collections::HashMap;
 
@@ -50,28 +50,44 @@ impl LastUses {
 
 /// Writes what an instance admitted, merged into what is stored: returns
 /// how many credentials' last use it moved on (none: nothing was written).
+/// A file is read, merged and written under its lock; etcd compares each
+/// key itself, so a flush reads nothing there, however many credentials
+/// the store holds.
 pub fn flush(store: &Store, uses: &Uses, instance: &str) -> Result<usize> {
-    store.update_documents(|stored: &mut Vec<LastUse>| Ok(uses.merge_into(stored, instance)))
+    match store {
+        Store::File(_) => store
+            .update_documents(|stored: &mut Vec<LastUse>| Ok(uses.merge_into(stored, instance))),
+        Store::Etcd(etcd) => etcd.write_last_uses(uses, instance),
+    }
 }
 
 /// Forgets a deleted credential's last use (tidying only: a credential
 /// created later under its name is never shown it, [`LastUse::is_of`]).
 pub fn forget(store: &Store, name: &str) -> Result<()> {
-    store.update_documents(|stored: &mut Vec<LastUse>| {
-        stored.retain(|u| u.name != name);
-        Ok(())
-    })
+    match store {
+        Store::File(_) => store.update_documents(|stored: &mut Vec<LastUse>| {
+            stored.retain(|u| u.name != name);
+            Ok(())
+        }),
+        Store::Etcd(etcd) => etcd.delete_document::<LastUse>(name),
+    }
 }
 
 /// Carries a renamed key's last use over to its new name.
 pub fn rename(store: &Store, from: &str, to: &str) -> Result<()> {
-    store.update_documents(|stored: &mut Vec<LastUse>| {
-        stored.retain(|u| u.name != to);
-        if let Some(u) = stored.iter_mut().find(|u| u.name == from) {
-            to.clone_into(&mut u.name);
-        }
-        Ok(())
-    })
+    match store {
+        Store::File(_) => store.update_documents(|stored: &mut Vec<LastUse>| {
+            stored.retain(|u| u.name != to);
+            if let Some(u) = stored.iter_mut().find(|u| u.name == from) {
+                to.clone_into(&mut u.name);
+            }
+            Ok(())
+        }),
+        Store::Etcd(etcd) => etcd.change_document(from, |u: LastUse| LastUse {
+            name: to.to_owned(),
+            ..u
+        }),
+    }
 }
 
 #[cfg(test)]
