@@ -39,6 +39,9 @@ struct ServeConfig {
     connections: Option<ConnectionsSection>,
     /// The filter looks credentials up in the (etcd) store by digest.
     credentials_from_store: Option<bool>,
+    /// With `credentials_from_store`: every token in the store carries a
+    /// checksum (as `sessiongate check` says), so a wrong one costs no lookup.
+    checksummed_tokens: Option<bool>,
     last_use: Option<LastUseSection>,
     testing: Option<Testing>,
 }
@@ -316,6 +319,7 @@ pub(super) fn settings(args: &ServeArgs, file_limit: u64) -> Result<Settings> {
             store_cluster = Some((members, login.clone()));
             STORE_CLUSTER
         };
+        gate.checksummed_tokens = file.checksummed_tokens.unwrap_or(false);
         gate.credentials = CredentialSource::Etcd(CredentialStore {
             cluster: cluster.to_owned(),
             prefix: etcd_store.prefix().to_owned(),
@@ -323,6 +327,10 @@ pub(super) fn settings(args: &ServeArgs, file_limit: u64) -> Result<Settings> {
             password: login.map(|l| l.password),
             ..CredentialStore::default()
         });
+    } else if file.checksummed_tokens.is_some() {
+        bail!(
+            "{name}: checksummed_tokens is for credentials_from_store; with the credentials held, serve reads the mark from them"
+        );
     }
     gate.validate().map_err(|e| anyhow!("{name}: {e}"))?;
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -434,6 +442,64 @@ mod tests {
         assert!(
             e.contains("limit.etcd_user") && e.contains(PASSWORD_VARIABLE),
             "{e}"
+        );
+    }
+
+    fn read(toml: &str, store: &str) -> Result<Settings> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("serve.toml");
+        std::fs::write(&path, toml)?;
+        let args = ServeArgs {
+            config: Some(path),
+            listen: None,
+            admin: None,
+            plugin: None,
+            component: None,
+            key_value_semantics: Default::default(),
+            store: Some(store.into()),
+            credentials_from_store: false,
+            workers: None,
+            access_log: false,
+            log_format: None,
+        };
+        settings(&args, 1024)
+    }
+
+    /// A store in etcd that the filter reads: the operator says whether
+    /// every token carries a checksum (serve does not read the store to
+    /// learn it); a held store needs no such word, and refuses one.
+    #[test]
+    fn checksummed_tokens_is_the_operators_word_for_a_store_the_filter_reads() {
+        let etcd = "etcd://127.0.0.1:2379/sg";
+        let from_store = "credentials_from_store = true\n";
+        let marked = read(&format!("{from_store}checksummed_tokens = true\n"), etcd).unwrap();
+        assert!(marked.gate.checksummed_tokens);
+        assert!(!read(from_store, etcd).unwrap().gate.checksummed_tokens);
+        let e = read("checksummed_tokens = true\n", "tokens.json")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("checksummed_tokens is for credentials_from_store"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_last_use_flush_is_above_zero() {
+        let e = read("[last_use]\nflush_seconds = 0\n", "tokens.json")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("last_use.flush_seconds must be above 0"), "{e}");
+        let s = read(
+            "[last_use]\nflush_seconds = 5\ninstance = \"a\"\n",
+            "tokens.json",
+        )
+        .unwrap();
+        assert_eq!(
+            (s.last_use_flush, s.last_use_instance.as_deref()),
+            (Duration::from_secs(5), Some("a"))
         );
     }
 
