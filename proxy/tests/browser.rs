@@ -178,7 +178,8 @@ async fn an_architect_manages_a_token_in_chromium_and_the_gate_follows() {
     // A key of someone else's, which an architect must not see.
     common::mint_key(&store, "operators-key", "admin");
     let mut console = start_console(&store);
-    let mut serve = Server::start(dir.path(), &store, "", 1);
+    let last_use = "[last_use]\nflush_seconds = 1\ninstance = \"gate-a\"\n";
+    let mut serve = Server::start(dir.path(), &store, last_use, 1);
     let origin = format!("http://{}", console.addr);
     let driver = start_driver();
     let page = browser(&driver, &dir.path().join("chromium")).await;
@@ -245,6 +246,23 @@ async fn an_architect_manages_a_token_in_chromium_and_the_gate_follows() {
         !page.source().await.unwrap().contains(&token),
         "the value stays only until Done"
     );
+    // Its use by the gate shows once serve has flushed it (issue 46): the
+    // list is read again each time its screen is opened.
+    let started = Instant::now();
+    loop {
+        click(&page, "#nav-keys").await;
+        click(&page, "#nav-tokens").await;
+        visible(&page, row).await;
+        let cells = text(&page, row).await;
+        if cells.contains("(gate-a)") {
+            break;
+        }
+        assert!(
+            started.elapsed() < suite::PATIENCE,
+            "never shown used: {cells}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     keep_screenshot(&page.screenshot().await.unwrap(), "console-tokens.png");
 
     // Keys: no Admin level on offer, and the API refuses one all the same.
