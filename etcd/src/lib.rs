@@ -7,6 +7,8 @@
 //!   log as one call, and what etcd's answer means for the decision.
 //! - [`lookup`] and [`revision`]: the credential store's keys as the
 //!   filter reads them (by digest, and the credentials' revision).
+//! - [`write_last_uses`]: credentials' last uses, written with no read
+//!   (etcd compares each key), by the store's flush and the fleet filter.
 //! - [`Attempt`]: the one login policy, for a cluster with authentication.
 //! - [`range_prefix`] and [`Txn`]: the keys under a prefix as a collection
 //!   of records (the proxy's stores), read with [`range_answer`] and
@@ -26,6 +28,7 @@
 mod client;
 mod codec;
 mod credentials;
+mod last_use;
 mod login;
 mod prefix;
 
@@ -38,6 +41,7 @@ pub use credentials::{
     BY_DIGEST, BY_NAME, Found, change_key, digest_key, lookup, lookup_answer, revision,
     revision_answer,
 };
+pub use last_use::{LAST_USED, USES_PER_CALL, last_use_key, write_last_uses};
 pub use login::{AUTHENTICATE, After, Attempt, Credentials, LOGIN_TIMEOUT_MS, Step};
 pub use prefix::{
     KeyValue, Page, RangePage, Txn, nested_succeeded, range_answer, range_page, range_page_answer,

@@ -158,13 +158,11 @@ pub fn range_page_answer(status: u16, body: &[u8]) -> Result<RangePage, String> 
     })
 }
 
-/// A transaction: every compare must hold for every write to happen (and
-/// for those of [`Txn::otherwise`], that one does not).
+/// A transaction: every compare must hold for every write to happen.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Txn {
     compare: Vec<serde_json::Value>,
     success: Vec<serde_json::Value>,
-    failure: Vec<serde_json::Value>,
 }
 
 impl Txn {
@@ -179,31 +177,6 @@ impl Txn {
             "key": BASE64.encode(key), "target": "MOD", "result": "EQUAL",
             "mod_revision": mod_revision.to_string(),
         }));
-        self
-    }
-
-    /// Holds if `key` exists and its value sorts before `bound`, byte by
-    /// byte (etcd's `VALUE` `LESS`; never for a missing key).
-    pub fn value_below(&mut self, key: &str, bound: &[u8]) -> &mut Txn {
-        self.compare.push(serde_json::json!({
-            "key": BASE64.encode(key), "target": "VALUE", "result": "LESS",
-            "value": BASE64.encode(bound),
-        }));
-        self
-    }
-
-    /// Runs `inner` as one of this one's writes: a transaction of its own,
-    /// its compares decided when it runs (etcd's nested `request_txn`).
-    pub fn then(&mut self, inner: &Txn) -> &mut Txn {
-        self.success
-            .push(serde_json::json!({ "request_txn": inner.body() }));
-        self
-    }
-
-    /// Runs `inner` when this one's compares do not hold.
-    pub fn otherwise(&mut self, inner: &Txn) -> &mut Txn {
-        self.failure
-            .push(serde_json::json!({ "request_txn": inner.body() }));
         self
     }
 
@@ -237,30 +210,20 @@ impl Txn {
         self.success.is_empty()
     }
 
-    fn body(&self) -> serde_json::Value {
-        let mut body = serde_json::json!({ "compare": self.compare, "success": self.success });
-        if !self.failure.is_empty()
-            && let Some(fields) = body.as_object_mut()
-        {
-            fields.insert("failure".into(), self.failure.clone().into());
-        }
-        body
-    }
-
-    /// The call; its answer is read with [`txn_succeeded`] (or
-    /// [`nested_succeeded`]).
+    /// The call; its answer is read with [`txn_succeeded`].
     pub fn call(&self) -> Call {
         Call {
             path: TXN,
-            body: self.body().to_string(),
+            body: serde_json::json!({ "compare": self.compare, "success": self.success })
+                .to_string(),
             sent: Sent::Write,
         }
     }
 }
 
-/// For a txn of nested ones ([`Txn::then`]), each one's outcome in order:
-/// whether its compares held, or failing that, those of the txn it ran
-/// [`Txn::otherwise`] (so: whether it wrote).
+/// For a txn of nested ones ([`crate::write_last_uses`]), each one's
+/// outcome in order: whether its compares held, or failing that, those of
+/// the txn its failure branch ran (so: whether it wrote).
 pub fn nested_succeeded(status: u16, body: &[u8]) -> Result<Vec<bool>, String> {
     let answer: serde_json::Value = parsed(status, body)?;
     let nested = |op: &serde_json::Value| -> bool {

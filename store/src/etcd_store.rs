@@ -19,10 +19,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use sessiongate_core::{CredentialRecord, CredentialSet, LastUse, Uses};
+use sessiongate_core::{CredentialRecord, CredentialSet, Uses};
 use sessiongate_etcd::{
-    BY_DIGEST, BY_NAME, Call, KeyValue, Page, Txn, change_key, digest_key, nested_succeeded,
-    range_page, range_page_answer, txn_succeeded,
+    BY_DIGEST, BY_NAME, Call, KeyValue, Page, Txn, USES_PER_CALL, change_key, digest_key,
+    nested_succeeded, range_page, range_page_answer, txn_succeeded,
 };
 
 use sessiongate_etcd::{Cluster, Login};
@@ -32,8 +32,7 @@ const SCHEME: &str = "etcd://";
 const CALL_TIMEOUT_MS: u32 = 6_000;
 /// Keys a range reads in one call: ~3 MB of credential records.
 const RANGE_PAGE: u64 = 10_000;
-/// Nested txns in one: under etcd's default `--max-txn-ops` of 128.
-const NESTED_PER_TXN: usize = 64;
+
 /// Retries of a change that lost to a concurrent one.
 const CHANGE_ATTEMPTS: usize = 5;
 /// Records per txn of an index repair: etcd takes at most 128 operations
@@ -264,33 +263,17 @@ impl EtcdStore {
         bail!("the store in etcd kept changing; try again")
     }
 
-    /// Writes each credential's use in `uses` by `instance` under its key
-    /// where none is stored or the stored one is of an earlier minute, with
-    /// no read: per key a nested txn whose compares etcd decides (absent,
-    /// or else its value below [`LastUse::later_than`]), [`NESTED_PER_TXN`]
-    /// keys a call. Another writer's later minute is never overwritten, and
-    /// a flush never conflicts with anything. Returns how many it wrote.
+    /// Writes each credential's use in `uses` by `instance` where none is
+    /// stored or the stored one is of an earlier minute, with no read
+    /// ([`sessiongate_etcd::write_last_uses`]: etcd compares each key), in
+    /// calls of [`USES_PER_CALL`]. Returns how many it wrote.
     pub fn write_last_uses(&self, uses: &Uses, instance: &str) -> Result<usize> {
         let all: Vec<(&str, u64)> = uses.iter().collect();
         let mut written = 0;
-        for batch in all.chunks(NESTED_PER_TXN) {
-            let mut outer = Txn::new();
-            for &(name, at) in batch {
-                let key = self.key::<LastUse>(name);
-                let value = serde_json::to_vec(&LastUse {
-                    at,
-                    instance: instance.to_owned(),
-                    name: name.to_owned(),
-                })?;
-                let mut older = Txn::new();
-                older
-                    .value_below(&key, &LastUse::later_than(at))
-                    .put(&key, &value);
-                let mut first = Txn::new();
-                first.absent(&key).put(&key, &value).otherwise(&older);
-                outer.then(&first);
-            }
-            let (status, answer) = self.post(&outer.call())?;
+        for batch in all.chunks(USES_PER_CALL) {
+            let call =
+                sessiongate_etcd::write_last_uses(&self.prefix, batch.iter().copied(), instance);
+            let (status, answer) = self.post(&call)?;
             let wrote = nested_succeeded(status, &answer).map_err(|e| anyhow!(e))?;
             written += wrote.into_iter().filter(|w| *w).count();
         }

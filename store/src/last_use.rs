@@ -3,7 +3,7 @@
 //! conflicts with a rename or a delete and never makes a gate reload the
 //! credentials. A file store keeps them in `NAME.last_used.json` (changed
 //! under its lock), etcd under `PREFIX/last_used/NAME` (written with no
-//! read, etcd comparing each key: `EtcdStore::write_last_uses`).
+//! read, etcd comparing each key: `sessiongate_etcd::write_last_uses`).
 
 use std::collections::HashMap;
 
@@ -13,7 +13,7 @@ use sessiongate_core::{CredentialRecord, LastUse, Uses};
 use crate::{Document, Store};
 
 impl Document for LastUse {
-    const COLLECTION: &'static str = "last_used";
+    const COLLECTION: &'static str = sessiongate_etcd::LAST_USED;
     fn name(&self) -> &str {
         &self.name
     }
