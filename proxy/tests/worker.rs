@@ -486,20 +486,18 @@ fn the_objects_alarm_writes_last_use_and_worker_sync_brings_it_home() {
     );
     let listed: serde_json::Value =
         serde_json::from_str(&cli(&["token", "list", "--store", s, "--json"])).unwrap();
-    let row = listed
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == "all-sites")
-        .unwrap();
-    assert_eq!(row["last_used"]["instance"], "worker", "{row}");
-    let never = listed
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == "site-a-only")
-        .unwrap();
-    assert_eq!(never["last_used"], serde_json::Value::Null);
+    let row = |name: &str| {
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    let used = row("all-sites");
+    assert_eq!(used["last_used"]["instance"], "worker", "{used}");
+    assert_eq!(row("site-a-only")["last_used"], serde_json::Value::Null);
     // A second sync brings nothing new.
     let again = worker_sync(&fx.store, addr, &[]);
     assert!(again.contains("last use of 0 credentials"), "{again}");
